@@ -1,0 +1,149 @@
+//! Chunking of payloads and validation of a received chunk sequence.
+//!
+//! A payload travels as consecutive chunks, each tagged with its byte offset.
+//! [`Reassembly`] accepts a sequence only if the chunks are in order, without
+//! gaps or overlaps, hold whole elements, and add up to exactly the expected
+//! number of bytes.
+
+use bytes::Bytes;
+
+/// Default chunk size: 4 MiB, well below gRPC's default 4 MB message limit
+/// plus headers only when combined with a larger server limit, and large
+/// enough that per-message overhead is negligible.
+pub const DEFAULT_CHUNK_BYTES: usize = 4 << 20;
+
+/// Splits `payload` into `(byte_offset, chunk)` pieces of at most `chunk_bytes`
+/// bytes (rounded down to whole elements of `elem_size`). Never copies.
+/// An empty payload yields one empty chunk, so every payload has a first chunk.
+pub fn split(payload: &Bytes, chunk_bytes: usize, elem_size: usize) -> Vec<(u64, Bytes)> {
+    let step = (chunk_bytes / elem_size).max(1) * elem_size;
+    if payload.is_empty() {
+        return vec![(0, Bytes::new())];
+    }
+    (0..payload.len())
+        .step_by(step)
+        .map(|start| (start as u64, payload.slice(start..(start + step).min(payload.len()))))
+        .collect()
+}
+
+/// Why a chunk sequence was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// A chunk starts after the end of the bytes received so far.
+    #[error("gap in chunk sequence: expected a chunk at byte offset {expected}, got offset {got}")]
+    Gap { expected: u64, got: u64 },
+    /// A chunk starts before the end of the bytes received so far.
+    #[error("overlapping chunk: expected a chunk at byte offset {expected}, got offset {got}")]
+    Overlap { expected: u64, got: u64 },
+    /// A chunk runs past the declared total.
+    #[error("chunk at byte offset {offset} with {len} bytes runs past the payload's total of {total} bytes")]
+    TooLong { offset: u64, len: u64, total: u64 },
+    /// A chunk holds a partial element.
+    #[error("chunk at byte offset {offset} has {len} bytes, not a multiple of the {elem_size}-byte element")]
+    PartialElement { offset: u64, len: u64, elem_size: usize },
+    /// The stream ended before the declared total arrived.
+    #[error("payload ended after {got} of {total} bytes")]
+    Short { got: u64, total: u64 },
+}
+
+/// Checks a chunk sequence against its expected total and keeps the chunks.
+#[derive(Debug)]
+pub struct Reassembly {
+    total: u64,
+    elem_size: usize,
+    received: u64,
+    chunks: Vec<Bytes>,
+}
+
+impl Reassembly {
+    /// Expects exactly `total` bytes of `elem_size`-byte elements.
+    pub fn new(total: u64, elem_size: usize) -> Self {
+        Self { total, elem_size, received: 0, chunks: Vec::new() }
+    }
+
+    /// Accepts the next chunk, or says why the sequence is malformed.
+    /// A rejected chunk leaves the reassembly unchanged.
+    pub fn push(&mut self, offset: u64, data: Bytes) -> Result<(), ChunkError> {
+        let len = data.len() as u64;
+        if offset > self.received {
+            return Err(ChunkError::Gap { expected: self.received, got: offset });
+        }
+        if offset < self.received {
+            return Err(ChunkError::Overlap { expected: self.received, got: offset });
+        }
+        if offset + len > self.total {
+            return Err(ChunkError::TooLong { offset, len, total: self.total });
+        }
+        if len % self.elem_size as u64 != 0 {
+            return Err(ChunkError::PartialElement { offset, len, elem_size: self.elem_size });
+        }
+        self.received += len;
+        if !data.is_empty() {
+            self.chunks.push(data);
+        }
+        Ok(())
+    }
+
+    /// The chunks in order, once exactly `total` bytes have arrived.
+    pub fn finish(self) -> Result<Vec<Bytes>, ChunkError> {
+        if self.received != self.total {
+            return Err(ChunkError::Short { got: self.received, total: self.total });
+        }
+        Ok(self.chunks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(n: usize) -> Bytes {
+        Bytes::from((0..n).map(|i| i as u8).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn split_is_zero_copy_and_element_aligned() {
+        let p = payload(20);
+        let parts = split(&p, 9, 4);
+        assert_eq!(
+            parts.iter().map(|(o, c)| (*o, c.len())).collect::<Vec<_>>(),
+            vec![(0, 8), (8, 8), (16, 4)]
+        );
+        assert_eq!(parts[1].1.as_ptr(), p[8..].as_ptr());
+    }
+
+    #[test]
+    fn split_and_reassemble_round_trip() {
+        let p = payload(4 * 1000);
+        let mut r = Reassembly::new(p.len() as u64, 4);
+        for (off, c) in split(&p, 1000, 4) {
+            r.push(off, c).unwrap();
+        }
+        let joined: Vec<u8> = r.finish().unwrap().concat();
+        assert_eq!(joined, p.to_vec());
+    }
+
+    #[test]
+    fn rejects_malformed_sequences() {
+        let mut r = Reassembly::new(16, 4);
+        r.push(0, payload(8)).unwrap();
+        assert_eq!(r.push(12, payload(4)), Err(ChunkError::Gap { expected: 8, got: 12 }));
+        assert_eq!(r.push(4, payload(4)), Err(ChunkError::Overlap { expected: 8, got: 4 }));
+        assert_eq!(r.push(8, payload(12)), Err(ChunkError::TooLong { offset: 8, len: 12, total: 16 }));
+        assert_eq!(
+            r.push(8, payload(3)),
+            Err(ChunkError::PartialElement { offset: 8, len: 3, elem_size: 4 })
+        );
+        r.push(8, payload(4)).unwrap();
+        assert_eq!(r.finish(), Err(ChunkError::Short { got: 12, total: 16 }));
+    }
+
+    #[test]
+    fn empty_payload_has_one_empty_chunk() {
+        let parts = split(&Bytes::new(), 16, 4);
+        assert_eq!(parts.len(), 1);
+        let mut r = Reassembly::new(0, 4);
+        r.push(0, parts[0].1.clone()).unwrap();
+        assert!(r.finish().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,25 @@
+//! Shared vocabulary of the parameter server: the gRPC protocol, the cluster
+//! spec, tensor placement and the wire encoding of tensor payloads.
+//!
+//! # Layout
+//! - [`pb`]: code generated from `proto/ps.proto` (messages, client, server traits).
+//! - [`cluster`]: the cluster spec every process agrees on.
+//! - [`placement`]: which shard holds which element range of a tensor; a pure
+//!   function of the cluster spec, so servers and workers compute it identically.
+//! - [`wire`]: little-endian f32/f16/bf16 payload encoding and decoding.
+//! - [`chunk`]: splitting payloads into chunks and checking a chunk sequence.
+
+pub mod chunk;
+pub mod cluster;
+pub mod placement;
+pub mod wire;
+
+/// Generated protocol types, client and server (package `ps.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("ps.v1");
+}
+
+pub use cluster::ClusterSpec;
+pub use placement::{Part, place};
+pub use wire::WireDtype;

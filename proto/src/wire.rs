@@ -1,0 +1,264 @@
+//! Wire encoding of tensor payloads: little-endian f32, f16 or bf16 bytes.
+//!
+//! The master copy of a tensor is always f32; f16 and bf16 only shrink what
+//! travels. Decoding never builds an intermediate `Vec<f32>`: callers decode
+//! straight into their destination ([`decode_into`], [`add_into`]) or walk a
+//! payload block by block ([`for_each_block`]).
+
+use bytes::Bytes;
+use half::{bf16, f16};
+
+use crate::pb;
+
+/// Elements decoded per block by [`for_each_block`]; small enough for the stack.
+pub const BLOCK: usize = 2048;
+
+/// Element encoding of a payload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WireDtype {
+    /// 4-byte IEEE binary32, little-endian (exact).
+    #[default]
+    F32,
+    /// 2-byte IEEE binary16, little-endian (lossy, range +-65504).
+    F16,
+    /// 2-byte bfloat16, little-endian (lossy, f32's range).
+    Bf16,
+}
+
+impl WireDtype {
+    /// Bytes per encoded element.
+    pub const fn size(self) -> usize {
+        match self {
+            WireDtype::F32 => 4,
+            WireDtype::F16 | WireDtype::Bf16 => 2,
+        }
+    }
+
+    /// Lower-case name used in messages and flags.
+    pub const fn name(self) -> &'static str {
+        match self {
+            WireDtype::F32 => "f32",
+            WireDtype::F16 => "f16",
+            WireDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for WireDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WireDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(WireDtype::F32),
+            "f16" => Ok(WireDtype::F16),
+            "bf16" => Ok(WireDtype::Bf16),
+            other => Err(format!("unknown wire dtype {other:?}; expected f32, f16 or bf16")),
+        }
+    }
+}
+
+impl From<pb::WireDtype> for WireDtype {
+    fn from(d: pb::WireDtype) -> Self {
+        match d {
+            pb::WireDtype::F32 => WireDtype::F32,
+            pb::WireDtype::F16 => WireDtype::F16,
+            pb::WireDtype::Bf16 => WireDtype::Bf16,
+        }
+    }
+}
+
+impl From<WireDtype> for pb::WireDtype {
+    fn from(d: WireDtype) -> Self {
+        match d {
+            WireDtype::F32 => pb::WireDtype::F32,
+            WireDtype::F16 => pb::WireDtype::F16,
+            WireDtype::Bf16 => pb::WireDtype::Bf16,
+        }
+    }
+}
+
+impl WireDtype {
+    /// The dtype of a raw protobuf enum value; `None` for a value this build does not know.
+    pub fn from_i32(v: i32) -> Option<Self> {
+        pb::WireDtype::try_from(v).ok().map(Into::into)
+    }
+}
+
+/// Encodes `src` in `dtype`. For f32 this is one copy of the bytes.
+pub fn encode(src: &[f32], dtype: WireDtype) -> Bytes {
+    match dtype {
+        WireDtype::F32 => {
+            let mut out = Vec::with_capacity(src.len() * 4);
+            for x in src {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            Bytes::from(out)
+        }
+        WireDtype::F16 => {
+            let mut out = Vec::with_capacity(src.len() * 2);
+            for x in src {
+                out.extend_from_slice(&f16::from_f32(*x).to_le_bytes());
+            }
+            Bytes::from(out)
+        }
+        WireDtype::Bf16 => {
+            let mut out = Vec::with_capacity(src.len() * 2);
+            for x in src {
+                out.extend_from_slice(&bf16::from_f32(*x).to_le_bytes());
+            }
+            Bytes::from(out)
+        }
+    }
+}
+
+/// Element `i` of an encoded payload.
+#[inline(always)]
+fn element(src: &[u8], i: usize, dtype: WireDtype) -> f32 {
+    match dtype {
+        WireDtype::F32 => {
+            let b = &src[i * 4..i * 4 + 4];
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+        WireDtype::F16 => f16::from_le_bytes([src[i * 2], src[i * 2 + 1]]).to_f32(),
+        WireDtype::Bf16 => bf16::from_le_bytes([src[i * 2], src[i * 2 + 1]]).to_f32(),
+    }
+}
+
+/// Decodes `src` into `dst`, which must hold exactly `src.len() / dtype.size()` elements.
+///
+/// # Panics
+/// If the lengths disagree (a caller bug: payload lengths are validated first).
+pub fn decode_into(dst: &mut [f32], src: &[u8], dtype: WireDtype) {
+    assert_eq!(dst.len() * dtype.size(), src.len(), "decode_into length mismatch");
+    if dtype == WireDtype::F32 {
+        for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        }
+        return;
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = element(src, i, dtype);
+    }
+}
+
+/// Adds the decoded `src` into `dst` element-wise: `dst[i] += src[i]`.
+///
+/// # Panics
+/// If the lengths disagree.
+pub fn add_into(dst: &mut [f32], src: &[u8], dtype: WireDtype) {
+    assert_eq!(dst.len() * dtype.size(), src.len(), "add_into length mismatch");
+    if dtype == WireDtype::F32 {
+        for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d += f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        }
+        return;
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d += element(src, i, dtype);
+    }
+}
+
+/// Index of the first NaN or infinite element of an encoded payload, if any.
+pub fn first_non_finite(src: &[u8], dtype: WireDtype) -> Option<usize> {
+    (0..src.len() / dtype.size()).find(|&i| !element(src, i, dtype).is_finite())
+}
+
+/// Calls `f(element_offset, block)` for consecutive decoded blocks of at most
+/// [`BLOCK`] elements covering the payload `src` (whole elements only).
+pub fn for_each_block(src: &[u8], dtype: WireDtype, mut f: impl FnMut(usize, &[f32])) {
+    let mut buf = [0f32; BLOCK];
+    let size = dtype.size();
+    let mut done = 0;
+    for bytes in src.chunks(BLOCK * size) {
+        let n = bytes.len() / size;
+        decode_into(&mut buf[..n], &bytes[..n * size], dtype);
+        f(done, &buf[..n]);
+        done += n;
+    }
+}
+
+/// A shared f32 buffer viewed as its little-endian bytes, without a copy.
+#[cfg(target_endian = "little")]
+pub fn f32_bytes(values: std::sync::Arc<Vec<f32>>) -> Bytes {
+    struct Owner(std::sync::Arc<Vec<f32>>);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(self.0.as_slice())
+        }
+    }
+    Bytes::from_owner(Owner(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_round_trip_is_exact() {
+        let v = [1.5f32, -0.0, f32::MAX, f32::MIN_POSITIVE, 3.25e-7];
+        let bytes = encode(&v, WireDtype::F32);
+        assert_eq!(&bytes[..4], &1.5f32.to_le_bytes());
+        let mut out = [0f32; 5];
+        decode_into(&mut out, &bytes, WireDtype::F32);
+        assert_eq!(out.map(f32::to_bits), v.map(f32::to_bits));
+    }
+
+    #[test]
+    fn half_dtypes_round_to_nearest() {
+        let v = [1.0f32, 0.1, -2.5, 1000.0];
+        for dtype in [WireDtype::F16, WireDtype::Bf16] {
+            let bytes = encode(&v, dtype);
+            assert_eq!(bytes.len(), 8);
+            let mut out = [0f32; 4];
+            decode_into(&mut out, &bytes, dtype);
+            for (a, b) in v.iter().zip(out) {
+                assert!((a - b).abs() <= a.abs() * 0.008, "{dtype}: {a} -> {b}");
+            }
+        }
+        // 0.1 is not representable: bf16 keeps 8 bits of mantissa.
+        let mut out = [0f32; 1];
+        decode_into(&mut out, &encode(&[0.1], WireDtype::Bf16), WireDtype::Bf16);
+        assert_eq!(out[0], 0.100_097_656);
+    }
+
+    #[test]
+    fn add_into_accumulates() {
+        let mut acc = [1.0f32, 2.0, 3.0];
+        add_into(&mut acc, &encode(&[0.5, -2.0, 1.0], WireDtype::F32), WireDtype::F32);
+        assert_eq!(acc, [1.5, 0.0, 4.0]);
+        add_into(&mut acc, &encode(&[0.5, 0.5, 0.5], WireDtype::F16), WireDtype::F16);
+        assert_eq!(acc, [2.0, 0.5, 4.5]);
+    }
+
+    #[test]
+    fn finds_non_finite() {
+        assert_eq!(first_non_finite(&encode(&[1.0, 2.0], WireDtype::F32), WireDtype::F32), None);
+        assert_eq!(first_non_finite(&encode(&[1.0, f32::NAN], WireDtype::F32), WireDtype::F32), Some(1));
+        assert_eq!(first_non_finite(&encode(&[f32::INFINITY], WireDtype::Bf16), WireDtype::Bf16), Some(0));
+        // 1e6 overflows f16 to +inf on encode.
+        assert_eq!(first_non_finite(&encode(&[0.0, 1e6], WireDtype::F16), WireDtype::F16), Some(1));
+    }
+
+    #[test]
+    fn blocks_cover_payload_in_order() {
+        let v: Vec<f32> = (0..(BLOCK * 2 + 7)).map(|i| i as f32).collect();
+        let bytes = encode(&v, WireDtype::F32);
+        let mut seen = Vec::new();
+        for_each_block(&bytes, WireDtype::F32, |off, block| {
+            assert_eq!(off, seen.len());
+            seen.extend_from_slice(block);
+        });
+        assert_eq!(seen, v);
+    }
+
+    #[test]
+    fn shared_view_is_little_endian() {
+        let b = f32_bytes(std::sync::Arc::new(vec![1.0, 2.0]));
+        assert_eq!(&b[..], &encode(&[1.0, 2.0], WireDtype::F32)[..]);
+    }
+}

@@ -1,0 +1,250 @@
+//! `ps-server`: runs one parameter-server shard. Arguments and signals only;
+//! everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use ps_proto::ClusterSpec;
+use ps_server::{Aggregation, OptimizerConfig, PolicyName, ShardConfig};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OptimizerName {
+    Sgd,
+    Adam,
+    Adagrad,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Run one shard of a parameter server.
+///
+/// A cluster is S shards (one `ps-server` each) and W workers. Every shard
+/// must be started with the same shard list (or count), worker count and
+/// policy; each gets its own --shard-id. Workers connect to all shards.
+///
+/// Example, a 2-shard cluster for 4 workers with bounded staleness 3:
+///
+///   ps-server --listen 127.0.0.1:7070 --shard-id 0 --shards 127.0.0.1:7070,127.0.0.1:7071 --workers 4 --policy ssp --staleness 3
+///
+///   ps-server --listen 127.0.0.1:7071 --shard-id 1 --shards 127.0.0.1:7070,127.0.0.1:7071 --workers 4 --policy ssp --staleness 3
+///
+/// On start it prints one line, `ps-server shard I/S listening on ADDR`, to
+/// stdout; logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Address to serve gRPC on; port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+
+    /// This shard's id, 0..S.
+    #[arg(long)]
+    shard_id: Option<u32>,
+
+    /// Comma-separated addresses of all shards, in shard-id order (sets S).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["cluster", "num_shards"])]
+    shards: Option<Vec<String>>,
+
+    /// TOML cluster spec: `shards = ["host:port", ...]` and optionally `split_threshold = N`.
+    #[arg(long, conflicts_with = "num_shards")]
+    cluster: Option<PathBuf>,
+
+    /// Number of shards S, when no shard list is given.
+    #[arg(long)]
+    num_shards: Option<u32>,
+
+    /// Number of workers W; worker ids are 0..W.
+    #[arg(long)]
+    workers: Option<u32>,
+
+    /// Default synchronisation policy: sync (strong), ssp (bounded staleness) or async (eventual).
+    #[arg(long, value_enum)]
+    policy: Option<PolicyName>,
+
+    /// Staleness bound s for --policy ssp: pull(c) waits until every worker has clock >= c - s.
+    #[arg(long)]
+    staleness: Option<u32>,
+
+    /// How gradients of different workers combine.
+    #[arg(long, value_enum)]
+    aggregation: Option<Aggregation>,
+
+    /// Default server-side optimizer.
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerName>,
+
+    /// Learning rate [default: 0.1 for sgd, 0.001 for adam, 0.01 for adagrad].
+    #[arg(long)]
+    lr: Option<f32>,
+
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f32,
+
+    /// L2 weight decay (sgd, adam).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+
+    /// Tensors with at least this many elements are split over all shards.
+    #[arg(long)]
+    split_threshold: Option<u64>,
+
+    /// Largest gRPC message accepted, in bytes; larger push chunks get RESOURCE_EXHAUSTED.
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+
+    /// TOML file with any of the shard settings (see README); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid TOML in {}: {e}", path.display()))
+}
+
+fn shard_config(args: &Args) -> Result<ShardConfig, String> {
+    let mut cfg: ShardConfig = match &args.config {
+        Some(path) => read_toml(path)?,
+        None => ShardConfig::default(),
+    };
+    let spec: Option<ClusterSpec> = match (&args.shards, &args.cluster) {
+        (Some(list), _) => Some(ClusterSpec::new(list.clone())),
+        (None, Some(path)) => Some(read_toml(path)?),
+        (None, None) => None,
+    };
+    if let Some(spec) = spec {
+        if spec.shards.is_empty() {
+            return Err("the shard list is empty".into());
+        }
+        cfg.num_shards = spec.num_shards();
+        cfg.split_threshold = spec.split_threshold;
+    }
+    if let Some(n) = args.num_shards {
+        cfg.num_shards = n;
+    }
+    if let Some(id) = args.shard_id {
+        cfg.shard_id = id;
+    }
+    if let Some(t) = args.split_threshold {
+        cfg.split_threshold = t;
+    }
+    if let Some(w) = args.workers {
+        cfg.num_workers = w;
+    }
+    if let Some(p) = args.policy {
+        cfg.policy = p;
+    }
+    if let Some(s) = args.staleness {
+        cfg.staleness = s;
+    }
+    if let Some(a) = args.aggregation {
+        cfg.aggregation = a;
+    }
+    if let Some(m) = args.max_message_bytes {
+        cfg.max_message_bytes = m;
+    }
+    if args.optimizer.is_some() || args.lr.is_some() {
+        let (momentum, weight_decay) = (args.momentum, args.weight_decay);
+        cfg.optimizer = match args.optimizer.unwrap_or(OptimizerName::Sgd) {
+            OptimizerName::Sgd => {
+                OptimizerConfig::Sgd { learning_rate: args.lr.unwrap_or(0.1), momentum, weight_decay }
+            }
+            OptimizerName::Adam => OptimizerConfig::Adam {
+                learning_rate: args.lr.unwrap_or(0.001),
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                weight_decay,
+            },
+            OptimizerName::Adagrad => OptimizerConfig::AdaGrad {
+                learning_rate: args.lr.unwrap_or(0.01),
+                epsilon: 1e-10,
+                initial_accumulator: 0.1,
+            },
+        };
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let config = match shard_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ps-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ps-server: cannot start the Tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("ps-server shard {}/{} listening on {addr}", config.shard_id, config.num_shards);
+        tracing::info!(
+            shard = config.shard_id,
+            shards = config.num_shards,
+            workers = config.num_workers,
+            policy = %config.default_policy().label(),
+            optimizer = config.optimizer.name(),
+            "serving"
+        );
+        ps_server::serve(listener, config, shutdown_signal()).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ps-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Configuration of one shard.
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::OptimizerConfig;
+use crate::sync::Policy;
+
+/// How a sync round combines the workers' gradients; in ssp and async, how
+/// each push is scaled (mean: by 1 / live workers, so W pushes of one clock
+/// move the parameters as far as one sync round).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Average over the contributing workers.
+    #[default]
+    Mean,
+    /// Sum over the contributing workers.
+    Sum,
+}
+
+/// Policy names as written in flags and config files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyName {
+    /// Strong consistency: lockstep, one aggregated update per clock.
+    #[default]
+    Sync,
+    /// Bounded staleness (stale synchronous parallel) with `--staleness`.
+    Ssp,
+    /// Eventual consistency: every push applied on arrival, pulls never wait.
+    Async,
+}
+
+impl PolicyName {
+    /// The policy with `staleness` as the bound for ssp.
+    pub fn with_staleness(self, staleness: u32) -> Policy {
+        match self {
+            PolicyName::Sync => Policy::Sync,
+            PolicyName::Ssp => Policy::Ssp { staleness },
+            PolicyName::Async => Policy::Async,
+        }
+    }
+}
+
+/// Everything one shard needs to know. Every shard of a cluster must agree
+/// on `num_shards`, `split_threshold` and `num_workers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardConfig {
+    /// This shard's id, `0..num_shards`.
+    pub shard_id: u32,
+    /// Shards in the cluster.
+    pub num_shards: u32,
+    /// Tensors with at least this many elements are split over all shards.
+    pub split_threshold: u64,
+    /// Worker ids are `0..num_workers`; all start live.
+    pub num_workers: u32,
+    /// Default policy of tensors that do not choose one.
+    pub policy: PolicyName,
+    /// Default staleness bound for ssp tensors.
+    pub staleness: u32,
+    /// Mean or sum of the workers' gradients.
+    pub aggregation: Aggregation,
+    /// Default optimizer of tensors that do not choose one.
+    pub optimizer: OptimizerConfig,
+    /// Largest gRPC message accepted (one chunk plus headers).
+    pub max_message_bytes: usize,
+    /// Payload bytes per chunk in pull replies.
+    pub chunk_bytes: usize,
+    /// Largest tensor part this shard accepts, in bytes of f32.
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            shard_id: 0,
+            num_shards: 1,
+            split_threshold: ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD,
+            num_workers: 1,
+            policy: PolicyName::Sync,
+            staleness: 2,
+            aggregation: Aggregation::Mean,
+            optimizer: OptimizerConfig::default(),
+            max_message_bytes: 16 << 20,
+            chunk_bytes: ps_proto::chunk::DEFAULT_CHUNK_BYTES,
+            max_tensor_bytes: 16 << 30,
+        }
+    }
+}
+
+impl ShardConfig {
+    /// The default policy as the sync core sees it.
+    pub fn default_policy(&self) -> Policy {
+        self.policy.with_staleness(self.staleness)
+    }
+
+    /// Checks internal consistency; the message says which field is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_shards == 0 {
+            return Err("num_shards must be at least 1".into());
+        }
+        if self.shard_id >= self.num_shards {
+            return Err(format!("shard_id {} is out of range for {} shards", self.shard_id, self.num_shards));
+        }
+        if self.num_workers == 0 {
+            return Err("num_workers must be at least 1".into());
+        }
+        if self.chunk_bytes == 0 || self.chunk_bytes + 4096 > self.max_message_bytes {
+            return Err(format!(
+                "chunk_bytes {} must be positive and at least 4 KiB below max_message_bytes {}",
+                self.chunk_bytes, self.max_message_bytes
+            ));
+        }
+        self.optimizer.validate()
+    }
+}

@@ -1,0 +1,89 @@
+//! Conversions between protocol messages and the shard's own types, with the
+//! validation that belongs at the edge (unknown enum values, missing fields).
+
+use ps_proto::pb;
+
+use crate::error::PsError;
+use crate::init::Init;
+use crate::optim::OptimizerConfig;
+use crate::shard::Declaration;
+use crate::sync::Policy;
+
+/// The policy a declaration asks for; `None` means the shard default.
+pub fn policy(spec: &pb::TensorSpec, default_staleness: u32) -> Result<Option<Policy>, PsError> {
+    let policy = pb::Policy::try_from(spec.policy).map_err(|_| {
+        PsError::InvalidArgument(format!("tensor {:?}: unknown policy value {}", spec.name, spec.policy))
+    })?;
+    Ok(match policy {
+        pb::Policy::Unspecified => None,
+        pb::Policy::Sync => Some(Policy::Sync),
+        pb::Policy::Ssp => Some(Policy::Ssp { staleness: spec.staleness.unwrap_or(default_staleness) }),
+        pb::Policy::Async => Some(Policy::Async),
+    })
+}
+
+/// The initializer of a declaration (zeros when absent).
+pub fn init(spec: &pb::TensorSpec) -> Result<Init, PsError> {
+    use pb::initializer::Kind;
+    let bad = |what: &str| PsError::InvalidArgument(format!("tensor {:?}: {what}", spec.name));
+    Ok(match spec.init.as_ref().and_then(|i| i.kind.as_ref()) {
+        None => Init::Zeros,
+        Some(Kind::Constant(v)) if v.is_finite() => Init::Constant(*v),
+        Some(Kind::Constant(v)) => return Err(bad(&format!("constant initializer {v} is not finite"))),
+        Some(Kind::Uniform(u)) if u.low.is_finite() && u.high.is_finite() && u.low <= u.high => {
+            Init::Uniform { low: u.low, high: u.high, seed: u.seed }
+        }
+        Some(Kind::Uniform(u)) => {
+            return Err(bad(&format!("uniform initializer needs low <= high, got {u:?}")));
+        }
+        Some(Kind::Normal(n)) if n.mean.is_finite() && n.std.is_finite() && n.std >= 0.0 => {
+            Init::Normal { mean: n.mean, std: n.std, seed: n.seed }
+        }
+        Some(Kind::Normal(n)) => return Err(bad(&format!("normal initializer needs std >= 0, got {n:?}"))),
+    })
+}
+
+/// The optimizer of a declaration; `None` means the shard default.
+pub fn optimizer(opt: Option<&pb::Optimizer>) -> Option<OptimizerConfig> {
+    use pb::optimizer::Kind;
+    Some(match opt?.kind.as_ref()? {
+        Kind::Sgd(s) => OptimizerConfig::Sgd {
+            learning_rate: s.learning_rate,
+            momentum: s.momentum,
+            weight_decay: s.weight_decay,
+        },
+        Kind::Adam(a) => OptimizerConfig::Adam {
+            learning_rate: a.learning_rate,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            epsilon: a.epsilon,
+            weight_decay: a.weight_decay,
+        },
+        Kind::Adagrad(a) => OptimizerConfig::AdaGrad {
+            learning_rate: a.learning_rate,
+            epsilon: a.epsilon,
+            initial_accumulator: a.initial_accumulator,
+        },
+    })
+}
+
+/// A declaration from its protocol form.
+pub fn declaration(spec: pb::TensorSpec, default_staleness: u32) -> Result<Declaration, PsError> {
+    Ok(Declaration {
+        policy: policy(&spec, default_staleness)?,
+        init: init(&spec)?,
+        optimizer: optimizer(spec.optimizer.as_ref()),
+        allow_non_finite: spec.allow_non_finite,
+        shape: spec.shape,
+        name: spec.name,
+    })
+}
+
+/// The protocol form of a policy.
+pub fn policy_to_pb(p: Policy) -> (pb::Policy, u32) {
+    match p {
+        Policy::Sync => (pb::Policy::Sync, 0),
+        Policy::Ssp { staleness } => (pb::Policy::Ssp, staleness),
+        Policy::Async => (pb::Policy::Async, 0),
+    }
+}

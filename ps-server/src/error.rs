@@ -1,0 +1,110 @@
+//! The shard's error type and its one mapping to gRPC status codes.
+
+use ps_proto::chunk::ChunkError;
+use tonic::{Code, Status};
+
+use crate::sync::ClockError;
+
+/// Everything a shard can refuse. Each variant names the tensor and worker
+/// involved and the expected vs received value; state is unchanged after any.
+#[derive(Debug, thiserror::Error)]
+pub enum PsError {
+    /// The tensor was never declared on this shard.
+    #[error("unknown tensor {tensor:?}: declare it first")]
+    UnknownTensor { tensor: String },
+    /// A re-declaration disagrees with the existing tensor.
+    #[error("tensor {tensor:?} already exists with shape {existing:?}; got shape {requested:?}")]
+    ShapeConflict { tensor: String, existing: Vec<u64>, requested: Vec<u64> },
+    /// A request's element range is not the one placed on this shard.
+    #[error(
+        "tensor {tensor:?}: shard {shard} holds elements {expected_offset}..{expected_end}, request covers {got_offset}..{got_end}"
+    )]
+    WrongRange {
+        tensor: String,
+        shard: u32,
+        expected_offset: u64,
+        expected_end: u64,
+        got_offset: u64,
+        got_end: u64,
+    },
+    /// Declared on a shard that holds no part of the tensor.
+    #[error("tensor {tensor:?} ({len} elements) has no part on shard {shard}")]
+    NotPlacedHere { tensor: String, len: u64, shard: u32 },
+    /// A gradient holds NaN or Inf and the tensor does not allow it.
+    #[error(
+        "tensor {tensor:?}, worker {worker}, clock {clock}: element {index} of the gradient is {value}; expected a finite value"
+    )]
+    NonFinite { tensor: String, worker: u32, clock: u64, index: u64, value: f32 },
+    /// A request is malformed in a way the message explains.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A chunk sequence is malformed.
+    #[error("tensor {tensor:?}, worker {worker}: {source}")]
+    Chunk {
+        tensor: String,
+        worker: u32,
+        #[source]
+        source: ChunkError,
+    },
+    /// A message or tensor exceeds a configured limit.
+    #[error("{what}: {got} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { what: String, got: u64, limit: u64 },
+    /// A clock rule refused the request.
+    #[error("tensor {tensor:?}: {source}")]
+    Clock {
+        tensor: String,
+        #[source]
+        source: ClockError,
+    },
+    /// A worker-level clock rule refused the request (no tensor involved).
+    #[error("{0}")]
+    Worker(#[source] ClockError),
+    /// The shard is shutting down.
+    #[error("shard {shard} is shutting down")]
+    ShuttingDown { shard: u32 },
+}
+
+impl PsError {
+    /// The gRPC code a client should act on (see tonic's `Code` docs).
+    pub fn code(&self) -> Code {
+        match self {
+            PsError::UnknownTensor { .. } => Code::NotFound,
+            PsError::ShapeConflict { .. } => Code::AlreadyExists,
+            PsError::WrongRange { .. }
+            | PsError::NotPlacedHere { .. }
+            | PsError::NonFinite { .. }
+            | PsError::InvalidArgument(_)
+            | PsError::Chunk { .. } => Code::InvalidArgument,
+            PsError::TooLarge { .. } => Code::ResourceExhausted,
+            PsError::Clock { .. } | PsError::Worker(_) => Code::FailedPrecondition,
+            PsError::ShuttingDown { .. } => Code::Unavailable,
+        }
+    }
+}
+
+impl From<PsError> for Status {
+    fn from(e: PsError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_design() {
+        let clock = PsError::Clock {
+            tensor: "w".into(),
+            source: ClockError::PushGap { worker: 1, expected: 3, got: 5 },
+        };
+        let status = Status::from(clock);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.message(), "tensor \"w\": worker 1 pushed clock 5 but its next clock is 3");
+        assert_eq!(PsError::UnknownTensor { tensor: "x".into() }.code(), Code::NotFound);
+        let conflict = PsError::ShapeConflict { tensor: "x".into(), existing: vec![2], requested: vec![3] };
+        assert_eq!(conflict.code(), Code::AlreadyExists);
+        let big = PsError::TooLarge { what: "chunk".into(), got: 10, limit: 5 };
+        assert_eq!(big.code(), Code::ResourceExhausted);
+    }
+}

@@ -1,0 +1,33 @@
+//! A parameter-server shard: holds parts of named f32 tensors, aggregates
+//! workers' gradients under a sync, bounded-staleness or async policy, applies
+//! a server-side optimizer, and serves it all over gRPC.
+//!
+//! # Layout
+//! - [`sync`]: the pure clock core — release rules, rounds, exactly-once (no I/O).
+//! - [`optim`]: SGD, Adam and AdaGrad update kernels.
+//! - [`init`]: seeded initializers independent of sharding.
+//! - [`tensor`]: one tensor part — values, optimizer state, clocks, aggregation buffer.
+//! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
+//! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
+//! - [`error`]: `PsError` and its mapping to gRPC status codes.
+//! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
+//! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod init;
+pub mod local;
+pub mod optim;
+pub mod server;
+pub mod service;
+pub mod shard;
+pub mod sync;
+pub mod tensor;
+
+pub use config::{Aggregation, PolicyName, ShardConfig};
+pub use error::PsError;
+pub use local::LocalCluster;
+pub use optim::OptimizerConfig;
+pub use server::serve;
+pub use sync::Policy;

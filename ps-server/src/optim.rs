@@ -1,0 +1,277 @@
+//! Server-side optimizers: element-wise update kernels with per-tensor state.
+//!
+//! A step is applied block by block: call [`Optimizer::begin_step`] once, then
+//! [`Optimizer::update`] for consecutive or arbitrary element ranges. The
+//! kernels are fused single loops over plain slices, which the compiler
+//! vectorises; they never allocate.
+
+use serde::{Deserialize, Serialize};
+
+/// Optimizer hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerConfig {
+    /// `v = momentum*v + g + wd*p; p -= lr*v` (plain SGD when momentum is 0).
+    Sgd { learning_rate: f32, momentum: f32, weight_decay: f32 },
+    /// Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient.
+    Adam { learning_rate: f32, beta1: f32, beta2: f32, epsilon: f32, weight_decay: f32 },
+    /// AdaGrad: `acc += g^2; p -= lr*g/(sqrt(acc)+eps)`.
+    AdaGrad { learning_rate: f32, epsilon: f32, initial_accumulator: f32 },
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig::Sgd { learning_rate: 0.1, momentum: 0.0, weight_decay: 0.0 }
+    }
+}
+
+impl OptimizerConfig {
+    /// Adam with the usual defaults (β1 0.9, β2 0.999, ε 1e-8) at `learning_rate`.
+    pub fn adam(learning_rate: f32) -> Self {
+        OptimizerConfig::Adam { learning_rate, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.0 }
+    }
+
+    /// Plain SGD at `learning_rate`.
+    pub fn sgd(learning_rate: f32) -> Self {
+        OptimizerConfig::Sgd { learning_rate, momentum: 0.0, weight_decay: 0.0 }
+    }
+
+    /// Short name: `sgd`, `adam` or `adagrad`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerConfig::Sgd { .. } => "sgd",
+            OptimizerConfig::Adam { .. } => "adam",
+            OptimizerConfig::AdaGrad { .. } => "adagrad",
+        }
+    }
+
+    /// Checks that hyper-parameters are finite and in range.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = match *self {
+            OptimizerConfig::Sgd { learning_rate, momentum, weight_decay } => {
+                learning_rate.is_finite() && (0.0..1.0).contains(&momentum) && weight_decay.is_finite()
+            }
+            OptimizerConfig::Adam { learning_rate, beta1, beta2, epsilon, weight_decay } => {
+                learning_rate.is_finite()
+                    && (0.0..1.0).contains(&beta1)
+                    && (0.0..1.0).contains(&beta2)
+                    && epsilon > 0.0
+                    && weight_decay.is_finite()
+            }
+            OptimizerConfig::AdaGrad { learning_rate, epsilon, initial_accumulator } => {
+                learning_rate.is_finite() && epsilon > 0.0 && initial_accumulator >= 0.0
+            }
+        };
+        if ok { Ok(()) } else { Err(format!("invalid {} hyper-parameters: {self:?}", self.name())) }
+    }
+}
+
+/// An optimizer and its state for one tensor part of `len` elements.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    config: OptimizerConfig,
+    /// Momentum (SGD), first moment (Adam) or accumulator (AdaGrad); empty when unused.
+    slot_a: Vec<f32>,
+    /// Second moment (Adam); empty otherwise.
+    slot_b: Vec<f32>,
+    /// Steps begun so far.
+    step: u64,
+    /// Adam's bias corrections for the current step: `1 - β^t`.
+    correction: (f32, f32),
+}
+
+impl Optimizer {
+    /// Fresh state (zeros, or AdaGrad's initial accumulator) for `len` elements.
+    pub fn new(config: OptimizerConfig, len: usize) -> Self {
+        let (slot_a, slot_b) = match config {
+            OptimizerConfig::Sgd { momentum, .. } if momentum == 0.0 => (Vec::new(), Vec::new()),
+            OptimizerConfig::Sgd { .. } => (vec![0.0; len], Vec::new()),
+            OptimizerConfig::Adam { .. } => (vec![0.0; len], vec![0.0; len]),
+            OptimizerConfig::AdaGrad { initial_accumulator, .. } => {
+                (vec![initial_accumulator; len], Vec::new())
+            }
+        };
+        Self { config, slot_a, slot_b, step: 0, correction: (1.0, 1.0) }
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Steps begun so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Bytes of optimizer state held.
+    pub fn state_bytes(&self) -> usize {
+        (self.slot_a.len() + self.slot_b.len()) * 4
+    }
+
+    /// Named state slots (for inspection and checkpoints).
+    pub fn slots(&self) -> Vec<(&'static str, &[f32])> {
+        let names: (&str, &str) = match self.config {
+            OptimizerConfig::Sgd { .. } => ("momentum", ""),
+            OptimizerConfig::Adam { .. } => ("adam_m", "adam_v"),
+            OptimizerConfig::AdaGrad { .. } => ("adagrad_accumulator", ""),
+        };
+        [(names.0, self.slot_a.as_slice()), (names.1, self.slot_b.as_slice())]
+            .into_iter()
+            .filter(|(_, s)| !s.is_empty())
+            .collect()
+    }
+
+    /// Starts a new step; every element should then be updated once.
+    pub fn begin_step(&mut self) {
+        self.step += 1;
+        if let OptimizerConfig::Adam { beta1, beta2, .. } = self.config {
+            let t = i32::try_from(self.step).unwrap_or(i32::MAX);
+            self.correction = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+        }
+    }
+
+    /// Updates `params` (elements `offset..offset + params.len()` of the part)
+    /// with `scale * grad`.
+    ///
+    /// # Panics
+    /// If `grad` and `params` differ in length or the range is out of bounds.
+    pub fn update(&mut self, offset: usize, params: &mut [f32], grad: &[f32], scale: f32) {
+        assert_eq!(params.len(), grad.len(), "optimizer update length mismatch");
+        let range = offset..offset + params.len();
+        match self.config {
+            OptimizerConfig::Sgd { learning_rate: lr, momentum, weight_decay: wd } => {
+                if momentum == 0.0 {
+                    for (p, g) in params.iter_mut().zip(grad) {
+                        *p -= lr * (scale * g + wd * *p);
+                    }
+                } else {
+                    let v = &mut self.slot_a[range];
+                    for ((p, g), v) in params.iter_mut().zip(grad).zip(v) {
+                        *v = momentum * *v + scale * g + wd * *p;
+                        *p -= lr * *v;
+                    }
+                }
+            }
+            OptimizerConfig::Adam { learning_rate: lr, beta1, beta2, epsilon, weight_decay: wd } => {
+                let (c1, c2) = self.correction;
+                let m = &mut self.slot_a[range.clone()];
+                let v = &mut self.slot_b[range];
+                for (((p, g), m), v) in params.iter_mut().zip(grad).zip(m).zip(v) {
+                    let g = scale * g + wd * *p;
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *p -= lr * (*m / c1) / ((*v / c2).sqrt() + epsilon);
+                }
+            }
+            OptimizerConfig::AdaGrad { learning_rate: lr, epsilon, .. } => {
+                let acc = &mut self.slot_a[range];
+                for ((p, g), a) in params.iter_mut().zip(grad).zip(acc) {
+                    let g = scale * g;
+                    *a += g * g;
+                    *p -= lr * g / (a.sqrt() + epsilon);
+                }
+            }
+        }
+    }
+
+    /// One whole step on all of `params`.
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32], scale: f32) {
+        self.begin_step();
+        self.update(0, params, grad, scale);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{a:?} != {b:?}");
+        }
+    }
+
+    #[test]
+    fn sgd_plain_and_weight_decay() {
+        // p = 1, g = 0.5, lr = 0.1, wd = 0.2: p -= 0.1 * (0.5 + 0.2) = 0.93
+        let mut o =
+            Optimizer::new(OptimizerConfig::Sgd { learning_rate: 0.1, momentum: 0.0, weight_decay: 0.2 }, 1);
+        let mut p = [1.0];
+        o.step(&mut p, &[0.5], 1.0);
+        close(&p, &[0.93]);
+        assert_eq!(o.state_bytes(), 0);
+    }
+
+    #[test]
+    fn sgd_momentum_three_steps() {
+        // lr 0.1, mu 0.9, g = 1 each step, scale 0.5 -> effective g 0.5
+        // v1 = 0.5, p = -0.05; v2 = 0.95, p = -0.145; v3 = 1.355, p = -0.2805
+        let mut o =
+            Optimizer::new(OptimizerConfig::Sgd { learning_rate: 0.1, momentum: 0.9, weight_decay: 0.0 }, 1);
+        let mut p = [0.0];
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            o.step(&mut p, &[1.0], 0.5);
+            seen.push(p[0]);
+        }
+        close(&seen, &[-0.05, -0.145, -0.2805]);
+    }
+
+    #[test]
+    fn adam_two_steps() {
+        // lr 0.1, b1 0.9, b2 0.999, eps 1e-8, p0 = 1
+        // step 1, g = 2: m = 0.2, v = 0.004, mhat = 2, vhat = 4 -> p = 1 - 0.1*2/2 = 0.9
+        // step 2, g = 1: m = 0.28, v = 0.004996, mhat = 0.28/0.19 = 1.473684,
+        //   vhat = 0.004996/0.001999 = 2.499250, sqrt = 1.580901 -> p = 0.9 - 0.1*0.932180 = 0.806782
+        let mut o = Optimizer::new(OptimizerConfig::adam(0.1), 1);
+        let mut p = [1.0];
+        o.step(&mut p, &[2.0], 1.0);
+        close(&p, &[0.9]);
+        o.step(&mut p, &[1.0], 1.0);
+        close(&p, &[0.806_782]);
+        assert_eq!(o.state_bytes(), 8);
+        assert_eq!(o.slots().iter().map(|s| s.0).collect::<Vec<_>>(), vec!["adam_m", "adam_v"]);
+    }
+
+    #[test]
+    fn adagrad_two_steps() {
+        // lr 0.5, eps 0, acc0 0.1, p0 = 0
+        // g = 1: acc = 1.1, p = -0.5/1.048809 = -0.476731
+        // g = 2: acc = 5.1, p = -0.476731 - 1/2.258318 = -0.919537
+        let mut o = Optimizer::new(
+            OptimizerConfig::AdaGrad { learning_rate: 0.5, epsilon: 1e-12, initial_accumulator: 0.1 },
+            1,
+        );
+        let mut p = [0.0];
+        o.step(&mut p, &[1.0], 1.0);
+        close(&p, &[-0.476_731]);
+        o.step(&mut p, &[2.0], 1.0);
+        close(&p, &[-0.919_537]);
+    }
+
+    #[test]
+    fn blockwise_update_equals_whole_update() {
+        let grad: Vec<f32> = (0..10).map(|i| i as f32 * 0.1 - 0.3).collect();
+        let mut whole = vec![1.0f32; 10];
+        let mut blocks = whole.clone();
+        let mut a = Optimizer::new(OptimizerConfig::adam(0.01), 10);
+        let mut b = a.clone();
+        for _ in 0..3 {
+            a.step(&mut whole, &grad, 1.0);
+            b.begin_step();
+            b.update(0, &mut blocks[..4], &grad[..4], 1.0);
+            b.update(4, &mut blocks[4..], &grad[4..], 1.0);
+        }
+        assert_eq!(whole, blocks);
+    }
+
+    #[test]
+    fn validation_rejects_bad_hyper_parameters() {
+        assert!(OptimizerConfig::sgd(f32::NAN).validate().is_err());
+        assert!(
+            OptimizerConfig::Sgd { learning_rate: 0.1, momentum: 1.5, weight_decay: 0.0 }.validate().is_err()
+        );
+        assert!(OptimizerConfig::adam(0.001).validate().is_ok());
+    }
+}

@@ -1,0 +1,65 @@
+//! Serving a shard on a TCP listener, with the transport tuned for large
+//! tensors, until a shutdown future resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ps_proto::pb::parameter_server_server::ParameterServerServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::ShardConfig;
+use crate::service::Service;
+use crate::shard::Shard;
+
+/// HTTP/2 frame size: h2 hands over whole frames only, so 16 KiB frames cost
+/// per-frame overhead and 16 MiB frames delay delivery; ~1 MiB is the sweet spot.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+/// Per-stream flow-control window: at least a chunk, so a chunk never waits
+/// for a window update mid-flight.
+pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
+/// Per-connection flow-control window: several chunks of several streams in flight.
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+
+/// Errors that stop a shard from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is inconsistent.
+    #[error("invalid shard configuration: {0}")]
+    Config(String),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves one shard on `listener` until `shutdown` resolves, then stops
+/// accepting, fails waiting pulls and barriers with `Unavailable`, and
+/// returns once in-flight requests are done.
+///
+/// TCP_NODELAY is set on every accepted connection (tonic's own
+/// `tcp_nodelay` option does not apply to a listener passed in), so small
+/// replies are not held back by Nagle's algorithm.
+pub async fn serve(
+    listener: TcpListener,
+    config: ShardConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    config.validate().map_err(ServeError::Config)?;
+    let max_message = config.max_message_bytes;
+    let shard = Arc::new(Shard::new(config));
+    let service = ParameterServerServer::new(Service::new(Arc::clone(&shard)))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            shard.close();
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The gRPC service: thin glue that decodes a request, asks the shard, and
+//! encodes the answer. Every error leaves through `From<PsError> for Status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use ps_proto::chunk::{self, Reassembly};
+use ps_proto::pb;
+use ps_proto::pb::parameter_server_server::ParameterServer;
+use ps_proto::wire::{self, WireDtype};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::error::PsError;
+use crate::shard::Shard;
+use crate::tensor::Gradient;
+
+/// The `ParameterServer` gRPC service over one shard.
+#[derive(Clone, Debug)]
+pub struct Service {
+    shard: Arc<Shard>,
+}
+
+impl Service {
+    /// A service answering for `shard`.
+    pub fn new(shard: Arc<Shard>) -> Self {
+        Self { shard }
+    }
+}
+
+fn dtype(raw: i32) -> Result<WireDtype, PsError> {
+    WireDtype::from_i32(raw)
+        .ok_or_else(|| PsError::InvalidArgument(format!("unknown wire dtype value {raw}")))
+}
+
+/// The next chunk of a push stream. A chunk above the message limit (which
+/// tonic reports as `OutOfRange`) becomes `ResourceExhausted`.
+async fn next_chunk(
+    stream: &mut Streaming<pb::PushChunk>,
+    limit: usize,
+) -> Result<Option<pb::PushChunk>, Status> {
+    stream.message().await.map_err(|s| {
+        if s.code() == Code::OutOfRange {
+            Status::resource_exhausted(format!(
+                "push chunk exceeds the message limit of {limit} bytes: {}",
+                s.message()
+            ))
+        } else {
+            s
+        }
+    })
+}
+
+type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ParameterServer for Service {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let worker = req.into_inner().worker;
+        let clock = self.shard.join(worker)?;
+        let cfg = self.shard.config();
+        Ok(Response::new(pb::JoinReply {
+            clock,
+            shard: cfg.shard_id,
+            num_shards: cfg.num_shards,
+            num_workers: cfg.num_workers,
+        }))
+    }
+
+    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+        self.shard.leave(req.into_inner().worker)?;
+        Ok(Response::new(pb::LeaveReply {}))
+    }
+
+    async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| PsError::InvalidArgument("declare request has no tensor spec".into()))?;
+        let decl = convert::declaration(spec, self.shard.config().staleness)?;
+        let d = self.shard.declare(decl)?;
+        Ok(Response::new(pb::DeclareReply { offset: d.offset, len: d.len, created: d.created }))
+    }
+
+    async fn push(&self, req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
+        let limit = self.shard.config().max_message_bytes;
+        let mut stream = req.into_inner();
+        let first = next_chunk(&mut stream, limit)
+            .await?
+            .ok_or_else(|| PsError::InvalidArgument("push stream has no chunks".into()))?;
+        let header = first
+            .header
+            .ok_or_else(|| PsError::InvalidArgument("the first push chunk has no header".into()))?;
+        let dtype = dtype(header.dtype)?;
+        let cell = self.shard.tensor(&header.tensor)?;
+        let meta = cell.lock().meta().clone();
+        if (header.offset, header.len) != (meta.offset, meta.len) {
+            return Err(PsError::WrongRange {
+                tensor: meta.name,
+                shard: self.shard.config().shard_id,
+                expected_offset: meta.offset,
+                expected_end: meta.offset + meta.len,
+                got_offset: header.offset,
+                got_end: header.offset.saturating_add(header.len),
+            }
+            .into());
+        }
+        self.shard.check_worker(header.worker)?;
+        let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
+        let mut payload = Reassembly::new(meta.len * dtype.size() as u64, dtype.size());
+        payload.push(first.offset, first.data).map_err(chunk_err)?;
+        while let Some(chunk) = next_chunk(&mut stream, limit).await? {
+            if chunk.header.is_some() {
+                return Err(PsError::InvalidArgument(format!(
+                    "tensor {:?}, worker {}: a push chunk after the first carries a header",
+                    meta.name, header.worker
+                ))
+                .into());
+            }
+            payload.push(chunk.offset, chunk.data).map_err(chunk_err)?;
+        }
+        let grad = Gradient { dtype, chunks: payload.finish().map_err(chunk_err)? };
+        if !meta.allow_non_finite
+            && let Some((index, value)) = grad.first_non_finite()
+        {
+            return Err(PsError::NonFinite {
+                tensor: meta.name,
+                worker: header.worker,
+                clock: header.clock,
+                index: meta.offset + index,
+                value,
+            }
+            .into());
+        }
+        let span =
+            tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
+        let applied = span.in_scope(|| self.shard.push(&cell, header.worker, header.clock, &grad))?;
+        Ok(Response::new(pb::PushReply { applied }))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
+        let req = req.into_inner();
+        let dtype = dtype(req.dtype)?;
+        let cell = self.shard.tensor(&req.tensor)?;
+        let snapshot = self.shard.pull(&cell, req.worker, req.clock).await?;
+        let (offset, len) = {
+            let part = cell.lock();
+            (part.meta().offset, part.meta().len)
+        };
+        let payload = match dtype {
+            WireDtype::F32 => wire::f32_bytes(snapshot.values),
+            other => wire::encode(&snapshot.values, other),
+        };
+        let mut header = Some(pb::PullHeader {
+            offset,
+            len,
+            dtype: pb::WireDtype::from(dtype) as i32,
+            versions: snapshot.versions,
+            total_bytes: payload.len() as u64,
+        });
+        let chunks: Vec<Result<pb::PullChunk, Status>> =
+            chunk::split(&payload, self.shard.config().chunk_bytes, dtype.size())
+                .into_iter()
+                .map(|(offset, data)| Ok(pb::PullChunk { header: header.take(), offset, data }))
+                .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
+        let req = req.into_inner();
+        self.shard.barrier(req.worker, req.clock).await?;
+        Ok(Response::new(pb::BarrierReply {}))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let cfg = self.shard.config();
+        let tensors = self
+            .shard
+            .status()
+            .into_iter()
+            .map(|t| {
+                let (policy, staleness) = convert::policy_to_pb(t.meta.policy);
+                pb::TensorStatus {
+                    name: t.meta.name,
+                    shape: t.meta.shape,
+                    offset: t.meta.offset,
+                    len: t.meta.len,
+                    policy: policy as i32,
+                    staleness,
+                    versions: t.versions,
+                    applied_clock: t.applied_clock,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::StatusReply {
+            shard: cfg.shard_id,
+            num_shards: cfg.num_shards,
+            num_workers: cfg.num_workers,
+            default_policy: convert::policy_to_pb(cfg.default_policy()).0 as i32,
+            live_workers: self.shard.live_workers(),
+            tensors,
+        }))
+    }
+}

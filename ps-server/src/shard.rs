@@ -1,0 +1,326 @@
+//! A shard: the tensor parts it holds, the live set of workers, and the
+//! waiting of pulls and barriers on the sync core's release rules.
+//!
+//! Each tensor part sits behind its own `std::sync::Mutex`: no `.await` ever
+//! happens while one is held, and updates are short, so a blocking mutex is
+//! cheaper than an async one. Waiters subscribe to the part's `watch`
+//! channel *before* checking the rule, so no change between check and wait
+//! is missed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use ps_proto::placement;
+use tokio::sync::watch;
+
+use crate::config::ShardConfig;
+use crate::error::PsError;
+use crate::init::Init;
+use crate::optim::OptimizerConfig;
+use crate::sync::{ClockError, Policy, PullDecision};
+use crate::tensor::{Gradient, Snapshot, TensorMeta, TensorPart};
+
+/// A request to create a tensor (or to check that it exists as described).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Declaration {
+    /// Tensor name.
+    pub name: String,
+    /// Shape of the whole tensor.
+    pub shape: Vec<u64>,
+    /// Initial values.
+    pub init: Init,
+    /// Optimizer; the shard default when `None`.
+    pub optimizer: Option<OptimizerConfig>,
+    /// Policy; the shard default when `None`.
+    pub policy: Option<Policy>,
+    /// Whether NaN/Inf gradients are accepted.
+    pub allow_non_finite: bool,
+}
+
+/// The outcome of a declaration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Declared {
+    /// First element of the tensor held here.
+    pub offset: u64,
+    /// Elements held here.
+    pub len: u64,
+    /// Whether this call created the part.
+    pub created: bool,
+}
+
+/// One tensor part and the channel that announces its changes.
+#[derive(Debug)]
+pub struct TensorCell {
+    part: Mutex<TensorPart>,
+    changed: watch::Sender<()>,
+}
+
+impl TensorCell {
+    /// Locks the part. A poisoned lock (a panic while holding it) is taken
+    /// over: updates are written so a panic cannot leave a half-applied step
+    /// behind a completed clock.
+    pub fn lock(&self) -> MutexGuard<'_, TensorPart> {
+        self.part.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_replace(());
+    }
+}
+
+/// A point-in-time summary of one tensor part.
+#[derive(Clone, Debug)]
+pub struct TensorStatus {
+    /// What the part is.
+    pub meta: TensorMeta,
+    /// Per worker, the highest clock applied.
+    pub versions: Vec<i64>,
+    /// Sync: rounds applied; others: the minimum live clock.
+    pub applied_clock: u64,
+    /// Bytes of values, optimizer state and buffers.
+    pub bytes_held: usize,
+}
+
+/// A shard's state. Cloning the `Arc` around it is how handlers share it.
+#[derive(Debug)]
+pub struct Shard {
+    config: ShardConfig,
+    tensors: RwLock<BTreeMap<String, Arc<TensorCell>>>,
+    live: Mutex<Vec<bool>>,
+    closing: watch::Sender<bool>,
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new(config: ShardConfig) -> Self {
+        let live = vec![true; config.num_workers as usize];
+        Self {
+            config,
+            tensors: RwLock::default(),
+            live: Mutex::new(live),
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// Wakes every waiter with `Unavailable`; later waits fail at once.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn live_set(&self) -> MutexGuard<'_, Vec<bool>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live worker ids.
+    pub fn live_workers(&self) -> Vec<u32> {
+        self.live_set().iter().enumerate().filter(|(_, l)| **l).map(|(w, _)| w as u32).collect()
+    }
+
+    /// Checks that `worker` exists and is live (a cheap early check; the
+    /// authoritative one happens under the tensor's lock).
+    pub fn check_worker(&self, worker: u32) -> Result<(), PsError> {
+        match self.live_set().get(worker as usize) {
+            None => Err(PsError::Worker(ClockError::UnknownWorker {
+                worker,
+                num_workers: self.config.num_workers,
+            })),
+            Some(false) => Err(PsError::Worker(ClockError::NotLive { worker })),
+            Some(true) => Ok(()),
+        }
+    }
+
+    /// The tensor part named `name`.
+    pub fn tensor(&self, name: &str) -> Result<Arc<TensorCell>, PsError> {
+        let tensors = self.tensors.read().unwrap_or_else(|p| p.into_inner());
+        tensors.get(name).cloned().ok_or_else(|| PsError::UnknownTensor { tensor: name.to_string() })
+    }
+
+    /// Creates the part of a tensor placed on this shard, or checks that the
+    /// existing one has the same shape (other settings of a re-declaration
+    /// are ignored: the first declaration wins).
+    pub fn declare(&self, decl: Declaration) -> Result<Declared, PsError> {
+        if decl.name.is_empty() {
+            return Err(PsError::InvalidArgument("tensor name must not be empty".into()));
+        }
+        let len = decl.shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(*d)).ok_or_else(|| {
+            PsError::InvalidArgument(format!("tensor {:?}: shape {:?} overflows u64", decl.name, decl.shape))
+        })?;
+        if len == 0 {
+            return Err(PsError::InvalidArgument(format!(
+                "tensor {:?}: shape {:?} has no elements",
+                decl.name, decl.shape
+            )));
+        }
+        if let Some(opt) = &decl.optimizer {
+            opt.validate().map_err(|e| PsError::InvalidArgument(format!("tensor {:?}: {e}", decl.name)))?;
+        }
+        let cfg = &self.config;
+        let part =
+            placement::part_on_shard(&decl.name, len, cfg.num_shards, cfg.split_threshold, cfg.shard_id)
+                .ok_or_else(|| PsError::NotPlacedHere {
+                    tensor: decl.name.clone(),
+                    len,
+                    shard: cfg.shard_id,
+                })?;
+        let part_bytes = part.len.saturating_mul(4);
+        if part_bytes > cfg.max_tensor_bytes {
+            return Err(PsError::TooLarge {
+                what: format!("tensor {:?} part on shard {}", decl.name, cfg.shard_id),
+                got: part_bytes,
+                limit: cfg.max_tensor_bytes,
+            });
+        }
+        // Hold the live set while creating so a concurrent leave cannot be missed.
+        let live = self.live_set();
+        let mut tensors = self.tensors.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = tensors.get(&decl.name) {
+            let existing = existing.lock();
+            if existing.meta().shape != decl.shape {
+                return Err(PsError::ShapeConflict {
+                    tensor: decl.name,
+                    existing: existing.meta().shape.clone(),
+                    requested: decl.shape,
+                });
+            }
+            return Ok(Declared { offset: part.offset, len: part.len, created: false });
+        }
+        let meta = TensorMeta {
+            name: decl.name.clone(),
+            shape: decl.shape,
+            offset: part.offset,
+            len: part.len,
+            policy: decl.policy.unwrap_or_else(|| cfg.default_policy()),
+            allow_non_finite: decl.allow_non_finite,
+        };
+        let optimizer = decl.optimizer.unwrap_or(cfg.optimizer);
+        let mut tensor = TensorPart::new(meta, decl.init, optimizer, cfg.num_workers, cfg.aggregation);
+        for (w, _) in live.iter().enumerate().filter(|(_, l)| !**l) {
+            tensor.leave(w as u32)?;
+        }
+        let cell = TensorCell { part: Mutex::new(tensor), changed: watch::Sender::new(()) };
+        tensors.insert(decl.name, Arc::new(cell));
+        tracing::debug!(shard = cfg.shard_id, offset = part.offset, len = part.len, "declared tensor");
+        Ok(Declared { offset: part.offset, len: part.len, created: true })
+    }
+
+    /// Applies (or, for a retry, ignores) a validated gradient. Returns whether anything changed.
+    pub fn push(&self, cell: &TensorCell, worker: u32, clock: u64, grad: &Gradient) -> Result<bool, PsError> {
+        let applied = cell.lock().push(worker, clock, grad)?;
+        if applied {
+            cell.notify();
+        }
+        Ok(applied)
+    }
+
+    /// Waits until the policy lets `worker` (or an observer) read `tensor` at
+    /// `clock`, then returns a snapshot. Fails at once on a clock error and
+    /// with `Unavailable` if the shard shuts down while waiting.
+    pub async fn pull(
+        &self,
+        cell: &TensorCell,
+        worker: Option<u32>,
+        clock: u64,
+    ) -> Result<Snapshot, PsError> {
+        let mut changed = cell.changed.subscribe();
+        let mut closing = self.closing.subscribe();
+        loop {
+            {
+                let part = cell.lock();
+                if part.check_pull(worker, clock)? == PullDecision::Ready {
+                    return Ok(part.snapshot());
+                }
+            }
+            self.wait_for_change(&mut changed, &mut closing).await?;
+        }
+    }
+
+    async fn wait_for_change(
+        &self,
+        changed: &mut watch::Receiver<()>,
+        closing: &mut watch::Receiver<bool>,
+    ) -> Result<(), PsError> {
+        if *closing.borrow_and_update() {
+            return Err(PsError::ShuttingDown { shard: self.config.shard_id });
+        }
+        tokio::select! {
+            r = changed.changed() => r.map_err(|_| PsError::ShuttingDown { shard: self.config.shard_id }),
+            _ = closing.changed() => Err(PsError::ShuttingDown { shard: self.config.shard_id }),
+        }
+    }
+
+    /// Waits until every live worker has completed `clock` clocks on every
+    /// tensor of this shard (in sync: those rounds are applied).
+    pub async fn barrier(&self, worker: u32, clock: u64) -> Result<(), PsError> {
+        self.check_worker(worker)?;
+        let cells: Vec<Arc<TensorCell>> =
+            self.tensors.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut closing = self.closing.subscribe();
+        for cell in cells {
+            let mut changed = cell.changed.subscribe();
+            while !cell.lock().clocks().reached(clock) {
+                self.wait_for_change(&mut changed, &mut closing).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `worker` from the live set of every tensor, releasing waiters
+    /// and completing sync rounds that only waited for it.
+    pub fn leave(&self, worker: u32) -> Result<(), PsError> {
+        let mut live = self.live_set();
+        let slot = live.get_mut(worker as usize).ok_or(PsError::Worker(ClockError::UnknownWorker {
+            worker,
+            num_workers: self.config.num_workers,
+        }))?;
+        *slot = false;
+        for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
+            cell.lock().leave(worker)?;
+            cell.notify();
+        }
+        tracing::info!(shard = self.config.shard_id, worker, "worker left");
+        Ok(())
+    }
+
+    /// Makes `worker` live on every tensor and returns the clock it resumes
+    /// at: the smallest of its per-tensor clocks, so a worker that crashed
+    /// mid-step re-pushes what is missing (duplicates are ignored).
+    pub fn join(&self, worker: u32) -> Result<u64, PsError> {
+        let mut live = self.live_set();
+        let slot = live.get_mut(worker as usize).ok_or(PsError::Worker(ClockError::UnknownWorker {
+            worker,
+            num_workers: self.config.num_workers,
+        }))?;
+        *slot = true;
+        let mut resume: Option<u64> = None;
+        for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
+            let clock = cell.lock().join(worker)?;
+            cell.notify();
+            resume = Some(resume.map_or(clock, |r| r.min(clock)));
+        }
+        tracing::info!(shard = self.config.shard_id, worker, clock = resume.unwrap_or(0), "worker joined");
+        Ok(resume.unwrap_or(0))
+    }
+
+    /// A summary of every tensor part, by name.
+    pub fn status(&self) -> Vec<TensorStatus> {
+        self.tensors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|cell| {
+                let part = cell.lock();
+                TensorStatus {
+                    meta: part.meta().clone(),
+                    versions: part.clocks().versions(),
+                    applied_clock: part.clocks().applied_clock(),
+                    bytes_held: part.bytes_held(),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,12 @@
+//! The synchronisation core: a pure, I/O-free state machine per tensor part.
+//!
+//! [`ClockTable`] is fed events (a push, a pull, a worker joining or leaving)
+//! and answers with decisions (apply this push now, accumulate it, it is a
+//! duplicate, this pull may proceed or must wait, this sync round is
+//! complete). It never touches tensors, sockets or time, so every rule of
+//! DESIGN §3 can be tested from recorded histories. The three policies are one
+//! table with different release rules: see [`ClockTable::check_pull`].
+
+mod clock;
+
+pub use clock::{ClockError, ClockTable, Policy, PullDecision, PushDecision, RoundComplete};

@@ -1,0 +1,566 @@
+//! The worker client: one handle to every shard of a cluster, with a clock.
+//!
+//! A training step is `pull()` → compute → `push(grads)`; `push` advances the
+//! clock. Every call fans out to the shards holding the tensors' parts
+//! concurrently, retries transient failures, and reassembles whole tensors.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::try_join_all;
+use ndarray::{ArrayD, IxDyn};
+use ps_proto::pb::parameter_server_client::ParameterServerClient;
+use ps_proto::placement::{self, Part};
+use ps_proto::wire::{self, WireDtype};
+use ps_proto::{ClusterSpec, chunk, pb};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::WorkerError;
+use crate::retry::RetryPolicy;
+use crate::tensor::TensorDecl;
+
+/// How a worker talks to the cluster.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The shards.
+    pub cluster: ClusterSpec,
+    /// This worker's id, `0..W`.
+    pub worker: u32,
+    /// Deadline of requests that never wait on other workers (push, declare, join).
+    pub rpc_timeout: Duration,
+    /// Deadline of requests that may wait on other workers (pull, barrier).
+    pub wait_timeout: Duration,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// Payload bytes per push chunk.
+    pub chunk_bytes: usize,
+    /// Encoding of pushed gradients and pulled values.
+    pub wire_dtype: WireDtype,
+    /// Largest gRPC message this worker sends or accepts.
+    pub max_message_bytes: usize,
+}
+
+impl WorkerConfig {
+    /// Defaults for worker `worker` of `cluster`: 30 s RPC deadline, 10 min
+    /// wait deadline, 6 attempts, 4 MiB f32 chunks.
+    pub fn new(cluster: ClusterSpec, worker: u32) -> Self {
+        Self {
+            cluster,
+            worker,
+            rpc_timeout: Duration::from_secs(30),
+            wait_timeout: Duration::from_secs(600),
+            retry: RetryPolicy::default(),
+            chunk_bytes: chunk::DEFAULT_CHUNK_BYTES,
+            wire_dtype: WireDtype::F32,
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A declared tensor as this worker sees it.
+#[derive(Clone, Debug)]
+struct TensorInfo {
+    shape: Vec<usize>,
+    parts: Vec<Part>,
+}
+
+/// The result of a pull: whole tensors and, per tensor, the version vector
+/// (per worker, the highest clock applied to the value in every part).
+#[derive(Clone, Debug, Default)]
+pub struct Pulled {
+    /// Values by tensor name.
+    pub values: BTreeMap<String, ArrayD<f32>>,
+    /// Version vectors by tensor name.
+    pub versions: BTreeMap<String, Vec<i64>>,
+}
+
+/// A worker connected to every shard of a cluster.
+#[derive(Clone, Debug)]
+pub struct Worker {
+    cfg: WorkerConfig,
+    shards: Vec<ParameterServerClient<Channel>>,
+    tensors: BTreeMap<String, TensorInfo>,
+    clock: u64,
+}
+
+fn rpc_err(
+    op: &'static str,
+    shard: u32,
+    tensor: Option<&str>,
+    attempts: u32,
+    status: tonic::Status,
+) -> WorkerError {
+    WorkerError::Rpc { op, shard, tensor: tensor.map(str::to_string), attempts, status }
+}
+
+impl Worker {
+    /// Connects to every shard (retrying while shards start) and joins the
+    /// job; the worker's clock is where the shards say it resumes (0 for a
+    /// fresh job).
+    pub async fn connect(cfg: WorkerConfig) -> Result<Self, WorkerError> {
+        if cfg.cluster.shards.is_empty() {
+            return Err(WorkerError::Cluster("the cluster spec lists no shards".into()));
+        }
+        let mut shards = Vec::new();
+        for (id, addr) in cfg.cluster.shards.iter().enumerate() {
+            shards.push(Self::connect_shard(&cfg, id as u32, addr).await?);
+        }
+        let mut worker = Self { cfg, shards, tensors: BTreeMap::new(), clock: 0 };
+        worker.clock = worker.join().await?;
+        Ok(worker)
+    }
+
+    async fn connect_shard(
+        cfg: &WorkerConfig,
+        shard: u32,
+        addr: &str,
+    ) -> Result<ParameterServerClient<Channel>, WorkerError> {
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| WorkerError::InvalidAddress { shard, addr: addr.into(), reason: e.to_string() })?
+            .tcp_nodelay(true)
+            .connect_timeout(cfg.rpc_timeout)
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20)
+            .max_frame_size(1 << 20);
+        let mut attempt = 1;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) if attempt >= cfg.retry.max_attempts => {
+                    return Err(WorkerError::Connect { shard, addr: addr.into(), source: e });
+                }
+                Err(e) => {
+                    tracing::debug!(shard, addr, attempt, "connect failed, retrying: {e}");
+                    tokio::time::sleep(cfg.retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        };
+        Ok(ParameterServerClient::new(channel)
+            .max_decoding_message_size(cfg.max_message_bytes)
+            .max_encoding_message_size(cfg.max_message_bytes))
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> u32 {
+        self.cfg.worker
+    }
+
+    /// The clock the next pull and push use: clocks completed so far.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// The cluster this worker talks to.
+    pub fn cluster(&self) -> &ClusterSpec {
+        &self.cfg.cluster
+    }
+
+    /// The shapes of the declared tensors.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.tensors.iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect()
+    }
+
+    /// Runs `call` against `shard` with the retry policy and a deadline.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        shard: u32,
+        tensor: Option<&str>,
+        waits_on_others: bool,
+        mut call: F,
+    ) -> Result<T, WorkerError>
+    where
+        F: FnMut(ParameterServerClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = if waits_on_others { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
+        let mut attempt = 1;
+        loop {
+            let client = self.shards[shard as usize].clone();
+            let status =
+                match tokio::time::timeout(deadline + Duration::from_secs(1), call(client, deadline)).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(status)) => status,
+                    Err(_) => {
+                        return Err(WorkerError::Timeout {
+                            op,
+                            shard,
+                            tensor: tensor.map(Into::into),
+                            after: deadline,
+                        });
+                    }
+                };
+            if attempt >= self.cfg.retry.max_attempts
+                || !RetryPolicy::is_transient(status.code(), waits_on_others)
+            {
+                return Err(rpc_err(op, shard, tensor, attempt, status));
+            }
+            tracing::debug!(op, shard, attempt, code = ?status.code(), "transient failure, retrying");
+            tokio::time::sleep(self.cfg.retry.backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    fn request<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(deadline);
+        req
+    }
+
+    /// Joins (or rejoins) every shard; returns the clock to resume at.
+    pub async fn join(&mut self) -> Result<u64, WorkerError> {
+        let worker = self.cfg.worker;
+        let n = self.shards.len() as u32;
+        let replies = try_join_all((0..n).map(|shard| {
+            self.call("join", shard, None, false, move |mut c, d| async move {
+                Ok(c.join(Self::request(pb::JoinRequest { worker }, d)).await?.into_inner())
+            })
+        }))
+        .await?;
+        for (shard, r) in replies.iter().enumerate() {
+            if r.num_shards != n || r.shard != shard as u32 {
+                return Err(WorkerError::Cluster(format!(
+                    "the cluster spec lists {n} shards, but the shard at position {shard} says it is shard {} of {}",
+                    r.shard, r.num_shards
+                )));
+            }
+            if worker >= r.num_workers {
+                return Err(WorkerError::Cluster(format!(
+                    "worker id {worker} is out of range: the job has workers 0..{}",
+                    r.num_workers
+                )));
+            }
+        }
+        self.clock = replies.iter().map(|r| r.clock).min().unwrap_or(0);
+        Ok(self.clock)
+    }
+
+    /// Leaves the job: barriers stop waiting for this worker.
+    pub async fn leave(&self) -> Result<(), WorkerError> {
+        let worker = self.cfg.worker;
+        try_join_all((0..self.shards.len() as u32).map(|shard| {
+            self.call("leave", shard, None, false, move |mut c, d| async move {
+                Ok(c.leave(Self::request(pb::LeaveRequest { worker }, d)).await?.into_inner())
+            })
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Declares a tensor on the shards that hold its parts. Every worker may
+    /// declare the same tensor; the first declaration creates it, later ones
+    /// must agree on the shape (else `ALREADY_EXISTS`).
+    pub async fn declare(&mut self, decl: &TensorDecl) -> Result<(), WorkerError> {
+        let shape = decl.shape();
+        let len = shape.iter().product::<usize>() as u64;
+        let cluster = &self.cfg.cluster;
+        let parts = placement::place(decl.name(), len, cluster.num_shards(), cluster.split_threshold);
+        try_join_all(parts.iter().map(|part| {
+            let spec = decl.spec().clone();
+            let name = decl.name().to_string();
+            let part = *part;
+            self.call("declare", part.shard, Some(decl.name()), false, move |mut c, d| {
+                let spec = spec.clone();
+                let name = name.clone();
+                async move {
+                    let r = c.declare(Self::request(pb::DeclareRequest { spec: Some(spec) }, d)).await?.into_inner();
+                    if (r.offset, r.len) != (part.offset, part.len) {
+                        return Err(tonic::Status::failed_precondition(format!(
+                            "tensor {name:?}: shard {} holds elements {}..{} but this worker's placement says {}..{}; \
+                             the shards and the worker disagree on the cluster spec",
+                            part.shard,
+                            r.offset,
+                            r.offset + r.len,
+                            part.offset,
+                            part.offset + part.len
+                        )));
+                    }
+                    Ok(())
+                }
+            })
+        }))
+        .await?;
+        self.tensors.insert(decl.name().to_string(), TensorInfo { shape, parts });
+        Ok(())
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo, WorkerError> {
+        self.tensors.get(name).ok_or_else(|| WorkerError::UnknownTensor { tensor: name.into() })
+    }
+
+    /// Pulls every declared tensor at this worker's clock (waiting as the
+    /// policy requires).
+    pub async fn pull(&self) -> Result<Pulled, WorkerError> {
+        self.pull_at(self.clock).await
+    }
+
+    /// Pulls every declared tensor for `clock`.
+    pub async fn pull_at(&self, clock: u64) -> Result<Pulled, WorkerError> {
+        let results = try_join_all(self.tensors.keys().map(|name| async move {
+            let (v, vv) = self.pull_tensor(name, Some(clock), Some(self.cfg.worker)).await?;
+            Ok::<_, WorkerError>((name.clone(), v, vv))
+        }))
+        .await?;
+        let mut pulled = Pulled::default();
+        for (name, v, vv) in results {
+            pulled.values.insert(name.clone(), v);
+            pulled.versions.insert(name, vv);
+        }
+        Ok(pulled)
+    }
+
+    /// Reads one tensor as an observer: never waits and takes no part in the
+    /// clocks (for evaluation, monitoring and tests).
+    pub async fn observe(&self, name: &str) -> Result<(ArrayD<f32>, Vec<i64>), WorkerError> {
+        self.pull_tensor(name, None, None).await
+    }
+
+    /// Pulls one tensor; `worker: None` reads as an observer.
+    pub async fn pull_tensor(
+        &self,
+        name: &str,
+        clock: Option<u64>,
+        worker: Option<u32>,
+    ) -> Result<(ArrayD<f32>, Vec<i64>), WorkerError> {
+        let info = self.info(name)?;
+        let len = info.shape.iter().product::<usize>();
+        let mut values = vec![0f32; len];
+        let mut rest: &mut [f32] = &mut values;
+        let mut pulls = Vec::new();
+        for part in &info.parts {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len as usize);
+            rest = tail;
+            pulls.push(self.pull_part(name, *part, clock.unwrap_or(self.clock), worker, dst));
+        }
+        let part_versions = try_join_all(pulls).await?;
+        let versions = merge_versions(&part_versions);
+        let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values)
+            .map_err(|e| WorkerError::Protocol { shard: 0, tensor: name.into(), detail: e.to_string() })?;
+        Ok((array, versions))
+    }
+
+    async fn pull_part(
+        &self,
+        name: &str,
+        part: Part,
+        clock: u64,
+        worker: Option<u32>,
+        dst: &mut [f32],
+    ) -> Result<Vec<i64>, WorkerError> {
+        let dtype = self.cfg.wire_dtype;
+        let req = pb::PullRequest {
+            worker,
+            clock,
+            tensor: name.to_string(),
+            dtype: pb::WireDtype::from(dtype) as i32,
+        };
+        let waits = worker.is_some();
+        let mut attempt = 1;
+        loop {
+            let result = self.pull_part_once(name, part, &req, dst).await;
+            match result {
+                Ok(v) => return Ok(v),
+                Err(WorkerError::Rpc { status, .. })
+                    if attempt < self.cfg.retry.max_attempts
+                        && RetryPolicy::is_transient(status.code(), waits) =>
+                {
+                    tokio::time::sleep(self.cfg.retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(WorkerError::Rpc { op, shard, tensor, status, .. }) => {
+                    return Err(WorkerError::Rpc { op, shard, tensor, attempts: attempt, status });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn pull_part_once(
+        &self,
+        name: &str,
+        part: Part,
+        req: &pb::PullRequest,
+        dst: &mut [f32],
+    ) -> Result<Vec<i64>, WorkerError> {
+        let deadline = if req.worker.is_some() { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
+        let shard = part.shard;
+        let timeout =
+            || WorkerError::Timeout { op: "pull", shard, tensor: Some(name.into()), after: deadline };
+        let rpc = |status| rpc_err("pull", shard, Some(name), 1, status);
+        let protocol = |detail: String| WorkerError::Protocol { shard, tensor: name.into(), detail };
+        let mut client = self.shards[shard as usize].clone();
+        let body = async {
+            let mut stream =
+                client.pull(Self::request(req.clone(), deadline)).await.map_err(rpc)?.into_inner();
+            let dtype = self.cfg.wire_dtype;
+            let size = dtype.size() as u64;
+            let total = part.len * size;
+            let mut versions = None;
+            let mut received = 0u64;
+            while let Some(chunk) = stream.message().await.map_err(rpc)? {
+                if let Some(h) = chunk.header {
+                    if versions.is_some() {
+                        return Err(protocol("a second header in the reply".into()));
+                    }
+                    if (h.offset, h.len, h.total_bytes) != (part.offset, part.len, total) {
+                        return Err(protocol(format!(
+                            "expected elements {}..{} ({total} bytes), got {}..{} ({} bytes)",
+                            part.offset,
+                            part.offset + part.len,
+                            h.offset,
+                            h.offset + h.len,
+                            h.total_bytes
+                        )));
+                    }
+                    versions = Some(h.versions);
+                } else if versions.is_none() {
+                    return Err(protocol("the first chunk of the reply has no header".into()));
+                }
+                let n = chunk.data.len() as u64;
+                if chunk.offset != received || received + n > total || n % size != 0 {
+                    return Err(protocol(format!(
+                        "chunk at byte {} with {n} bytes does not continue byte {received} of {total}",
+                        chunk.offset
+                    )));
+                }
+                let start = (received / size) as usize;
+                wire::decode_into(&mut dst[start..start + (n / size) as usize], &chunk.data, dtype);
+                received += n;
+            }
+            if received != total {
+                return Err(protocol(format!("reply ended after {received} of {total} bytes")));
+            }
+            versions.ok_or_else(|| protocol("empty reply".into()))
+        };
+        tokio::time::timeout(deadline + Duration::from_secs(1), body).await.map_err(|_| timeout())?
+    }
+
+    /// Pushes one gradient per declared tensor at this worker's clock, then
+    /// advances the clock. Every gradient must have its tensor's shape.
+    pub async fn push(&mut self, grads: &BTreeMap<String, ArrayD<f32>>) -> Result<(), WorkerError> {
+        self.push_at(self.clock, grads).await?;
+        self.clock += 1;
+        Ok(())
+    }
+
+    /// Pushes gradients for `clock` without touching this worker's clock
+    /// (for resending, tests and custom loops). A push the shards already
+    /// applied is acknowledged and ignored.
+    pub async fn push_at(
+        &self,
+        clock: u64,
+        grads: &BTreeMap<String, ArrayD<f32>>,
+    ) -> Result<(), WorkerError> {
+        for (name, info) in &self.tensors {
+            let g = grads
+                .get(name)
+                .ok_or_else(|| WorkerError::MissingGradient { tensor: name.clone(), clock })?;
+            if g.shape() != info.shape.as_slice() {
+                return Err(WorkerError::ShapeMismatch {
+                    tensor: name.clone(),
+                    expected: info.shape.clone(),
+                    got: g.shape().to_vec(),
+                });
+            }
+        }
+        for name in grads.keys() {
+            self.info(name)?;
+        }
+        let mut pushes = Vec::new();
+        for (name, info) in &self.tensors {
+            let g = &grads[name];
+            let flat =
+                g.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| g.iter().copied().collect());
+            for part in &info.parts {
+                let range = part.offset as usize..(part.offset + part.len) as usize;
+                let payload = wire::encode(&flat[range], self.cfg.wire_dtype);
+                pushes.push(self.push_part(name, *part, clock, payload));
+            }
+        }
+        try_join_all(pushes).await?;
+        Ok(())
+    }
+
+    /// Pushes an already-encoded payload for one part (retried as a whole).
+    async fn push_part(
+        &self,
+        name: &str,
+        part: Part,
+        clock: u64,
+        payload: Bytes,
+    ) -> Result<bool, WorkerError> {
+        let dtype = self.cfg.wire_dtype;
+        let header = pb::PushHeader {
+            worker: self.cfg.worker,
+            clock,
+            tensor: name.to_string(),
+            offset: part.offset,
+            len: part.len,
+            dtype: pb::WireDtype::from(dtype) as i32,
+        };
+        let chunks = chunk::split(&payload, self.cfg.chunk_bytes, dtype.size());
+        self.call("push", part.shard, Some(name), false, |mut c, d| {
+            let mut header = Some(header.clone());
+            let msgs: Vec<pb::PushChunk> = chunks
+                .iter()
+                .map(|(offset, data)| pb::PushChunk { header: header.take(), offset: *offset, data: data.clone() })
+                .collect();
+            async move { Ok(c.push(Self::request(futures::stream::iter(msgs), d)).await?.into_inner().applied) }
+        })
+        .await
+    }
+
+    /// Waits until every live worker has completed `clock` clocks on every shard.
+    pub async fn barrier(&self, clock: u64) -> Result<(), WorkerError> {
+        let worker = self.cfg.worker;
+        try_join_all((0..self.shards.len() as u32).map(|shard| {
+            self.call("barrier", shard, None, true, move |mut c, d| async move {
+                Ok(c.barrier(Self::request(pb::BarrierRequest { worker, clock }, d)).await?.into_inner())
+            })
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// The status of every shard.
+    pub async fn status(&self) -> Result<Vec<pb::StatusReply>, WorkerError> {
+        try_join_all((0..self.shards.len() as u32).map(|shard| {
+            self.call("status", shard, None, false, move |mut c, d| async move {
+                Ok(c.status(Self::request(pb::StatusRequest {}, d)).await?.into_inner())
+            })
+        }))
+        .await
+    }
+
+    /// Sends a raw push stream to one shard (for tests of malformed input).
+    pub async fn raw_push(
+        &self,
+        shard: u32,
+        chunks: Vec<pb::PushChunk>,
+    ) -> Result<pb::PushReply, tonic::Status> {
+        let mut c = self.shards[shard as usize].clone();
+        Ok(c.push(futures::stream::iter(chunks)).await?.into_inner())
+    }
+}
+
+/// Combines the version vectors of a tensor's parts: per worker, the minimum,
+/// i.e. the clocks applied to every part.
+pub fn merge_versions(parts: &[Vec<i64>]) -> Vec<i64> {
+    let width = parts.iter().map(Vec::len).max().unwrap_or(0);
+    (0..width).map(|w| parts.iter().map(|p| p.get(w).copied().unwrap_or(-1)).min().unwrap_or(-1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_versions_take_the_minimum() {
+        assert_eq!(merge_versions(&[vec![3, 5, -1], vec![4, 2, 0]]), vec![3, 2, -1]);
+        assert_eq!(merge_versions(&[]), Vec::<i64>::new());
+    }
+}

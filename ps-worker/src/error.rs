@@ -1,0 +1,53 @@
+//! The worker library's error type.
+
+use std::time::Duration;
+
+/// Why a worker operation failed. Each variant names the shard and tensor
+/// involved; `Rpc` keeps the server's status, whose message names the worker
+/// and the expected vs received value.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A shard address is not a valid URI.
+    #[error("shard {shard}: invalid address {addr:?}: {reason}")]
+    InvalidAddress { shard: u32, addr: String, reason: String },
+    /// A shard could not be reached.
+    #[error("shard {shard} at {addr}: cannot connect: {source}")]
+    Connect {
+        shard: u32,
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A shard refused or failed a request (after retries for transient errors).
+    #[error("{op}{} on shard {shard} failed after {attempts} attempt(s): {}: {}", tensor.as_ref().map(|t| format!(" of tensor {t:?}")).unwrap_or_default(), status.code(), status.message())]
+    Rpc { op: &'static str, shard: u32, tensor: Option<String>, attempts: u32, status: tonic::Status },
+    /// A request did not complete in time.
+    #[error("{op}{} on shard {shard} timed out after {after:?}", tensor.as_ref().map(|t| format!(" of tensor {t:?}")).unwrap_or_default())]
+    Timeout { op: &'static str, shard: u32, tensor: Option<String>, after: Duration },
+    /// The tensor was not declared through this worker.
+    #[error("unknown tensor {tensor:?}: declare it on this worker first")]
+    UnknownTensor { tensor: String },
+    /// A gradient or value has the wrong shape.
+    #[error("tensor {tensor:?}: expected shape {expected:?}, got {got:?}")]
+    ShapeMismatch { tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    /// A push lacks the gradient of a declared tensor.
+    #[error("push at clock {clock} has no gradient for tensor {tensor:?}")]
+    MissingGradient { tensor: String, clock: u64 },
+    /// A shard's reply broke the protocol.
+    #[error("shard {shard}, tensor {tensor:?}: malformed reply: {detail}")]
+    Protocol { shard: u32, tensor: String, detail: String },
+    /// The shards disagree about the job.
+    #[error("cluster mismatch: {0}")]
+    Cluster(String),
+}
+
+impl WorkerError {
+    /// The gRPC code of a refused request, if this is one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            WorkerError::Rpc { status, .. } => Some(status.code()),
+            WorkerError::Timeout { .. } => Some(tonic::Code::DeadlineExceeded),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The parameter-server worker library: connect to a cluster, declare
+//! tensors, and run training steps of `pull` → compute → `push`.
+//!
+//! ```no_run
+//! # async fn demo(cluster: ps_proto::ClusterSpec) -> Result<(), ps_worker::WorkerError> {
+//! use std::collections::BTreeMap;
+//! use ps_worker::{TensorDecl, Worker, WorkerConfig};
+//!
+//! let mut worker = Worker::connect(WorkerConfig::new(cluster, 0)).await?;
+//! worker.declare(&TensorDecl::new("w", &[10]).normal(0.0, 0.1, 7)).await?;
+//! for _ in 0..100 {
+//!     let params = worker.pull().await?;           // waits as the policy requires
+//!     let w = &params.values["w"];
+//!     let grad = w * 0.5;                            // your model's gradient here
+//!     worker.push(&BTreeMap::from([("w".to_string(), grad)])).await?; // clock += 1
+//! }
+//! worker.leave().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`client`]: [`Worker`], the sharded, retrying push/pull client.
+//! - [`tensor`]: [`TensorDecl`], what to declare.
+//! - [`retry`]: [`RetryPolicy`], backoff with jitter for transient failures.
+//! - [`error`]: [`WorkerError`].
+
+pub mod client;
+pub mod error;
+pub mod retry;
+pub mod tensor;
+
+pub use client::{Pulled, Worker, WorkerConfig};
+pub use error::WorkerError;
+pub use retry::RetryPolicy;
+pub use tensor::TensorDecl;
