@@ -292,6 +292,19 @@ impl Worker {
         self.tensors.get(name).ok_or_else(|| WorkerError::UnknownTensor { tensor: name.into() })
     }
 
+    /// The tensor's info, if `grad` has its shape.
+    fn checked_info(&self, name: &str, grad: &ArrayD<f32>) -> Result<&TensorInfo, WorkerError> {
+        let info = self.info(name)?;
+        if grad.shape() != info.shape.as_slice() {
+            return Err(WorkerError::ShapeMismatch {
+                tensor: name.into(),
+                expected: info.shape.clone(),
+                got: grad.shape().to_vec(),
+            });
+        }
+        Ok(info)
+    }
+
     /// Pulls every declared tensor at this worker's clock (waiting as the
     /// policy requires).
     pub async fn pull(&self) -> Result<Pulled, WorkerError> {
@@ -455,33 +468,31 @@ impl Worker {
         clock: u64,
         grads: &BTreeMap<String, ArrayD<f32>>,
     ) -> Result<(), WorkerError> {
-        for (name, info) in &self.tensors {
+        for name in self.tensors.keys() {
             let g = grads
                 .get(name)
                 .ok_or_else(|| WorkerError::MissingGradient { tensor: name.clone(), clock })?;
-            if g.shape() != info.shape.as_slice() {
-                return Err(WorkerError::ShapeMismatch {
-                    tensor: name.clone(),
-                    expected: info.shape.clone(),
-                    got: g.shape().to_vec(),
-                });
-            }
+            self.checked_info(name, g)?;
         }
         for name in grads.keys() {
             self.info(name)?;
         }
-        let mut pushes = Vec::new();
-        for (name, info) in &self.tensors {
-            let g = &grads[name];
-            let flat =
-                g.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| g.iter().copied().collect());
-            for part in &info.parts {
-                let range = part.offset as usize..(part.offset + part.len) as usize;
-                let payload = wire::encode(&flat[range], self.cfg.wire_dtype);
-                pushes.push(self.push_part(name, *part, clock, payload));
-            }
-        }
-        try_join_all(pushes).await?;
+        try_join_all(self.tensors.keys().map(|name| self.push_tensor(name, clock, &grads[name]))).await?;
+        Ok(())
+    }
+
+    /// Pushes the gradient of one tensor for `clock` (all its parts), without
+    /// touching this worker's clock. Tensors with different policies can so
+    /// advance independently.
+    pub async fn push_tensor(&self, name: &str, clock: u64, grad: &ArrayD<f32>) -> Result<(), WorkerError> {
+        let info = self.checked_info(name, grad)?;
+        let flat =
+            grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect());
+        try_join_all(info.parts.iter().map(|part| {
+            let range = part.offset as usize..(part.offset + part.len) as usize;
+            self.push_part(name, *part, clock, wire::encode(&flat[range], self.cfg.wire_dtype))
+        }))
+        .await?;
         Ok(())
     }
 

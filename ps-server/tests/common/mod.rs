@@ -1,0 +1,111 @@
+//! Helpers shared by the integration tests: real `ps-server` processes on
+//! ephemeral ports, and a small seeded linear-regression problem.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+
+use ndarray::{Array1, Array2, ArrayD, Axis};
+use ps_proto::ClusterSpec;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+/// A `ps-server` child process, killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `num_shards` real `ps-server` processes on 127.0.0.1 with
+/// ephemeral ports and `args` in common, and returns them with the cluster
+/// spec (split threshold `split_threshold`). Waits for each to print its
+/// listening line, so they accept connections on return.
+pub fn spawn_cluster(
+    num_shards: u32,
+    split_threshold: u64,
+    args: &[&str],
+) -> (Vec<ServerProcess>, ClusterSpec) {
+    let mut servers = Vec::new();
+    for id in 0..num_shards {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ps-server"))
+            .args(["--listen", "127.0.0.1:0", "--shard-id", &id.to_string()])
+            .args(["--num-shards", &num_shards.to_string()])
+            .args(["--split-threshold", &split_threshold.to_string()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ps-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+        let Some(addr) = line.trim().rsplit(' ').next().filter(|_| line.contains("listening on")) else {
+            let mut err = String::new();
+            let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+            panic!("ps-server did not start: stdout {line:?}, stderr {err}");
+        };
+        servers.push(ServerProcess { addr: addr.to_string(), child });
+    }
+    let spec = ClusterSpec { shards: servers.iter().map(|s| s.addr.clone()).collect(), split_threshold };
+    (servers, spec)
+}
+
+/// Dimension of the linear model.
+pub const DIM: usize = 12;
+/// Rows per minibatch.
+pub const BATCH: usize = 8;
+
+/// The true weights the data is generated from.
+pub fn true_weights() -> Array1<f32> {
+    Array1::from_iter((0..DIM).map(|i| (i as f32 * 0.37).sin()))
+}
+
+/// A deterministic minibatch for (worker, step): features and targets.
+pub fn batch(worker: u32, step: u64) -> (Array2<f32>, Array1<f32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed ^ (u64::from(worker) << 32) ^ step);
+    let x = Array2::from_shape_fn((BATCH, DIM), |_| rng.random_range(-1.0f32..1.0));
+    let noise = Array1::from_shape_fn(BATCH, |_| rng.random_range(-0.01f32..0.01));
+    let y = x.dot(&true_weights()) + 1.5 + noise;
+    (x, y)
+}
+
+/// Gradients of the mean squared error at (w, b) on (x, y).
+pub fn gradients(w: &Array1<f32>, b: f32, x: &Array2<f32>, y: &Array1<f32>) -> (Array1<f32>, f32) {
+    let residual = x.dot(w) + b - y;
+    let scale = 2.0 / x.nrows() as f32;
+    (x.t().dot(&residual) * scale, residual.sum() * scale)
+}
+
+/// The mean squared error at (w, b) on (x, y).
+pub fn loss(w: &Array1<f32>, b: f32, x: &Array2<f32>, y: &Array1<f32>) -> f32 {
+    let r = x.dot(w) + b - y;
+    r.mapv(|v| v * v).mean().unwrap_or(f32::NAN)
+}
+
+/// The gradient map a worker pushes for the linear model.
+pub fn grad_map(w: &Array1<f32>, b: f32, worker: u32, step: u64) -> BTreeMap<String, ArrayD<f32>> {
+    let (x, y) = batch(worker, step);
+    let (gw, gb) = gradients(w, b, &x, &y);
+    BTreeMap::from([("w".to_string(), gw.into_dyn()), ("b".to_string(), ndarray::arr1(&[gb]).into_dyn())])
+}
+
+/// `w` and `b` out of a pull.
+pub fn unpack(values: &BTreeMap<String, ArrayD<f32>>) -> (Array1<f32>, f32) {
+    let w = values["w"].clone().into_dimensionality().expect("w is 1-D");
+    (w, values["b"][[0]])
+}
+
+/// Mean over rows of a stack of per-worker gradients, summed in worker order.
+pub fn mean_rows(rows: &[Array1<f32>]) -> Array1<f32> {
+    let stacked = ndarray::stack(Axis(0), &rows.iter().map(|r| r.view()).collect::<Vec<_>>()).expect("stack");
+    stacked.sum_axis(Axis(0)) / rows.len() as f32
+}
