@@ -160,6 +160,7 @@ impl ParameterServer for Service {
             dtype: pb::WireDtype::from(dtype) as i32,
             versions: snapshot.versions,
             total_bytes: payload.len() as u64,
+            waited_us: snapshot.waited.as_micros().min(u128::from(u64::MAX)) as u64,
         });
         let chunks: Vec<Result<pb::PullChunk, Status>> =
             chunk::split(&payload, self.shard.config().chunk_bytes, dtype.size())

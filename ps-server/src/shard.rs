@@ -226,13 +226,14 @@ impl Shard {
         worker: Option<u32>,
         clock: u64,
     ) -> Result<Snapshot, PsError> {
+        let started = std::time::Instant::now();
         let mut changed = cell.changed.subscribe();
         let mut closing = self.closing.subscribe();
         loop {
             {
                 let part = cell.lock();
                 if part.check_pull(worker, clock)? == PullDecision::Ready {
-                    return Ok(part.snapshot());
+                    return Ok(part.snapshot(started.elapsed()));
                 }
             }
             self.wait_for_change(&mut changed, &mut closing).await?;

@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub values: Arc<Vec<f32>>,
     /// Per worker, the highest clock applied to `values` (-1 for none).
     pub versions: Vec<i64>,
+    /// How long the reader waited for the release rule.
+    pub waited: std::time::Duration,
 }
 
 /// The state of one tensor part. Not synchronised: the shard wraps it in a lock.
@@ -190,9 +192,10 @@ impl TensorPart {
         self.clocks.check_pull(worker, clock).map_err(|e| self.clock_err(e))
     }
 
-    /// The current values and their version vector. Cheap: shares the values.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot { values: Arc::clone(&self.values), versions: self.clocks.versions() }
+    /// The current values and their version vector, read after waiting
+    /// `waited`. Cheap: shares the values.
+    pub fn snapshot(&self, waited: std::time::Duration) -> Snapshot {
+        Snapshot { values: Arc::clone(&self.values), versions: self.clocks.versions(), waited }
     }
 
     /// Removes `worker` from the live set, applying a sync round it completes.
@@ -234,31 +237,31 @@ mod tests {
     fn sync_applies_the_mean_once_per_round() {
         let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(0.5));
         assert!(p.push(0, 0, &grad(&[1.0, 2.0, 3.0])).unwrap());
-        assert_eq!(*p.snapshot().values, vec![1.0; 3], "no update before the round completes");
+        assert_eq!(*p.snapshot(Default::default()).values, vec![1.0; 3], "no update before the round completes");
         assert!(p.push(1, 0, &grad(&[3.0, 2.0, 1.0])).unwrap());
         // mean = [2, 2, 2]; 1 - 0.5 * 2 = 0
-        assert_eq!(*p.snapshot().values, vec![0.0; 3]);
-        assert_eq!(p.snapshot().versions, vec![0, 0]);
+        assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
+        assert_eq!(p.snapshot(Default::default()).versions, vec![0, 0]);
         // A retry changes nothing.
         assert!(!p.push(1, 0, &grad(&[100.0, 100.0, 100.0])).unwrap());
-        assert_eq!(*p.snapshot().values, vec![0.0; 3]);
+        assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
     }
 
     #[test]
     fn async_applies_each_push_scaled_by_live_workers() {
         let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(1.0));
         p.push(0, 0, &grad(&[1.0, 1.0, 1.0])).unwrap();
-        assert_eq!(*p.snapshot().values, vec![0.5; 3]);
-        assert_eq!(p.snapshot().versions, vec![0, -1]);
+        assert_eq!(*p.snapshot(Default::default()).values, vec![0.5; 3]);
+        assert_eq!(p.snapshot(Default::default()).versions, vec![0, -1]);
     }
 
     #[test]
     fn snapshot_is_not_changed_by_later_updates() {
         let mut p = part(Policy::Async, 1, OptimizerConfig::sgd(1.0));
-        let before = p.snapshot();
+        let before = p.snapshot(Default::default());
         p.push(0, 0, &grad(&[1.0, 1.0, 1.0])).unwrap();
         assert_eq!(*before.values, vec![1.0; 3]);
-        assert_eq!(*p.snapshot().values, vec![0.0; 3]);
+        assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     pub wire_dtype: WireDtype,
     /// Largest gRPC message this worker sends or accepts.
     pub max_message_bytes: usize,
+    /// Prefix of every tensor name on the shards (`"run1"` makes `w` travel
+    /// as `run1/w`), so several jobs can share one cluster. Empty: none.
+    pub namespace: String,
 }
 
 impl WorkerConfig {
@@ -55,6 +58,7 @@ impl WorkerConfig {
             chunk_bytes: chunk::DEFAULT_CHUNK_BYTES,
             wire_dtype: WireDtype::F32,
             max_message_bytes: 16 << 20,
+            namespace: String::new(),
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct Pulled {
     pub values: BTreeMap<String, ArrayD<f32>>,
     /// Version vectors by tensor name.
     pub versions: BTreeMap<String, Vec<i64>>,
+    /// The longest time any part waited on a shard for the policy's release rule.
+    pub waited: Duration,
 }
 
 /// A worker connected to every shard of a cluster.
@@ -83,6 +89,7 @@ pub struct Worker {
     shards: Vec<ParameterServerClient<Channel>>,
     tensors: BTreeMap<String, TensorInfo>,
     clock: u64,
+    num_workers: u32,
 }
 
 fn rpc_err(
@@ -107,7 +114,7 @@ impl Worker {
         for (id, addr) in cfg.cluster.shards.iter().enumerate() {
             shards.push(Self::connect_shard(&cfg, id as u32, addr).await?);
         }
-        let mut worker = Self { cfg, shards, tensors: BTreeMap::new(), clock: 0 };
+        let mut worker = Self { cfg, shards, tensors: BTreeMap::new(), clock: 0, num_workers: 0 };
         worker.clock = worker.join().await?;
         Ok(worker)
     }
@@ -152,6 +159,11 @@ impl Worker {
     /// The clock the next pull and push use: clocks completed so far.
     pub fn clock(&self) -> u64 {
         self.clock
+    }
+
+    /// Number of workers in the job, as the shards report it.
+    pub fn num_workers(&self) -> u32 {
+        self.num_workers
     }
 
     /// The cluster this worker talks to.
@@ -236,6 +248,7 @@ impl Worker {
             }
         }
         self.clock = replies.iter().map(|r| r.clock).min().unwrap_or(0);
+        self.num_workers = replies.first().map_or(0, |r| r.num_workers);
         Ok(self.clock)
     }
 
@@ -258,10 +271,12 @@ impl Worker {
         let shape = decl.shape();
         let len = shape.iter().product::<usize>() as u64;
         let cluster = &self.cfg.cluster;
-        let parts = placement::place(decl.name(), len, cluster.num_shards(), cluster.split_threshold);
+        let name = self.wire_name(decl.name());
+        let parts = placement::place(&name, len, cluster.num_shards(), cluster.split_threshold);
+        let spec = pb::TensorSpec { name: name.clone(), ..decl.spec().clone() };
         try_join_all(parts.iter().map(|part| {
-            let spec = decl.spec().clone();
-            let name = decl.name().to_string();
+            let spec = spec.clone();
+            let name = name.clone();
             let part = *part;
             self.call("declare", part.shard, Some(decl.name()), false, move |mut c, d| {
                 let spec = spec.clone();
@@ -292,6 +307,11 @@ impl Worker {
         self.tensors.get(name).ok_or_else(|| WorkerError::UnknownTensor { tensor: name.into() })
     }
 
+    /// The name a tensor has on the shards.
+    fn wire_name(&self, name: &str) -> String {
+        if self.cfg.namespace.is_empty() { name.to_string() } else { format!("{}/{name}", self.cfg.namespace) }
+    }
+
     /// The tensor's info, if `grad` has its shape.
     fn checked_info(&self, name: &str, grad: &ArrayD<f32>) -> Result<&TensorInfo, WorkerError> {
         let info = self.info(name)?;
@@ -314,14 +334,15 @@ impl Worker {
     /// Pulls every declared tensor for `clock`.
     pub async fn pull_at(&self, clock: u64) -> Result<Pulled, WorkerError> {
         let results = try_join_all(self.tensors.keys().map(|name| async move {
-            let (v, vv) = self.pull_tensor(name, Some(clock), Some(self.cfg.worker)).await?;
-            Ok::<_, WorkerError>((name.clone(), v, vv))
+            let (v, vv, waited) = self.pull_tensor_timed(name, Some(clock), Some(self.cfg.worker)).await?;
+            Ok::<_, WorkerError>((name.clone(), v, vv, waited))
         }))
         .await?;
         let mut pulled = Pulled::default();
-        for (name, v, vv) in results {
+        for (name, v, vv, waited) in results {
             pulled.values.insert(name.clone(), v);
             pulled.versions.insert(name, vv);
+            pulled.waited = pulled.waited.max(waited);
         }
         Ok(pulled)
     }
@@ -339,6 +360,16 @@ impl Worker {
         clock: Option<u64>,
         worker: Option<u32>,
     ) -> Result<(ArrayD<f32>, Vec<i64>), WorkerError> {
+        let (values, versions, _) = self.pull_tensor_timed(name, clock, worker).await?;
+        Ok((values, versions))
+    }
+
+    async fn pull_tensor_timed(
+        &self,
+        name: &str,
+        clock: Option<u64>,
+        worker: Option<u32>,
+    ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
         let info = self.info(name)?;
         let len = info.shape.iter().product::<usize>();
         let mut values = vec![0f32; len];
@@ -349,11 +380,12 @@ impl Worker {
             rest = tail;
             pulls.push(self.pull_part(name, *part, clock.unwrap_or(self.clock), worker, dst));
         }
-        let part_versions = try_join_all(pulls).await?;
+        let (part_versions, waits): (Vec<_>, Vec<_>) = try_join_all(pulls).await?.into_iter().unzip();
         let versions = merge_versions(&part_versions);
+        let waited = waits.into_iter().max().unwrap_or_default();
         let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values)
             .map_err(|e| WorkerError::Protocol { shard: 0, tensor: name.into(), detail: e.to_string() })?;
-        Ok((array, versions))
+        Ok((array, versions, waited))
     }
 
     async fn pull_part(
@@ -363,12 +395,12 @@ impl Worker {
         clock: u64,
         worker: Option<u32>,
         dst: &mut [f32],
-    ) -> Result<Vec<i64>, WorkerError> {
+    ) -> Result<(Vec<i64>, Duration), WorkerError> {
         let dtype = self.cfg.wire_dtype;
         let req = pb::PullRequest {
             worker,
             clock,
-            tensor: name.to_string(),
+            tensor: self.wire_name(name),
             dtype: pb::WireDtype::from(dtype) as i32,
         };
         let waits = worker.is_some();
@@ -398,7 +430,7 @@ impl Worker {
         part: Part,
         req: &pb::PullRequest,
         dst: &mut [f32],
-    ) -> Result<Vec<i64>, WorkerError> {
+    ) -> Result<(Vec<i64>, Duration), WorkerError> {
         let deadline = if req.worker.is_some() { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
         let shard = part.shard;
         let timeout =
@@ -429,7 +461,7 @@ impl Worker {
                             h.total_bytes
                         )));
                     }
-                    versions = Some(h.versions);
+                    versions = Some((h.versions, Duration::from_micros(h.waited_us)));
                 } else if versions.is_none() {
                     return Err(protocol("the first chunk of the reply has no header".into()));
                 }
@@ -508,7 +540,7 @@ impl Worker {
         let header = pb::PushHeader {
             worker: self.cfg.worker,
             clock,
-            tensor: name.to_string(),
+            tensor: self.wire_name(name),
             offset: part.offset,
             len: part.len,
             dtype: pb::WireDtype::from(dtype) as i32,

@@ -23,9 +23,11 @@
 //! - [`tensor`]: [`TensorDecl`], what to declare.
 //! - [`retry`]: [`RetryPolicy`], backoff with jitter for transient failures.
 //! - [`error`]: [`WorkerError`].
+//! - [`job`]: the built-in training job (data, models, the training loop).
 
 pub mod client;
 pub mod error;
+pub mod job;
 pub mod retry;
 pub mod tensor;
 

@@ -1,0 +1,219 @@
+//! `ps-worker`: one worker of the built-in training job (Fashion-MNIST by
+//! default) against a running cluster of `ps-server` shards.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ps_proto::{ClusterSpec, WireDtype};
+use ps_worker::job::data;
+use ps_worker::job::model::{Model, ModelKind};
+use ps_worker::job::train::{self, JobOptimizer, Persistent, Stragglers, TrainConfig};
+use ps_worker::{Worker, WorkerConfig, WorkerError};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OptimizerName {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Run one worker of the built-in training job against a running cluster.
+///
+/// Start the shards first (see `ps-server --help`), then one ps-worker per
+/// worker id 0..W with the same shard list. Each worker trains on its own
+/// disjoint share of the data, pulls parameters, pushes gradients, and at the
+/// end prints the test accuracy of the final parameters.
+///
+/// Example, worker 0 of a 2-shard cluster:
+///
+///   ps-worker --shards 127.0.0.1:7070,127.0.0.1:7071 --worker 0 --model mlp --epochs 2
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Comma-separated addresses of all shards, in shard-id order.
+    #[arg(long, value_delimiter = ',', required_unless_present = "cluster")]
+    shards: Option<Vec<String>>,
+
+    /// TOML cluster spec: `shards = ["host:port", ...]`, optionally `split_threshold = N`.
+    #[arg(long, conflicts_with = "shards")]
+    cluster: Option<PathBuf>,
+
+    /// Tensors with at least this many elements are split over all shards; must match the shards.
+    #[arg(long, default_value_t = ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD)]
+    split_threshold: u64,
+
+    /// This worker's id, 0..W (W is the shards' --workers).
+    #[arg(long)]
+    worker: u32,
+
+    /// Model to train.
+    #[arg(long, value_enum, default_value = "mlp")]
+    model: ModelKind,
+
+    /// Hidden units of the MLP.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+
+    /// Examples per step on this worker.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+
+    /// Passes over this worker's share of the training set.
+    #[arg(long, default_value_t = 2)]
+    epochs: u64,
+
+    /// Stop after this many steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+
+    /// Server-side optimizer the tensors are declared with.
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: OptimizerName,
+
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f32,
+
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+
+    /// Seed of the weights and the data shuffle (the same on every worker).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Directory with train-/t10k- images and labels in IDX format (optionally .gz, with SHA256SUMS).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+
+    /// Chance per step that this worker is delayed (injected transient straggler).
+    #[arg(long, default_value_t = 0.0)]
+    straggler_probability: f64,
+
+    /// A delayed step takes this many times its normal time.
+    #[arg(long, default_value_t = 5.0)]
+    straggler_factor: f64,
+
+    /// This worker is always this many times slower (injected persistent straggler).
+    #[arg(long, default_value_t = 1.0)]
+    slowdown: f64,
+
+    /// Wire encoding of pushes and pulls.
+    #[arg(long, default_value = "f32")]
+    wire_dtype: WireDtype,
+
+    /// Log a progress line every this many steps.
+    #[arg(long, default_value_t = 100)]
+    log_every: u64,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+}
+
+fn cluster(args: &Args) -> Result<ClusterSpec, Failure> {
+    if let Some(list) = &args.shards {
+        return Ok(ClusterSpec { shards: list.clone(), split_threshold: args.split_threshold });
+    }
+    let path = args.cluster.as_ref().ok_or_else(|| Failure::Usage("give --shards or --cluster".into()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Failure::Usage(format!("invalid cluster spec {}: {e}", path.display())))
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let spec = cluster(&args)?;
+    let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
+    let splits = data::load(&dir)?;
+    let config = WorkerConfig { wire_dtype: args.wire_dtype, ..WorkerConfig::new(spec, args.worker) };
+    let mut worker = Worker::connect(config).await?;
+    let cfg = TrainConfig {
+        model: Model { kind: args.model, inputs: splits.train.features(), hidden: args.hidden, classes: data::CLASSES, seed: args.seed },
+        batch: args.batch,
+        epochs: args.epochs,
+        seed: args.seed,
+        workers: worker.num_workers(),
+        optimizer: match args.optimizer {
+            OptimizerName::Sgd => JobOptimizer::Sgd { learning_rate: args.lr, momentum: args.momentum },
+            OptimizerName::Adam => JobOptimizer::Adam { learning_rate: args.lr },
+        },
+        stragglers: Stragglers {
+            transient_probability: args.straggler_probability,
+            transient_factor: args.straggler_factor,
+            persistent: (args.slowdown > 1.0).then_some(Persistent { worker: args.worker, slowdown: args.slowdown }),
+            seed: args.seed,
+        },
+        max_steps: args.max_steps,
+    };
+    train::declare(&mut worker, &cfg).await?;
+    let total = cfg.total_steps(splits.train.len());
+    tracing::info!(worker = args.worker, workers = cfg.workers, clock = worker.clock(), steps = total, "training");
+    let started = Instant::now();
+    let log_every = args.log_every.max(1);
+    let mut blocked = Duration::ZERO;
+    let records = train::train(&mut worker, &cfg, &splits.train, started, &mut |r| {
+        blocked += r.blocked;
+        if (r.clock + 1) % log_every == 0 {
+            tracing::info!(clock = r.clock, loss = r.loss, staleness = r.staleness, "step");
+        }
+    })
+    .await?;
+    let params = worker.pull().await?;
+    let accuracy = cfg.model.accuracy(&params.values, splits.test.images.view(), &splits.test.labels);
+    worker.leave().await?;
+    let elapsed = started.elapsed();
+    println!(
+        "worker {} done: {} steps in {:.1}s ({:.1} steps/s), blocked {:.1}s, final loss {:.4}, test accuracy {:.4}",
+        args.worker,
+        records.len(),
+        elapsed.as_secs_f64(),
+        records.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        blocked.as_secs_f64(),
+        records.last().map_or(f32::NAN, |r| r.loss),
+        accuracy
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ps-worker: cannot start the Tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ps-worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

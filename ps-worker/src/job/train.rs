@@ -1,0 +1,240 @@
+//! One worker's training loop: pull → compute → push, with optional injected
+//! stragglers, recording what every step cost and what it read.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+use super::data::{Dataset, worker_batches};
+use super::model::Model;
+use crate::client::Worker;
+use crate::error::WorkerError;
+use crate::tensor::TensorDecl;
+
+/// The server-side optimizer the job declares its tensors with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum JobOptimizer {
+    /// SGD with momentum.
+    Sgd { learning_rate: f32, momentum: f32 },
+    /// Adam with the usual betas.
+    Adam { learning_rate: f32 },
+}
+
+/// A persistent straggler: one worker always `slowdown` times slower.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Persistent {
+    /// The slow worker.
+    pub worker: u32,
+    /// Its step time as a multiple of the normal one (>= 1).
+    pub slowdown: f64,
+}
+
+/// Injected slowness, seeded and reproducible.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stragglers {
+    /// Per step and worker, the chance of a transient delay (a GC pause, a noisy neighbour).
+    pub transient_probability: f64,
+    /// A delayed step takes this many times its normal time.
+    pub transient_factor: f64,
+    /// A worker that is always slow.
+    pub persistent: Option<Persistent>,
+    /// Seed of the delay draws.
+    pub seed: u64,
+}
+
+impl Stragglers {
+    /// No injected delays.
+    pub fn none() -> Self {
+        Self { transient_probability: 0.0, transient_factor: 1.0, persistent: None, seed: 0 }
+    }
+
+    /// The extra sleep of one step of `worker` whose compute took `compute`.
+    fn delay(&self, worker: u32, rng: &mut ChaCha8Rng, compute: Duration) -> Duration {
+        let mut factor = 1.0;
+        if let Some(p) = self.persistent.filter(|p| p.worker == worker) {
+            factor *= p.slowdown.max(1.0);
+        }
+        if self.transient_probability > 0.0 && rng.random_bool(self.transient_probability.clamp(0.0, 1.0)) {
+            factor *= self.transient_factor.max(1.0);
+        }
+        compute.mul_f64(factor - 1.0)
+    }
+}
+
+/// What one training job is.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// The model.
+    pub model: Model,
+    /// Examples per worker per step.
+    pub batch: usize,
+    /// Passes over each worker's share of the data.
+    pub epochs: u64,
+    /// Seed of the data shuffle.
+    pub seed: u64,
+    /// Number of workers sharing the data.
+    pub workers: u32,
+    /// Server-side optimizer.
+    pub optimizer: JobOptimizer,
+    /// Injected slowness.
+    pub stragglers: Stragglers,
+    /// Stop after this many steps even if epochs remain.
+    pub max_steps: Option<u64>,
+}
+
+impl TrainConfig {
+    /// The model's tensors with the job's optimizer.
+    pub fn tensors(&self) -> Vec<TensorDecl> {
+        self.model
+            .tensors()
+            .into_iter()
+            .map(|t| match self.optimizer {
+                JobOptimizer::Sgd { learning_rate, momentum } => t.sgd(learning_rate, momentum),
+                JobOptimizer::Adam { learning_rate } => t.adam(learning_rate),
+            })
+            .collect()
+    }
+
+    /// Steps each worker takes in one epoch over `train_len` examples.
+    pub fn steps_per_epoch(&self, train_len: usize) -> u64 {
+        (train_len / self.workers.max(1) as usize / self.batch.max(1)) as u64
+    }
+
+    /// Steps each worker takes in all.
+    pub fn total_steps(&self, train_len: usize) -> u64 {
+        let all = self.steps_per_epoch(train_len) * self.epochs;
+        self.max_steps.map_or(all, |m| m.min(all))
+    }
+}
+
+/// One step of one worker.
+#[derive(Clone, Debug)]
+pub struct StepRecord {
+    /// Worker id.
+    pub worker: u32,
+    /// The clock of the step (the pull's clock).
+    pub clock: u64,
+    /// When the step ended, since the job started.
+    pub wall: Duration,
+    /// Training loss on the step's minibatch.
+    pub loss: f32,
+    /// Clocks of updates missing from the read: `max_w (clock - 1 - version_w)`, at least 0.
+    pub staleness: i64,
+    /// Time the pull waited for the policy on the shards.
+    pub blocked: Duration,
+    /// Time of the whole pull.
+    pub pull: Duration,
+    /// Time of the gradient computation, including injected delay.
+    pub compute: Duration,
+    /// Time of the push.
+    pub push: Duration,
+    /// The version vector of every tensor read.
+    pub versions: Versions,
+}
+
+/// Version vectors by tensor name.
+pub type Versions = std::collections::BTreeMap<String, Vec<i64>>;
+
+/// Staleness of a read at `clock`: the largest number of clocks of any
+/// worker's updates missing from it.
+pub fn staleness(clock: u64, versions: &Versions) -> i64 {
+    versions.values().flatten().map(|v| (clock as i64 - 1 - v).max(0)).max().unwrap_or(0)
+}
+
+/// Declares the job's tensors through `worker`.
+pub async fn declare(worker: &mut Worker, cfg: &TrainConfig) -> Result<(), WorkerError> {
+    for t in cfg.tensors() {
+        worker.declare(&t).await?;
+    }
+    Ok(())
+}
+
+/// Runs `worker`'s share of the job from its current clock to the last step,
+/// calling `on_step` after every step. Compute runs inline: give each worker
+/// its own thread.
+pub async fn train(
+    worker: &mut Worker,
+    cfg: &TrainConfig,
+    data: &Dataset,
+    started: Instant,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> Result<Vec<StepRecord>, WorkerError> {
+    let id = worker.id();
+    let per_epoch = cfg.steps_per_epoch(data.len()).max(1);
+    let total = cfg.total_steps(data.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.stragglers.seed ^ (u64::from(id) << 40));
+    let mut batches: Option<(u64, Vec<Vec<usize>>)> = None;
+    let mut records = Vec::new();
+    while worker.clock() < total {
+        let clock = worker.clock();
+        let epoch = clock / per_epoch;
+        if batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            batches = Some((epoch, worker_batches(data.len(), id, cfg.workers, cfg.batch, cfg.seed, epoch)));
+        }
+        let indices = &batches.as_ref().map(|(_, b)| b).expect("set above")[(clock % per_epoch) as usize];
+
+        let t0 = Instant::now();
+        let pulled = worker.pull().await?;
+        let t1 = Instant::now();
+        let (x, y) = data.gather(indices);
+        let (loss, grads) = cfg.model.loss_and_grads(&pulled.values, x.view(), &y);
+        let extra = cfg.stragglers.delay(id, &mut rng, t1.elapsed());
+        if !extra.is_zero() {
+            tokio::time::sleep(extra).await;
+        }
+        let t2 = Instant::now();
+        worker.push(&grads).await?;
+        let t3 = Instant::now();
+        let record = StepRecord {
+            worker: id,
+            clock,
+            wall: t3 - started,
+            loss,
+            staleness: staleness(clock, &pulled.versions),
+            blocked: pulled.waited,
+            pull: t1 - t0,
+            compute: t2 - t1,
+            push: t3 - t2,
+            versions: pulled.versions,
+        };
+        on_step(&record);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_counts_missing_clocks() {
+        let v = Versions::from([("a".to_string(), vec![4, 2, 5]), ("b".to_string(), vec![4, 3, 5])]);
+        assert_eq!(staleness(6, &v), 3);
+        assert_eq!(staleness(0, &Versions::from([("a".to_string(), vec![-1, -1])])), 0);
+    }
+
+    #[test]
+    fn stragglers_are_seeded_and_scale_compute() {
+        let s = Stragglers {
+            transient_probability: 0.5,
+            transient_factor: 5.0,
+            persistent: Some(Persistent { worker: 1, slowdown: 3.0 }),
+            seed: 1,
+        };
+        let ms = Duration::from_millis(10);
+        let draw = |w| {
+            let mut rng = ChaCha8Rng::seed_from_u64(7);
+            (0..200).map(|_| s.delay(w, &mut rng, ms)).collect::<Vec<_>>()
+        };
+        let w0 = draw(0);
+        assert_eq!(w0, draw(0), "not reproducible");
+        assert!(w0.iter().all(|d| *d == Duration::ZERO || *d == ms * 4));
+        let delayed = w0.iter().filter(|d| !d.is_zero()).count();
+        assert!((60..140).contains(&delayed), "{delayed} of 200 delayed at p = 0.5");
+        assert!(draw(1).iter().all(|d| *d == ms * 2 || *d == ms * 14));
+        assert!(Stragglers::none().delay(0, &mut ChaCha8Rng::seed_from_u64(0), ms).is_zero());
+    }
+}
