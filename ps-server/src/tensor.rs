@@ -237,7 +237,11 @@ mod tests {
     fn sync_applies_the_mean_once_per_round() {
         let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(0.5));
         assert!(p.push(0, 0, &grad(&[1.0, 2.0, 3.0])).unwrap());
-        assert_eq!(*p.snapshot(Default::default()).values, vec![1.0; 3], "no update before the round completes");
+        assert_eq!(
+            *p.snapshot(Default::default()).values,
+            vec![1.0; 3],
+            "no update before the round completes"
+        );
         assert!(p.push(1, 0, &grad(&[3.0, 2.0, 1.0])).unwrap());
         // mean = [2, 2, 2]; 1 - 0.5 * 2 = 0
         assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);

@@ -110,13 +110,19 @@ impl Worker {
         if cfg.cluster.shards.is_empty() {
             return Err(WorkerError::Cluster("the cluster spec lists no shards".into()));
         }
+        let mut worker = Self::observer(cfg).await?;
+        worker.join().await?;
+        Ok(worker)
+    }
+
+    /// Connects to every shard without joining: the handle can declare and
+    /// [`observe`](Self::observe) tensors but takes no part in the clocks.
+    pub async fn observer(cfg: WorkerConfig) -> Result<Self, WorkerError> {
         let mut shards = Vec::new();
         for (id, addr) in cfg.cluster.shards.iter().enumerate() {
             shards.push(Self::connect_shard(&cfg, id as u32, addr).await?);
         }
-        let mut worker = Self { cfg, shards, tensors: BTreeMap::new(), clock: 0, num_workers: 0 };
-        worker.clock = worker.join().await?;
-        Ok(worker)
+        Ok(Self { cfg, shards, tensors: BTreeMap::new(), clock: 0, num_workers: 0 })
     }
 
     async fn connect_shard(
@@ -309,7 +315,11 @@ impl Worker {
 
     /// The name a tensor has on the shards.
     fn wire_name(&self, name: &str) -> String {
-        if self.cfg.namespace.is_empty() { name.to_string() } else { format!("{}/{name}", self.cfg.namespace) }
+        if self.cfg.namespace.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.cfg.namespace)
+        }
     }
 
     /// The tensor's info, if `grad` has its shape.

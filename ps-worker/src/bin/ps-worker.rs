@@ -136,7 +136,8 @@ fn cluster(args: &Args) -> Result<ClusterSpec, Failure> {
         return Ok(ClusterSpec { shards: list.clone(), split_threshold: args.split_threshold });
     }
     let path = args.cluster.as_ref().ok_or_else(|| Failure::Usage("give --shards or --cluster".into()))?;
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| Failure::Usage(format!("invalid cluster spec {}: {e}", path.display())))
 }
 
@@ -147,7 +148,13 @@ async fn run(args: Args) -> Result<(), Failure> {
     let config = WorkerConfig { wire_dtype: args.wire_dtype, ..WorkerConfig::new(spec, args.worker) };
     let mut worker = Worker::connect(config).await?;
     let cfg = TrainConfig {
-        model: Model { kind: args.model, inputs: splits.train.features(), hidden: args.hidden, classes: data::CLASSES, seed: args.seed },
+        model: Model {
+            kind: args.model,
+            inputs: splits.train.features(),
+            hidden: args.hidden,
+            classes: data::CLASSES,
+            seed: args.seed,
+        },
         batch: args.batch,
         epochs: args.epochs,
         seed: args.seed,
@@ -159,14 +166,21 @@ async fn run(args: Args) -> Result<(), Failure> {
         stragglers: Stragglers {
             transient_probability: args.straggler_probability,
             transient_factor: args.straggler_factor,
-            persistent: (args.slowdown > 1.0).then_some(Persistent { worker: args.worker, slowdown: args.slowdown }),
+            persistent: (args.slowdown > 1.0)
+                .then_some(Persistent { worker: args.worker, slowdown: args.slowdown }),
             seed: args.seed,
         },
         max_steps: args.max_steps,
     };
     train::declare(&mut worker, &cfg).await?;
     let total = cfg.total_steps(splits.train.len());
-    tracing::info!(worker = args.worker, workers = cfg.workers, clock = worker.clock(), steps = total, "training");
+    tracing::info!(
+        worker = args.worker,
+        workers = cfg.workers,
+        clock = worker.clock(),
+        steps = total,
+        "training"
+    );
     let started = Instant::now();
     let log_every = args.log_every.max(1);
     let mut blocked = Duration::ZERO;

@@ -144,7 +144,10 @@ fn load_split(dir: &Path, prefix: &str) -> Result<Dataset, DataError> {
         )));
     }
     if let Some(bad) = labels.data.iter().find(|l| usize::from(**l) >= CLASSES) {
-        return Err(DataError::Inconsistent(format!("{}: {prefix} label {bad} is not in 0..{CLASSES}", dir.display())));
+        return Err(DataError::Inconsistent(format!(
+            "{}: {prefix} label {bad} is not in 0..{CLASSES}",
+            dir.display()
+        )));
     }
     let pixels = images.data.iter().map(|p| f32::from(*p) / 255.0).collect();
     let images = Array2::from_shape_vec((n, rows * cols), pixels)
@@ -170,7 +173,14 @@ pub fn load(dir: &Path) -> Result<Splits, DataError> {
 /// The minibatches of one worker for one epoch: a seeded shuffle of all
 /// examples, cut into `workers` disjoint equal shares, then into batches of
 /// `batch` (a partial last batch is dropped).
-pub fn worker_batches(n: usize, worker: u32, workers: u32, batch: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+pub fn worker_batches(
+    n: usize,
+    worker: u32,
+    workers: u32,
+    batch: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
     let share = n / workers as usize;
@@ -184,8 +194,7 @@ mod tests {
 
     #[test]
     fn worker_shares_are_disjoint_and_reshuffled_per_epoch() {
-        let shares: Vec<Vec<usize>> =
-            (0..3).map(|w| worker_batches(100, w, 3, 8, 1, 0).concat()).collect();
+        let shares: Vec<Vec<usize>> = (0..3).map(|w| worker_batches(100, w, 3, 8, 1, 0).concat()).collect();
         let mut all: Vec<usize> = shares.concat();
         assert_eq!(all.len(), 3 * 32);
         all.sort_unstable();
@@ -209,13 +218,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("data-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for prefix in ["train", "t10k"] {
-            write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte")), &[2, 2, 2], &[0, 255, 0, 255, 51, 0, 0, 0]);
+            write_idx(
+                &dir.join(format!("{prefix}-images-idx3-ubyte")),
+                &[2, 2, 2],
+                &[0, 255, 0, 255, 51, 0, 0, 0],
+            );
             write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[2], &[3, 9]);
         }
         let s = load(&dir).unwrap();
         assert_eq!(s.train.images.row(0).to_vec(), vec![0.0, 1.0, 0.0, 1.0]);
         assert_eq!(s.test.labels, vec![3, 9]);
-        std::fs::write(dir.join("SHA256SUMS"), format!("{}  train-labels-idx1-ubyte\n", "0".repeat(64))).unwrap();
+        std::fs::write(dir.join("SHA256SUMS"), format!("{}  train-labels-idx1-ubyte\n", "0".repeat(64)))
+            .unwrap();
         let err = load(&dir).unwrap_err();
         assert!(matches!(err, DataError::Checksum { .. }), "{err}");
         assert!(err.to_string().contains("train-labels-idx1-ubyte"), "{err}");

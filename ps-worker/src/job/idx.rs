@@ -52,14 +52,19 @@ pub fn read(path: &Path) -> Result<Idx, IdxError> {
 
 /// Parses IDX bytes; `path` only names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Idx, IdxError> {
-    let magic_err = || IdxError::Magic { path: path.to_path_buf(), got: bytes.iter().take(4).copied().collect() };
+    let magic_err =
+        || IdxError::Magic { path: path.to_path_buf(), got: bytes.iter().take(4).copied().collect() };
     let [0, 0, 0x08, ndims, ..] = *bytes else { return Err(magic_err()) };
     if ndims == 0 {
         return Err(magic_err());
     }
     let header = 4 + 4 * usize::from(ndims);
     if bytes.len() < header {
-        return Err(IdxError::Length { path: path.to_path_buf(), expected: header as u64, got: bytes.len() as u64 });
+        return Err(IdxError::Length {
+            path: path.to_path_buf(),
+            expected: header as u64,
+            got: bytes.len() as u64,
+        });
     }
     let dims: Vec<usize> = bytes[4..header]
         .chunks_exact(4)

@@ -99,7 +99,8 @@ impl Model {
     pub fn loss_and_grads(&self, p: &Tensors, x: ArrayView2<f32>, y: &[u8]) -> (f32, Tensors) {
         let n = x.nrows() as f32;
         let (mut probs, hidden) = self.forward(p, x);
-        let loss = y.iter().enumerate().map(|(i, c)| -probs[[i, usize::from(*c)]].max(1e-12).ln()).sum::<f32>() / n;
+        let loss =
+            y.iter().enumerate().map(|(i, c)| -probs[[i, usize::from(*c)]].max(1e-12).ln()).sum::<f32>() / n;
         // d loss / d logits = (probs - onehot) / n
         for (i, c) in y.iter().enumerate() {
             probs[[i, usize::from(*c)]] -= 1.0;
@@ -138,7 +139,10 @@ impl Model {
             .into_iter()
             .zip(y)
             .filter(|(row, label)| {
-                let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, v)| if *v > b.1 { (i, *v) } else { b });
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |b, (i, v)| if *v > b.1 { (i, *v) } else { b });
                 best.0 == usize::from(**label)
             })
             .count();
@@ -208,7 +212,8 @@ mod tests {
     #[test]
     fn uniform_predictions_have_loss_ln_classes() {
         let model = Model { kind: ModelKind::Softmax, inputs: 4, hidden: 0, classes: 10, seed: 0 };
-        let params: Tensors = model.tensors().iter().map(|t| (t.name().into(), ArrayD::zeros(t.shape()))).collect();
+        let params: Tensors =
+            model.tensors().iter().map(|t| (t.name().into(), ArrayD::zeros(t.shape()))).collect();
         let x = Array2::ones((3, 4));
         let (loss, _) = model.loss_and_grads(&params, x.view(), &[0, 5, 9]);
         assert!((loss - 10f32.ln()).abs() < 1e-5, "{loss}");

@@ -50,8 +50,9 @@ impl Stragglers {
         Self { transient_probability: 0.0, transient_factor: 1.0, persistent: None, seed: 0 }
     }
 
-    /// The extra sleep of one step of `worker` whose compute took `compute`.
-    fn delay(&self, worker: u32, rng: &mut ChaCha8Rng, compute: Duration) -> Duration {
+    /// The extra sleep of one step of `worker` whose normal (undelayed,
+    /// unblocked) duration is `normal`.
+    fn delay(&self, worker: u32, rng: &mut ChaCha8Rng, normal: Duration) -> Duration {
         let mut factor = 1.0;
         if let Some(p) = self.persistent.filter(|p| p.worker == worker) {
             factor *= p.slowdown.max(1.0);
@@ -59,7 +60,7 @@ impl Stragglers {
         if self.transient_probability > 0.0 && rng.random_bool(self.transient_probability.clamp(0.0, 1.0)) {
             factor *= self.transient_factor.max(1.0);
         }
-        compute.mul_f64(factor - 1.0)
+        normal.mul_f64(factor - 1.0)
     }
 }
 
@@ -122,6 +123,8 @@ pub struct StepRecord {
     pub loss: f32,
     /// Clocks of updates missing from the read: `max_w (clock - 1 - version_w)`, at least 0.
     pub staleness: i64,
+    /// When the step's pull was sent and when its reply was complete, since the job started.
+    pub read: (Duration, Duration),
     /// Time the pull waited for the policy on the shards.
     pub blocked: Duration,
     /// Time of the whole pull.
@@ -167,6 +170,9 @@ pub async fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.stragglers.seed ^ (u64::from(id) << 40));
     let mut batches: Option<(u64, Vec<Vec<usize>>)> = None;
     let mut records = Vec::new();
+    // Exponential moving average of this worker's step time without injected
+    // delay or policy blocking: the "normal step time" stragglers multiply.
+    let mut normal: Option<Duration> = None;
     while worker.clock() < total {
         let clock = worker.clock();
         let epoch = clock / per_epoch;
@@ -180,19 +186,23 @@ pub async fn train(
         let t1 = Instant::now();
         let (x, y) = data.gather(indices);
         let (loss, grads) = cfg.model.loss_and_grads(&pulled.values, x.view(), &y);
-        let extra = cfg.stragglers.delay(id, &mut rng, t1.elapsed());
+        let work = t1.elapsed();
+        let extra = cfg.stragglers.delay(id, &mut rng, normal.unwrap_or(work));
         if !extra.is_zero() {
             tokio::time::sleep(extra).await;
         }
         let t2 = Instant::now();
         worker.push(&grads).await?;
         let t3 = Instant::now();
+        let step = (t3 - t0).saturating_sub(extra).saturating_sub(pulled.waited);
+        normal = Some(normal.map_or(step, |n| n.mul_f64(0.9) + step.mul_f64(0.1)));
         let record = StepRecord {
             worker: id,
             clock,
             wall: t3 - started,
             loss,
             staleness: staleness(clock, &pulled.versions),
+            read: (t0 - started, t1 - started),
             blocked: pulled.waited,
             pull: t1 - t0,
             compute: t2 - t1,
