@@ -126,7 +126,7 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
             .map(|id| {
                 let (barrier, started, tensors, config) = (&barrier, &started, &tensors, config(id));
                 scope.spawn(move || {
-                    let result = single_thread_runtime().block_on(async {
+                    single_thread_runtime().block_on(async {
                         let connected = Worker::connect(config).await;
                         barrier.wait();
                         let mut worker = connected?;
@@ -139,8 +139,7 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
                                 .await?;
                         worker.leave().await?;
                         Ok::<_, WorkerError>(steps)
-                    });
-                    result
+                    })
                 })
             })
             .collect();

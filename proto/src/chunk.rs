@@ -74,7 +74,7 @@ impl Reassembly {
         if offset + len > self.total {
             return Err(ChunkError::TooLong { offset, len, total: self.total });
         }
-        if len % self.elem_size as u64 != 0 {
+        if !len.is_multiple_of(self.elem_size as u64) {
             return Err(ChunkError::PartialElement { offset, len, elem_size: self.elem_size });
         }
         self.received += len;

@@ -5,9 +5,11 @@ use serde::{Deserialize, Serialize};
 use crate::optim::OptimizerConfig;
 use crate::sync::Policy;
 
-/// How a sync round combines the workers' gradients; in ssp and async, how
-/// each push is scaled (mean: by 1 / live workers, so W pushes of one clock
-/// move the parameters as far as one sync round).
+/// How a sync round combines the workers' gradients (mean: divided by the
+/// workers that contributed to the round); in ssp and async, how each push
+/// is scaled (mean: by 1 / W, the job's worker count, so W pushes of one
+/// clock move the parameters as far as one sync round, and a worker leaving
+/// does not enlarge the others' steps).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {

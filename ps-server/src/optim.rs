@@ -84,7 +84,7 @@ impl Optimizer {
     /// Fresh state (zeros, or AdaGrad's initial accumulator) for `len` elements.
     pub fn new(config: OptimizerConfig, len: usize) -> Self {
         let (slot_a, slot_b) = match config {
-            OptimizerConfig::Sgd { momentum, .. } if momentum == 0.0 => (Vec::new(), Vec::new()),
+            OptimizerConfig::Sgd { momentum: 0.0, .. } => (Vec::new(), Vec::new()),
             OptimizerConfig::Sgd { .. } => (vec![0.0; len], Vec::new()),
             OptimizerConfig::Adam { .. } => (vec![0.0; len], vec![0.0; len]),
             OptimizerConfig::AdaGrad { initial_accumulator, .. } => {

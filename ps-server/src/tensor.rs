@@ -142,7 +142,7 @@ impl TensorPart {
             PushDecision::Duplicate => return Ok(false),
             PushDecision::Apply => {
                 let scale = match self.aggregation {
-                    Aggregation::Mean => 1.0 / self.live_workers().max(1) as f32,
+                    Aggregation::Mean => 1.0 / self.clocks.num_workers().max(1) as f32,
                     Aggregation::Sum => 1.0,
                 };
                 let values = Arc::make_mut(&mut self.values);
@@ -170,10 +170,6 @@ impl TensorPart {
             self.apply_round(round);
         }
         Ok(true)
-    }
-
-    fn live_workers(&self) -> u32 {
-        (0..self.clocks.num_workers()).filter(|w| self.clocks.is_live(*w)).count() as u32
     }
 
     /// Applies a completed sync round's aggregate once and clears the buffer.
@@ -252,11 +248,15 @@ mod tests {
     }
 
     #[test]
-    fn async_applies_each_push_scaled_by_live_workers() {
+    fn async_applies_each_push_scaled_by_the_job_size() {
         let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(1.0));
         p.push(0, 0, &grad(&[1.0, 1.0, 1.0])).unwrap();
         assert_eq!(*p.snapshot(Default::default()).values, vec![0.5; 3]);
         assert_eq!(p.snapshot(Default::default()).versions, vec![0, -1]);
+        // A worker leaving does not enlarge the others' steps.
+        p.leave(1).unwrap();
+        p.push(0, 1, &grad(&[1.0, 1.0, 1.0])).unwrap();
+        assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
     }
 
     #[test]
@@ -276,7 +276,7 @@ mod tests {
         a.push(0, 0, &grad(&g)).unwrap();
         let chunks = vec![wire::encode(&g[..1], WireDtype::F32), wire::encode(&g[1..], WireDtype::F32)];
         b.push(0, 0, &Gradient { dtype: WireDtype::F32, chunks }).unwrap();
-        assert_eq!(a.snapshot().values, b.snapshot().values);
+        assert_eq!(a.snapshot(Default::default()).values, b.snapshot(Default::default()).values);
     }
 
     #[test]

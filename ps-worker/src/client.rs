@@ -476,7 +476,7 @@ impl Worker {
                     return Err(protocol("the first chunk of the reply has no header".into()));
                 }
                 let n = chunk.data.len() as u64;
-                if chunk.offset != received || received + n > total || n % size != 0 {
+                if chunk.offset != received || received + n > total || !n.is_multiple_of(size) {
                     return Err(protocol(format!(
                         "chunk at byte {} with {n} bytes does not continue byte {received} of {total}",
                         chunk.offset

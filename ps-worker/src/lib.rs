@@ -19,10 +19,10 @@
 //! ```
 //!
 //! # Layout
-//! - [`client`]: [`Worker`], the sharded, retrying push/pull client.
-//! - [`tensor`]: [`TensorDecl`], what to declare.
-//! - [`retry`]: [`RetryPolicy`], backoff with jitter for transient failures.
-//! - [`error`]: [`WorkerError`].
+//! - [`client`] — [`Worker`], the sharded, retrying push/pull client.
+//! - [`tensor`] — [`TensorDecl`], what to declare.
+//! - [`retry`] — [`RetryPolicy`], backoff with jitter for transient failures.
+//! - [`error`] — [`WorkerError`].
 //! - [`job`]: the built-in training job (data, models, the training loop).
 
 pub mod client;

@@ -288,8 +288,8 @@ impl ClockTable {
     /// Makes `worker` live again and returns the clock it resumes at. A live
     /// worker keeps its clock; a worker that had left resumes at the current
     /// frontier (sync: the round in progress; others: the smallest live
-    /// clock, or its own clock if that is larger) so it never blocks others
-    /// for clocks it missed.
+    /// clock), or at its own clock if that is larger, so it never blocks
+    /// others for clocks it missed and never pushes a clock twice.
     pub fn join(&mut self, worker: u32) -> Result<u64, ClockError> {
         let num_workers = self.num_workers();
         let frontier = match self.policy {
@@ -300,10 +300,16 @@ impl ClockTable {
             self.slots.get_mut(worker as usize).ok_or(ClockError::UnknownWorker { worker, num_workers })?;
         if !slot.live {
             slot.live = true;
-            slot.next = match self.policy {
+            // Never below its own clock: a clock it pushed before leaving
+            // stays pushed, so a rejoin cannot apply it twice.
+            slot.next = slot.next.max(frontier);
+            // The clocks it skipped have no updates: the version vector shows
+            // them as applied, so readers see no staleness that isn't there.
+            let settled = match self.policy {
                 Policy::Sync => frontier,
-                _ => slot.next.max(frontier),
+                _ => slot.next,
             };
+            slot.applied = slot.applied.max(settled as i64 - 1);
         }
         Ok(slot.next)
     }
@@ -360,6 +366,16 @@ mod tests {
         // Rejoin resumes at the round in progress.
         assert_eq!(t.join(2), Ok(3));
         assert_eq!(t.check_push(2, 3), Ok(Accumulate));
+    }
+
+    #[test]
+    fn sync_rejoin_keeps_a_pending_contribution() {
+        let mut t = ClockTable::new(Policy::Sync, 2);
+        t.commit_push(0, 0);
+        assert_eq!(t.leave(0), Ok(None), "worker 1 has not pushed round 0");
+        assert_eq!(t.join(0), Ok(1), "worker 0 already pushed clock 0");
+        assert_eq!(t.check_push(0, 0), Ok(Duplicate));
+        assert_eq!(t.commit_push(1, 0), Some(RoundComplete { clock: 0, contributors: 2 }));
     }
 
     #[test]
