@@ -145,17 +145,19 @@ pub fn summary_table(rows: &[SummaryRow], target: f32) -> String {
          |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
+        let (mean, max, blocked) = if r.label == "baseline" {
+            ("-".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            (format!("{:.2}", r.staleness.0), r.staleness.1.to_string(), format!("{:.1}%", r.blocked * 100.0))
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.4} | {:.0} | {:.2} | {} | {:.1}% |",
+            "| {} | {} | {} | {:.4} | {:.0} | {mean} | {max} | {blocked} |",
             r.label,
             opt(r.time_to_target, 1),
             r.vs_baseline.map_or("never".into(), |v| format!("{v:.2}x")),
             r.final_accuracy,
             r.steps_per_second,
-            r.staleness.0,
-            r.staleness.1,
-            r.blocked * 100.0
         );
     }
     s

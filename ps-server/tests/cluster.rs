@@ -281,3 +281,31 @@ async fn a_256_mib_tensor_round_trips_through_two_shards() {
     }
     assert!(big.iter().enumerate().all(|(i, v)| *v == 1.0 - (i % 1000) as f32 * 0.001));
 }
+
+#[test]
+fn ps_server_refuses_an_inconsistent_configuration() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"))
+        .args(["--listen", "127.0.0.1:0", "--shard-id", "2", "--num-shards", "2"])
+        .output()
+        .expect("run ps-server");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shard_id 2 is out of range for 2 shards"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ps_server_reads_a_toml_config_and_flags_override_it() {
+    let dir = std::env::temp_dir().join(format!("ps-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("shard.toml");
+    std::fs::write(&path, "num_workers = 3\npolicy = \"ssp\"\nstaleness = 5\n").expect("write config");
+    let (_servers, spec) =
+        spawn_cluster(1, 8, &["--config", path.to_str().expect("utf-8 path"), "--staleness", "7"]);
+    let mut worker = Worker::connect(WorkerConfig::new(spec, 2)).await.expect("worker 2 of 3 exists");
+    worker.declare(&TensorDecl::new("t", &[1])).await.expect("declare");
+    let status = worker.status().await.expect("status");
+    assert_eq!(status[0].num_workers, 3);
+    assert_eq!(status[0].default_policy, ps_proto::pb::Policy::Ssp as i32);
+    assert_eq!(status[0].tensors[0].staleness, 7, "the flag overrides the file");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

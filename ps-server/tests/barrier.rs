@@ -1,0 +1,62 @@
+//! Barriers and shutdown on an embedded cluster.
+
+use std::time::Duration;
+
+use ps_server::{LocalCluster, PolicyName, ShardConfig};
+use ps_worker::{TensorDecl, Worker, WorkerConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrier_waits_for_every_live_worker_on_every_shard() {
+    let config = ShardConfig { num_workers: 2, policy: PolicyName::Async, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(2, config).await.expect("cluster");
+    let mut fast = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
+    let mut slow = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 1)).await.expect("connect");
+    for w in [&mut fast, &mut slow] {
+        // Two tensors so that (by name hash) both shards are likely involved.
+        for name in ["a", "b", "c", "d"] {
+            w.declare(&TensorDecl::new(name, &[3])).await.expect("declare");
+        }
+    }
+    let grads = |v: f32| {
+        ["a", "b", "c", "d"].iter().map(|n| (n.to_string(), ndarray::arr1(&[v; 3]).into_dyn())).collect()
+    };
+    for _ in 0..3 {
+        fast.push(&grads(1.0)).await.expect("push");
+    }
+    let waiting = tokio::time::timeout(Duration::from_millis(300), fast.barrier(2)).await;
+    assert!(waiting.is_err(), "the barrier returned while worker 1 was at clock 0");
+    let barrier = {
+        let fast = fast.clone();
+        tokio::spawn(async move { fast.barrier(2).await })
+    };
+    slow.push(&grads(1.0)).await.expect("push");
+    slow.push(&grads(1.0)).await.expect("push");
+    barrier.await.expect("task").expect("barrier released");
+    // Leaving releases a barrier too.
+    let barrier = {
+        let fast = fast.clone();
+        tokio::spawn(async move { fast.barrier(3).await })
+    };
+    slow.leave().await.expect("leave");
+    barrier.await.expect("task").expect("barrier released by leave");
+    cluster.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_waiting_pulls_with_unavailable() {
+    let config = ShardConfig { num_workers: 2, policy: PolicyName::Sync, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let mut w = Worker::connect(WorkerConfig {
+        retry: ps_worker::RetryPolicy::never(),
+        ..WorkerConfig::new(cluster.spec().clone(), 0)
+    })
+    .await
+    .expect("connect");
+    w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
+    w.push(&[("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())].into()).await.expect("push");
+    // This pull waits for worker 1, which never comes.
+    let pull = tokio::spawn(async move { w.pull().await });
+    cluster.shutdown().await.expect("shutdown");
+    let err = pull.await.expect("task").expect_err("the pull cannot complete");
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+}
