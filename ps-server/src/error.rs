@@ -82,6 +82,25 @@ impl PsError {
     }
 }
 
+impl PsError {
+    /// A short, bounded label for metrics: why the request was refused.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PsError::UnknownTensor { .. } => "unknown_tensor",
+            PsError::ShapeConflict { .. } => "shape_conflict",
+            PsError::WrongRange { .. } => "wrong_range",
+            PsError::NotPlacedHere { .. } => "not_placed_here",
+            PsError::NonFinite { .. } => "non_finite",
+            PsError::InvalidArgument(_) => "invalid_argument",
+            PsError::Chunk { .. } => "malformed_chunks",
+            PsError::TooLarge { .. } => "too_large",
+            PsError::Clock { .. } => "clock",
+            PsError::Worker(_) => "worker",
+            PsError::ShuttingDown { .. } => "shutting_down",
+        }
+    }
+}
+
 impl From<PsError> for Status {
     fn from(e: PsError) -> Self {
         Status::new(e.code(), e.to_string())

@@ -11,6 +11,7 @@
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
+//! - [`metrics`]: Prometheus metrics of a shard and the `/metrics` endpoint.
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod convert;
 pub mod error;
 pub mod init;
 pub mod local;
+pub mod metrics;
 pub mod optim;
 pub mod server;
 pub mod service;

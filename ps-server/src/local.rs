@@ -8,13 +8,17 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
 use crate::config::ShardConfig;
-use crate::server::{ServeError, serve};
+use crate::server::{ServeError, serve_shard};
+use crate::shard::Shard;
 
 /// Running shards of an embedded cluster. Dropping it stops the shards.
 #[derive(Debug)]
 pub struct LocalCluster {
     spec: ClusterSpec,
+    registries: Vec<prometheus::Registry>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
@@ -31,22 +35,30 @@ impl LocalCluster {
         let addrs =
             listeners.iter().map(|l| l.local_addr().map(|a| a.to_string())).collect::<io::Result<_>>()?;
         let spec = ClusterSpec { shards: addrs, split_threshold: template.split_threshold };
-        let (mut stops, mut tasks) = (Vec::new(), Vec::new());
+        let (mut stops, mut tasks, mut registries) = (Vec::new(), Vec::new(), Vec::new());
         for (id, listener) in listeners.into_iter().enumerate() {
             let config = ShardConfig { shard_id: id as u32, num_shards, ..template.clone() };
             config.validate().map_err(io::Error::other)?;
+            let shard = Arc::new(Shard::new(config));
+            registries.push(shard.metrics().registry().clone());
             let (stop, stopped) = oneshot::channel();
             stops.push(stop);
-            tasks.push(tokio::spawn(serve(listener, config, async move {
+            tasks.push(tokio::spawn(serve_shard(listener, shard, async move {
                 let _ = stopped.await;
             })));
         }
-        Ok(Self { spec, stops, tasks })
+        Ok(Self { spec, registries, stops, tasks })
     }
 
     /// The cluster spec workers connect with.
     pub fn spec(&self) -> &ClusterSpec {
         &self.spec
+    }
+
+    /// The shards' metric registries (each labels its metrics with `shard`);
+    /// serve them together with [`crate::metrics::serve`].
+    pub fn registries(&self) -> &[prometheus::Registry] {
+        &self.registries
     }
 
     /// Stops every shard and waits for them to finish.

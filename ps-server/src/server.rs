@@ -35,18 +35,26 @@ pub enum ServeError {
 /// Serves one shard on `listener` until `shutdown` resolves, then stops
 /// accepting, fails waiting pulls and barriers with `Unavailable`, and
 /// returns once in-flight requests are done.
-///
-/// TCP_NODELAY is set on every accepted connection (tonic's own
-/// `tcp_nodelay` option does not apply to a listener passed in), so small
-/// replies are not held back by Nagle's algorithm.
 pub async fn serve(
     listener: TcpListener,
     config: ShardConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
-    let max_message = config.max_message_bytes;
-    let shard = Arc::new(Shard::new(config));
+    serve_shard(listener, Arc::new(Shard::new(config)), shutdown).await
+}
+
+/// Like [`serve`], for a shard the caller keeps a handle to (for its metrics).
+///
+/// TCP_NODELAY is set on every accepted connection (tonic's own
+/// `tcp_nodelay` option does not apply to a listener passed in), so small
+/// replies are not held back by Nagle's algorithm.
+pub async fn serve_shard(
+    listener: TcpListener,
+    shard: Arc<Shard>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let max_message = shard.config().max_message_bytes;
     let service = ParameterServerServer::new(Service::new(Arc::clone(&shard)))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::Stream;
 use ps_proto::chunk::{self, Reassembly};
@@ -13,6 +14,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::error::PsError;
+use crate::metrics::Rpc;
 use crate::shard::Shard;
 use crate::tensor::Gradient;
 
@@ -34,56 +36,105 @@ fn dtype(raw: i32) -> Result<WireDtype, PsError> {
         .ok_or_else(|| PsError::InvalidArgument(format!("unknown wire dtype value {raw}")))
 }
 
+/// A refused request: the status the client gets and the reason metrics count.
+#[derive(Debug)]
+struct Rejected {
+    status: Status,
+    reason: &'static str,
+}
+
+impl From<PsError> for Rejected {
+    fn from(e: PsError) -> Self {
+        Self { reason: e.reason(), status: e.into() }
+    }
+}
+
+impl From<Status> for Rejected {
+    fn from(status: Status) -> Self {
+        Self { status, reason: "transport" }
+    }
+}
+
 /// The next chunk of a push stream. A chunk above the message limit (which
 /// tonic reports as `OutOfRange`) becomes `ResourceExhausted`.
 async fn next_chunk(
     stream: &mut Streaming<pb::PushChunk>,
     limit: usize,
-) -> Result<Option<pb::PushChunk>, Status> {
+) -> Result<Option<pb::PushChunk>, Rejected> {
     stream.message().await.map_err(|s| {
         if s.code() == Code::OutOfRange {
-            Status::resource_exhausted(format!(
+            let status = Status::resource_exhausted(format!(
                 "push chunk exceeds the message limit of {limit} bytes: {}",
                 s.message()
-            ))
+            ));
+            Rejected { status, reason: "too_large" }
         } else {
-            s
+            s.into()
         }
     })
 }
 
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ParameterServer for Service {
-    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+impl Service {
+    /// Records a finished request in the metrics and hands out its result.
+    fn finish<T>(&self, rpc: Rpc, started: Instant, result: Result<(T, u64), Rejected>) -> Result<T, Status> {
+        let metrics = self.shard.metrics();
+        match result {
+            Ok((value, bytes)) => {
+                metrics.request(rpc, started.elapsed(), bytes, Ok(()));
+                Ok(value)
+            }
+            Err(r) => {
+                metrics.request(rpc, started.elapsed(), 0, Err((r.status.code(), r.reason)));
+                Err(r.status)
+            }
+        }
+    }
+
+    async fn join_inner(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<(Response<pb::JoinReply>, u64), Rejected> {
         let worker = req.into_inner().worker;
         let clock = self.shard.join(worker)?;
         let cfg = self.shard.config();
-        Ok(Response::new(pb::JoinReply {
-            clock,
-            shard: cfg.shard_id,
-            num_shards: cfg.num_shards,
-            num_workers: cfg.num_workers,
-        }))
+        Ok((
+            Response::new(pb::JoinReply {
+                clock,
+                shard: cfg.shard_id,
+                num_shards: cfg.num_shards,
+                num_workers: cfg.num_workers,
+            }),
+            0,
+        ))
     }
 
-    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+    async fn leave_inner(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<(Response<pb::LeaveReply>, u64), Rejected> {
         self.shard.leave(req.into_inner().worker)?;
-        Ok(Response::new(pb::LeaveReply {}))
+        Ok((Response::new(pb::LeaveReply {}), 0))
     }
 
-    async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
+    async fn declare_inner(
+        &self,
+        req: Request<pb::DeclareRequest>,
+    ) -> Result<(Response<pb::DeclareReply>, u64), Rejected> {
         let spec = req
             .into_inner()
             .spec
             .ok_or_else(|| PsError::InvalidArgument("declare request has no tensor spec".into()))?;
         let decl = convert::declaration(spec, self.shard.config().staleness)?;
         let d = self.shard.declare(decl)?;
-        Ok(Response::new(pb::DeclareReply { offset: d.offset, len: d.len, created: d.created }))
+        Ok((Response::new(pb::DeclareReply { offset: d.offset, len: d.len, created: d.created }), 0))
     }
 
-    async fn push(&self, req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
+    async fn push_inner(
+        &self,
+        req: Request<Streaming<pb::PushChunk>>,
+    ) -> Result<(Response<pb::PushReply>, u64), Rejected> {
         let limit = self.shard.config().max_message_bytes;
         let mut stream = req.into_inner();
         let first = next_chunk(&mut stream, limit)
@@ -121,6 +172,7 @@ impl ParameterServer for Service {
             payload.push(chunk.offset, chunk.data).map_err(chunk_err)?;
         }
         let grad = Gradient { dtype, chunks: payload.finish().map_err(chunk_err)? };
+        let grad_bytes = grad.chunks.iter().map(|c| c.len() as u64).sum::<u64>();
         if !meta.allow_non_finite
             && let Some((index, value)) = grad.first_non_finite()
         {
@@ -136,12 +188,13 @@ impl ParameterServer for Service {
         let span =
             tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
         let applied = span.in_scope(|| self.shard.push(&cell, header.worker, header.clock, &grad))?;
-        Ok(Response::new(pb::PushReply { applied }))
+        Ok((Response::new(pb::PushReply { applied }), grad_bytes))
     }
 
-    type PullStream = PullStream;
-
-    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
+    async fn pull_inner(
+        &self,
+        req: Request<pb::PullRequest>,
+    ) -> Result<(Response<PullStream>, u64), Rejected> {
         let req = req.into_inner();
         let dtype = dtype(req.dtype)?;
         let cell = self.shard.tensor(&req.tensor)?;
@@ -154,6 +207,7 @@ impl ParameterServer for Service {
             WireDtype::F32 => wire::f32_bytes(snapshot.values),
             other => wire::encode(&snapshot.values, other),
         };
+        let payload_bytes = payload.len() as u64;
         let mut header = Some(pb::PullHeader {
             offset,
             len,
@@ -167,16 +221,22 @@ impl ParameterServer for Service {
                 .into_iter()
                 .map(|(offset, data)| Ok(pb::PullChunk { header: header.take(), offset, data }))
                 .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        Ok((Response::new(Box::pin(futures::stream::iter(chunks))), payload_bytes))
     }
 
-    async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
+    async fn barrier_inner(
+        &self,
+        req: Request<pb::BarrierRequest>,
+    ) -> Result<(Response<pb::BarrierReply>, u64), Rejected> {
         let req = req.into_inner();
         self.shard.barrier(req.worker, req.clock).await?;
-        Ok(Response::new(pb::BarrierReply {}))
+        Ok((Response::new(pb::BarrierReply {}), 0))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status_inner(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<(Response<pb::StatusReply>, u64), Rejected> {
         let cfg = self.shard.config();
         let tensors = self
             .shard
@@ -196,13 +256,56 @@ impl ParameterServer for Service {
                 }
             })
             .collect();
-        Ok(Response::new(pb::StatusReply {
-            shard: cfg.shard_id,
-            num_shards: cfg.num_shards,
-            num_workers: cfg.num_workers,
-            default_policy: convert::policy_to_pb(cfg.default_policy()).0 as i32,
-            live_workers: self.shard.live_workers(),
-            tensors,
-        }))
+        Ok((
+            Response::new(pb::StatusReply {
+                shard: cfg.shard_id,
+                num_shards: cfg.num_shards,
+                num_workers: cfg.num_workers,
+                default_policy: convert::policy_to_pb(cfg.default_policy()).0 as i32,
+                live_workers: self.shard.live_workers(),
+                tensors,
+            }),
+            0,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl ParameterServer for Service {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Join, started, self.join_inner(req).await)
+    }
+
+    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Leave, started, self.leave_inner(req).await)
+    }
+
+    async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Declare, started, self.declare_inner(req).await)
+    }
+
+    async fn push(&self, req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Push, started, self.push_inner(req).await)
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Pull, started, self.pull_inner(req).await)
+    }
+
+    async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Barrier, started, self.barrier_inner(req).await)
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Status, started, self.status_inner(req).await)
     }
 }

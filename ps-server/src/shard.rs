@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::config::ShardConfig;
 use crate::error::PsError;
 use crate::init::Init;
+use crate::metrics::ShardMetrics;
 use crate::optim::OptimizerConfig;
 use crate::sync::{ClockError, Policy, PullDecision};
 use crate::tensor::{Gradient, Snapshot, TensorMeta, TensorPart};
@@ -88,23 +89,31 @@ pub struct Shard {
     tensors: RwLock<BTreeMap<String, Arc<TensorCell>>>,
     live: Mutex<Vec<bool>>,
     closing: watch::Sender<bool>,
+    metrics: ShardMetrics,
 }
 
 impl Shard {
     /// An empty shard.
     pub fn new(config: ShardConfig) -> Self {
         let live = vec![true; config.num_workers as usize];
+        let metrics = ShardMetrics::new(config.shard_id, config.num_workers, config.default_policy());
         Self {
             config,
             tensors: RwLock::default(),
             live: Mutex::new(live),
             closing: watch::Sender::new(false),
+            metrics,
         }
     }
 
     /// Its configuration.
     pub fn config(&self) -> &ShardConfig {
         &self.config
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
     }
 
     /// Wakes every waiter with `Unavailable`; later waits fail at once.
@@ -202,6 +211,12 @@ impl Shard {
         for (w, _) in live.iter().enumerate().filter(|(_, l)| !**l) {
             tensor.leave(w as u32)?;
         }
+        let buffers = if tensor.meta().policy == Policy::Sync { tensor.meta().len as usize * 4 } else { 0 };
+        self.metrics.tensor_created(
+            tensor.meta().len as usize * 4,
+            tensor.optimizer().state_bytes(),
+            buffers,
+        );
         let cell = TensorCell { part: Mutex::new(tensor), changed: watch::Sender::new(()) };
         tensors.insert(decl.name, Arc::new(cell));
         tracing::debug!(shard = cfg.shard_id, offset = part.offset, len = part.len, "declared tensor");
@@ -210,9 +225,19 @@ impl Shard {
 
     /// Applies (or, for a retry, ignores) a validated gradient. Returns whether anything changed.
     pub fn push(&self, cell: &TensorCell, worker: u32, clock: u64, grad: &Gradient) -> Result<bool, PsError> {
-        let applied = cell.lock().push(worker, clock, grad)?;
+        let started = std::time::Instant::now();
+        let (applied, completed_round) = {
+            let mut part = cell.lock();
+            let rounds = part.clocks().applied_clock();
+            let applied = part.push(worker, clock, grad)?;
+            (applied, part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds)
+        };
+        let elapsed = started.elapsed();
         if applied {
             cell.notify();
+            self.metrics.push_applied(worker, clock, elapsed, completed_round, &self.live_set());
+        } else {
+            self.metrics.duplicate_push();
         }
         Ok(applied)
     }
@@ -233,7 +258,18 @@ impl Shard {
             {
                 let part = cell.lock();
                 if part.check_pull(worker, clock)? == PullDecision::Ready {
-                    return Ok(part.snapshot(started.elapsed()));
+                    let snapshot = part.snapshot(started.elapsed());
+                    let staleness = worker.map(|_| {
+                        let clocks = part.clocks();
+                        (0..clocks.num_workers())
+                            .filter(|w| clocks.is_live(*w))
+                            .map(|w| (clock as i64 - 1 - snapshot.versions[w as usize]).max(0) as u64)
+                            .max()
+                            .unwrap_or(0)
+                    });
+                    drop(part);
+                    self.metrics.pulled(staleness, snapshot.waited);
+                    return Ok(snapshot);
                 }
             }
             self.wait_for_change(&mut changed, &mut closing).await?;
@@ -260,6 +296,7 @@ impl Shard {
         self.check_worker(worker)?;
         let cells: Vec<Arc<TensorCell>> =
             self.tensors.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let started = std::time::Instant::now();
         let mut closing = self.closing.subscribe();
         for cell in cells {
             let mut changed = cell.changed.subscribe();
@@ -267,6 +304,7 @@ impl Shard {
                 self.wait_for_change(&mut changed, &mut closing).await?;
             }
         }
+        self.metrics.barrier_waited(started.elapsed());
         Ok(())
     }
 
@@ -283,6 +321,7 @@ impl Shard {
             cell.lock().leave(worker)?;
             cell.notify();
         }
+        self.metrics.membership(false, live.iter().filter(|l| **l).count());
         tracing::info!(shard = self.config.shard_id, worker, "worker left");
         Ok(())
     }
@@ -303,6 +342,7 @@ impl Shard {
             cell.notify();
             resume = Some(resume.map_or(clock, |r| r.min(clock)));
         }
+        self.metrics.membership(true, live.iter().filter(|l| **l).count());
         tracing::info!(shard = self.config.shard_id, worker, clock = resume.unwrap_or(0), "worker joined");
         Ok(resume.unwrap_or(0))
     }

@@ -30,7 +30,9 @@ fn two_worker_processes_train_against_a_shard_process() {
         .spawn()
         .expect("spawn ps-server");
     let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
+    stdout.read_line(&mut line).expect("read");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let _server = Killed(server);
     let addr = line.trim().rsplit(' ').next().expect("listening line").to_string();
     assert!(line.contains("listening on"), "{line:?}");

@@ -106,6 +106,10 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
 
+    /// Address of the HTTP endpoint serving /metrics (Prometheus) and /healthz; `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: String,
+
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -181,6 +185,13 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     Ok(cfg)
 }
 
+/// Prints a line to stdout for whoever started the shard; a closed stdout
+/// (the parent stopped reading) is not a reason to stop serving.
+fn announce(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -229,7 +240,28 @@ fn main() -> std::process::ExitCode {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        println!("ps-server shard {}/{} listening on {addr}", config.shard_id, config.num_shards);
+        announce(&format!("ps-server shard {}/{} listening on {addr}", config.shard_id, config.num_shards));
+        let shard = std::sync::Arc::new(ps_server::shard::Shard::new(config.clone()));
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if args.metrics_listen != "off" {
+            let metrics = tokio::net::TcpListener::bind(&args.metrics_listen)
+                .await
+                .map_err(|e| format!("cannot listen for metrics on {}: {e}", args.metrics_listen))?;
+            let metrics_addr = metrics.local_addr().map_err(|e| e.to_string())?;
+            announce(&format!(
+                "ps-server shard {} metrics on http://{metrics_addr}/metrics",
+                config.shard_id
+            ));
+            let registry = vec![shard.metrics().registry().clone()];
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = metrics_stopped.await;
+                };
+                if let Err(e) = ps_server::metrics::serve(metrics, registry, stopped).await {
+                    tracing::error!("metrics endpoint failed: {e}");
+                }
+            });
+        }
         tracing::info!(
             shard = config.shard_id,
             shards = config.num_shards,
@@ -238,7 +270,9 @@ fn main() -> std::process::ExitCode {
             optimizer = config.optimizer.name(),
             "serving"
         );
-        ps_server::serve(listener, config, shutdown_signal()).await.map_err(|e| e.to_string())
+        let served = ps_server::server::serve_shard(listener, shard, shutdown_signal()).await;
+        let _ = stop_metrics.send(());
+        served.map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

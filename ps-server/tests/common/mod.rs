@@ -47,7 +47,10 @@ pub fn spawn_cluster(
             .spawn()
             .expect("spawn ps-server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        stdout.read_line(&mut line).expect("read stdout");
+        // Keep draining what the server prints later (its metrics address).
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let Some(addr) = line.trim().rsplit(' ').next().filter(|_| line.contains("listening on")) else {
             let mut err = String::new();
             let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);

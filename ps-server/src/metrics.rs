@@ -1,0 +1,398 @@
+//! Prometheus metrics of a shard: names, buckets, the recorder, and the
+//! HTTP endpoint that serves them.
+//!
+//! Every metric is registered once, when the shard starts; the per-RPC
+//! children on the success path are resolved then too, so recording a
+//! request allocates nothing. All metrics carry a `shard` label.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::sync::Policy;
+
+/// The RPCs of the service, as metric label values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
+    /// `Join`.
+    Join,
+    /// `Leave`.
+    Leave,
+    /// `Declare`.
+    Declare,
+    /// `Push`.
+    Push,
+    /// `Pull`.
+    Pull,
+    /// `Barrier`.
+    Barrier,
+    /// `Status`.
+    Status,
+}
+
+impl Rpc {
+    const ALL: [Rpc; 7] =
+        [Rpc::Join, Rpc::Leave, Rpc::Declare, Rpc::Push, Rpc::Pull, Rpc::Barrier, Rpc::Status];
+
+    /// The label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Rpc::Join => "join",
+            Rpc::Leave => "leave",
+            Rpc::Declare => "declare",
+            Rpc::Push => "push",
+            Rpc::Pull => "pull",
+            Rpc::Barrier => "barrier",
+            Rpc::Status => "status",
+        }
+    }
+}
+
+/// Children of one RPC's metrics, resolved at start.
+#[derive(Clone, Debug)]
+struct RpcHandles {
+    ok: IntCounter,
+    bytes: IntCounter,
+    latency: Histogram,
+}
+
+/// Latency buckets: 50 µs to ~100 s.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(50e-6, 2.5, 16).unwrap_or_default()
+}
+
+/// The metrics of one shard.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    rpcs: [RpcHandles; 7],
+    push_apply: Histogram,
+    round_apply: Histogram,
+    worker_clock: IntGaugeVec,
+    worker_clock_values: Mutex<Vec<i64>>,
+    min_clock: IntGauge,
+    staleness: Histogram,
+    blocked_pull: Histogram,
+    blocked_barrier: Histogram,
+    live_workers: IntGauge,
+    joins: IntCounter,
+    leaves: IntCounter,
+    rejected: IntCounterVec,
+    duplicates: IntCounter,
+    tensors: IntGauge,
+    held: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Names are fixed and distinct: registration can only fail on a programming error.
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+impl ShardMetrics {
+    /// Registers every metric of shard `shard` for `num_workers` workers.
+    pub fn new(shard: u32, num_workers: u32, policy: Policy) -> Self {
+        let labels = HashMap::from([("shard".to_string(), shard.to_string())]);
+        let registry = Registry::new_custom(None, Some(labels)).expect("valid shard label");
+        let r = &registry;
+        let requests = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("ps_server_requests_total", "Requests by RPC and gRPC status code"),
+                &["rpc", "code"],
+            )
+            .expect("valid metric"),
+        );
+        let bytes = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ps_server_payload_bytes_total",
+                    "Tensor payload bytes received (push) or sent (pull)",
+                ),
+                &["rpc"],
+            )
+            .expect("valid metric"),
+        );
+        let latency = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new("ps_server_rpc_duration_seconds", "Time from request to reply, by RPC")
+                    .buckets(latency_buckets()),
+                &["rpc"],
+            )
+            .expect("valid metric"),
+        );
+        let rpcs = Rpc::ALL.map(|rpc| RpcHandles {
+            ok: requests.with_label_values(&[rpc.name(), "ok"]),
+            bytes: bytes.with_label_values(&[rpc.name()]),
+            latency: latency.with_label_values(&[rpc.name()]),
+        });
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"),
+            )
+        };
+        let counter =
+            |name: &str, help: &str| register(r, IntCounter::new(name, help).expect("valid metric"));
+        let gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help).expect("valid metric"));
+        let worker_clock = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "ps_server_worker_clock",
+                    "Clocks each worker has pushed to this shard (highest over tensors)",
+                ),
+                &["worker"],
+            )
+            .expect("valid metric"),
+        );
+        for w in 0..num_workers {
+            worker_clock.with_label_values(&[&w.to_string()]).set(0);
+        }
+        let info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("ps_server_info", "Default policy of the shard (value 1)"),
+                &["policy", "staleness"],
+            )
+            .expect("valid metric"),
+        );
+        let (name, bound) = match policy {
+            Policy::Sync => ("sync", String::new()),
+            Policy::Ssp { staleness } => ("ssp", staleness.to_string()),
+            Policy::Async => ("async", String::new()),
+        };
+        info.with_label_values(&[name, &bound]).set(1);
+        let held = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "ps_server_held_bytes",
+                    "Bytes held: parameters, optimizer state, and sync aggregation buffers",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        );
+        for kind in ["parameters", "optimizer_state", "buffers"] {
+            held.with_label_values(&[kind]).set(0);
+        }
+        let live_workers = gauge("ps_server_live_workers", "Workers currently live");
+        live_workers.set(i64::from(num_workers));
+        Self {
+            requests,
+            rpcs,
+            push_apply: histogram(
+                "ps_server_push_apply_seconds",
+                "Time a push holds its tensor to apply or accumulate its gradient",
+                latency_buckets(),
+            ),
+            round_apply: histogram(
+                "ps_server_round_apply_seconds",
+                "Time of pushes that completed a sync round, including applying the aggregate",
+                latency_buckets(),
+            ),
+            worker_clock,
+            worker_clock_values: Mutex::new(vec![0; num_workers as usize]),
+            min_clock: gauge("ps_server_min_clock", "Smallest clock among live workers on this shard"),
+            staleness: histogram(
+                "ps_server_pull_staleness_clocks",
+                "Clocks of updates missing from a worker's pull: max over live workers of clock - 1 - version",
+                vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0],
+            ),
+            blocked_pull: histogram(
+                "ps_server_pull_blocked_seconds",
+                "Time a pull waited for the policy's release rule",
+                latency_buckets(),
+            ),
+            blocked_barrier: histogram(
+                "ps_server_barrier_wait_seconds",
+                "Time a barrier waited for the other workers",
+                latency_buckets(),
+            ),
+            live_workers,
+            joins: counter("ps_server_joins_total", "Worker joins and rejoins"),
+            leaves: counter("ps_server_leaves_total", "Workers that left"),
+            rejected: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("ps_server_rejected_requests_total", "Refused requests by reason"),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            duplicates: counter(
+                "ps_server_duplicate_pushes_total",
+                "Pushes acknowledged without effect because they were already applied (client retries)",
+            ),
+            tensors: gauge("ps_server_tensors", "Tensor parts held"),
+            held,
+            registry,
+        }
+    }
+
+    /// The registry holding these metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn rpc(&self, rpc: Rpc) -> &RpcHandles {
+        &self.rpcs[Rpc::ALL.iter().position(|r| *r == rpc).unwrap_or(0)]
+    }
+
+    /// Records a finished request: its latency, payload bytes, and outcome.
+    /// `rejected` is the reason of a refusal (`None` on success).
+    pub fn request(
+        &self,
+        rpc: Rpc,
+        elapsed: Duration,
+        payload_bytes: u64,
+        outcome: Result<(), (tonic::Code, &str)>,
+    ) {
+        let h = self.rpc(rpc);
+        h.latency.observe(elapsed.as_secs_f64());
+        h.bytes.inc_by(payload_bytes);
+        match outcome {
+            Ok(()) => h.ok.inc(),
+            Err((code, reason)) => {
+                self.requests.with_label_values(&[rpc.name(), code_name(code)]).inc();
+                self.rejected.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+
+    /// Records an applied push of `worker` for `clock` that held its tensor for `elapsed`.
+    pub fn push_applied(
+        &self,
+        worker: u32,
+        clock: u64,
+        elapsed: Duration,
+        completed_round: bool,
+        live: &[bool],
+    ) {
+        self.push_apply.observe(elapsed.as_secs_f64());
+        if completed_round {
+            self.round_apply.observe(elapsed.as_secs_f64());
+        }
+        let mut clocks = self.worker_clock_values.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clocks.get_mut(worker as usize)
+            && *c < clock as i64 + 1
+        {
+            *c = clock as i64 + 1;
+            self.worker_clock.with_label_values(&[&worker.to_string()]).set(*c);
+        }
+        let min = clocks.iter().zip(live).filter(|(_, l)| **l).map(|(c, _)| *c).min().unwrap_or(0);
+        self.min_clock.set(min);
+    }
+
+    /// Records a push that was a retry of one already applied.
+    pub fn duplicate_push(&self) {
+        self.duplicates.inc();
+    }
+
+    /// Records a worker's pull: how stale it was and how long it waited.
+    pub fn pulled(&self, staleness: Option<u64>, waited: Duration) {
+        if let Some(s) = staleness {
+            self.staleness.observe(s as f64);
+        }
+        self.blocked_pull.observe(waited.as_secs_f64());
+    }
+
+    /// Records a barrier's wait.
+    pub fn barrier_waited(&self, waited: Duration) {
+        self.blocked_barrier.observe(waited.as_secs_f64());
+    }
+
+    /// Records a join or a leave, with the live count after it.
+    pub fn membership(&self, joined: bool, live: usize) {
+        if joined {
+            self.joins.inc()
+        } else {
+            self.leaves.inc()
+        }
+        self.live_workers.set(live as i64);
+    }
+
+    /// Records a new tensor part and what it holds.
+    pub fn tensor_created(&self, parameters: usize, optimizer_state: usize, buffers: usize) {
+        self.tensors.inc();
+        for (kind, bytes) in
+            [("parameters", parameters), ("optimizer_state", optimizer_state), ("buffers", buffers)]
+        {
+            self.held.with_label_values(&[kind]).add(bytes as i64);
+        }
+    }
+}
+
+/// The snake_case name of a gRPC code, as a label value.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+/// The Prometheus text exposition of several registries as one: families of
+/// the same name (e.g. one per shard of an embedded cluster) are merged, so
+/// each name has one HELP and TYPE line.
+pub fn encode(registries: &[Registry]) -> String {
+    let mut families: BTreeMap<String, prometheus::proto::MetricFamily> = BTreeMap::new();
+    for family in registries.iter().flat_map(Registry::gather) {
+        match families.get_mut(family.name()) {
+            Some(existing) => existing.mut_metric().extend(family.get_metric().iter().cloned()),
+            None => {
+                families.insert(family.name().to_string(), family);
+            }
+        }
+    }
+    let families: Vec<_> = families.into_values().collect();
+    TextEncoder::new().encode_to_string(&families).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+}
+
+/// Serves `/metrics` (the registries, merged) and `/healthz` over HTTP on
+/// `listener` until `shutdown` resolves. Parameters are never exposed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registries: Vec<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let registries = std::sync::Arc::new(registries);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registries = std::sync::Arc::clone(&registries);
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], encode(&registries))
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
