@@ -11,6 +11,7 @@ use ps_proto::{ClusterSpec, WireDtype};
 use ps_worker::job::data::Splits;
 use ps_worker::job::model::Tensors;
 use ps_worker::job::train::{self, StepRecord, TrainConfig};
+use ps_worker::metrics::WorkerMetrics;
 use ps_worker::{TensorDecl, Worker, WorkerConfig, WorkerError};
 use tokio::sync::watch;
 
@@ -92,6 +93,9 @@ pub struct RunResult {
     pub wall: Duration,
 }
 
+/// The registries a metrics endpoint serves; a run adds its workers' to it.
+pub type MetricsBoard = Arc<std::sync::Mutex<Vec<prometheus::Registry>>>;
+
 /// How to run one policy.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -107,6 +111,8 @@ pub struct RunSpec {
     pub wire_dtype: WireDtype,
     /// How often the observer snapshots the parameters.
     pub snapshot_every: Duration,
+    /// Where to publish the workers' metrics (labelled with the policy), if anywhere.
+    pub board: Option<MetricsBoard>,
 }
 
 /// Runs the job under one policy; blocks until every worker is done.
@@ -115,9 +121,18 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
     let barrier = Barrier::new(workers as usize + 1);
     let started: OnceLock<Instant> = OnceLock::new();
     let (done, done_rx) = watch::channel(false);
-    let config = |id| WorkerConfig {
+    let label = spec.policy.label();
+    let metrics: Vec<Option<Arc<WorkerMetrics>>> = (0..workers)
+        .map(|id| spec.board.as_ref().map(|_| Arc::new(WorkerMetrics::new(id, Some(&label)))))
+        .collect();
+    if let Some(board) = &spec.board {
+        let mut board = board.lock().unwrap_or_else(|p| p.into_inner());
+        board.extend(metrics.iter().flatten().map(|m| m.registry().clone()));
+    }
+    let config = |id: u32| WorkerConfig {
         wire_dtype: spec.wire_dtype,
         namespace: spec.namespace.clone(),
+        metrics: metrics.get(id as usize).cloned().flatten(),
         ..WorkerConfig::new(spec.cluster.clone(), id)
     };
     let tensors: Vec<TensorDecl> = spec.job.tensors().into_iter().map(|t| spec.policy.apply(t)).collect();

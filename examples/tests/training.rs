@@ -40,6 +40,7 @@ fn two_workers_learn_fashion_mnist_under_each_policy() {
             job: job.clone(),
             wire_dtype: WireDtype::F32,
             snapshot_every: Duration::from_secs(3600),
+            board: None,
         };
         let result = run::run(&spec, &splits, &ProgressBar::hidden()).expect("run");
         runtime.block_on(cluster.shutdown()).expect("shutdown");

@@ -3,16 +3,15 @@
 //!
 //! Every metric is registered once, when the shard starts; the per-RPC
 //! children on the success path are resolved then too, so recording a
-//! request allocates nothing. All metrics carry a `shard` label.
+//! request allocates nothing. All metrics carry `shard` and `policy` (the
+//! shard's default, e.g. `ssp(3)`) labels.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
 };
 
 use crate::sync::Policy;
@@ -99,7 +98,8 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl ShardMetrics {
     /// Registers every metric of shard `shard` for `num_workers` workers.
     pub fn new(shard: u32, num_workers: u32, policy: Policy) -> Self {
-        let labels = HashMap::from([("shard".to_string(), shard.to_string())]);
+        let labels =
+            HashMap::from([("shard".to_string(), shard.to_string()), ("policy".to_string(), policy.label())]);
         let registry = Registry::new_custom(None, Some(labels)).expect("valid shard label");
         let r = &registry;
         let requests = register(
@@ -161,8 +161,8 @@ impl ShardMetrics {
         let info = register(
             r,
             IntGaugeVec::new(
-                Opts::new("ps_server_info", "Default policy of the shard (value 1)"),
-                &["policy", "staleness"],
+                Opts::new("ps_server_info", "Default policy kind and staleness bound of the shard (value 1)"),
+                &["kind", "staleness"],
             )
             .expect("valid metric"),
         );
@@ -333,66 +333,4 @@ impl ShardMetrics {
     }
 }
 
-/// The snake_case name of a gRPC code, as a label value.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown",
-        InvalidArgument => "invalid_argument",
-        DeadlineExceeded => "deadline_exceeded",
-        NotFound => "not_found",
-        AlreadyExists => "already_exists",
-        PermissionDenied => "permission_denied",
-        ResourceExhausted => "resource_exhausted",
-        FailedPrecondition => "failed_precondition",
-        Aborted => "aborted",
-        OutOfRange => "out_of_range",
-        Unimplemented => "unimplemented",
-        Internal => "internal",
-        Unavailable => "unavailable",
-        DataLoss => "data_loss",
-        Unauthenticated => "unauthenticated",
-    }
-}
-
-/// The Prometheus text exposition of several registries as one: families of
-/// the same name (e.g. one per shard of an embedded cluster) are merged, so
-/// each name has one HELP and TYPE line.
-pub fn encode(registries: &[Registry]) -> String {
-    let mut families: BTreeMap<String, prometheus::proto::MetricFamily> = BTreeMap::new();
-    for family in registries.iter().flat_map(Registry::gather) {
-        match families.get_mut(family.name()) {
-            Some(existing) => existing.mut_metric().extend(family.get_metric().iter().cloned()),
-            None => {
-                families.insert(family.name().to_string(), family);
-            }
-        }
-    }
-    let families: Vec<_> = families.into_values().collect();
-    TextEncoder::new().encode_to_string(&families).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
-}
-
-/// Serves `/metrics` (the registries, merged) and `/healthz` over HTTP on
-/// `listener` until `shutdown` resolves. Parameters are never exposed.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registries: Vec<Registry>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::routing::get;
-    let registries = std::sync::Arc::new(registries);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registries = std::sync::Arc::clone(&registries);
-                async move {
-                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], encode(&registries))
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}
+pub use ps_proto::exposition::{code_name, encode, serve};

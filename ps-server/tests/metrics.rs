@@ -6,22 +6,27 @@ use std::collections::BTreeMap;
 use ps_server::{LocalCluster, PolicyName, ShardConfig};
 use ps_worker::{TensorDecl, Worker, WorkerConfig};
 
+/// A series name with its labels sorted, so that label order does not matter.
+fn key(series: &str) -> String {
+    match series.split_once('{') {
+        None => series.to_string(),
+        Some((name, labels)) => {
+            let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+            labels.sort_unstable();
+            format!("{name}{{{}}}", labels.join(","))
+        }
+    }
+}
+
 /// Samples of a Prometheus text exposition: `name{sorted labels}` → value.
 fn parse(text: &str) -> BTreeMap<String, f64> {
-    let mut samples = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
-        let key = match series.split_once('{') {
-            None => series.to_string(),
-            Some((name, labels)) => {
-                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
-                labels.sort_unstable();
-                format!("{name}{{{}}}", labels.join(","))
-            }
-        };
-        samples.insert(key, value.parse().expect("numeric sample"));
-    }
-    samples
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+            (key(series), value.parse().expect("numeric sample"))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,33 +51,37 @@ async fn scraped_metrics_count_exactly_what_happened() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
     let s = parse(&ps_server::metrics::encode(cluster.registries()));
-    let get = |k: &str| {
-        *s.get(k).unwrap_or_else(|| panic!("no sample {k}; have {:?}", s.keys().collect::<Vec<_>>()))
-    };
-    assert_eq!(get(r#"ps_server_requests_total{code="ok",rpc="pull",shard="0"}"#), 3.0);
+    let get = |k: &str| *s.get(&key(k)).unwrap_or_else(|| panic!("no sample {k}"));
+    assert_eq!(get(r#"ps_server_requests_total{code="ok",rpc="pull",policy="ssp(1)",shard="0"}"#), 3.0);
     assert_eq!(
-        get(r#"ps_server_requests_total{code="ok",rpc="push",shard="0"}"#),
+        get(r#"ps_server_requests_total{code="ok",rpc="push",policy="ssp(1)",shard="0"}"#),
         4.0,
         "3 pushes and 1 retry"
     );
-    assert_eq!(get(r#"ps_server_requests_total{code="invalid_argument",rpc="push",shard="0"}"#), 1.0);
-    assert_eq!(get(r#"ps_server_rejected_requests_total{reason="invalid_argument",shard="0"}"#), 1.0);
-    assert_eq!(get(r#"ps_server_duplicate_pushes_total{shard="0"}"#), 1.0);
-    assert_eq!(get(r#"ps_server_payload_bytes_total{rpc="push",shard="0"}"#), 4.0 * 16.0);
-    assert_eq!(get(r#"ps_server_payload_bytes_total{rpc="pull",shard="0"}"#), 3.0 * 16.0);
-    assert_eq!(get(r#"ps_server_rpc_duration_seconds_count{rpc="push",shard="0"}"#), 5.0);
-    assert_eq!(get(r#"ps_server_push_apply_seconds_count{shard="0"}"#), 3.0);
-    assert_eq!(get(r#"ps_server_pull_staleness_clocks_count{shard="0"}"#), 3.0);
+    assert_eq!(
+        get(r#"ps_server_requests_total{code="invalid_argument",rpc="push",policy="ssp(1)",shard="0"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"ps_server_rejected_requests_total{reason="invalid_argument",policy="ssp(1)",shard="0"}"#),
+        1.0
+    );
+    assert_eq!(get(r#"ps_server_duplicate_pushes_total{policy="ssp(1)",shard="0"}"#), 1.0);
+    assert_eq!(get(r#"ps_server_payload_bytes_total{rpc="push",policy="ssp(1)",shard="0"}"#), 4.0 * 16.0);
+    assert_eq!(get(r#"ps_server_payload_bytes_total{rpc="pull",policy="ssp(1)",shard="0"}"#), 3.0 * 16.0);
+    assert_eq!(get(r#"ps_server_rpc_duration_seconds_count{rpc="push",policy="ssp(1)",shard="0"}"#), 5.0);
+    assert_eq!(get(r#"ps_server_push_apply_seconds_count{policy="ssp(1)",shard="0"}"#), 3.0);
+    assert_eq!(get(r#"ps_server_pull_staleness_clocks_count{policy="ssp(1)",shard="0"}"#), 3.0);
     // w0's pull at clock 1 missed w1's clock 0: staleness 1; the others 0.
-    assert_eq!(get(r#"ps_server_pull_staleness_clocks_bucket{le="0",shard="0"}"#), 2.0);
-    assert_eq!(get(r#"ps_server_pull_staleness_clocks_bucket{le="1",shard="0"}"#), 3.0);
-    assert_eq!(get(r#"ps_server_worker_clock{shard="0",worker="0"}"#), 2.0);
-    assert_eq!(get(r#"ps_server_worker_clock{shard="0",worker="1"}"#), 1.0);
-    assert_eq!(get(r#"ps_server_min_clock{shard="0"}"#), 1.0);
-    assert_eq!(get(r#"ps_server_joins_total{shard="0"}"#), 2.0);
-    assert_eq!(get(r#"ps_server_live_workers{shard="0"}"#), 2.0);
-    assert_eq!(get(r#"ps_server_tensors{shard="0"}"#), 1.0);
-    assert_eq!(get(r#"ps_server_held_bytes{kind="parameters",shard="0"}"#), 16.0);
-    assert_eq!(get(r#"ps_server_info{policy="ssp",shard="0",staleness="1"}"#), 1.0);
+    assert_eq!(get(r#"ps_server_pull_staleness_clocks_bucket{le="0",policy="ssp(1)",shard="0"}"#), 2.0);
+    assert_eq!(get(r#"ps_server_pull_staleness_clocks_bucket{le="1",policy="ssp(1)",shard="0"}"#), 3.0);
+    assert_eq!(get(r#"ps_server_worker_clock{policy="ssp(1)",shard="0",worker="0"}"#), 2.0);
+    assert_eq!(get(r#"ps_server_worker_clock{policy="ssp(1)",shard="0",worker="1"}"#), 1.0);
+    assert_eq!(get(r#"ps_server_min_clock{policy="ssp(1)",shard="0"}"#), 1.0);
+    assert_eq!(get(r#"ps_server_joins_total{policy="ssp(1)",shard="0"}"#), 2.0);
+    assert_eq!(get(r#"ps_server_live_workers{policy="ssp(1)",shard="0"}"#), 2.0);
+    assert_eq!(get(r#"ps_server_tensors{policy="ssp(1)",shard="0"}"#), 1.0);
+    assert_eq!(get(r#"ps_server_held_bytes{kind="parameters",policy="ssp(1)",shard="0"}"#), 16.0);
+    assert_eq!(get(r#"ps_server_info{kind="ssp",policy="ssp(1)",shard="0",staleness="1"}"#), 1.0);
     cluster.shutdown().await.expect("shutdown");
 }

@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub wire_dtype: WireDtype,
     /// Largest gRPC message this worker sends or accepts.
     pub max_message_bytes: usize,
+    /// Where to record retries and errors (and, in the training loop, steps).
+    pub metrics: Option<std::sync::Arc<crate::metrics::WorkerMetrics>>,
     /// Prefix of every tensor name on the shards (`"run1"` makes `w` travel
     /// as `run1/w`), so several jobs can share one cluster. Empty: none.
     pub namespace: String,
@@ -59,6 +61,7 @@ impl WorkerConfig {
             wire_dtype: WireDtype::F32,
             max_message_bytes: 16 << 20,
             namespace: String::new(),
+            metrics: None,
         }
     }
 }
@@ -167,6 +170,11 @@ impl Worker {
         self.clock
     }
 
+    /// The metrics this worker records into, if any.
+    pub fn metrics(&self) -> Option<&crate::metrics::WorkerMetrics> {
+        self.cfg.metrics.as_deref()
+    }
+
     /// Number of workers in the job, as the shards report it.
     pub fn num_workers(&self) -> u32 {
         self.num_workers
@@ -215,7 +223,13 @@ impl Worker {
             if attempt >= self.cfg.retry.max_attempts
                 || !RetryPolicy::is_transient(status.code(), waits_on_others)
             {
+                if let Some(m) = &self.cfg.metrics {
+                    m.error(op, status.code());
+                }
                 return Err(rpc_err(op, shard, tensor, attempt, status));
+            }
+            if let Some(m) = &self.cfg.metrics {
+                m.retry(op);
             }
             tracing::debug!(op, shard, attempt, code = ?status.code(), "transient failure, retrying");
             tokio::time::sleep(self.cfg.retry.backoff(attempt)).await;
@@ -423,10 +437,16 @@ impl Worker {
                     if attempt < self.cfg.retry.max_attempts
                         && RetryPolicy::is_transient(status.code(), waits) =>
                 {
+                    if let Some(m) = &self.cfg.metrics {
+                        m.retry("pull");
+                    }
                     tokio::time::sleep(self.cfg.retry.backoff(attempt)).await;
                     attempt += 1;
                 }
                 Err(WorkerError::Rpc { op, shard, tensor, status, .. }) => {
+                    if let Some(m) = &self.cfg.metrics {
+                        m.error(op, status.code());
+                    }
                     return Err(WorkerError::Rpc { op, shard, tensor, attempts: attempt, status });
                 }
                 Err(e) => return Err(e),

@@ -24,10 +24,12 @@
 //! - [`retry`] — [`RetryPolicy`], backoff with jitter for transient failures.
 //! - [`error`] — [`WorkerError`].
 //! - [`job`]: the built-in training job (data, models, the training loop).
+//! - [`metrics`]: Prometheus metrics of a worker.
 
 pub mod client;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod retry;
 pub mod tensor;
 

@@ -155,6 +155,10 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
 
+    /// Serve the shards' and workers' Prometheus metrics on this address while running (e.g. 127.0.0.1:9400).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -249,6 +253,24 @@ fn run_all(args: &Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the Tokio runtime: {e}"))?;
     let snapshot_every = Duration::from_secs_f64(args.snapshot_every.max(0.05));
+    let board: Option<run::MetricsBoard> = match &args.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!("metrics on http://{local}/metrics");
+            let board = run::MetricsBoard::default();
+            let served = std::sync::Arc::clone(&board);
+            runtime.spawn(ps_proto::exposition::serve(
+                listener,
+                move || served.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                std::future::pending(),
+            ));
+            Some(board)
+        }
+    };
     let bars: Vec<ProgressBar> = args
         .policies
         .iter()
@@ -260,10 +282,19 @@ fn run_all(args: &Args) -> Result<(), String> {
         let (cluster, local) = match &args.cluster {
             Some(list) => (ClusterSpec::new(list.clone()), None),
             None => {
-                let config = ShardConfig { num_workers: args.workers, ..ShardConfig::default() };
+                let (policy, staleness) = match policy {
+                    PolicyChoice::Sync => (ps_server::PolicyName::Sync, 0),
+                    PolicyChoice::Ssp(s) => (ps_server::PolicyName::Ssp, *s),
+                    PolicyChoice::Async => (ps_server::PolicyName::Async, 0),
+                };
+                let config =
+                    ShardConfig { num_workers: args.workers, policy, staleness, ..ShardConfig::default() };
                 let local = runtime
                     .block_on(LocalCluster::start(args.shards, config))
                     .map_err(|e| format!("cannot start the embedded cluster: {e}"))?;
+                if let Some(board) = &board {
+                    *board.lock().unwrap_or_else(|p| p.into_inner()) = local.registries().to_vec();
+                }
                 (local.spec().clone(), Some(local))
             }
         };
@@ -278,6 +309,7 @@ fn run_all(args: &Args) -> Result<(), String> {
             job: job.clone(),
             wire_dtype: args.wire_dtype,
             snapshot_every,
+            board: board.clone(),
         };
         let result = run::run(&spec, &splits, &bars[i]).map_err(|e| format!("{}: {e}", policy.label()))?;
         bars[i].finish();

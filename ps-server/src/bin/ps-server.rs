@@ -252,12 +252,14 @@ fn main() -> std::process::ExitCode {
                 "ps-server shard {} metrics on http://{metrics_addr}/metrics",
                 config.shard_id
             ));
-            let registry = vec![shard.metrics().registry().clone()];
+            let registry = shard.metrics().registry().clone();
             tokio::spawn(async move {
                 let stopped = async {
                     let _ = metrics_stopped.await;
                 };
-                if let Err(e) = ps_server::metrics::serve(metrics, registry, stopped).await {
+                if let Err(e) =
+                    ps_server::metrics::serve(metrics, move || vec![registry.clone()], stopped).await
+                {
                     tracing::error!("metrics endpoint failed: {e}");
                 }
             });

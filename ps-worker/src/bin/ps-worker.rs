@@ -112,6 +112,10 @@ struct Args {
     #[arg(long, default_value = "f32")]
     wire_dtype: WireDtype,
 
+    /// Address of the HTTP endpoint serving /metrics (Prometheus) and /healthz while training; `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: String,
+
     /// Log a progress line every this many steps.
     #[arg(long, default_value_t = 100)]
     log_every: u64,
@@ -145,7 +149,27 @@ async fn run(args: Args) -> Result<(), Failure> {
     let spec = cluster(&args)?;
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let splits = data::load(&dir)?;
-    let config = WorkerConfig { wire_dtype: args.wire_dtype, ..WorkerConfig::new(spec, args.worker) };
+    let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(args.worker, None));
+    if args.metrics_listen != "off" {
+        let listener = tokio::net::TcpListener::bind(&args.metrics_listen).await.map_err(|e| {
+            Failure::Usage(format!("cannot listen for metrics on {}: {e}", args.metrics_listen))
+        })?;
+        let addr = listener.local_addr().map_err(|e| Failure::Usage(e.to_string()))?;
+        announce(&format!("ps-worker {} metrics on http://{addr}/metrics", args.worker));
+        let registry = metrics.registry().clone();
+        tokio::spawn(async move {
+            let served =
+                ps_proto::exposition::serve(listener, move || vec![registry.clone()], std::future::pending());
+            if let Err(e) = served.await {
+                tracing::error!("metrics endpoint failed: {e}");
+            }
+        });
+    }
+    let config = WorkerConfig {
+        wire_dtype: args.wire_dtype,
+        metrics: Some(std::sync::Arc::clone(&metrics)),
+        ..WorkerConfig::new(spec, args.worker)
+    };
     let mut worker = Worker::connect(config).await?;
     let cfg = TrainConfig {
         model: Model {
@@ -193,9 +217,10 @@ async fn run(args: Args) -> Result<(), Failure> {
     .await?;
     let params = worker.pull().await?;
     let accuracy = cfg.model.accuracy(&params.values, splits.test.images.view(), &splits.test.labels);
+    metrics.accuracy(accuracy);
     worker.leave().await?;
     let elapsed = started.elapsed();
-    println!(
+    announce(&format!(
         "worker {} done: {} steps in {:.1}s ({:.1} steps/s), blocked {:.1}s, final loss {:.4}, test accuracy {:.4}",
         args.worker,
         records.len(),
@@ -204,8 +229,14 @@ async fn run(args: Args) -> Result<(), Failure> {
         blocked.as_secs_f64(),
         records.last().map_or(f32::NAN, |r| r.loss),
         accuracy
-    );
+    ));
     Ok(())
+}
+
+/// Prints a line to stdout; a closed stdout is not a reason to stop training.
+fn announce(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 fn main() -> std::process::ExitCode {

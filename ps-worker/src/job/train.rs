@@ -209,6 +209,9 @@ pub async fn train(
             push: t3 - t2,
             versions: pulled.versions,
         };
+        if let Some(m) = worker.metrics() {
+            m.step(clock, loss, record.pull, record.compute, record.push, record.blocked);
+        }
         on_step(&record);
         records.push(record);
     }
