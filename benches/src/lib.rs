@@ -1,1 +1,1 @@
-
+//! Benchmarks of the parameter server. Binaries only; see `src/bin/`.

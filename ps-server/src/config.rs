@@ -71,6 +71,8 @@ pub struct ShardConfig {
     pub chunk_bytes: usize,
     /// Largest tensor part this shard accepts, in bytes of f32.
     pub max_tensor_bytes: u64,
+    /// Record Prometheus metrics (off only to measure what they cost).
+    pub metrics: bool,
 }
 
 impl Default for ShardConfig {
@@ -87,6 +89,7 @@ impl Default for ShardConfig {
             max_message_bytes: 16 << 20,
             chunk_bytes: ps_proto::chunk::DEFAULT_CHUNK_BYTES,
             max_tensor_bytes: 16 << 30,
+            metrics: true,
         }
     }
 }

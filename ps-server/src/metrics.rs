@@ -69,6 +69,7 @@ fn latency_buckets() -> Vec<f64> {
 /// The metrics of one shard.
 #[derive(Debug)]
 pub struct ShardMetrics {
+    enabled: bool,
     registry: Registry,
     requests: IntCounterVec,
     rpcs: [RpcHandles; 7],
@@ -97,7 +98,9 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 
 impl ShardMetrics {
     /// Registers every metric of shard `shard` for `num_workers` workers.
-    pub fn new(shard: u32, num_workers: u32, policy: Policy) -> Self {
+    /// When not `enabled`, the metrics exist but nothing is recorded (to
+    /// measure what recording costs).
+    pub fn new(shard: u32, num_workers: u32, policy: Policy, enabled: bool) -> Self {
         let labels =
             HashMap::from([("shard".to_string(), shard.to_string()), ("policy".to_string(), policy.label())]);
         let registry = Registry::new_custom(None, Some(labels)).expect("valid shard label");
@@ -189,6 +192,7 @@ impl ShardMetrics {
         let live_workers = gauge("ps_server_live_workers", "Workers currently live");
         live_workers.set(i64::from(num_workers));
         Self {
+            enabled,
             requests,
             rpcs,
             push_apply: histogram(
@@ -258,6 +262,9 @@ impl ShardMetrics {
         payload_bytes: u64,
         outcome: Result<(), (tonic::Code, &str)>,
     ) {
+        if !self.enabled {
+            return;
+        }
         let h = self.rpc(rpc);
         h.latency.observe(elapsed.as_secs_f64());
         h.bytes.inc_by(payload_bytes);
@@ -279,6 +286,9 @@ impl ShardMetrics {
         completed_round: bool,
         live: &[bool],
     ) {
+        if !self.enabled {
+            return;
+        }
         self.push_apply.observe(elapsed.as_secs_f64());
         if completed_round {
             self.round_apply.observe(elapsed.as_secs_f64());
@@ -296,11 +306,17 @@ impl ShardMetrics {
 
     /// Records a push that was a retry of one already applied.
     pub fn duplicate_push(&self) {
+        if !self.enabled {
+            return;
+        }
         self.duplicates.inc();
     }
 
     /// Records a worker's pull: how stale it was and how long it waited.
     pub fn pulled(&self, staleness: Option<u64>, waited: Duration) {
+        if !self.enabled {
+            return;
+        }
         if let Some(s) = staleness {
             self.staleness.observe(s as f64);
         }
@@ -309,11 +325,17 @@ impl ShardMetrics {
 
     /// Records a barrier's wait.
     pub fn barrier_waited(&self, waited: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.blocked_barrier.observe(waited.as_secs_f64());
     }
 
     /// Records a join or a leave, with the live count after it.
     pub fn membership(&self, joined: bool, live: usize) {
+        if !self.enabled {
+            return;
+        }
         if joined {
             self.joins.inc()
         } else {
@@ -324,6 +346,9 @@ impl ShardMetrics {
 
     /// Records a new tensor part and what it holds.
     pub fn tensor_created(&self, parameters: usize, optimizer_state: usize, buffers: usize) {
+        if !self.enabled {
+            return;
+        }
         self.tensors.inc();
         for (kind, bytes) in
             [("parameters", parameters), ("optimizer_state", optimizer_state), ("buffers", buffers)]

@@ -11,6 +11,7 @@ use ps_proto::pb;
 use ps_proto::pb::parameter_server_server::ParameterServer;
 use ps_proto::wire::{self, WireDtype};
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::convert;
 use crate::error::PsError;
@@ -198,7 +199,9 @@ impl Service {
         let req = req.into_inner();
         let dtype = dtype(req.dtype)?;
         let cell = self.shard.tensor(&req.tensor)?;
-        let snapshot = self.shard.pull(&cell, req.worker, req.clock).await?;
+        let span =
+            tracing::debug_span!("pull", tensor = %req.tensor, worker = ?req.worker, clock = req.clock);
+        let snapshot = self.shard.pull(&cell, req.worker, req.clock).instrument(span).await?;
         let (offset, len) = {
             let part = cell.lock();
             (part.meta().offset, part.meta().len)
@@ -229,7 +232,8 @@ impl Service {
         req: Request<pb::BarrierRequest>,
     ) -> Result<(Response<pb::BarrierReply>, u64), Rejected> {
         let req = req.into_inner();
-        self.shard.barrier(req.worker, req.clock).await?;
+        let span = tracing::debug_span!("barrier", worker = req.worker, clock = req.clock);
+        self.shard.barrier(req.worker, req.clock).instrument(span).await?;
         Ok((Response::new(pb::BarrierReply {}), 0))
     }
 

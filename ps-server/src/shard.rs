@@ -96,7 +96,8 @@ impl Shard {
     /// An empty shard.
     pub fn new(config: ShardConfig) -> Self {
         let live = vec![true; config.num_workers as usize];
-        let metrics = ShardMetrics::new(config.shard_id, config.num_workers, config.default_policy());
+        let metrics =
+            ShardMetrics::new(config.shard_id, config.num_workers, config.default_policy(), config.metrics);
         Self {
             config,
             tensors: RwLock::default(),
@@ -227,12 +228,16 @@ impl Shard {
     pub fn push(&self, cell: &TensorCell, worker: u32, clock: u64, grad: &Gradient) -> Result<bool, PsError> {
         let started = std::time::Instant::now();
         let (applied, completed_round) = {
+            let _apply = tracing::trace_span!("apply").entered();
             let mut part = cell.lock();
             let rounds = part.clocks().applied_clock();
             let applied = part.push(worker, clock, grad)?;
             (applied, part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds)
         };
         let elapsed = started.elapsed();
+        if completed_round {
+            tracing::debug!(worker, clock, elapsed_us = elapsed.as_micros() as u64, "aggregate applied");
+        }
         if applied {
             cell.notify();
             self.metrics.push_applied(worker, clock, elapsed, completed_round, &self.live_set());
