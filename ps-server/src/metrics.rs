@@ -75,7 +75,9 @@ pub struct ShardMetrics {
     rpcs: [RpcHandles; 7],
     push_apply: Histogram,
     round_apply: Histogram,
-    worker_clock: IntGaugeVec,
+    /// Per worker id, its clock gauge, resolved at start.
+    worker_clocks: Vec<IntGauge>,
+    /// The values behind `worker_clocks`, to compute the minimum under one lock.
     worker_clock_values: Mutex<Vec<i64>>,
     min_clock: IntGauge,
     staleness: Histogram,
@@ -158,9 +160,9 @@ impl ShardMetrics {
             )
             .expect("valid metric"),
         );
-        for w in 0..num_workers {
-            worker_clock.with_label_values(&[&w.to_string()]).set(0);
-        }
+        // Resolving a child creates it at 0, so every worker's clock is exported from the start.
+        let worker_clocks: Vec<IntGauge> =
+            (0..num_workers).map(|w| worker_clock.with_label_values(&[&w.to_string()])).collect();
         let info = register(
             r,
             IntGaugeVec::new(
@@ -205,7 +207,7 @@ impl ShardMetrics {
                 "Time of pushes that completed a sync round, including applying the aggregate",
                 latency_buckets(),
             ),
-            worker_clock,
+            worker_clocks,
             worker_clock_values: Mutex::new(vec![0; num_workers as usize]),
             min_clock: gauge("ps_server_min_clock", "Smallest clock among live workers on this shard"),
             staleness: histogram(
@@ -298,7 +300,7 @@ impl ShardMetrics {
             && *c < clock as i64 + 1
         {
             *c = clock as i64 + 1;
-            self.worker_clock.with_label_values(&[&worker.to_string()]).set(*c);
+            self.worker_clocks[worker as usize].set(*c);
         }
         let min = clocks.iter().zip(live).filter(|(_, l)| **l).map(|(c, _)| *c).min().unwrap_or(0);
         self.min_clock.set(min);
