@@ -146,10 +146,10 @@ impl Service {
             .ok_or_else(|| PsError::InvalidArgument("the first push chunk has no header".into()))?;
         let dtype = dtype(header.dtype)?;
         let cell = self.shard.tensor(&header.tensor)?;
-        let meta = cell.lock().meta().clone();
+        let meta = cell.meta();
         if (header.offset, header.len) != (meta.offset, meta.len) {
             return Err(PsError::WrongRange {
-                tensor: meta.name,
+                tensor: meta.name.clone(),
                 shard: self.shard.config().shard_id,
                 expected_offset: meta.offset,
                 expected_end: meta.offset + meta.len,
@@ -178,7 +178,7 @@ impl Service {
             && let Some((index, value)) = grad.first_non_finite()
         {
             return Err(PsError::NonFinite {
-                tensor: meta.name,
+                tensor: meta.name.clone(),
                 worker: header.worker,
                 clock: header.clock,
                 index: meta.offset + index,
@@ -202,10 +202,7 @@ impl Service {
         let span =
             tracing::debug_span!("pull", tensor = %req.tensor, worker = ?req.worker, clock = req.clock);
         let snapshot = self.shard.pull(&cell, req.worker, req.clock).instrument(span).await?;
-        let (offset, len) = {
-            let part = cell.lock();
-            (part.meta().offset, part.meta().len)
-        };
+        let (offset, len) = (cell.meta().offset, cell.meta().len);
         let payload = match dtype {
             WireDtype::F32 => wire::f32_bytes(snapshot.values),
             other => wire::encode(&snapshot.values, other),

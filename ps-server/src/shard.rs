@@ -52,11 +52,18 @@ pub struct Declared {
 /// One tensor part and the channel that announces its changes.
 #[derive(Debug)]
 pub struct TensorCell {
+    /// What the part is; fixed at declaration, so readable without the lock.
+    meta: TensorMeta,
     part: Mutex<TensorPart>,
     changed: watch::Sender<()>,
 }
 
 impl TensorCell {
+    /// What the part is (name, shape, range, policy).
+    pub fn meta(&self) -> &TensorMeta {
+        &self.meta
+    }
+
     /// Locks the part. A poisoned lock (a panic while holding it) is taken
     /// over: updates are written so a panic cannot leave a half-applied step
     /// behind a completed clock.
@@ -189,7 +196,6 @@ impl Shard {
         let live = self.live_set();
         let mut tensors = self.tensors.write().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = tensors.get(&decl.name) {
-            let existing = existing.lock();
             if existing.meta().shape != decl.shape {
                 return Err(PsError::ShapeConflict {
                     tensor: decl.name,
@@ -218,7 +224,11 @@ impl Shard {
             tensor.optimizer().state_bytes(),
             buffers,
         );
-        let cell = TensorCell { part: Mutex::new(tensor), changed: watch::Sender::new(()) };
+        let cell = TensorCell {
+            meta: tensor.meta().clone(),
+            part: Mutex::new(tensor),
+            changed: watch::Sender::new(()),
+        };
         tensors.insert(decl.name, Arc::new(cell));
         tracing::debug!(shard = cfg.shard_id, offset = part.offset, len = part.len, "declared tensor");
         Ok(Declared { offset: part.offset, len: part.len, created: true })
