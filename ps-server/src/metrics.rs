@@ -83,6 +83,7 @@ pub struct ShardMetrics {
     staleness: Histogram,
     blocked_pull: Histogram,
     blocked_barrier: Histogram,
+    pulls_waiting: IntGauge,
     live_workers: IntGauge,
     joins: IntCounter,
     leaves: IntCounter,
@@ -225,6 +226,10 @@ impl ShardMetrics {
                 "Time a barrier waited for the other workers",
                 latency_buckets(),
             ),
+            pulls_waiting: gauge(
+                "ps_server_pulls_waiting",
+                "Pulls waiting for the policy's release rule now",
+            ),
             live_workers,
             joins: counter("ps_server_joins_total", "Worker joins and rejoins"),
             leaves: counter("ps_server_leaves_total", "Workers that left"),
@@ -325,6 +330,15 @@ impl ShardMetrics {
         self.blocked_pull.observe(waited.as_secs_f64());
     }
 
+    /// Counts a pull as waiting until the returned guard is dropped.
+    pub fn pull_waiting(&self) -> WaitingGuard {
+        let gauge = self.pulls_waiting.clone();
+        if self.enabled {
+            gauge.inc();
+        }
+        WaitingGuard { gauge, enabled: self.enabled }
+    }
+
     /// Records a barrier's wait.
     pub fn barrier_waited(&self, waited: Duration) {
         if !self.enabled {
@@ -356,6 +370,21 @@ impl ShardMetrics {
             [("parameters", parameters), ("optimizer_state", optimizer_state), ("buffers", buffers)]
         {
             self.held.with_label_values(&[kind]).add(bytes as i64);
+        }
+    }
+}
+
+/// Keeps one pull counted in `ps_server_pulls_waiting` while it lives.
+#[derive(Debug)]
+pub struct WaitingGuard {
+    gauge: IntGauge,
+    enabled: bool,
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        if self.enabled {
+            self.gauge.dec();
         }
     }
 }

@@ -269,6 +269,8 @@ impl Shard {
         let started = std::time::Instant::now();
         let mut changed = cell.changed.subscribe();
         let mut closing = self.closing.subscribe();
+        // Counted as waiting from the first Wait until this future ends, however it ends.
+        let mut waiting = None;
         loop {
             {
                 let part = cell.lock();
@@ -287,6 +289,7 @@ impl Shard {
                     return Ok(snapshot);
                 }
             }
+            waiting.get_or_insert_with(|| self.metrics.pull_waiting());
             self.wait_for_change(&mut changed, &mut closing).await?;
         }
     }

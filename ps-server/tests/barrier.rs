@@ -56,6 +56,15 @@ async fn shutdown_fails_waiting_pulls_with_unavailable() {
     w.push(&[("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())].into()).await.expect("push");
     // This pull waits for worker 1, which never comes.
     let pull = tokio::spawn(async move { w.pull().await });
+    // Shut down only once the shard reports the pull as waiting (bounded poll of observable state).
+    let waiting =
+        |text: &str| text.lines().any(|l| l.starts_with("ps_server_pulls_waiting{") && l.ends_with(" 1"));
+    let mut polls = 0;
+    while !waiting(&ps_server::metrics::encode(cluster.registries())) {
+        polls += 1;
+        assert!(polls < 10_000, "the pull never started waiting");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     cluster.shutdown().await.expect("shutdown");
     let err = pull.await.expect("task").expect_err("the pull cannot complete");
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
