@@ -160,7 +160,7 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
             .collect();
         let observer = scope.spawn(|| {
             single_thread_runtime().block_on(observe(
-                config(0),
+                WorkerConfig { metrics: None, ..config(0) },
                 &tensors,
                 &barrier,
                 &started,
