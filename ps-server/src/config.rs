@@ -73,6 +73,9 @@ pub struct ShardConfig {
     pub max_tensor_bytes: u64,
     /// Record Prometheus metrics (off only to measure what they cost).
     pub metrics: bool,
+    /// Evict a live worker silent for this many milliseconds with no request
+    /// in flight (0: never). Every request renews the worker's lease.
+    pub worker_timeout_ms: u64,
 }
 
 impl Default for ShardConfig {
@@ -90,6 +93,7 @@ impl Default for ShardConfig {
             chunk_bytes: ps_proto::chunk::DEFAULT_CHUNK_BYTES,
             max_tensor_bytes: 16 << 30,
             metrics: true,
+            worker_timeout_ms: 0,
         }
     }
 }

@@ -59,6 +59,9 @@ pub enum PsError {
     /// A worker-level clock rule refused the request (no tensor involved).
     #[error("{0}")]
     Worker(#[source] ClockError),
+    /// The worker was evicted for silence and has not joined again.
+    #[error("worker {worker} was evicted after {timeout_ms} ms without a request; join again to continue")]
+    Evicted { worker: u32, timeout_ms: u64 },
     /// The shard is shutting down.
     #[error("shard {shard} is shutting down")]
     ShuttingDown { shard: u32 },
@@ -76,7 +79,7 @@ impl PsError {
             | PsError::InvalidArgument(_)
             | PsError::Chunk { .. } => Code::InvalidArgument,
             PsError::TooLarge { .. } => Code::ResourceExhausted,
-            PsError::Clock { .. } | PsError::Worker(_) => Code::FailedPrecondition,
+            PsError::Clock { .. } | PsError::Worker(_) | PsError::Evicted { .. } => Code::FailedPrecondition,
             PsError::ShuttingDown { .. } => Code::Unavailable,
         }
     }
@@ -96,6 +99,7 @@ impl PsError {
             PsError::TooLarge { .. } => "too_large",
             PsError::Clock { .. } => "clock",
             PsError::Worker(_) => "worker",
+            PsError::Evicted { .. } => "evicted",
             PsError::ShuttingDown { .. } => "shutting_down",
         }
     }

@@ -8,6 +8,7 @@
 //! - [`init`]: seeded initializers independent of sharding.
 //! - [`tensor`]: one tensor part — values, optimizer state, clocks, aggregation buffer.
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
+//! - [`liveness`]: worker leases and eviction of silent workers.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod init;
+pub mod liveness;
 pub mod local;
 pub mod metrics;
 pub mod optim;

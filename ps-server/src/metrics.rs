@@ -87,6 +87,7 @@ pub struct ShardMetrics {
     live_workers: IntGauge,
     joins: IntCounter,
     leaves: IntCounter,
+    evictions: IntCounter,
     rejected: IntCounterVec,
     duplicates: IntCounter,
     tensors: IntGauge,
@@ -232,7 +233,8 @@ impl ShardMetrics {
             ),
             live_workers,
             joins: counter("ps_server_joins_total", "Worker joins and rejoins"),
-            leaves: counter("ps_server_leaves_total", "Workers that left"),
+            leaves: counter("ps_server_leaves_total", "Workers that left (including evictions)"),
+            evictions: counter("ps_server_evictions_total", "Workers evicted for silence (--worker-timeout)"),
             rejected: register(
                 r,
                 IntCounterVec::new(
@@ -358,6 +360,14 @@ impl ShardMetrics {
             self.leaves.inc()
         }
         self.live_workers.set(live as i64);
+    }
+
+    /// Records an eviction.
+    pub fn evicted(&self) {
+        if !self.enabled {
+            return;
+        }
+        self.evictions.inc();
     }
 
     /// Records a new tensor part and what it holds.

@@ -58,6 +58,9 @@ pub async fn serve_shard(
     let service = ParameterServerServer::new(Service::new(Arc::clone(&shard)))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    if shard.config().worker_timeout_ms > 0 {
+        tokio::spawn(evict_silent_workers(Arc::downgrade(&shard)));
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .max_frame_size(MAX_FRAME_BYTES)
@@ -70,4 +73,21 @@ pub async fn serve_shard(
         })
         .await?;
     Ok(())
+}
+
+/// Checks leases four times per worker timeout and evicts overdue workers,
+/// until the shard closes or is dropped.
+async fn evict_silent_workers(shard: std::sync::Weak<Shard>) {
+    let period = match shard.upgrade() {
+        Some(s) => std::time::Duration::from_millis((s.config().worker_timeout_ms / 4).max(10)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(shard) = shard.upgrade() else { return };
+        if shard.is_closing() {
+            return;
+        }
+        shard.evict_overdue();
+    }
 }

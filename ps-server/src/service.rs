@@ -98,6 +98,7 @@ impl Service {
         req: Request<pb::JoinRequest>,
     ) -> Result<(Response<pb::JoinReply>, u64), Rejected> {
         let worker = req.into_inner().worker;
+        let _lease = self.shard.lease(worker);
         let clock = self.shard.join(worker)?;
         let cfg = self.shard.config();
         Ok((
@@ -115,7 +116,9 @@ impl Service {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<(Response<pb::LeaveReply>, u64), Rejected> {
-        self.shard.leave(req.into_inner().worker)?;
+        let worker = req.into_inner().worker;
+        let _lease = self.shard.lease(worker);
+        self.shard.leave(worker)?;
         Ok((Response::new(pb::LeaveReply {}), 0))
     }
 
@@ -158,6 +161,7 @@ impl Service {
             }
             .into());
         }
+        let _lease = self.shard.lease(header.worker);
         self.shard.check_worker(header.worker)?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
         let mut payload = Reassembly::new(meta.len * dtype.size() as u64, dtype.size());
@@ -198,6 +202,10 @@ impl Service {
     ) -> Result<(Response<PullStream>, u64), Rejected> {
         let req = req.into_inner();
         let dtype = dtype(req.dtype)?;
+        let _lease = req.worker.and_then(|w| self.shard.lease(w));
+        if let Some(worker) = req.worker {
+            self.shard.check_worker(worker)?;
+        }
         let cell = self.shard.tensor(&req.tensor)?;
         let span =
             tracing::debug_span!("pull", tensor = %req.tensor, worker = ?req.worker, clock = req.clock);
@@ -229,6 +237,7 @@ impl Service {
         req: Request<pb::BarrierRequest>,
     ) -> Result<(Response<pb::BarrierReply>, u64), Rejected> {
         let req = req.into_inner();
+        let _lease = self.shard.lease(req.worker);
         let span = tracing::debug_span!("barrier", worker = req.worker, clock = req.clock);
         self.shard.barrier(req.worker, req.clock).instrument(span).await?;
         Ok((Response::new(pb::BarrierReply {}), 0))

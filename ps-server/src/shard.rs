@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::config::ShardConfig;
 use crate::error::PsError;
 use crate::init::Init;
+use crate::liveness::{LeaseGuard, Leases};
 use crate::metrics::ShardMetrics;
 use crate::optim::OptimizerConfig;
 use crate::sync::{ClockError, Policy, PullDecision};
@@ -97,6 +98,7 @@ pub struct Shard {
     live: Mutex<Vec<bool>>,
     closing: watch::Sender<bool>,
     metrics: ShardMetrics,
+    leases: Leases,
 }
 
 impl Shard {
@@ -106,11 +108,12 @@ impl Shard {
         let metrics =
             ShardMetrics::new(config.shard_id, config.num_workers, config.default_policy(), config.metrics);
         Self {
-            config,
             tensors: RwLock::default(),
             live: Mutex::new(live),
             closing: watch::Sender::new(false),
             metrics,
+            leases: Leases::new(config.num_workers),
+            config,
         }
     }
 
@@ -146,9 +149,47 @@ impl Shard {
                 worker,
                 num_workers: self.config.num_workers,
             })),
+            Some(false) if self.leases.is_evicted(worker) => {
+                Err(PsError::Evicted { worker, timeout_ms: self.config.worker_timeout_ms })
+            }
             Some(false) => Err(PsError::Worker(ClockError::NotLive { worker })),
             Some(true) => Ok(()),
         }
+    }
+
+    /// Renews `worker`'s lease for as long as the returned guard lives (one
+    /// request); `None` for an unknown worker.
+    pub fn lease(&self, worker: u32) -> Option<LeaseGuard> {
+        self.leases.begin(worker)
+    }
+
+    /// Whether the shard is shutting down.
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Evicts every live worker silent for longer than the worker timeout
+    /// with nothing in flight: each leaves, as if it had called `leave`.
+    /// Returns the evicted workers.
+    pub fn evict_overdue(&self) -> Vec<u32> {
+        if self.config.worker_timeout_ms == 0 {
+            return Vec::new();
+        }
+        let timeout = std::time::Duration::from_millis(self.config.worker_timeout_ms);
+        let overdue = self.leases.overdue(&self.live_set(), timeout, std::time::Instant::now());
+        for &worker in &overdue {
+            if self.leave(worker).is_ok() {
+                self.leases.set_evicted(worker, true);
+                self.metrics.evicted();
+                tracing::warn!(
+                    shard = self.config.shard_id,
+                    worker,
+                    timeout_ms = self.config.worker_timeout_ms,
+                    "evicted a silent worker"
+                );
+            }
+        }
+        overdue
     }
 
     /// The tensor part named `name`.
@@ -354,6 +395,7 @@ impl Shard {
             num_workers: self.config.num_workers,
         }))?;
         *slot = true;
+        self.leases.set_evicted(worker, false);
         let mut resume: Option<u64> = None;
         for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
             let clock = cell.lock().join(worker)?;

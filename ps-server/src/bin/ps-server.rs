@@ -98,6 +98,11 @@ struct Args {
     #[arg(long)]
     split_threshold: Option<u64>,
 
+    /// Evict a worker silent for this many seconds with no request in flight (its
+    /// barriers then stop waiting for it; it may join again). Default: never.
+    #[arg(long)]
+    worker_timeout: Option<f64>,
+
     /// Largest gRPC message accepted, in bytes; larger push chunks get RESOURCE_EXHAUSTED.
     #[arg(long)]
     max_message_bytes: Option<usize>,
@@ -157,6 +162,12 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     }
     if let Some(a) = args.aggregation {
         cfg.aggregation = a;
+    }
+    if let Some(t) = args.worker_timeout {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(format!("--worker-timeout must be a positive number of seconds, got {t}"));
+        }
+        cfg.worker_timeout_ms = (t * 1000.0).ceil() as u64;
     }
     if let Some(m) = args.max_message_bytes {
         cfg.max_message_bytes = m;

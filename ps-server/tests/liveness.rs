@@ -1,0 +1,69 @@
+//! A silent worker is evicted after the worker timeout; the others go on,
+//! workers blocked in a pull are not mistaken for silent ones, and the
+//! evicted worker is told so and may join again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ps_server::{LocalCluster, PolicyName, ShardConfig};
+use ps_worker::{RetryPolicy, TensorDecl, Worker, WorkerConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_is_evicted_and_sync_goes_on_without_it() {
+    let config = ShardConfig {
+        num_workers: 3,
+        policy: PolicyName::Sync,
+        worker_timeout_ms: 1000,
+        ..ShardConfig::default()
+    };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let connect = |id| {
+        let spec = cluster.spec().clone();
+        async move {
+            let mut w =
+                Worker::connect(WorkerConfig { retry: RetryPolicy::never(), ..WorkerConfig::new(spec, id) })
+                    .await
+                    .expect("connect");
+            w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
+            w
+        }
+    };
+    let grads = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())]);
+    // Everyone joins first, so no lease is stale before the job starts.
+    let mut workers = vec![connect(0).await, connect(1).await];
+    let mut silent = connect(2).await;
+    // Worker 2 does one step, then falls silent while staying connected.
+    silent.pull().await.expect("pull");
+    silent.push(&grads).await.expect("push");
+
+    let mut tasks = Vec::new();
+    for mut w in workers.drain(..) {
+        let grads = grads.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                w.pull().await.expect("pull (a worker blocked here must not be evicted)");
+                w.push(&grads).await.expect("push");
+            }
+            w
+        }));
+    }
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(
+            tokio::time::timeout(Duration::from_secs(30), t).await.expect("workers hung").expect("task"),
+        );
+    }
+    let (_, versions) = done[0].observe("w").await.expect("observe");
+    assert_eq!(versions, vec![4, 4, 0], "rounds 1..4 went on without worker 2");
+
+    let text = ps_server::metrics::encode(cluster.registries());
+    let evictions =
+        text.lines().find(|l| l.starts_with("ps_server_evictions_total{")).expect("evictions metric");
+    assert!(evictions.ends_with(" 1"), "{evictions}");
+
+    let err = silent.push(&grads).await.expect_err("an evicted worker is refused");
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
+    assert!(err.to_string().contains("worker 2 was evicted after 1000 ms"), "{err}");
+    assert_eq!(silent.join().await.expect("rejoin"), 5, "it resumes at the round in progress");
+    cluster.shutdown().await.expect("shutdown");
+}
