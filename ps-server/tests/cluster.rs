@@ -306,3 +306,49 @@ async fn ps_server_reads_a_toml_config_and_flags_override_it() {
     assert_eq!(status[0].tensors[0].staleness, 7, "the flag overrides the file");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ps_server_takes_the_shard_list_from_a_cluster_file() {
+    let dir = std::env::temp_dir().join(format!("ps-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("cluster.toml");
+    // The addresses only set the shard count here; placement uses split_threshold from the file.
+    std::fs::write(
+        &path,
+        "shards = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\nsplit_threshold = 4\n",
+    )
+    .expect("write cluster file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"))
+        .args(["--listen", "127.0.0.1:0", "--shard-id", "2", "--cluster", path.to_str().expect("utf-8 path")])
+        .args(["--metrics-listen", "off"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ps-server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    let _server = common::ServerProcess { addr: String::new(), child };
+    assert!(line.starts_with("ps-server shard 2/3 listening on "), "{line:?}");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_string();
+    // A worker that knows only shard 2 as a one-shard cluster sees what that shard says of itself.
+    let probe = Worker::observer(WorkerConfig::new(ps_proto::ClusterSpec::new(vec![addr]), 0))
+        .await
+        .expect("connect");
+    let status = probe.status().await.expect("status");
+    assert_eq!((status[0].shard, status[0].num_shards), (2, 3));
+    // split_threshold = 4 from the file: a 12-element tensor is split in three, shard 2 holds 8..12.
+    let mut raw = ps_proto::pb::parameter_server_client::ParameterServerClient::connect(format!(
+        "http://{}",
+        probe.cluster().shards[0]
+    ))
+    .await
+    .expect("raw client");
+    let spec = ps_proto::pb::TensorSpec { name: "t".into(), shape: vec![12], ..Default::default() };
+    let reply =
+        raw.declare(ps_proto::pb::DeclareRequest { spec: Some(spec) }).await.expect("declare").into_inner();
+    assert_eq!((reply.offset, reply.len), (8, 4));
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
