@@ -259,7 +259,8 @@ impl ShardMetrics {
     }
 
     fn rpc(&self, rpc: Rpc) -> &RpcHandles {
-        &self.rpcs[Rpc::ALL.iter().position(|r| *r == rpc).unwrap_or(0)]
+        // `rpcs` is built from `Rpc::ALL`, which lists the variants in declaration order.
+        &self.rpcs[rpc as usize]
     }
 
     /// Records a finished request: its latency, payload bytes, and outcome.
@@ -400,3 +401,15 @@ impl Drop for WaitingGuard {
 }
 
 pub use ps_proto::exposition::{code_name, encode, serve};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_handles_are_indexed_by_variant() {
+        for (i, rpc) in Rpc::ALL.iter().enumerate() {
+            assert_eq!(*rpc as usize, i, "{rpc:?}");
+        }
+    }
+}
