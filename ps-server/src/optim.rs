@@ -5,6 +5,8 @@
 //! kernels are fused single loops over plain slices, which the compiler
 //! vectorises; they never allocate.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Optimizer hyper-parameters.
@@ -70,10 +72,11 @@ impl OptimizerConfig {
 #[derive(Clone, Debug)]
 pub struct Optimizer {
     config: OptimizerConfig,
-    /// Momentum (SGD), first moment (Adam) or accumulator (AdaGrad); empty when unused.
-    slot_a: Vec<f32>,
+    /// Momentum (SGD), first moment (Adam) or accumulator (AdaGrad); empty
+    /// when unused. Shared copy-on-write, so a checkpoint's copy is free.
+    slot_a: Arc<Vec<f32>>,
     /// Second moment (Adam); empty otherwise.
-    slot_b: Vec<f32>,
+    slot_b: Arc<Vec<f32>>,
     /// Steps begun so far.
     step: u64,
     /// Adam's bias corrections for the current step: `1 - β^t`.
@@ -91,7 +94,50 @@ impl Optimizer {
                 (vec![initial_accumulator; len], Vec::new())
             }
         };
-        Self { config, slot_a, slot_b, step: 0, correction: (1.0, 1.0) }
+        Self { config, slot_a: Arc::new(slot_a), slot_b: Arc::new(slot_b), step: 0, correction: (1.0, 1.0) }
+    }
+
+    /// Names of the state slots `config` keeps for a part, in order.
+    pub fn slot_names(config: &OptimizerConfig) -> &'static [&'static str] {
+        match config {
+            OptimizerConfig::Sgd { momentum: 0.0, .. } => &[],
+            OptimizerConfig::Sgd { .. } => &["momentum"],
+            OptimizerConfig::Adam { .. } => &["adam_m", "adam_v"],
+            OptimizerConfig::AdaGrad { .. } => &["adagrad_accumulator"],
+        }
+    }
+
+    /// State restored from a checkpoint: `slots` must hold exactly the slots
+    /// of [`slot_names`](Self::slot_names), in order, of `len` elements each.
+    pub fn restore(
+        config: OptimizerConfig,
+        len: usize,
+        steps: u64,
+        slots: Vec<Vec<f32>>,
+    ) -> Result<Self, String> {
+        let names = Self::slot_names(&config);
+        if slots.len() != names.len() {
+            return Err(format!(
+                "{} keeps {} state slots {names:?}; got {}",
+                config.name(),
+                names.len(),
+                slots.len()
+            ));
+        }
+        if let Some((i, s)) = slots.iter().enumerate().find(|(_, s)| s.len() != len) {
+            return Err(format!("state slot {:?} has {} elements; expected {len}", names[i], s.len()));
+        }
+        let mut slots = slots.into_iter();
+        let mut opt = Self::new(config, 0);
+        opt.slot_a = Arc::new(slots.next().unwrap_or_default());
+        opt.slot_b = Arc::new(slots.next().unwrap_or_default());
+        opt.step = steps;
+        if steps > 0 {
+            // Recompute the current step's bias corrections.
+            opt.step -= 1;
+            opt.begin_step();
+        }
+        Ok(opt)
     }
 
     /// The hyper-parameters.
@@ -109,17 +155,19 @@ impl Optimizer {
         (self.slot_a.len() + self.slot_b.len()) * 4
     }
 
-    /// Named state slots (for inspection and checkpoints).
+    /// Named state slots (for inspection and checkpoints), in the order of
+    /// [`slot_names`](Self::slot_names).
     pub fn slots(&self) -> Vec<(&'static str, &[f32])> {
-        let names: (&str, &str) = match self.config {
-            OptimizerConfig::Sgd { .. } => ("momentum", ""),
-            OptimizerConfig::Adam { .. } => ("adam_m", "adam_v"),
-            OptimizerConfig::AdaGrad { .. } => ("adagrad_accumulator", ""),
-        };
-        [(names.0, self.slot_a.as_slice()), (names.1, self.slot_b.as_slice())]
-            .into_iter()
-            .filter(|(_, s)| !s.is_empty())
+        Self::slot_names(&self.config)
+            .iter()
+            .zip([self.slot_a.as_slice(), self.slot_b.as_slice()])
+            .map(|(n, s)| (*n, s))
             .collect()
+    }
+
+    /// The state slots as shared buffers, in the order of [`slot_names`](Self::slot_names).
+    pub fn shared_slots(&self) -> Vec<Arc<Vec<f32>>> {
+        [&self.slot_a, &self.slot_b].into_iter().take(Self::slot_names(&self.config).len()).cloned().collect()
     }
 
     /// Starts a new step; every element should then be updated once.
@@ -146,7 +194,7 @@ impl Optimizer {
                         *p -= lr * (scale * g + wd * *p);
                     }
                 } else {
-                    let v = &mut self.slot_a[range];
+                    let v = &mut Arc::make_mut(&mut self.slot_a)[range];
                     for ((p, g), v) in params.iter_mut().zip(grad).zip(v) {
                         *v = momentum * *v + scale * g + wd * *p;
                         *p -= lr * *v;
@@ -155,8 +203,8 @@ impl Optimizer {
             }
             OptimizerConfig::Adam { learning_rate: lr, beta1, beta2, epsilon, weight_decay: wd } => {
                 let (c1, c2) = self.correction;
-                let m = &mut self.slot_a[range.clone()];
-                let v = &mut self.slot_b[range];
+                let m = &mut Arc::make_mut(&mut self.slot_a)[range.clone()];
+                let v = &mut Arc::make_mut(&mut self.slot_b)[range];
                 for (((p, g), m), v) in params.iter_mut().zip(grad).zip(m).zip(v) {
                     let g = scale * g + wd * *p;
                     *m = beta1 * *m + (1.0 - beta1) * g;
@@ -165,7 +213,7 @@ impl Optimizer {
                 }
             }
             OptimizerConfig::AdaGrad { learning_rate: lr, epsilon, .. } => {
-                let acc = &mut self.slot_a[range];
+                let acc = &mut Arc::make_mut(&mut self.slot_a)[range];
                 for ((p, g), a) in params.iter_mut().zip(grad).zip(acc) {
                     let g = scale * g;
                     *a += g * g;
@@ -264,6 +312,32 @@ mod tests {
             b.update(4, &mut blocks[4..], &grad[4..], 1.0);
         }
         assert_eq!(whole, blocks);
+    }
+
+    #[test]
+    fn restored_state_continues_exactly() {
+        let grad = [0.5f32, -1.0, 2.0];
+        let mut p = vec![1.0f32; 3];
+        let mut a = Optimizer::new(OptimizerConfig::adam(0.01), 3);
+        a.step(&mut p, &grad, 1.0);
+        a.step(&mut p, &grad, 1.0);
+        let slots = a.slots().iter().map(|(_, s)| s.to_vec()).collect();
+        let mut b = Optimizer::restore(OptimizerConfig::adam(0.01), 3, a.steps(), slots).unwrap();
+        let mut q = p.clone();
+        a.step(&mut p, &grad, 1.0);
+        b.step(&mut q, &grad, 1.0);
+        assert_eq!(p, q);
+        assert!(Optimizer::restore(OptimizerConfig::adam(0.01), 3, 1, vec![vec![0.0; 3]]).is_err());
+        assert!(Optimizer::restore(OptimizerConfig::sgd(0.1), 3, 1, vec![]).is_ok());
+    }
+
+    #[test]
+    fn a_shared_copy_is_not_changed_by_updates() {
+        let mut a = Optimizer::new(OptimizerConfig::adam(0.1), 2);
+        let copy = a.clone();
+        a.step(&mut [1.0, 1.0], &[1.0, 1.0], 1.0);
+        assert!(copy.slots().iter().all(|(_, s)| s.iter().all(|v| *v == 0.0)));
+        assert!(a.slots().iter().all(|(_, s)| s.iter().all(|v| *v != 0.0)));
     }
 
     #[test]
