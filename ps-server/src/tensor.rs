@@ -6,6 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ps_proto::wire::{self, WireDtype};
 
+use crate::checkpoint::cut::TooLate;
+use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
 use crate::config::Aggregation;
 use crate::error::PsError;
 use crate::init::Init;
@@ -87,6 +89,20 @@ pub struct TensorPart {
     /// Sync only: the sum of the round's gradients so far. Allocated at the
     /// first contribution and reused; the only per-tensor gradient buffer.
     round_sum: Vec<f32>,
+    /// Checkpoints waiting for this part to reach their clock.
+    cuts: PartCuts,
+}
+
+/// Applies `scale * grad` to `values` with `optimizer`, as one step.
+fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &Gradient, scale: f32) {
+    let values = Arc::make_mut(values);
+    optimizer.begin_step();
+    grad.for_each_chunk(|base, chunk| {
+        wire::for_each_block(chunk, grad.dtype, |off, block| {
+            let start = base + off;
+            optimizer.update(start, &mut values[start..start + block.len()], block, scale);
+        });
+    });
 }
 
 impl TensorPart {
@@ -106,7 +122,60 @@ impl TensorPart {
             meta,
             aggregation,
             round_sum: Vec::new(),
+            cuts: PartCuts::default(),
         }
+    }
+
+    /// A part restored from a checkpoint at `clock`: every worker live and
+    /// resuming at `clock`.
+    pub fn restored(
+        meta: TensorMeta,
+        values: Vec<f32>,
+        optimizer: Optimizer,
+        num_workers: u32,
+        aggregation: Aggregation,
+        clock: u64,
+    ) -> Self {
+        Self {
+            values: Arc::new(values),
+            optimizer,
+            clocks: ClockTable::resumed(meta.policy, num_workers, clock),
+            meta,
+            aggregation,
+            round_sum: Vec::new(),
+            cuts: PartCuts::default(),
+        }
+    }
+
+    /// Registers the checkpoint `cut`: the part will be captured exactly
+    /// when it holds the updates of clocks `< cut.clock` and no later ones.
+    /// Fails (changing nothing) when a later update is already applied.
+    pub fn register_cut(&mut self, cut: CutId) -> Result<(), PsError> {
+        let clock = cut.clock;
+        self.cuts.register(cut, &self.clocks, &self.values, &self.optimizer).map_err(
+            |TooLate { worker, clock: got }| PsError::CheckpointTooLate {
+                tensor: self.meta.name.clone(),
+                clock,
+                worker,
+                got,
+                sync: self.meta.policy == Policy::Sync,
+            },
+        )
+    }
+
+    /// Forgets checkpoint `name` on this part (undoes [`register_cut`](Self::register_cut)).
+    pub fn cancel_cut(&mut self, name: &str) {
+        self.cuts.cancel(name);
+    }
+
+    /// Snapshots captured for checkpoints since the last call.
+    pub fn take_captured(&mut self) -> Vec<PartSnapshot> {
+        self.cuts.take_captured()
+    }
+
+    /// Bytes held by copies kept for checkpoints not yet captured.
+    pub fn checkpoint_shadow_bytes(&self) -> usize {
+        self.cuts.shadow_bytes()
     }
 
     /// What this part is.
@@ -145,15 +214,11 @@ impl TensorPart {
                     Aggregation::Mean => 1.0 / self.clocks.num_workers().max(1) as f32,
                     Aggregation::Sum => 1.0,
                 };
-                let values = Arc::make_mut(&mut self.values);
-                let optimizer = &mut self.optimizer;
-                optimizer.begin_step();
-                grad.for_each_chunk(|base, chunk| {
-                    wire::for_each_block(chunk, grad.dtype, |off, block| {
-                        let start = base + off;
-                        optimizer.update(start, &mut values[start..start + block.len()], block, scale);
-                    });
-                });
+                self.cuts.before_apply(clock, &self.values, &self.optimizer);
+                apply_gradient(&mut self.values, &mut self.optimizer, grad, scale);
+                for (values, optimizer) in self.cuts.shadows_for(clock) {
+                    apply_gradient(values, optimizer, grad, scale);
+                }
             }
             PushDecision::Accumulate => {
                 if self.round_sum.len() != self.values.len() {
@@ -169,6 +234,7 @@ impl TensorPart {
         if let Some(round) = self.clocks.commit_push(worker, clock) {
             self.apply_round(round);
         }
+        self.settle_cuts();
         Ok(true)
     }
 
@@ -200,7 +266,14 @@ impl TensorPart {
         if let Some(round) = round {
             self.apply_round(round);
         }
+        self.settle_cuts();
         Ok(())
+    }
+
+    fn settle_cuts(&mut self) {
+        if !self.cuts.is_empty() {
+            self.cuts.settle(&self.clocks, &self.values, &self.optimizer);
+        }
     }
 
     /// Makes `worker` live (again); returns the clock it resumes at.
@@ -277,6 +350,135 @@ mod tests {
         let chunks = vec![wire::encode(&g[..1], WireDtype::F32), wire::encode(&g[1..], WireDtype::F32)];
         b.push(0, 0, &Gradient { dtype: WireDtype::F32, chunks }).unwrap();
         assert_eq!(a.snapshot(Default::default()).values, b.snapshot(Default::default()).values);
+    }
+
+    fn cut(clock: u64) -> CutId {
+        CutId { clock, name: format!("c{clock}") }
+    }
+
+    fn grad_for(worker: u32, clock: u64) -> Gradient {
+        let v: Vec<f32> =
+            (0..3).map(|i| ((worker * 7 + i) as f32 * 0.3 + clock as f32 * 0.11).sin()).collect();
+        grad(&v)
+    }
+
+    #[test]
+    fn sync_cut_is_captured_when_its_round_is_reached() {
+        let mut p = part(Policy::Sync, 2, OptimizerConfig::adam(0.1));
+        p.register_cut(cut(2)).unwrap();
+        for clock in 0..2 {
+            assert!(p.take_captured().is_empty(), "captured before round {clock} was applied");
+            p.push(0, clock, &grad_for(0, clock)).unwrap();
+            p.push(1, clock, &grad_for(1, clock)).unwrap();
+        }
+        let at_two = p.snapshot(Default::default()).values;
+        // Round 2 in progress: contributions to it are not applied, let alone captured.
+        p.push(0, 2, &grad_for(0, 2)).unwrap();
+        let snaps = p.take_captured();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].values, at_two);
+        assert_eq!(snaps[0].optimizer.steps(), 2);
+        p.push(1, 2, &grad_for(1, 2)).unwrap();
+        assert_ne!(p.snapshot(Default::default()).values, at_two);
+        assert_eq!(snaps[0].values, at_two, "a snapshot never changes");
+        // Registering at the round in progress captures at once; at a past one fails.
+        p.register_cut(cut(3)).unwrap();
+        assert_eq!(p.take_captured().len(), 1);
+        let err = p.register_cut(cut(2)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.to_string().contains("3 sync rounds are already applied"), "{err}");
+    }
+
+    #[test]
+    fn async_cut_is_late_once_any_worker_passed_it() {
+        let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(0.1));
+        for clock in 0..4 {
+            p.push(1, clock, &grad_for(1, clock)).unwrap();
+        }
+        let err = p.register_cut(cut(3)).unwrap_err();
+        assert!(err.to_string().contains("worker 1 has already pushed clock 3"), "{err}");
+        p.register_cut(cut(4)).unwrap();
+    }
+
+    /// Replays, on a fresh part, the pushes of `history` with clock below
+    /// `below`, in their order.
+    fn replay(policy: Policy, opt: OptimizerConfig, history: &[(u32, u64)], below: u64) -> TensorPart {
+        let workers = history.iter().map(|(w, _)| w + 1).max().unwrap_or(1).max(3);
+        let mut p = part(policy, workers, opt);
+        for &(w, c) in history.iter().filter(|(_, c)| *c < below) {
+            p.push(w, c, &grad_for(w, c)).unwrap();
+        }
+        p
+    }
+
+    /// In ssp and async, with workers racing ahead of each other, a cut at
+    /// `c` holds exactly the pushes of clocks `< c` applied in arrival order:
+    /// bit-identical values and optimizer state to a replay of just those.
+    #[test]
+    fn ssp_and_async_cuts_equal_a_replay_of_the_earlier_clocks() {
+        use rand::{Rng, SeedableRng};
+        for policy in [Policy::Async, Policy::Ssp { staleness: 100 }] {
+            for seed in 0..200u64 {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let opt = if seed % 2 == 0 { OptimizerConfig::adam(0.05) } else { OptimizerConfig::sgd(0.1) };
+                let mut p = part(policy, 3, opt);
+                let c = rng.random_range(1..6u64);
+                // Worker 0 is fast, worker 2 slow: random interleavings up to clock 8.
+                let mut next = [0u64; 3];
+                let mut history = Vec::new();
+                let mut registered = false;
+                while next.iter().any(|n| *n < 8) {
+                    if !registered
+                        && (next.iter().all(|n| *n <= c) && rng.random_bool(0.3) || next.contains(&c))
+                    {
+                        p.register_cut(cut(c)).unwrap();
+                        registered = true;
+                    }
+                    let w = [0u32, 0, 0, 1, 1, 2][rng.random_range(0..6)];
+                    if next[w as usize] >= 8 {
+                        continue;
+                    }
+                    let clock = next[w as usize];
+                    if !registered && clock >= c {
+                        continue;
+                    }
+                    p.push(w, clock, &grad_for(w, clock)).unwrap();
+                    history.push((w, clock));
+                    next[w as usize] += 1;
+                }
+                let snaps = p.take_captured();
+                assert_eq!(snaps.len(), 1, "seed {seed}: cut at {c} not captured exactly once");
+                let expected = replay(policy, opt, &history, c);
+                assert_eq!(
+                    *snaps[0].values,
+                    *expected.snapshot(Default::default()).values,
+                    "seed {seed}, cut {c}"
+                );
+                assert_eq!(snaps[0].optimizer.slots(), expected.optimizer().slots(), "seed {seed}");
+                assert_eq!(snaps[0].optimizer.steps(), expected.optimizer().steps());
+                let live = replay(policy, opt, &history, u64::MAX);
+                assert_eq!(p.snapshot(Default::default()).values, live.snapshot(Default::default()).values);
+            }
+        }
+    }
+
+    #[test]
+    fn a_slow_worker_leaving_completes_an_async_cut() {
+        let mut p = part(Policy::Async, 3, OptimizerConfig::sgd(0.1));
+        p.register_cut(cut(2)).unwrap();
+        for clock in 0..4 {
+            p.push(0, clock, &grad_for(0, clock)).unwrap();
+        }
+        assert!(p.take_captured().is_empty());
+        assert!(p.checkpoint_shadow_bytes() > 0);
+        p.leave(1).unwrap();
+        assert!(p.take_captured().is_empty(), "worker 2 is still live and behind");
+        p.leave(2).unwrap();
+        let snaps = p.take_captured();
+        assert_eq!(snaps.len(), 1);
+        let expected = replay(Policy::Async, OptimizerConfig::sgd(0.1), &[(0, 0), (0, 1)], 2);
+        assert_eq!(snaps[0].values, expected.snapshot(Default::default()).values);
+        assert_eq!(p.checkpoint_shadow_bytes(), 0);
     }
 
     #[test]

@@ -115,6 +115,31 @@ impl ClockTable {
         Self { policy, slots: vec![slot; num_workers as usize], round: 0 }
     }
 
+    /// A table restored from a checkpoint at `clock`: every worker live, at
+    /// `clock`, with the updates of clocks `< clock` applied.
+    pub fn resumed(policy: Policy, num_workers: u32, clock: u64) -> Self {
+        let slot = Slot { live: true, next: clock, applied: clock as i64 - 1, in_round: false };
+        let round = if policy == Policy::Sync { clock } else { 0 };
+        Self { policy, slots: vec![slot; num_workers as usize], round }
+    }
+
+    /// The largest clock of any worker, live or not, and that worker.
+    pub fn max_clock(&self) -> (u32, u64) {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(w, s)| (w as u32, s.next))
+            .max_by_key(|(_, c)| *c)
+            .unwrap_or((0, 0))
+    }
+
+    /// Whether the value holds every update of clocks `< clock` that live
+    /// workers will make (sync: rounds `0..clock` applied; others: every
+    /// live worker has pushed `clock` clocks).
+    pub fn cut_complete(&self, clock: u64) -> bool {
+        self.reached(clock)
+    }
+
     /// The table's policy.
     pub fn policy(&self) -> Policy {
         self.policy

@@ -1,0 +1,330 @@
+//! Writing one shard's share of a checkpoint, durably and atomically.
+//!
+//! Order of operations (each file is written under a temporary name,
+//! fsynced, renamed, and its directory fsynced):
+//! 1. `shard-NNNN.safetensors` — the shard's parts and optimizer state;
+//! 2. `shard-NNNN.json` — the shard's fragment: that file's checksum and parts;
+//! 3. once every shard's fragment is present, `manifest.json`, merged from
+//!    the fragments by whichever shard sees them all (several may; they write
+//!    identical bytes). A crash before step 3 completes leaves a directory
+//!    that is not a checkpoint; restore skips it.
+//! 4. old checkpoints beyond the newest `keep` are deleted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, View};
+use sha2::{Digest, Sha256};
+
+use super::error::CheckpointError;
+use super::format::{
+    FORMAT_VERSION, FileEntry, Fragment, MANIFEST, Manifest, PartEntry, TensorEntry, fragment_file,
+    parse_name, shard_file, slot_key, values_key,
+};
+use super::{CutId, PartSnapshot};
+use crate::config::Aggregation;
+use crate::tensor::TensorMeta;
+
+/// What a shard writes into every checkpoint besides its parts.
+#[derive(Clone, Debug)]
+pub struct CutInfo {
+    /// The checkpoint root: one subdirectory per checkpoint.
+    pub root: PathBuf,
+    /// This shard.
+    pub shard: u32,
+    /// Shards in the cluster.
+    pub num_shards: u32,
+    /// The cluster's split threshold.
+    pub split_threshold: u64,
+    /// Workers in the job.
+    pub num_workers: u32,
+    /// The cluster's default policy label.
+    pub policy: String,
+    /// How gradients are combined.
+    pub aggregation: Aggregation,
+    /// Complete checkpoints to keep (at least 1).
+    pub keep: usize,
+}
+
+/// The outcome of a successful shard write.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    /// Bytes of the shard's safetensors file.
+    pub bytes: u64,
+    /// Whether this shard wrote the manifest (the checkpoint is complete).
+    pub manifest: bool,
+}
+
+/// Test hook: with `PS_TEST_PAUSE_AT` set to `<point>` or `<point>@<clock>`,
+/// the writer prints `checkpoint paused at <point>` and stops there for good
+/// (for the checkpoint at `clock` only, if given), so a test can kill the
+/// process at an exact point of the write. Points: `before-files`,
+/// `between-files`, `before-manifest-rename`.
+fn pause_point(point: &str, clock: u64) {
+    let wanted = std::env::var("PS_TEST_PAUSE_AT").ok();
+    let matches = wanted.as_deref().is_some_and(|w| match w.split_once('@') {
+        Some((p, c)) => p == point && c.parse() == Ok(clock),
+        None => w == point,
+    });
+    if matches {
+        println!("checkpoint paused at {point}");
+        let _ = std::io::stdout().flush();
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// A borrowed f32 array as a safetensors tensor.
+struct F32View<'a> {
+    data: &'a [f32],
+    shape: [usize; 1],
+}
+
+impl<'a> F32View<'a> {
+    fn new(data: &'a [f32]) -> Self {
+        Self { data, shape: [data.len()] }
+    }
+}
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        // Safetensors stores little-endian; so does every target we build for.
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(self.data))
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Fsyncs a directory so the names created or renamed in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(CheckpointError::io("fsync directory", dir))
+}
+
+/// Writes `bytes` to `dir/name` under a temporary name, fsyncs and renames it.
+fn write_atomically(dir: &Path, name: &str, tmp_suffix: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let tmp = dir.join(format!("{name}.tmp{tmp_suffix}"));
+    let mut f = File::create(&tmp).map_err(CheckpointError::io("create", &tmp))?;
+    f.write_all(bytes).map_err(CheckpointError::io("write", &tmp))?;
+    f.sync_all().map_err(CheckpointError::io("fsync", &tmp))?;
+    let dest = dir.join(name);
+    fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
+    sync_dir(dir)
+}
+
+/// SHA-256 of a file, lower-case hex, and its size; fsyncs it on the way.
+fn hash_and_sync(path: &Path) -> Result<(String, u64), CheckpointError> {
+    let mut f = File::open(path).map_err(CheckpointError::io("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(CheckpointError::io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    f.sync_all().map_err(CheckpointError::io("fsync", path))?;
+    Ok((format!("{:x}", hasher.finalize()), bytes))
+}
+
+/// SHA-256 of a byte slice, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Writes this shard's parts of checkpoint `cut` and, if every other shard
+/// has already written its share, the manifest; then prunes old checkpoints.
+/// On error the directory is left without this shard's fragment, so it never
+/// becomes a checkpoint.
+pub fn write_shard_cut(
+    info: &CutInfo,
+    cut: &CutId,
+    parts: &[(TensorMeta, PartSnapshot)],
+) -> Result<Written, CheckpointError> {
+    pause_point("before-files", cut.clock);
+    let dir = info.root.join(&cut.name);
+    fs::create_dir_all(&dir).map_err(CheckpointError::io("create directory", &dir))?;
+    sync_dir(&info.root)?;
+
+    // 1. The shard's tensors.
+    let file_name = shard_file(info.shard);
+    let tmp = dir.join(format!("{file_name}.tmp"));
+    let mut views: Vec<(String, F32View<'_>)> = Vec::new();
+    let mut tensors = Vec::new();
+    for (meta, snap) in parts {
+        views.push((values_key(&meta.name), F32View::new(&snap.values)));
+        let mut slots = BTreeMap::new();
+        for (slot, data) in snap.optimizer.slots() {
+            let key = slot_key(slot, &meta.name);
+            views.push((key.clone(), F32View::new(data)));
+            slots.insert(slot.to_string(), key);
+        }
+        tensors.push(TensorEntry {
+            name: meta.name.clone(),
+            shape: meta.shape.clone(),
+            policy: meta.policy.label(),
+            allow_non_finite: meta.allow_non_finite,
+            optimizer: *snap.optimizer.config(),
+            parts: vec![PartEntry {
+                shard: info.shard,
+                offset: meta.offset,
+                len: meta.len,
+                file: file_name.clone(),
+                key: values_key(&meta.name),
+                slots,
+                optimizer_steps: snap.optimizer.steps(),
+            }],
+        });
+    }
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT_VERSION.to_string()),
+        ("checkpoint".to_string(), cut.name.clone()),
+        ("clock".to_string(), cut.clock.to_string()),
+        ("shard".to_string(), info.shard.to_string()),
+    ]);
+    safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(source) => {
+            CheckpointError::Io { action: "write", path: tmp.clone(), source }
+        }
+        other => CheckpointError::corrupt(&tmp, format!("cannot serialize: {other}")),
+    })?;
+    let (sha256, bytes) = hash_and_sync(&tmp)?;
+    let dest = dir.join(&file_name);
+    fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
+    sync_dir(&dir)?;
+    pause_point("between-files", cut.clock);
+
+    // 2. The fragment that vouches for it.
+    let fragment = Fragment {
+        format: FORMAT_VERSION,
+        name: cut.name.clone(),
+        clock: cut.clock,
+        shard: info.shard,
+        num_shards: info.num_shards,
+        split_threshold: info.split_threshold,
+        num_workers: info.num_workers,
+        policy: info.policy.clone(),
+        aggregation: info.aggregation,
+        written_unix_ms: unix_ms(),
+        file: FileEntry { name: file_name, bytes, sha256 },
+        tensors,
+    };
+    let json =
+        serde_json::to_vec_pretty(&fragment).map_err(|e| CheckpointError::corrupt(&dir, e.to_string()))?;
+    write_atomically(&dir, &fragment_file(info.shard), "", &json)?;
+
+    // 3. The manifest, if this shard is the last one.
+    let manifest = finish_manifest(&dir, info.num_shards, info.shard, cut.clock)?;
+    if manifest && let Err(e) = prune(&info.root, info.keep.max(1)) {
+        tracing::warn!(error = %e, "could not delete old checkpoints");
+    }
+    Ok(Written { dir, bytes, manifest })
+}
+
+/// Writes the manifest if every shard's fragment is present. Returns whether it did.
+fn finish_manifest(dir: &Path, num_shards: u32, shard: u32, clock: u64) -> Result<bool, CheckpointError> {
+    let mut fragments = Vec::new();
+    for s in 0..num_shards {
+        let path = dir.join(fragment_file(s));
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(CheckpointError::Io { action: "read", path, source: e }),
+        };
+        let f: Fragment = serde_json::from_slice(&bytes)
+            .map_err(|e| CheckpointError::corrupt(&path, format!("invalid fragment: {e}")))?;
+        fragments.push(f);
+    }
+    let manifest = Manifest::merge(fragments).map_err(|reason| CheckpointError::corrupt(dir, reason))?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::corrupt(dir, e.to_string()))?;
+    let tmp = dir.join(format!("{MANIFEST}.tmp-{shard}"));
+    let mut f = File::create(&tmp).map_err(CheckpointError::io("create", &tmp))?;
+    f.write_all(&json).map_err(CheckpointError::io("write", &tmp))?;
+    f.sync_all().map_err(CheckpointError::io("fsync", &tmp))?;
+    pause_point("before-manifest-rename", clock);
+    let dest = dir.join(MANIFEST);
+    fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
+/// A checkpoint directory under a root, complete or not.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// Its path.
+    pub dir: PathBuf,
+    /// Its clock, from the name.
+    pub clock: u64,
+    /// Its manifest's creation time, when it is complete and readable.
+    pub created_unix_ms: Option<u64>,
+}
+
+/// Checkpoint directories under `root`, newest first: complete ones by
+/// creation time (then clock), incomplete ones after them by clock.
+pub fn list(root: &Path) -> Result<Vec<Listed>, CheckpointError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root).map_err(CheckpointError::io("read checkpoint directory", root))? {
+        let entry = entry.map_err(CheckpointError::io("read checkpoint directory", root))?;
+        let name = entry.file_name();
+        let Some((clock, _)) = name.to_str().and_then(parse_name) else { continue };
+        let dir = entry.path();
+        let created_unix_ms = fs::read(dir.join(MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("created_unix_ms").and_then(|c| c.as_u64()));
+        found.push(Listed { dir, clock, created_unix_ms });
+    }
+    found.sort_by(|a, b| {
+        (b.created_unix_ms.is_some(), b.created_unix_ms, b.clock).cmp(&(
+            a.created_unix_ms.is_some(),
+            a.created_unix_ms,
+            a.clock,
+        ))
+    });
+    Ok(found)
+}
+
+/// Deletes complete checkpoints beyond the newest `keep`, and incomplete
+/// directories older than every kept one. Never deletes the newest complete one.
+pub fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let listed = list(root)?;
+    let complete: Vec<&Listed> = listed.iter().filter(|l| l.created_unix_ms.is_some()).collect();
+    let kept = &complete[..complete.len().min(keep.max(1))];
+    let Some(oldest_kept) = kept.iter().map(|l| l.clock).min() else { return Ok(()) };
+    for l in &listed {
+        let keep_it =
+            kept.iter().any(|k| k.dir == l.dir) || (l.created_unix_ms.is_none() && l.clock >= oldest_kept);
+        if !keep_it {
+            match fs::remove_dir_all(&l.dir) {
+                Ok(()) => tracing::info!(dir = %l.dir.display(), "deleted old checkpoint"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(CheckpointError::Io { action: "delete", path: l.dir.clone(), source: e });
+                }
+            }
+        }
+    }
+    Ok(())
+}
