@@ -26,6 +26,7 @@ fn two_workers_learn_fashion_mnist_under_each_policy() {
         optimizer: JobOptimizer::Sgd { learning_rate: 0.3, momentum: 0.0 },
         stragglers: Stragglers::none(),
         max_steps: Some(300),
+        checkpoint_every: None,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");

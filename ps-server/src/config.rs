@@ -76,6 +76,11 @@ pub struct ShardConfig {
     /// Evict a live worker silent for this many milliseconds with no request
     /// in flight (0: never). Every request renews the worker's lease.
     pub worker_timeout_ms: u64,
+    /// Directory under which checkpoints are written (one subdirectory
+    /// each); checkpoints are refused when absent.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Complete checkpoints kept under `checkpoint_dir`; older ones are deleted.
+    pub keep_checkpoints: usize,
 }
 
 impl Default for ShardConfig {
@@ -94,6 +99,8 @@ impl Default for ShardConfig {
             max_tensor_bytes: 16 << 30,
             metrics: true,
             worker_timeout_ms: 0,
+            checkpoint_dir: None,
+            keep_checkpoints: 3,
         }
     }
 }
@@ -120,6 +127,9 @@ impl ShardConfig {
                 "chunk_bytes {} must be positive and at least 4 KiB below max_message_bytes {}",
                 self.chunk_bytes, self.max_message_bytes
             ));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err("keep_checkpoints must be at least 1".into());
         }
         self.optimizer.validate()
     }

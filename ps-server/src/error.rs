@@ -3,6 +3,7 @@
 use ps_proto::chunk::ChunkError;
 use tonic::{Code, Status};
 
+use crate::checkpoint::CheckpointError;
 use crate::sync::ClockError;
 
 /// Everything a shard can refuse. Each variant names the tensor and worker
@@ -65,6 +66,18 @@ pub enum PsError {
     /// The shard is shutting down.
     #[error("shard {shard} is shutting down")]
     ShuttingDown { shard: u32 },
+    /// A checkpoint was requested at a clock some update has already passed.
+    #[error(
+        "tensor {tensor:?}: cannot checkpoint at clock {clock}: {}; request a later clock",
+        if *sync { format!("{got} sync rounds are already applied") } else { format!("worker {worker} has already pushed clock {}", got - 1) }
+    )]
+    CheckpointTooLate { tensor: String, clock: u64, worker: u32, got: u64, sync: bool },
+    /// The shard was started without a checkpoint directory.
+    #[error("shard {shard} has no checkpoint directory; start ps-server with --checkpoint-dir DIR")]
+    NoCheckpointDir { shard: u32 },
+    /// Writing or restoring a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl PsError {
@@ -81,6 +94,13 @@ impl PsError {
             PsError::TooLarge { .. } => Code::ResourceExhausted,
             PsError::Clock { .. } | PsError::Worker(_) | PsError::Evicted { .. } => Code::FailedPrecondition,
             PsError::ShuttingDown { .. } => Code::Unavailable,
+            PsError::CheckpointTooLate { .. } | PsError::NoCheckpointDir { .. } => Code::FailedPrecondition,
+            PsError::Checkpoint(e) => match e {
+                CheckpointError::Io { .. } => Code::Internal,
+                CheckpointError::Corrupt { .. } | CheckpointError::Checksum { .. } => Code::DataLoss,
+                CheckpointError::NewerFormat { .. } => Code::FailedPrecondition,
+                CheckpointError::NoneFound { .. } => Code::NotFound,
+            },
         }
     }
 }
@@ -101,6 +121,9 @@ impl PsError {
             PsError::Worker(_) => "worker",
             PsError::Evicted { .. } => "evicted",
             PsError::ShuttingDown { .. } => "shutting_down",
+            PsError::CheckpointTooLate { .. } => "checkpoint_too_late",
+            PsError::NoCheckpointDir { .. } => "no_checkpoint_dir",
+            PsError::Checkpoint(_) => "checkpoint",
         }
     }
 }

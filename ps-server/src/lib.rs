@@ -10,11 +10,13 @@
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
 //! - [`liveness`]: worker leases and eviction of silent workers.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
+//! - [`checkpoint`]: consistent checkpoints — capture at a clock, safetensors files, manifest, restore.
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
 //! - [`metrics`]: Prometheus metrics of a shard and the `/metrics` endpoint.
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
 
+pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod error;

@@ -28,6 +28,28 @@ impl LocalCluster {
     /// `num_shards` are set per shard) on the current Tokio runtime. Returns
     /// once every shard is accepting connections.
     pub async fn start(num_shards: u32, template: ShardConfig) -> io::Result<Self> {
+        Self::start_with(num_shards, template, |config| Ok(Shard::new(config))).await
+    }
+
+    /// Like [`start`](Self::start), but every shard holds its share of the
+    /// checkpoint `loaded` (re-partitioned if `num_shards` differs from the
+    /// cluster that wrote it) and workers resume at its clock.
+    pub async fn restore(
+        num_shards: u32,
+        template: ShardConfig,
+        loaded: &crate::checkpoint::Loaded,
+    ) -> io::Result<Self> {
+        Self::start_with(num_shards, template, |config| {
+            Shard::restore(config, loaded).map_err(io::Error::other)
+        })
+        .await
+    }
+
+    async fn start_with(
+        num_shards: u32,
+        template: ShardConfig,
+        make: impl Fn(ShardConfig) -> io::Result<Shard>,
+    ) -> io::Result<Self> {
         let mut listeners = Vec::new();
         for _ in 0..num_shards {
             listeners.push(TcpListener::bind(("127.0.0.1", 0)).await?);
@@ -39,7 +61,7 @@ impl LocalCluster {
         for (id, listener) in listeners.into_iter().enumerate() {
             let config = ShardConfig { shard_id: id as u32, num_shards, ..template.clone() };
             config.validate().map_err(io::Error::other)?;
-            let shard = Arc::new(Shard::new(config));
+            let shard = Arc::new(make(config)?);
             registries.push(shard.metrics().registry().clone());
             let (stop, stopped) = oneshot::channel();
             stops.push(stop);

@@ -33,11 +33,24 @@ pub enum Rpc {
     Barrier,
     /// `Status`.
     Status,
+    /// `Checkpoint`.
+    Checkpoint,
+    /// `CheckpointStatus`.
+    CheckpointStatus,
 }
 
 impl Rpc {
-    const ALL: [Rpc; 7] =
-        [Rpc::Join, Rpc::Leave, Rpc::Declare, Rpc::Push, Rpc::Pull, Rpc::Barrier, Rpc::Status];
+    const ALL: [Rpc; 9] = [
+        Rpc::Join,
+        Rpc::Leave,
+        Rpc::Declare,
+        Rpc::Push,
+        Rpc::Pull,
+        Rpc::Barrier,
+        Rpc::Status,
+        Rpc::Checkpoint,
+        Rpc::CheckpointStatus,
+    ];
 
     /// The label value.
     pub const fn name(self) -> &'static str {
@@ -49,6 +62,8 @@ impl Rpc {
             Rpc::Pull => "pull",
             Rpc::Barrier => "barrier",
             Rpc::Status => "status",
+            Rpc::Checkpoint => "checkpoint",
+            Rpc::CheckpointStatus => "checkpoint_status",
         }
     }
 }
@@ -72,7 +87,7 @@ pub struct ShardMetrics {
     enabled: bool,
     registry: Registry,
     requests: IntCounterVec,
-    rpcs: [RpcHandles; 7],
+    rpcs: [RpcHandles; 9],
     push_apply: Histogram,
     round_apply: Histogram,
     /// Per worker id, its clock gauge, resolved at start.
@@ -92,6 +107,56 @@ pub struct ShardMetrics {
     duplicates: IntCounter,
     tensors: IntGauge,
     held: IntGaugeVec,
+    checkpoint: CheckpointMetrics,
+}
+
+/// Checkpoint metrics of a shard; cheap to clone, so the background writer
+/// records into the same series.
+#[derive(Clone, Debug)]
+pub struct CheckpointMetrics {
+    enabled: bool,
+    pending: IntGauge,
+    write_seconds: Histogram,
+    bytes: IntGauge,
+    bytes_total: IntCounter,
+    last_success: prometheus::Gauge,
+    last_clock: IntGauge,
+    failures: IntCounter,
+}
+
+impl CheckpointMetrics {
+    /// A checkpoint was registered and waits for its clock.
+    pub fn registered(&self) {
+        if self.enabled {
+            self.pending.inc();
+        }
+    }
+
+    /// A checkpoint's shard file is durable: it took `elapsed` from capture
+    /// to fsync and holds `bytes`.
+    pub fn written(&self, clock: u64, elapsed: Duration, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        self.pending.dec();
+        self.write_seconds.observe(elapsed.as_secs_f64());
+        self.bytes.set(bytes as i64);
+        self.bytes_total.inc_by(bytes);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_success.set(now.as_secs_f64());
+        self.last_clock.set(clock as i64);
+    }
+
+    /// A checkpoint could not be taken or written.
+    pub fn failed(&self, was_pending: bool) {
+        if !self.enabled {
+            return;
+        }
+        if was_pending {
+            self.pending.dec();
+        }
+        self.failures.inc();
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -249,8 +314,43 @@ impl ShardMetrics {
             ),
             tensors: gauge("ps_server_tensors", "Tensor parts held"),
             held,
+            checkpoint: CheckpointMetrics {
+                enabled,
+                pending: gauge(
+                    "ps_server_checkpoints_pending",
+                    "Checkpoints registered on this shard whose file is not yet durable",
+                ),
+                write_seconds: histogram(
+                    "ps_server_checkpoint_write_seconds",
+                    "Time from capturing a checkpoint in memory to its shard file being durable",
+                    prometheus::exponential_buckets(1e-3, 2.5, 14).unwrap_or_default(),
+                ),
+                bytes: gauge("ps_server_checkpoint_bytes", "Bytes of this shard's last checkpoint file"),
+                bytes_total: counter("ps_server_checkpoint_bytes_total", "Bytes of checkpoint files written"),
+                last_success: register(
+                    r,
+                    prometheus::Gauge::with_opts(Opts::new(
+                        "ps_server_checkpoint_last_success_timestamp_seconds",
+                        "Unix time at which this shard's last checkpoint file became durable",
+                    ))
+                    .expect("valid metric"),
+                ),
+                last_clock: gauge(
+                    "ps_server_checkpoint_last_clock",
+                    "Clock of this shard's last durable checkpoint",
+                ),
+                failures: counter(
+                    "ps_server_checkpoint_failures_total",
+                    "Checkpoints this shard could not take or write (the job goes on)",
+                ),
+            },
             registry,
         }
+    }
+
+    /// The checkpoint metrics.
+    pub fn checkpoint(&self) -> &CheckpointMetrics {
+        &self.checkpoint
     }
 
     /// The registry holding these metrics.

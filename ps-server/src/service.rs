@@ -107,6 +107,7 @@ impl Service {
                 shard: cfg.shard_id,
                 num_shards: cfg.num_shards,
                 num_workers: cfg.num_workers,
+                session: self.shard.session(),
             }),
             0,
         ))
@@ -274,14 +275,78 @@ impl Service {
                 default_policy: convert::policy_to_pb(cfg.default_policy()).0 as i32,
                 live_workers: self.shard.live_workers(),
                 tensors,
+                session: self.shard.session(),
+                restored_clock: self.shard.restored_clock(),
             }),
             0,
         ))
     }
 }
 
+impl Service {
+    async fn checkpoint_inner(
+        &self,
+        req: Request<pb::CheckpointRequest>,
+    ) -> Result<(Response<pb::CheckpointReply>, u64), Rejected> {
+        let req = req.into_inner();
+        let cut = self.shard.checkpoint(req.clock, req.session)?;
+        let dir = self.shard.config().checkpoint_dir.as_ref().map(|d| d.join(&cut.name));
+        let dir = dir.map(|d| d.display().to_string()).unwrap_or_default();
+        Ok((Response::new(pb::CheckpointReply { name: cut.name, dir }), 0))
+    }
+
+    async fn checkpoint_status_inner(
+        &self,
+        req: Request<pb::CheckpointStatusRequest>,
+    ) -> Result<(Response<pb::CheckpointStatusReply>, u64), Rejected> {
+        use crate::checkpoint::registry::CutState;
+        let req = req.into_inner();
+        let status = self.shard.checkpoint_status(&req.name, req.wait).await?;
+        let mut reply = pb::CheckpointStatusReply {
+            dir: status.dir.display().to_string(),
+            complete: status.complete,
+            clock: status.cut.clock,
+            ..Default::default()
+        };
+        let state = match status.state {
+            CutState::Capturing { captured, expected } => {
+                reply.captured = captured as u32;
+                reply.expected = expected as u32;
+                pb::CheckpointState::Capturing
+            }
+            CutState::Writing => pb::CheckpointState::Writing,
+            CutState::Written { bytes } => {
+                reply.bytes = bytes;
+                pb::CheckpointState::Written
+            }
+            CutState::Failed(error) => {
+                reply.error = error;
+                pb::CheckpointState::Failed
+            }
+        };
+        reply.state = state as i32;
+        Ok((Response::new(reply), 0))
+    }
+}
+
 #[tonic::async_trait]
 impl ParameterServer for Service {
+    async fn checkpoint(
+        &self,
+        req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::Checkpoint, started, self.checkpoint_inner(req).await)
+    }
+
+    async fn checkpoint_status(
+        &self,
+        req: Request<pb::CheckpointStatusRequest>,
+    ) -> Result<Response<pb::CheckpointStatusReply>, Status> {
+        let started = Instant::now();
+        self.finish(Rpc::CheckpointStatus, started, self.checkpoint_status_inner(req).await)
+    }
+
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         let started = Instant::now();
         self.finish(Rpc::Join, started, self.join_inner(req).await)

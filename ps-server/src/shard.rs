@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use ps_proto::placement;
 use tokio::sync::watch;
 
+use crate::checkpoint::registry::{Checkpoints, CutStatus};
+use crate::checkpoint::{CutId, CutInfo, Loaded, PartSnapshot, checkpoint_name, format::parse_policy};
 use crate::config::ShardConfig;
 use crate::error::PsError;
 use crate::init::Init;
 use crate::liveness::{LeaseGuard, Leases};
 use crate::metrics::ShardMetrics;
-use crate::optim::OptimizerConfig;
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::sync::{ClockError, Policy, PullDecision};
 use crate::tensor::{Gradient, Snapshot, TensorMeta, TensorPart};
 
@@ -99,6 +101,13 @@ pub struct Shard {
     closing: watch::Sender<bool>,
     metrics: ShardMetrics,
     leases: Leases,
+    /// Random id of this shard process; shard 0's names the checkpoints
+    /// requested while it runs.
+    session: u64,
+    /// Present when the shard has a checkpoint directory.
+    checkpoints: Option<Arc<Checkpoints>>,
+    /// The clock of the checkpoint this shard was restored from.
+    restored_clock: Option<u64>,
 }
 
 impl Shard {
@@ -107,13 +116,167 @@ impl Shard {
         let live = vec![true; config.num_workers as usize];
         let metrics =
             ShardMetrics::new(config.shard_id, config.num_workers, config.default_policy(), config.metrics);
+        let checkpoints = config.checkpoint_dir.as_ref().map(|root| {
+            let info = CutInfo {
+                root: root.clone(),
+                shard: config.shard_id,
+                num_shards: config.num_shards,
+                split_threshold: config.split_threshold,
+                num_workers: config.num_workers,
+                policy: config.default_policy().label(),
+                aggregation: config.aggregation,
+                keep: config.keep_checkpoints,
+            };
+            Checkpoints::new(info, metrics.checkpoint().clone())
+        });
         Self {
             tensors: RwLock::default(),
             live: Mutex::new(live),
             closing: watch::Sender::new(false),
             metrics,
             leases: Leases::new(config.num_workers),
+            session: rand::random(),
+            checkpoints,
+            restored_clock: None,
             config,
+        }
+    }
+
+    /// A shard holding its share of the checkpoint `loaded`, re-partitioned
+    /// for this shard's cluster (which may have another shard count), with
+    /// every worker live at the checkpoint's clock.
+    pub fn restore(config: ShardConfig, loaded: &Loaded) -> Result<Self, PsError> {
+        let mut shard = Shard::new(config);
+        let cfg = shard.config.clone();
+        let clock = loaded.manifest.clock;
+        let mut tensors = BTreeMap::new();
+        for t in &loaded.manifest.tensors {
+            let corrupt = |reason: String| {
+                PsError::Checkpoint(crate::checkpoint::CheckpointError::corrupt(
+                    loaded.dir.join(crate::checkpoint::format::MANIFEST),
+                    format!("tensor {:?}: {reason}", t.name),
+                ))
+            };
+            let Some(part) = placement::part_on_shard(
+                &t.name,
+                t.numel(),
+                cfg.num_shards,
+                cfg.split_threshold,
+                cfg.shard_id,
+            ) else {
+                continue;
+            };
+            let policy =
+                parse_policy(&t.policy).ok_or_else(|| corrupt(format!("unknown policy {:?}", t.policy)))?;
+            t.optimizer.validate().map_err(corrupt)?;
+            let values = loaded.read_range(t, |p| Some(p.key.as_str()), part.offset, part.len)?;
+            let mut slots = Vec::new();
+            for slot in Optimizer::slot_names(&t.optimizer) {
+                slots.push(loaded.read_range(
+                    t,
+                    |p| p.slots.get(*slot).map(String::as_str),
+                    part.offset,
+                    part.len,
+                )?);
+            }
+            let steps = t
+                .parts
+                .iter()
+                .find(|p| p.offset < part.offset + part.len && part.offset < p.offset + p.len)
+                .map_or(0, |p| p.optimizer_steps);
+            let optimizer =
+                Optimizer::restore(t.optimizer, part.len as usize, steps, slots).map_err(corrupt)?;
+            let meta = TensorMeta {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                offset: part.offset,
+                len: part.len,
+                policy,
+                allow_non_finite: t.allow_non_finite,
+            };
+            let tensor =
+                TensorPart::restored(meta, values, optimizer, cfg.num_workers, cfg.aggregation, clock);
+            let buffers = if policy == Policy::Sync { part.len as usize * 4 } else { 0 };
+            shard.metrics.tensor_created(part.len as usize * 4, tensor.optimizer().state_bytes(), buffers);
+            let cell = TensorCell {
+                meta: tensor.meta().clone(),
+                part: Mutex::new(tensor),
+                changed: watch::Sender::new(()),
+            };
+            tensors.insert(t.name.clone(), Arc::new(cell));
+        }
+        shard.tensors = RwLock::new(tensors);
+        shard.restored_clock = Some(clock);
+        Ok(shard)
+    }
+
+    /// This shard process's random id (see [`checkpoint`](Self::checkpoint)).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// The clock of the checkpoint this shard was restored from, if any.
+    pub fn restored_clock(&self) -> Option<u64> {
+        self.restored_clock
+    }
+
+    fn checkpoints(&self) -> Result<&Arc<Checkpoints>, PsError> {
+        self.checkpoints.as_ref().ok_or(PsError::NoCheckpointDir { shard: self.config.shard_id })
+    }
+
+    /// Registers the checkpoint at `clock` named after `session` (shard 0's
+    /// session, so every shard and worker names it alike) and returns its
+    /// name. Each tensor part is captured once it holds exactly the updates
+    /// of clocks `< clock`; the shard file is then written in the
+    /// background. Idempotent: any worker may request the same checkpoint.
+    /// Fails, changing nothing, when an update of clock `>= clock` is
+    /// already applied to some part.
+    pub fn checkpoint(&self, clock: u64, session: u64) -> Result<CutId, PsError> {
+        let checkpoints = self.checkpoints()?;
+        let cut = CutId { clock, name: checkpoint_name(clock, session) };
+        let cells: Vec<Arc<TensorCell>> =
+            self.tensors.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        checkpoints.register(cut.clone(), cells.len(), |cut| {
+            let mut captured = Vec::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let mut part = cell.lock();
+                if let Err(e) = part.register_cut(cut.clone()) {
+                    drop(part);
+                    for done in &cells[..i] {
+                        done.lock().cancel_cut(&cut.name);
+                    }
+                    return Err(e);
+                }
+                captured.extend(part.take_captured().into_iter().map(|s| (cell.meta.clone(), s)));
+            }
+            Ok(captured)
+        })?;
+        Ok(cut)
+    }
+
+    /// The state of checkpoint `name` on this shard; with `wait`, once its
+    /// file is durable or its write failed.
+    pub async fn checkpoint_status(&self, name: &str, wait: bool) -> Result<CutStatus, PsError> {
+        let checkpoints = self.checkpoints()?;
+        let mut changed = checkpoints.subscribe();
+        let mut closing = self.closing.subscribe();
+        loop {
+            let status = checkpoints.status(name).ok_or_else(|| {
+                PsError::InvalidArgument(format!(
+                    "no checkpoint {name:?} was requested on shard {}",
+                    self.config.shard_id
+                ))
+            })?;
+            if !wait || status.state.is_done() {
+                return Ok(status);
+            }
+            self.wait_for_change(&mut changed, &mut closing).await?;
+        }
+    }
+
+    fn deliver(&self, meta: &TensorMeta, captured: Vec<PartSnapshot>) {
+        if let (Some(checkpoints), false) = (&self.checkpoints, captured.is_empty()) {
+            checkpoints.deliver(captured.into_iter().map(|s| (meta.clone(), s)).collect());
         }
     }
 
@@ -278,13 +441,15 @@ impl Shard {
     /// Applies (or, for a retry, ignores) a validated gradient. Returns whether anything changed.
     pub fn push(&self, cell: &TensorCell, worker: u32, clock: u64, grad: &Gradient) -> Result<bool, PsError> {
         let started = std::time::Instant::now();
-        let (applied, completed_round) = {
+        let (applied, completed_round, captured) = {
             let _apply = tracing::trace_span!("apply").entered();
             let mut part = cell.lock();
             let rounds = part.clocks().applied_clock();
             let applied = part.push(worker, clock, grad)?;
-            (applied, part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds)
+            let completed = part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
+            (applied, completed, part.take_captured())
         };
+        self.deliver(&cell.meta, captured);
         let elapsed = started.elapsed();
         if completed_round {
             tracing::debug!(worker, clock, elapsed_us = elapsed.as_micros() as u64, "aggregate applied");
@@ -377,7 +542,12 @@ impl Shard {
         }))?;
         *slot = false;
         for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
-            cell.lock().leave(worker)?;
+            let captured = {
+                let mut part = cell.lock();
+                part.leave(worker)?;
+                part.take_captured()
+            };
+            self.deliver(&cell.meta, captured);
             cell.notify();
         }
         self.metrics.membership(false, live.iter().filter(|l| **l).count());
@@ -403,8 +573,9 @@ impl Shard {
             resume = Some(resume.map_or(clock, |r| r.min(clock)));
         }
         self.metrics.membership(true, live.iter().filter(|l| **l).count());
-        tracing::info!(shard = self.config.shard_id, worker, clock = resume.unwrap_or(0), "worker joined");
-        Ok(resume.unwrap_or(0))
+        let resume = resume.or(self.restored_clock).unwrap_or(0);
+        tracing::info!(shard = self.config.shard_id, worker, clock = resume, "worker joined");
+        Ok(resume)
     }
 
     /// A summary of every tensor part, by name.

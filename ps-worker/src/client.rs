@@ -93,6 +93,21 @@ pub struct Worker {
     tensors: BTreeMap<String, TensorInfo>,
     clock: u64,
     num_workers: u32,
+    /// Shard 0's session, which names checkpoints; learnt at join.
+    session: Option<u64>,
+}
+
+/// A checkpoint whose every shard file and manifest are durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointDone {
+    /// Directory name of the checkpoint.
+    pub name: String,
+    /// Its path (as shard 0 sees it).
+    pub dir: String,
+    /// Its clock: it holds the updates of clocks `< clock`.
+    pub clock: u64,
+    /// Bytes of all shard files.
+    pub bytes: u64,
 }
 
 fn rpc_err(
@@ -125,7 +140,7 @@ impl Worker {
         for (id, addr) in cfg.cluster.shards.iter().enumerate() {
             shards.push(Self::connect_shard(&cfg, id as u32, addr).await?);
         }
-        Ok(Self { cfg, shards, tensors: BTreeMap::new(), clock: 0, num_workers: 0 })
+        Ok(Self { cfg, shards, tensors: BTreeMap::new(), clock: 0, num_workers: 0, session: None })
     }
 
     async fn connect_shard(
@@ -269,6 +284,7 @@ impl Worker {
         }
         self.clock = replies.iter().map(|r| r.clock).min().unwrap_or(0);
         self.num_workers = replies.first().map_or(0, |r| r.num_workers);
+        self.session = replies.first().map(|r| r.session);
         Ok(self.clock)
     }
 
@@ -597,6 +613,98 @@ impl Worker {
         }))
         .await?;
         Ok(())
+    }
+
+    /// Requests the consistent checkpoint at `clock` on every shard and
+    /// returns its name. It will hold exactly the updates of clocks `< clock`
+    /// of every worker; each shard captures its parts in memory when they
+    /// reach `clock` and writes them in the background, so this returns at
+    /// once. Every worker of a job may (and, in ssp and async, should)
+    /// request it before pushing `clock`; requests for the same clock name
+    /// the same checkpoint. Fails with `FAILED_PRECONDITION` when some update
+    /// of clock `>= clock` is already applied, or when a shard has no
+    /// checkpoint directory.
+    pub async fn checkpoint(&mut self, clock: u64) -> Result<String, WorkerError> {
+        let session = match self.session {
+            Some(s) => s,
+            None => {
+                let s = self.status_of(0).await?.session;
+                self.session = Some(s);
+                s
+            }
+        };
+        let replies = try_join_all((0..self.shards.len() as u32).map(|shard| {
+            self.call("checkpoint", shard, None, false, move |mut c, d| async move {
+                Ok(c.checkpoint(Self::request(pb::CheckpointRequest { clock, session }, d))
+                    .await?
+                    .into_inner())
+            })
+        }))
+        .await?;
+        Ok(replies.into_iter().next().map(|r| r.name).unwrap_or_default())
+    }
+
+    /// The state of checkpoint `name` on every shard; with `wait`, once each
+    /// shard's file is durable or its write failed.
+    pub async fn checkpoint_status(
+        &self,
+        name: &str,
+        wait: bool,
+    ) -> Result<Vec<pb::CheckpointStatusReply>, WorkerError> {
+        try_join_all((0..self.shards.len() as u32).map(|shard| {
+            let name = name.to_string();
+            self.call("checkpoint_status", shard, None, wait, move |mut c, d| {
+                let name = name.clone();
+                async move {
+                    let req = pb::CheckpointStatusRequest { name, wait };
+                    Ok(c.checkpoint_status(Self::request(req, d)).await?.into_inner())
+                }
+            })
+        }))
+        .await
+    }
+
+    /// Waits until checkpoint `name` is complete: every shard's file durable
+    /// and the manifest written. Fails, naming the shard and the cause, if a
+    /// shard could not write its share.
+    pub async fn wait_checkpoint(&self, name: &str) -> Result<CheckpointDone, WorkerError> {
+        let replies = self.checkpoint_status(name, true).await?;
+        for (shard, r) in replies.iter().enumerate() {
+            if r.state() != pb::CheckpointState::Written {
+                return Err(WorkerError::Checkpoint {
+                    name: name.into(),
+                    shard: shard as u32,
+                    error: if r.error.is_empty() {
+                        format!("state {:?}", r.state())
+                    } else {
+                        r.error.clone()
+                    },
+                });
+            }
+        }
+        // The last shard to write its share writes the manifest before it reports.
+        let replies = self.checkpoint_status(name, false).await?;
+        let first = replies.first().cloned().unwrap_or_default();
+        if !replies.iter().any(|r| r.complete) {
+            return Err(WorkerError::Checkpoint {
+                name: name.into(),
+                shard: 0,
+                error: format!("every shard file is written but {}/manifest.json is missing", first.dir),
+            });
+        }
+        Ok(CheckpointDone {
+            name: name.into(),
+            dir: first.dir,
+            clock: first.clock,
+            bytes: replies.iter().map(|r| r.bytes).sum(),
+        })
+    }
+
+    async fn status_of(&self, shard: u32) -> Result<pb::StatusReply, WorkerError> {
+        self.call("status", shard, None, false, move |mut c, d| async move {
+            Ok(c.status(Self::request(pb::StatusRequest {}, d)).await?.into_inner())
+        })
+        .await
     }
 
     /// The status of every shard.

@@ -39,6 +39,9 @@ pub enum WorkerError {
     /// The shards disagree about the job.
     #[error("cluster mismatch: {0}")]
     Cluster(String),
+    /// A shard could not write its share of a checkpoint (training goes on).
+    #[error("checkpoint {name} failed on shard {shard}: {error}")]
+    Checkpoint { name: String, shard: u32, error: String },
 }
 
 impl WorkerError {

@@ -228,6 +228,7 @@ fn run_all(args: &Args) -> Result<(), String> {
         },
         stragglers,
         max_steps: args.max_steps,
+        checkpoint_every: None,
     };
     let target = args.target_accuracy.unwrap_or(match args.model {
         ModelKind::Softmax => 0.80,

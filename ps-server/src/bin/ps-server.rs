@@ -37,11 +37,22 @@ enum LogFormat {
 ///
 ///   ps-server --listen 127.0.0.1:7071 --shard-id 1 --shards 127.0.0.1:7070,127.0.0.1:7071 --workers 4 --policy ssp --staleness 3
 ///
+/// Checkpoints: start every shard with the same --checkpoint-dir (a shared
+/// directory); workers request checkpoints (ps-worker --checkpoint-every K)
+/// or an operator does (`ps-server checkpoint --shards ...`). Restart every
+/// shard with --restore DIR to resume from the newest complete checkpoint,
+/// with the same or another shard count. `ps-server inspect DIR` verifies
+/// and describes one.
+///
 /// On start it prints one line, `ps-server shard I/S listening on ADDR`, to
-/// stdout; logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
+/// stdout (after `ps-server shard I/S restored ...` when restoring); logs go
+/// to stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
 #[derive(Debug, Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to serve gRPC on; port 0 picks a free port (printed at start).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -107,6 +118,21 @@ struct Args {
     #[arg(long)]
     max_message_bytes: Option<usize>,
 
+    /// Directory for checkpoints (one subdirectory each), shared by every shard of the cluster.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+
+    /// Complete checkpoints to keep in --checkpoint-dir; older ones are deleted [default: 3].
+    #[arg(long)]
+    keep_checkpoints: Option<usize>,
+
+    /// Restore from a checkpoint before serving: PATH is either a checkpoint
+    /// root (the newest complete checkpoint whose checksums verify is used;
+    /// invalid ones are skipped and reported) or one checkpoint directory
+    /// (exactly that one; any problem is an error). Workers resume at its clock.
+    #[arg(long, value_name = "PATH")]
+    restore: Option<PathBuf>,
+
     /// TOML file with any of the shard settings (see README); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -118,6 +144,38 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+/// Operator commands against a running cluster or a checkpoint on disk.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Take a consistent checkpoint of a running cluster and wait until it is complete.
+    ///
+    /// Without --clock, picks the next clock no worker has pushed yet (every
+    /// shard must have been started with --checkpoint-dir). Prints the
+    /// checkpoint's directory.
+    Checkpoint {
+        /// Comma-separated addresses of all shards, in shard-id order.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cluster")]
+        shards: Option<Vec<String>>,
+        /// TOML cluster spec: `shards = ["host:port", ...]`.
+        #[arg(long, conflicts_with = "shards")]
+        cluster: Option<PathBuf>,
+        /// The checkpoint holds exactly the updates of clocks below this.
+        #[arg(long)]
+        clock: Option<u64>,
+        /// Return once every shard knows the checkpoint, without waiting for it to be written.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Verify a checkpoint (every file against its checksum) and describe it.
+    ///
+    /// PATH is a checkpoint directory or a root holding several (the one
+    /// --restore would pick is shown). Exits non-zero if none is valid.
+    Inspect {
+        /// A checkpoint directory or a checkpoint root.
+        path: PathBuf,
+    },
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, String> {
@@ -172,6 +230,12 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     if let Some(m) = args.max_message_bytes {
         cfg.max_message_bytes = m;
     }
+    if let Some(d) = &args.checkpoint_dir {
+        cfg.checkpoint_dir = Some(d.clone());
+    }
+    if let Some(k) = args.keep_checkpoints {
+        cfg.keep_checkpoints = k;
+    }
     if args.optimizer.is_some() || args.lr.is_some() {
         let (momentum, weight_decay) = (args.momentum, args.weight_decay);
         cfg.optimizer = match args.optimizer.unwrap_or(OptimizerName::Sgd) {
@@ -224,6 +288,86 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// `ps-server checkpoint`: requests a checkpoint and waits for it.
+async fn checkpoint_command(
+    shards: Option<Vec<String>>,
+    cluster: Option<PathBuf>,
+    clock: Option<u64>,
+    no_wait: bool,
+) -> Result<(), String> {
+    let spec: ClusterSpec = match (shards, cluster) {
+        (Some(list), _) => ClusterSpec::new(list),
+        (None, Some(path)) => read_toml(&path)?,
+        (None, None) => return Err("give --shards or --cluster".into()),
+    };
+    let mut observer = ps_worker::Worker::observer(ps_worker::WorkerConfig::new(spec, 0))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Without a clock: the next one no worker has pushed, retried further
+    // ahead if the workers overtake the request.
+    let mut attempt = 0u32;
+    let name = loop {
+        let target = match clock {
+            Some(c) => c,
+            None => {
+                let statuses = observer.status().await.map_err(|e| e.to_string())?;
+                let highest = statuses
+                    .iter()
+                    .flat_map(|s| s.tensors.iter())
+                    .flat_map(|t| t.versions.iter().map(|v| (v + 1).max(0) as u64).chain([t.applied_clock]))
+                    .max()
+                    .unwrap_or(0);
+                highest + 1 + u64::from(attempt) * 4
+            }
+        };
+        match observer.checkpoint(target).await {
+            Ok(name) => break name,
+            Err(e) if clock.is_none() && attempt < 5 && e.code() == Some(tonic::Code::FailedPrecondition) => {
+                tracing::info!("workers overtook clock {target}, trying a later one: {e}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    if no_wait {
+        announce(&format!("checkpoint {name} requested"));
+        return Ok(());
+    }
+    let done = observer.wait_checkpoint(&name).await.map_err(|e| e.to_string())?;
+    announce(&format!("checkpoint complete at clock {}: {} ({} bytes)", done.clock, done.dir, done.bytes));
+    Ok(())
+}
+
+/// `ps-server inspect`: verifies and describes a checkpoint.
+fn inspect_command(path: &std::path::Path) -> Result<(), String> {
+    let loaded = ps_server::checkpoint::find_checkpoint(path).map_err(|e| e.to_string())?;
+    let m = &loaded.manifest;
+    announce(&format!("checkpoint {} (verified)", loaded.dir.display()));
+    announce(&format!(
+        "clock {} (holds the updates of clocks < {}), policy {}, {} workers, {} shards, split threshold {}, format {}",
+        m.clock, m.clock, m.policy, m.num_workers, m.cluster.num_shards, m.cluster.split_threshold, m.format
+    ));
+    for f in &m.files {
+        announce(&format!("file {} {} bytes sha256 {}", f.name, f.bytes, f.sha256));
+    }
+    for t in &m.tensors {
+        let parts: Vec<String> =
+            t.parts.iter().map(|p| format!("{}[{}..{}]", p.file, p.offset, p.offset + p.len)).collect();
+        let slots = t.parts.first().map(|p| p.slots.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        announce(&format!(
+            "tensor {} shape {:?} policy {} optimizer {} state {:?} steps {}: {}",
+            t.name,
+            t.shape,
+            t.policy,
+            t.optimizer.name(),
+            slots,
+            t.parts.first().map_or(0, |p| p.optimizer_steps),
+            parts.join(" ")
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -231,6 +375,24 @@ fn main() -> std::process::ExitCode {
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(command) = args.command {
+        let result = match command {
+            Command::Inspect { path } => inspect_command(&path),
+            Command::Checkpoint { shards, cluster, clock, no_wait } => {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(checkpoint_command(shards, cluster, clock, no_wait)),
+                    Err(e) => Err(format!("cannot start the Tokio runtime: {e}")),
+                }
+            }
+        };
+        return match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ps-server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let config = match shard_config(&args) {
         Ok(c) => c,
@@ -247,12 +409,30 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let shard = match &args.restore {
+            None => ps_server::shard::Shard::new(config.clone()),
+            Some(path) => {
+                let loaded = ps_server::checkpoint::find_checkpoint(path)
+                    .map_err(|e| format!("cannot restore from {}: {e}", path.display()))?;
+                let shard = ps_server::shard::Shard::restore(config.clone(), &loaded)
+                    .map_err(|e| format!("cannot restore from {}: {e}", loaded.dir.display()))?;
+                announce(&format!(
+                    "ps-server shard {}/{} restored {} at clock {} ({} tensors)",
+                    config.shard_id,
+                    config.num_shards,
+                    loaded.dir.display(),
+                    loaded.manifest.clock,
+                    loaded.manifest.tensors.len()
+                ));
+                shard
+            }
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         announce(&format!("ps-server shard {}/{} listening on {addr}", config.shard_id, config.num_shards));
-        let shard = std::sync::Arc::new(ps_server::shard::Shard::new(config.clone()));
+        let shard = std::sync::Arc::new(shard);
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if args.metrics_listen != "off" {
             let metrics = tokio::net::TcpListener::bind(&args.metrics_listen)

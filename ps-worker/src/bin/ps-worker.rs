@@ -108,6 +108,17 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     slowdown: f64,
 
+    /// Request a checkpoint at every clock that is a multiple of this (the
+    /// shards need --checkpoint-dir). Every worker should use the same value.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+
+    /// After training, write the final parameters this worker pulled to
+    /// DIR/<tensor>.f32 (raw little-endian f32, row-major) with shapes in
+    /// DIR/tensors.json, e.g. to compare with a checkpoint.
+    #[arg(long)]
+    dump_dir: Option<PathBuf>,
+
     /// Wire encoding of pushes and pulls.
     #[arg(long, default_value = "f32")]
     wire_dtype: WireDtype,
@@ -195,6 +206,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             seed: args.seed,
         },
         max_steps: args.max_steps,
+        checkpoint_every: args.checkpoint_every,
     };
     train::declare(&mut worker, &cfg).await?;
     let total = cfg.total_steps(splits.train.len());
@@ -216,6 +228,9 @@ async fn run(args: Args) -> Result<(), Failure> {
     })
     .await?;
     let params = worker.pull().await?;
+    if let Some(dir) = &args.dump_dir {
+        dump(dir, &params.values, worker.clock())?;
+    }
     let accuracy = cfg.model.accuracy(&params.values, splits.test.images.view(), &splits.test.labels);
     metrics.accuracy(accuracy);
     worker.leave().await?;
@@ -231,6 +246,25 @@ async fn run(args: Args) -> Result<(), Failure> {
         accuracy
     ));
     Ok(())
+}
+
+/// Writes each tensor as raw little-endian f32 plus a JSON index of shapes.
+fn dump(
+    dir: &std::path::Path,
+    values: &std::collections::BTreeMap<String, ndarray::ArrayD<f32>>,
+    clock: u64,
+) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| Failure::Usage(format!("cannot write to {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut shapes = std::collections::BTreeMap::new();
+    for (name, value) in values {
+        let bytes: Vec<u8> = value.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let file = dir.join(format!("{}.f32", name.replace('/', "_")));
+        std::fs::write(&file, bytes).map_err(fail)?;
+        shapes.insert(name.clone(), value.shape().to_vec());
+    }
+    let index = serde_json::json!({ "clock": clock, "shapes": shapes });
+    std::fs::write(dir.join("tensors.json"), index.to_string()).map_err(fail)
 }
 
 /// Prints a line to stdout; a closed stdout is not a reason to stop training.

@@ -83,6 +83,9 @@ pub struct TrainConfig {
     pub stragglers: Stragglers,
     /// Stop after this many steps even if epochs remain.
     pub max_steps: Option<u64>,
+    /// Request a checkpoint at every clock that is a positive multiple of
+    /// this (except the clock the worker resumed at, which it was restored from).
+    pub checkpoint_every: Option<u64>,
 }
 
 impl TrainConfig {
@@ -173,8 +176,13 @@ pub async fn train(
     // Exponential moving average of this worker's step time without injected
     // delay or policy blocking: the "normal step time" stragglers multiply.
     let mut normal: Option<Duration> = None;
+    let resumed_at = worker.clock();
     while worker.clock() < total {
         let clock = worker.clock();
+        let every = cfg.checkpoint_every.unwrap_or(0);
+        if every > 0 && clock > 0 && clock.is_multiple_of(every) && clock != resumed_at {
+            worker.checkpoint(clock).await?;
+        }
         let epoch = clock / per_epoch;
         if batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
             batches = Some((epoch, worker_batches(data.len(), id, cfg.workers, cfg.batch, cfg.seed, epoch)));
