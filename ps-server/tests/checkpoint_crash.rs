@@ -246,3 +246,55 @@ async fn killed_before_the_manifest_rename_restores_the_previous_checkpoint() {
 async fn killed_after_the_manifest_restores_the_new_checkpoint_on_three_shards() {
     kill_during_write(None, 3).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_checkpoint_inspect_and_refuse_a_corrupt_restore() {
+    let root = scratch("operator");
+    let args = ["--workers", "1", "--policy", "async", "--checkpoint-dir", root.to_str().expect("utf-8")];
+    let (_shards, spec, _) = start(2, &args, |_| vec![]);
+    let mut worker = connect(&spec, 0).await;
+    for step in 0..3 {
+        let pulled = worker.pull().await.expect("pull");
+        let (w, b) = unpack(&pulled.values);
+        worker.push(&grad_map(&w, b, 0, step)).await.expect("push");
+    }
+    let exe = env!("CARGO_BIN_EXE_ps-server");
+    let out = Command::new(exe)
+        .args(["checkpoint", "--shards", &spec.shards.join(",")])
+        .output()
+        .expect("run ps-server checkpoint");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("checkpoint complete at clock 3: "), "{stdout}");
+
+    let inspect =
+        Command::new(exe).args(["inspect", root.to_str().expect("utf-8")]).output().expect("inspect");
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "{text}");
+    assert!(
+        text.contains("clock 3 ") && text.contains("tensor w shape [12]") && text.contains("(verified)"),
+        "{text}"
+    );
+
+    // Corrupt the only checkpoint: inspect and restore both refuse, naming the file.
+    let dir = std::fs::read_dir(&root).expect("root").next().expect("a checkpoint").expect("entry").path();
+    let file = dir.join("shard-0000.safetensors");
+    let mut bytes = std::fs::read(&file).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).expect("write");
+    let inspect =
+        Command::new(exe).args(["inspect", dir.to_str().expect("utf-8")]).output().expect("inspect");
+    let err = String::from_utf8_lossy(&inspect.stderr);
+    assert!(!inspect.status.success());
+    assert!(err.contains("shard-0000.safetensors: checksum mismatch"), "{err}");
+    let restore = Command::new(exe)
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--metrics-listen", "off"])
+        .args(["--restore", root.to_str().expect("utf-8")])
+        .output()
+        .expect("restore");
+    let err = String::from_utf8_lossy(&restore.stderr);
+    assert!(!restore.status.success(), "restored from a corrupt checkpoint");
+    assert!(err.contains("no complete checkpoint") && err.contains("checksum mismatch"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -151,9 +151,10 @@ struct Args {
 enum Command {
     /// Take a consistent checkpoint of a running cluster and wait until it is complete.
     ///
-    /// Without --clock, picks the next clock no worker has pushed yet (every
-    /// shard must have been started with --checkpoint-dir). Prints the
-    /// checkpoint's directory.
+    /// Without --clock, picks the highest clock any worker is at (in sync,
+    /// the round in progress), so the checkpoint completes as soon as the
+    /// slowest worker gets there. Every shard must have been started with
+    /// --checkpoint-dir. Prints the checkpoint's directory.
     Checkpoint {
         /// Comma-separated addresses of all shards, in shard-id order.
         #[arg(long, value_delimiter = ',', required_unless_present = "cluster")]
@@ -303,8 +304,9 @@ async fn checkpoint_command(
     let mut observer = ps_worker::Worker::observer(ps_worker::WorkerConfig::new(spec, 0))
         .await
         .map_err(|e| e.to_string())?;
-    // Without a clock: the next one no worker has pushed, retried further
-    // ahead if the workers overtake the request.
+    // Without a clock: the highest clock any worker is at (sync: the round in
+    // progress), which no update has passed yet; retried further ahead if the
+    // workers overtake the request.
     let mut attempt = 0u32;
     let name = loop {
         let target = match clock {
@@ -317,7 +319,7 @@ async fn checkpoint_command(
                     .flat_map(|t| t.versions.iter().map(|v| (v + 1).max(0) as u64).chain([t.applied_clock]))
                     .max()
                     .unwrap_or(0);
-                highest + 1 + u64::from(attempt) * 4
+                highest + u64::from(attempt) * 4
             }
         };
         match observer.checkpoint(target).await {
