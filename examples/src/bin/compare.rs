@@ -155,6 +155,14 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
 
+    /// Write consistent checkpoints of each policy's run under DIR/<policy> (embedded cluster only).
+    #[arg(long, requires = "checkpoint_every")]
+    checkpoint_dir: Option<PathBuf>,
+
+    /// Checkpoint every this many clocks (with --checkpoint-dir, or an external --cluster whose shards have one).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+
     /// Serve the shards' and workers' Prometheus metrics on this address while running (e.g. 127.0.0.1:9400).
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -162,6 +170,15 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+fn policy_label(policy: ps_server::PolicyName, staleness: u32) -> String {
+    policy.with_staleness(staleness).label()
+}
+
+/// A directory name for a policy label: `ssp(3)` becomes `ssp-3`.
+fn policy_label_dir(label: &str) -> String {
+    label.replace('(', "-").replace(')', "")
 }
 
 fn bar(multi: &MultiProgress, label: &str, len: u64) -> ProgressBar {
@@ -197,6 +214,12 @@ fn run_all(args: &Args) -> Result<(), String> {
     if args.workers == 0 || args.shards == 0 || args.batch == 0 {
         return Err("--workers, --shards and --batch must be at least 1".into());
     }
+    if args.checkpoint_every.is_some() && args.checkpoint_dir.is_none() && args.cluster.is_none() {
+        return Err("--checkpoint-every needs --checkpoint-dir DIR for the embedded cluster".into());
+    }
+    if args.checkpoint_every == Some(0) {
+        return Err("--checkpoint-every must be at least 1".into());
+    }
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let splits = Arc::new(data::load(&dir).map_err(|e| e.to_string())?);
     let model = Model {
@@ -228,7 +251,7 @@ fn run_all(args: &Args) -> Result<(), String> {
         },
         stragglers,
         max_steps: args.max_steps,
-        checkpoint_every: None,
+        checkpoint_every: args.checkpoint_every,
     };
     let target = args.target_accuracy.unwrap_or(match args.model {
         ModelKind::Softmax => 0.80,
@@ -288,8 +311,16 @@ fn run_all(args: &Args) -> Result<(), String> {
                     PolicyChoice::Ssp(s) => (ps_server::PolicyName::Ssp, *s),
                     PolicyChoice::Async => (ps_server::PolicyName::Async, 0),
                 };
-                let config =
-                    ShardConfig { num_workers: args.workers, policy, staleness, ..ShardConfig::default() };
+                let checkpoint_dir = args.checkpoint_dir.as_ref().map(|d| {
+                    d.join(policy_label_dir(&policy_label(policy, staleness)))
+                });
+                let config = ShardConfig {
+                    num_workers: args.workers,
+                    policy,
+                    staleness,
+                    checkpoint_dir,
+                    ..ShardConfig::default()
+                };
                 let local = runtime
                     .block_on(LocalCluster::start(args.shards, config))
                     .map_err(|e| format!("cannot start the embedded cluster: {e}"))?;
