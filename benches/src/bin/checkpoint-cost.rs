@@ -89,12 +89,11 @@ fn main() {
             ..ShardConfig::default()
         };
         let cluster = LocalCluster::start(2, config).await.expect("start two embedded shards");
-        let mut worker = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
+        let mut worker =
+            Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
         worker.declare(&TensorDecl::new("model", &[args.elements])).await.expect("declare");
-        let grads = BTreeMap::from([(
-            "model".to_string(),
-            ndarray::ArrayD::from_elem(vec![args.elements], 1e-3f32),
-        )]);
+        let grads =
+            BTreeMap::from([("model".to_string(), ndarray::ArrayD::from_elem(vec![args.elements], 1e-3f32))]);
         step(&mut worker, &grads).await; // warm-up
         let mut normal: Vec<Duration> = Vec::new();
         for _ in 0..args.steps {

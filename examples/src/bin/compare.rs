@@ -311,9 +311,10 @@ fn run_all(args: &Args) -> Result<(), String> {
                     PolicyChoice::Ssp(s) => (ps_server::PolicyName::Ssp, *s),
                     PolicyChoice::Async => (ps_server::PolicyName::Async, 0),
                 };
-                let checkpoint_dir = args.checkpoint_dir.as_ref().map(|d| {
-                    d.join(policy_label_dir(&policy_label(policy, staleness)))
-                });
+                let checkpoint_dir = args
+                    .checkpoint_dir
+                    .as_ref()
+                    .map(|d| d.join(policy_label_dir(&policy_label(policy, staleness))));
                 let config = ShardConfig {
                     num_workers: args.workers,
                     policy,

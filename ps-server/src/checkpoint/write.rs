@@ -119,12 +119,22 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(CheckpointError::io("fsync directory", dir))
 }
 
+/// Creates `path` with `bytes` and fsyncs it; on failure removes it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let written = File::create(path).map_err(CheckpointError::io("create", path)).and_then(|mut f| {
+        f.write_all(bytes).map_err(CheckpointError::io("write", path))?;
+        f.sync_all().map_err(CheckpointError::io("fsync", path))
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
 /// Writes `bytes` to `dir/name` under a temporary name, fsyncs and renames it.
 fn write_atomically(dir: &Path, name: &str, tmp_suffix: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
     let tmp = dir.join(format!("{name}.tmp{tmp_suffix}"));
-    let mut f = File::create(&tmp).map_err(CheckpointError::io("create", &tmp))?;
-    f.write_all(bytes).map_err(CheckpointError::io("write", &tmp))?;
-    f.sync_all().map_err(CheckpointError::io("fsync", &tmp))?;
+    write_synced(&tmp, bytes)?;
     let dest = dir.join(name);
     fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
     sync_dir(dir)
@@ -151,6 +161,22 @@ fn hash_and_sync(path: &Path) -> Result<(String, u64), CheckpointError> {
 /// SHA-256 of a byte slice, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Serializes `views` to `path` as safetensors, fsyncs it, and returns its
+/// SHA-256 and size.
+fn write_tensors(
+    path: &Path,
+    views: Vec<(String, F32View<'_>)>,
+    metadata: HashMap<String, String>,
+) -> Result<(String, u64), CheckpointError> {
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(source) => {
+            CheckpointError::Io { action: "write", path: path.to_path_buf(), source }
+        }
+        other => CheckpointError::corrupt(path, format!("cannot serialize: {other}")),
+    })?;
+    hash_and_sync(path)
 }
 
 /// Writes this shard's parts of checkpoint `cut` and, if every other shard
@@ -203,13 +229,10 @@ pub fn write_shard_cut(
         ("clock".to_string(), cut.clock.to_string()),
         ("shard".to_string(), info.shard.to_string()),
     ]);
-    safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(source) => {
-            CheckpointError::Io { action: "write", path: tmp.clone(), source }
-        }
-        other => CheckpointError::corrupt(&tmp, format!("cannot serialize: {other}")),
+    // A failed write leaves no temporary file behind to fill the disk.
+    let (sha256, bytes) = write_tensors(&tmp, views, metadata).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
     })?;
-    let (sha256, bytes) = hash_and_sync(&tmp)?;
     let dest = dir.join(&file_name);
     fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
     sync_dir(&dir)?;
@@ -260,9 +283,7 @@ fn finish_manifest(dir: &Path, num_shards: u32, shard: u32, clock: u64) -> Resul
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::corrupt(dir, e.to_string()))?;
     let tmp = dir.join(format!("{MANIFEST}.tmp-{shard}"));
-    let mut f = File::create(&tmp).map_err(CheckpointError::io("create", &tmp))?;
-    f.write_all(&json).map_err(CheckpointError::io("write", &tmp))?;
-    f.sync_all().map_err(CheckpointError::io("fsync", &tmp))?;
+    write_synced(&tmp, &json)?;
     pause_point("before-manifest-rename", clock);
     let dest = dir.join(MANIFEST);
     fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
