@@ -289,6 +289,7 @@ impl Service {
         req: Request<pb::CheckpointRequest>,
     ) -> Result<(Response<pb::CheckpointReply>, u64), Rejected> {
         let req = req.into_inner();
+        let _span = tracing::info_span!("checkpoint", clock = req.clock, session = req.session).entered();
         let cut = self.shard.checkpoint(req.clock, req.session)?;
         let dir = self.shard.config().checkpoint_dir.as_ref().map(|d| d.join(&cut.name));
         let dir = dir.map(|d| d.display().to_string()).unwrap_or_default();

@@ -87,6 +87,29 @@ async fn restore_repartitions_values_and_adam_state_onto_another_shard_count() {
     w.push(&grads(0, 3)).await.expect("push");
     let after = bits(&w.pull().await.expect("pull").values);
 
+    // Checkpoint metrics, parsed from the exposition: one write per shard.
+    let exposition = ps_proto::exposition::encode(cluster.registries());
+    let sample = |name: &str| -> Vec<f64> {
+        exposition
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    assert_eq!(sample("ps_server_checkpoint_write_seconds_count"), vec![1.0, 1.0]);
+    assert_eq!(sample("ps_server_checkpoint_last_clock"), vec![3.0, 3.0]);
+    assert_eq!(sample("ps_server_checkpoints_pending"), vec![0.0, 0.0]);
+    assert_eq!(sample("ps_server_checkpoint_failures_total"), vec![0.0, 0.0]);
+    let files: f64 = std::fs::read_dir(root.join(&name))
+        .expect("checkpoint dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len() as f64)
+        .sum();
+    assert_eq!(sample("ps_server_checkpoint_bytes_total").iter().sum::<f64>(), files);
+    assert!(sample("ps_server_checkpoint_last_success_timestamp_seconds").iter().all(|t| *t > 1.7e9));
+
     let loaded = find_checkpoint(&root).expect("a complete checkpoint");
     assert_eq!(loaded.manifest.clock, 3);
     assert_eq!(loaded.manifest.cluster.num_shards, 2);

@@ -155,7 +155,9 @@ impl Checkpoints {
         let cut = entry.cut.clone();
         let this = Arc::clone(self);
         let captured_at = Instant::now();
+        let span = tracing::info_span!("checkpoint_write", shard = self.info.shard, clock = cut.clock, name = %cut.name);
         let spawned = std::thread::Builder::new().name("ps-checkpoint".into()).spawn(move || {
+            let _span = span.entered();
             let result = write_shard_cut(&this.info, &cut, &parts);
             drop(parts);
             this.finish(&cut, captured_at, result);
