@@ -20,6 +20,21 @@ pub enum Aggregation {
     Sum,
 }
 
+/// What a shard does about a live worker silent for longer than the worker timeout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerLoss {
+    /// Evict it: it leaves, and sync and ssp go on with the others (sync
+    /// means divide by the workers that contributed).
+    #[default]
+    Evict,
+    /// Keep waiting for it; the wait is logged and shown by
+    /// `ps_server_silent_workers`.
+    Wait,
+    /// Stop the job: every request then fails with `ABORTED`, naming the worker.
+    Fail,
+}
+
 /// Policy names as written in flags and config files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -76,11 +91,15 @@ pub struct ShardConfig {
     /// Evict a live worker silent for this many milliseconds with no request
     /// in flight (0: never). Every request renews the worker's lease.
     pub worker_timeout_ms: u64,
+    /// What to do about a worker silent for longer than `worker_timeout_ms`.
+    pub on_worker_loss: WorkerLoss,
     /// Directory under which checkpoints are written (one subdirectory
     /// each); checkpoints are refused when absent.
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Complete checkpoints kept under `checkpoint_dir`; older ones are deleted.
     pub keep_checkpoints: usize,
+    /// File holding the bearer token every request must carry; none: no check.
+    pub auth_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ShardConfig {
@@ -99,8 +118,10 @@ impl Default for ShardConfig {
             max_tensor_bytes: 16 << 30,
             metrics: true,
             worker_timeout_ms: 0,
+            on_worker_loss: WorkerLoss::Evict,
             checkpoint_dir: None,
             keep_checkpoints: 3,
+            auth_token_file: None,
         }
     }
 }

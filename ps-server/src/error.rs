@@ -75,6 +75,9 @@ pub enum PsError {
     /// The shard was started without a checkpoint directory.
     #[error("shard {shard} has no checkpoint directory; start ps-server with --checkpoint-dir DIR")]
     NoCheckpointDir { shard: u32 },
+    /// The job was stopped (`--on-worker-loss fail`): nothing is served any more.
+    #[error("the job has stopped: {reason}")]
+    JobFailed { reason: String },
     /// Writing or restoring a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -95,6 +98,7 @@ impl PsError {
             PsError::Clock { .. } | PsError::Worker(_) | PsError::Evicted { .. } => Code::FailedPrecondition,
             PsError::ShuttingDown { .. } => Code::Unavailable,
             PsError::CheckpointTooLate { .. } | PsError::NoCheckpointDir { .. } => Code::FailedPrecondition,
+            PsError::JobFailed { .. } => Code::Aborted,
             PsError::Checkpoint(e) => match e {
                 CheckpointError::Io { .. } => Code::Internal,
                 CheckpointError::Corrupt { .. } | CheckpointError::Checksum { .. } => Code::DataLoss,
@@ -124,6 +128,7 @@ impl PsError {
             PsError::CheckpointTooLate { .. } => "checkpoint_too_late",
             PsError::NoCheckpointDir { .. } => "no_checkpoint_dir",
             PsError::Checkpoint(_) => "checkpoint",
+            PsError::JobFailed { .. } => "job_failed",
         }
     }
 }

@@ -10,12 +10,14 @@
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
 //! - [`liveness`]: worker leases and eviction of silent workers.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
+//! - [`auth`]: bearer-token check of every RPC.
 //! - [`checkpoint`]: consistent checkpoints — capture at a clock, safetensors files, manifest, restore.
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
 //! - [`metrics`]: Prometheus metrics of a shard and the `/metrics` endpoint.
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
@@ -31,7 +33,7 @@ pub mod shard;
 pub mod sync;
 pub mod tensor;
 
-pub use config::{Aggregation, PolicyName, ShardConfig};
+pub use config::{Aggregation, PolicyName, ShardConfig, WorkerLoss};
 pub use error::PsError;
 pub use local::LocalCluster;
 pub use optim::OptimizerConfig;

@@ -55,9 +55,17 @@ pub async fn serve_shard(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let max_message = shard.config().max_message_bytes;
+    let token = match &shard.config().auth_token_file {
+        Some(path) => Some(crate::auth::read_token_file(path).map_err(ServeError::Config)?),
+        None => None,
+    };
     let service = ParameterServerServer::new(Service::new(Arc::clone(&shard)))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        service,
+        crate::auth::TokenCheck::new(token.as_deref(), Arc::clone(&shard)),
+    );
     if shard.config().worker_timeout_ms > 0 {
         tokio::spawn(evict_silent_workers(Arc::downgrade(&shard)));
     }
@@ -75,7 +83,7 @@ pub async fn serve_shard(
     Ok(())
 }
 
-/// Checks leases four times per worker timeout and evicts overdue workers,
+/// Checks leases four times per worker timeout and handles overdue workers,
 /// until the shard closes or is dropped.
 async fn evict_silent_workers(shard: std::sync::Weak<Shard>) {
     let period = match shard.upgrade() {
@@ -88,6 +96,6 @@ async fn evict_silent_workers(shard: std::sync::Weak<Shard>) {
         if shard.is_closing() {
             return;
         }
-        shard.evict_overdue();
+        shard.handle_silent_workers();
     }
 }

@@ -337,7 +337,14 @@ impl ParameterServer for Service {
         req: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointReply>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::Checkpoint, started, self.checkpoint_inner(req).await)
+        self.finish(
+            Rpc::Checkpoint,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.checkpoint_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     async fn checkpoint_status(
@@ -345,39 +352,88 @@ impl ParameterServer for Service {
         req: Request<pb::CheckpointStatusRequest>,
     ) -> Result<Response<pb::CheckpointStatusReply>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::CheckpointStatus, started, self.checkpoint_status_inner(req).await)
+        self.finish(
+            Rpc::CheckpointStatus,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.checkpoint_status_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::Join, started, self.join_inner(req).await)
+        self.finish(
+            Rpc::Join,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.join_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::Leave, started, self.leave_inner(req).await)
+        self.finish(
+            Rpc::Leave,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.leave_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::Declare, started, self.declare_inner(req).await)
+        self.finish(
+            Rpc::Declare,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.declare_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     async fn push(&self, req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::Push, started, self.push_inner(req).await)
+        self.finish(
+            Rpc::Push,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.push_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     type PullStream = PullStream;
 
     async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::Pull, started, self.pull_inner(req).await)
+        self.finish(
+            Rpc::Pull,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.pull_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
         let started = Instant::now();
-        self.finish(Rpc::Barrier, started, self.barrier_inner(req).await)
+        self.finish(
+            Rpc::Barrier,
+            started,
+            match self.shard.check_running() {
+                Ok(()) => self.barrier_inner(req).await,
+                Err(e) => Err(e.into()),
+            },
+        )
     }
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::checkpoint::registry::{Checkpoints, CutStatus};
 use crate::checkpoint::{CutId, CutInfo, Loaded, PartSnapshot, checkpoint_name, format::parse_policy};
-use crate::config::ShardConfig;
+use crate::config::{ShardConfig, WorkerLoss};
 use crate::error::PsError;
 use crate::init::Init;
 use crate::liveness::{LeaseGuard, Leases};
@@ -108,6 +108,10 @@ pub struct Shard {
     checkpoints: Option<Arc<Checkpoints>>,
     /// The clock of the checkpoint this shard was restored from.
     restored_clock: Option<u64>,
+    /// Set once the job is stopped (`--on-worker-loss fail`): why.
+    failure: Mutex<Option<String>>,
+    /// Per worker: silent past the timeout and already reported (`--on-worker-loss wait`).
+    silent: Mutex<Vec<bool>>,
 }
 
 impl Shard {
@@ -138,6 +142,8 @@ impl Shard {
             session: rand::random(),
             checkpoints,
             restored_clock: None,
+            failure: Mutex::new(None),
+            silent: Mutex::new(vec![false; config.num_workers as usize]),
             config,
         }
     }
@@ -331,28 +337,71 @@ impl Shard {
         *self.closing.borrow()
     }
 
-    /// Evicts every live worker silent for longer than the worker timeout
-    /// with nothing in flight: each leaves, as if it had called `leave`.
-    /// Returns the evicted workers.
-    pub fn evict_overdue(&self) -> Vec<u32> {
+    /// Deals with every live worker silent for longer than the worker
+    /// timeout with nothing in flight, as `on_worker_loss` says: evicts it
+    /// (it leaves, as if it had called `leave`), reports it and keeps
+    /// waiting, or stops the job. Returns the overdue workers.
+    pub fn handle_silent_workers(&self) -> Vec<u32> {
         if self.config.worker_timeout_ms == 0 {
             return Vec::new();
         }
-        let timeout = std::time::Duration::from_millis(self.config.worker_timeout_ms);
+        let timeout_ms = self.config.worker_timeout_ms;
+        let timeout = std::time::Duration::from_millis(timeout_ms);
         let overdue = self.leases.overdue(&self.live_set(), timeout, std::time::Instant::now());
-        for &worker in &overdue {
-            if self.leave(worker).is_ok() {
-                self.leases.set_evicted(worker, true);
-                self.metrics.evicted();
-                tracing::warn!(
-                    shard = self.config.shard_id,
-                    worker,
-                    timeout_ms = self.config.worker_timeout_ms,
-                    "evicted a silent worker"
-                );
+        let shard = self.config.shard_id;
+        match self.config.on_worker_loss {
+            WorkerLoss::Evict => {
+                for &worker in &overdue {
+                    if self.leave(worker).is_ok() {
+                        self.leases.set_evicted(worker, true);
+                        self.metrics.evicted();
+                        tracing::warn!(shard, worker, timeout_ms, "evicted a silent worker");
+                    }
+                }
+            }
+            WorkerLoss::Wait => {
+                let mut silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+                for (worker, flag) in silent.iter_mut().enumerate() {
+                    let now_silent = overdue.contains(&(worker as u32));
+                    if now_silent && !*flag {
+                        tracing::warn!(
+                            shard,
+                            worker,
+                            timeout_ms,
+                            "worker is silent; waiting for it (--on-worker-loss wait)"
+                        );
+                    } else if !now_silent && *flag {
+                        tracing::info!(shard, worker, "silent worker is back");
+                    }
+                    *flag = now_silent;
+                }
+                self.metrics.silent_workers(overdue.len());
+            }
+            WorkerLoss::Fail => {
+                if let Some(&worker) = overdue.first() {
+                    let reason = format!(
+                        "worker {worker} sent nothing for {timeout_ms} ms and ps-server runs with --on-worker-loss fail"
+                    );
+                    tracing::error!(shard, worker, timeout_ms, "stopping the job: a worker is lost");
+                    self.fail(reason);
+                }
             }
         }
         overdue
+    }
+
+    /// Stops the job: waiting requests and every later one fail with `ABORTED` and `reason`.
+    pub fn fail(&self, reason: String) {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+        self.closing.send_replace(true);
+    }
+
+    /// Fails if the job was stopped.
+    pub fn check_running(&self) -> Result<(), PsError> {
+        match self.failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(reason) => Err(PsError::JobFailed { reason: reason.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// The tensor part named `name`.
@@ -506,11 +555,15 @@ impl Shard {
         closing: &mut watch::Receiver<bool>,
     ) -> Result<(), PsError> {
         if *closing.borrow_and_update() {
+            self.check_running()?;
             return Err(PsError::ShuttingDown { shard: self.config.shard_id });
         }
         tokio::select! {
             r = changed.changed() => r.map_err(|_| PsError::ShuttingDown { shard: self.config.shard_id }),
-            _ = closing.changed() => Err(PsError::ShuttingDown { shard: self.config.shard_id }),
+            _ = closing.changed() => {
+                self.check_running()?;
+                Err(PsError::ShuttingDown { shard: self.config.shard_id })
+            }
         }
     }
 

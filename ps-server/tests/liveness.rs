@@ -67,3 +67,72 @@ async fn a_silent_worker_is_evicted_and_sync_goes_on_without_it() {
     assert_eq!(silent.join().await.expect("rejoin"), 5, "it resumes at the round in progress");
     cluster.shutdown().await.expect("shutdown");
 }
+
+async fn two_sync_workers(loss: ps_server::WorkerLoss) -> (LocalCluster, Worker, Worker) {
+    let config = ShardConfig {
+        num_workers: 2,
+        policy: PolicyName::Sync,
+        worker_timeout_ms: 300,
+        on_worker_loss: loss,
+        ..ShardConfig::default()
+    };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let mut ws = Vec::new();
+    for id in 0..2 {
+        let cfg = WorkerConfig {
+            retry: RetryPolicy::never(),
+            wait_timeout: Duration::from_secs(3),
+            ..WorkerConfig::new(cluster.spec().clone(), id)
+        };
+        let mut w = Worker::connect(cfg).await.expect("connect");
+        w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
+        ws.push(w);
+    }
+    let b = ws.pop().expect("worker 1");
+    let a = ws.pop().expect("worker 0");
+    (cluster, a, b)
+}
+
+fn gauge(cluster: &LocalCluster, name: &str) -> f64 {
+    let text = ps_server::metrics::encode(cluster.registries());
+    text.lines()
+        .find(|l| l.split(['{', ' ']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_worker_loss_wait_keeps_waiting_and_shows_it_then_resumes() {
+    let (cluster, mut a, mut b) = two_sync_workers(ps_server::WorkerLoss::Wait).await;
+    let grads = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())]);
+    a.pull().await.expect("pull 0");
+    a.push(&grads).await.expect("push 0");
+    // Worker 1 stays silent: worker 0's pull of clock 1 waits past the
+    // timeout (until its own 3 s deadline) instead of going on without it.
+    let err = a.pull().await.expect_err("sync must wait for the silent worker");
+    assert_eq!(err.code(), Some(tonic::Code::DeadlineExceeded), "{err}");
+    assert_eq!(gauge(&cluster, "ps_server_silent_workers"), 1.0);
+    assert_eq!(gauge(&cluster, "ps_server_evictions_total"), 0.0);
+    // It comes back: the round completes and both go on.
+    b.pull().await.expect("pull 0");
+    b.push(&grads).await.expect("push 0");
+    let pulled = a.pull().await.expect("pull 1 once the round is complete");
+    assert_eq!(pulled.versions["w"], vec![0, 0]);
+    cluster.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_worker_loss_fail_stops_the_job_with_a_clear_error() {
+    let (cluster, mut a, _silent) = two_sync_workers(ps_server::WorkerLoss::Fail).await;
+    let grads = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())]);
+    a.pull().await.expect("pull 0");
+    a.push(&grads).await.expect("push 0");
+    // The blocked pull is released with ABORTED naming the lost worker...
+    let err = a.pull().await.expect_err("the job stopped");
+    assert_eq!(err.code(), Some(tonic::Code::Aborted), "{err}");
+    assert!(err.to_string().contains("worker 1 sent nothing for 300 ms"), "{err}");
+    // ...and so is every later request.
+    let err = a.push(&grads).await.expect_err("the job stopped");
+    assert_eq!(err.code(), Some(tonic::Code::Aborted), "{err}");
+    cluster.shutdown().await.expect("shutdown");
+}

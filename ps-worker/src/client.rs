@@ -15,11 +15,17 @@ use ps_proto::pb::parameter_server_client::ParameterServerClient;
 use ps_proto::placement::{self, Part};
 use ps_proto::wire::{self, WireDtype};
 use ps_proto::{ClusterSpec, chunk, pb};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{AddToken, AuthToken};
 
 use crate::error::WorkerError;
 use crate::retry::RetryPolicy;
 use crate::tensor::TensorDecl;
+
+/// A shard's gRPC client, sending the bearer token with every request.
+type Client = ParameterServerClient<InterceptedService<Channel, AddToken>>;
 
 /// How a worker talks to the cluster.
 #[derive(Clone, Debug)]
@@ -45,6 +51,8 @@ pub struct WorkerConfig {
     /// Prefix of every tensor name on the shards (`"run1"` makes `w` travel
     /// as `run1/w`), so several jobs can share one cluster. Empty: none.
     pub namespace: String,
+    /// Bearer token of a cluster started with `--auth-token-file`.
+    pub auth_token: Option<AuthToken>,
 }
 
 impl WorkerConfig {
@@ -62,6 +70,7 @@ impl WorkerConfig {
             max_message_bytes: 16 << 20,
             namespace: String::new(),
             metrics: None,
+            auth_token: None,
         }
     }
 }
@@ -89,7 +98,7 @@ pub struct Pulled {
 #[derive(Clone, Debug)]
 pub struct Worker {
     cfg: WorkerConfig,
-    shards: Vec<ParameterServerClient<Channel>>,
+    shards: Vec<Client>,
     tensors: BTreeMap<String, TensorInfo>,
     clock: u64,
     num_workers: u32,
@@ -108,6 +117,12 @@ pub struct CheckpointDone {
     pub clock: u64,
     /// Bytes of all shard files.
     pub bytes: u64,
+}
+
+/// Whether `status` says the deadline sent in `grpc-timeout` expired on the
+/// server (tonic reports that as `CANCELLED` "Timeout expired").
+fn is_server_timeout(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired"
 }
 
 fn rpc_err(
@@ -143,11 +158,7 @@ impl Worker {
         Ok(Self { cfg, shards, tensors: BTreeMap::new(), clock: 0, num_workers: 0, session: None })
     }
 
-    async fn connect_shard(
-        cfg: &WorkerConfig,
-        shard: u32,
-        addr: &str,
-    ) -> Result<ParameterServerClient<Channel>, WorkerError> {
+    async fn connect_shard(cfg: &WorkerConfig, shard: u32, addr: &str) -> Result<Client, WorkerError> {
         let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| WorkerError::InvalidAddress { shard, addr: addr.into(), reason: e.to_string() })?
@@ -170,7 +181,7 @@ impl Worker {
                 }
             }
         };
-        Ok(ParameterServerClient::new(channel)
+        Ok(ParameterServerClient::with_interceptor(channel, AddToken::new(cfg.auth_token.as_ref()))
             .max_decoding_message_size(cfg.max_message_bytes)
             .max_encoding_message_size(cfg.max_message_bytes))
     }
@@ -215,26 +226,42 @@ impl Worker {
         mut call: F,
     ) -> Result<T, WorkerError>
     where
-        F: FnMut(ParameterServerClient<Channel>, Duration) -> Fut,
+        F: FnMut(Client, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = if waits_on_others { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
         let mut attempt = 1;
         loop {
             let client = self.shards[shard as usize].clone();
-            let status =
-                match tokio::time::timeout(deadline + Duration::from_secs(1), call(client, deadline)).await {
-                    Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(status)) => status,
-                    Err(_) => {
-                        return Err(WorkerError::Timeout {
-                            op,
-                            shard,
-                            tensor: tensor.map(Into::into),
-                            after: deadline,
-                        });
+            let status = match tokio::time::timeout(deadline + Duration::from_secs(1), call(client, deadline))
+                .await
+            {
+                Ok(Ok(v)) => return Ok(v),
+                // The deadline sent in `grpc-timeout` expired on the server
+                // (tonic reports that as CANCELLED "Timeout expired").
+                Ok(Err(status))
+                    if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
+                {
+                    if let Some(m) = &self.cfg.metrics {
+                        m.error(op, tonic::Code::DeadlineExceeded);
                     }
-                };
+                    return Err(WorkerError::Timeout {
+                        op,
+                        shard,
+                        tensor: tensor.map(Into::into),
+                        after: deadline,
+                    });
+                }
+                Ok(Err(status)) => status,
+                Err(_) => {
+                    return Err(WorkerError::Timeout {
+                        op,
+                        shard,
+                        tensor: tensor.map(Into::into),
+                        after: deadline,
+                    });
+                }
+            };
             if attempt >= self.cfg.retry.max_attempts
                 || !RetryPolicy::is_transient(status.code(), waits_on_others)
             {
@@ -481,7 +508,9 @@ impl Worker {
         let shard = part.shard;
         let timeout =
             || WorkerError::Timeout { op: "pull", shard, tensor: Some(name.into()), after: deadline };
-        let rpc = |status| rpc_err("pull", shard, Some(name), 1, status);
+        let rpc = |status: tonic::Status| {
+            if is_server_timeout(&status) { timeout() } else { rpc_err("pull", shard, Some(name), 1, status) }
+        };
         let protocol = |detail: String| WorkerError::Protocol { shard, tensor: name.into(), detail };
         let mut client = self.shards[shard as usize].clone();
         let body = async {
