@@ -103,6 +103,7 @@ pub struct ShardMetrics {
     joins: IntCounter,
     leaves: IntCounter,
     evictions: IntCounter,
+    silent_workers: IntGauge,
     rejected: IntCounterVec,
     duplicates: IntCounter,
     tensors: IntGauge,
@@ -300,6 +301,10 @@ impl ShardMetrics {
             joins: counter("ps_server_joins_total", "Worker joins and rejoins"),
             leaves: counter("ps_server_leaves_total", "Workers that left (including evictions)"),
             evictions: counter("ps_server_evictions_total", "Workers evicted for silence (--worker-timeout)"),
+            silent_workers: gauge(
+                "ps_server_silent_workers",
+                "Live workers silent past --worker-timeout that the shard waits for (--on-worker-loss wait)",
+            ),
             rejected: register(
                 r,
                 IntCounterVec::new(
@@ -461,6 +466,20 @@ impl ShardMetrics {
             self.leaves.inc()
         }
         self.live_workers.set(live as i64);
+    }
+
+    /// Records a request refused for a missing or wrong bearer token.
+    pub fn unauthenticated(&self) {
+        if self.enabled {
+            self.rejected.with_label_values(&["unauthenticated"]).inc();
+        }
+    }
+
+    /// Records how many live workers are silent past the timeout.
+    pub fn silent_workers(&self, n: usize) {
+        if self.enabled {
+            self.silent_workers.set(n as i64);
+        }
     }
 
     /// Records an eviction.

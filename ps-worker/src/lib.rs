@@ -26,6 +26,7 @@
 //! - [`job`]: the built-in training job (data, models, the training loop).
 //! - [`metrics`]: Prometheus metrics of a worker.
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod job;
@@ -33,7 +34,8 @@ pub mod metrics;
 pub mod retry;
 pub mod tensor;
 
-pub use client::{Pulled, Worker, WorkerConfig};
+pub use auth::AuthToken;
+pub use client::{CheckpointDone, Pulled, Worker, WorkerConfig};
 pub use error::WorkerError;
 pub use retry::RetryPolicy;
 pub use tensor::TensorDecl;

@@ -109,10 +109,17 @@ struct Args {
     #[arg(long)]
     split_threshold: Option<u64>,
 
-    /// Evict a worker silent for this many seconds with no request in flight (its
-    /// barriers then stop waiting for it; it may join again). Default: never.
+    /// A worker silent for this many seconds with no request in flight is lost
+    /// (see --on-worker-loss; by default it is evicted: barriers stop waiting for
+    /// it, and it may join again). Default: never.
     #[arg(long)]
     worker_timeout: Option<f64>,
+
+    /// What to do about a worker silent for --worker-timeout: evict it (the others
+    /// go on), wait for it (logged, and counted in ps_server_silent_workers), or
+    /// fail (stop the job: every request gets ABORTED naming the worker).
+    #[arg(long, value_enum, requires = "worker_timeout")]
+    on_worker_loss: Option<ps_server::WorkerLoss>,
 
     /// Largest gRPC message accepted, in bytes; larger push chunks get RESOURCE_EXHAUSTED.
     #[arg(long)]
@@ -132,6 +139,11 @@ struct Args {
     /// (exactly that one; any problem is an error). Workers resume at its clock.
     #[arg(long, value_name = "PATH")]
     restore: Option<PathBuf>,
+
+    /// File holding the cluster's bearer token: every request must carry it
+    /// (`authorization: Bearer <token>`), or gets UNAUTHENTICATED.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
 
     /// TOML file with any of the shard settings (see README); flags override it.
     #[arg(long)]
@@ -168,6 +180,9 @@ enum Command {
         /// Return once every shard knows the checkpoint, without waiting for it to be written.
         #[arg(long)]
         no_wait: bool,
+        /// File holding the cluster's bearer token.
+        #[arg(long)]
+        auth_token_file: Option<PathBuf>,
     },
     /// Verify a checkpoint (every file against its checksum) and describe it.
     ///
@@ -231,11 +246,20 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     if let Some(m) = args.max_message_bytes {
         cfg.max_message_bytes = m;
     }
+    if let Some(l) = args.on_worker_loss {
+        cfg.on_worker_loss = l;
+    }
     if let Some(d) = &args.checkpoint_dir {
         cfg.checkpoint_dir = Some(d.clone());
     }
     if let Some(k) = args.keep_checkpoints {
         cfg.keep_checkpoints = k;
+    }
+    if let Some(f) = &args.auth_token_file {
+        cfg.auth_token_file = Some(f.clone());
+    }
+    if let Some(f) = &cfg.auth_token_file {
+        ps_server::auth::read_token_file(f)?;
     }
     if args.optimizer.is_some() || args.lr.is_some() {
         let (momentum, weight_decay) = (args.momentum, args.weight_decay);
@@ -295,15 +319,16 @@ async fn checkpoint_command(
     cluster: Option<PathBuf>,
     clock: Option<u64>,
     no_wait: bool,
+    auth_token_file: Option<PathBuf>,
 ) -> Result<(), String> {
     let spec: ClusterSpec = match (shards, cluster) {
         (Some(list), _) => ClusterSpec::new(list),
         (None, Some(path)) => read_toml(&path)?,
         (None, None) => return Err("give --shards or --cluster".into()),
     };
-    let mut observer = ps_worker::Worker::observer(ps_worker::WorkerConfig::new(spec, 0))
-        .await
-        .map_err(|e| e.to_string())?;
+    let auth_token = auth_token_file.as_deref().map(ps_worker::AuthToken::from_file).transpose()?;
+    let config = ps_worker::WorkerConfig { auth_token, ..ps_worker::WorkerConfig::new(spec, 0) };
+    let mut observer = ps_worker::Worker::observer(config).await.map_err(|e| e.to_string())?;
     // Without a clock: the highest clock any worker is at (sync: the round in
     // progress), which no update has passed yet; retried further ahead if the
     // workers overtake the request.
@@ -381,9 +406,11 @@ fn main() -> std::process::ExitCode {
     if let Some(command) = args.command {
         let result = match command {
             Command::Inspect { path } => inspect_command(&path),
-            Command::Checkpoint { shards, cluster, clock, no_wait } => {
+            Command::Checkpoint { shards, cluster, clock, no_wait, auth_token_file } => {
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(checkpoint_command(shards, cluster, clock, no_wait)),
+                    Ok(rt) => {
+                        rt.block_on(checkpoint_command(shards, cluster, clock, no_wait, auth_token_file))
+                    }
                     Err(e) => Err(format!("cannot start the Tokio runtime: {e}")),
                 }
             }

@@ -119,6 +119,10 @@ struct Args {
     #[arg(long)]
     dump_dir: Option<PathBuf>,
 
+    /// File holding the cluster's bearer token (the shards' --auth-token-file).
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+
     /// Wire encoding of pushes and pulls.
     #[arg(long, default_value = "f32")]
     wire_dtype: WireDtype,
@@ -176,7 +180,9 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
         });
     }
+    let auth_token = args.auth_token_file.as_deref().map(ps_worker::AuthToken::from_file).transpose();
     let config = WorkerConfig {
+        auth_token: auth_token.map_err(Failure::Usage)?,
         wire_dtype: args.wire_dtype,
         metrics: Some(std::sync::Arc::clone(&metrics)),
         ..WorkerConfig::new(spec, args.worker)

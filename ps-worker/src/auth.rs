@@ -1,0 +1,76 @@
+//! The bearer token a worker sends with every request.
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// A cluster's shared secret. Its `Debug` output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(String);
+
+impl AuthToken {
+    /// A token; it must be printable ASCII without spaces (it travels in an HTTP/2 header).
+    pub fn new(token: impl Into<String>) -> Result<Self, String> {
+        let token = token.into();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("an auth token must be non-empty printable ASCII without spaces".into());
+        }
+        Ok(Self(token))
+    }
+
+    /// The token in a file (surrounding whitespace removed); the error names the path.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the auth token file {}: {e}", path.display()))?;
+        Self::new(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request, when a token is set.
+#[derive(Clone, Debug, Default)]
+pub struct AddToken {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl AddToken {
+    /// Sends `token`, or nothing when `None`.
+    pub fn new(token: Option<&AuthToken>) -> Self {
+        // Checked printable ASCII at construction, so it is a valid header value.
+        let header = token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.0)).ok());
+        Self { header }
+    }
+}
+
+impl Interceptor for AddToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_validated_and_never_printed() {
+        assert!(AuthToken::new("has space").is_err());
+        assert!(AuthToken::new("").is_err());
+        let t = AuthToken::new("s3cr3t").unwrap();
+        assert_eq!(format!("{t:?}"), "AuthToken(<redacted>)");
+        let mut add = AddToken::new(Some(&t));
+        let req = add.call(Request::new(())).unwrap();
+        assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer s3cr3t");
+        assert!(
+            AddToken::new(None).call(Request::new(())).unwrap().metadata().get("authorization").is_none()
+        );
+    }
+}
