@@ -101,6 +101,8 @@ async fn sync_worker_killed_with_sigkill_is_evicted_and_the_others_finish() {
                 return Instant::now();
             }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the child worker stopped before clock {KILL_AT}");
     })
     .await

@@ -125,6 +125,24 @@ fn is_server_timeout(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired"
 }
 
+/// A connection that broke mid-request (reset, broken pipe: tonic reports
+/// `UNKNOWN` "transport error" or "h2 protocol error") as the transient
+/// failure it is: `UNAVAILABLE`. Such statuses are made by the client from a
+/// local error, so they carry a cause; an `UNKNOWN` sent by a server does not.
+fn classify(status: tonic::Status) -> tonic::Status {
+    use std::error::Error;
+    if status.code() != tonic::Code::Unknown || status.source().is_none() {
+        return status;
+    }
+    let mut detail = String::new();
+    let mut cause = status.source();
+    while let Some(e) = cause {
+        detail = e.to_string();
+        cause = e.source();
+    }
+    tonic::Status::unavailable(format!("connection lost: {}: {detail}", status.message()))
+}
+
 fn rpc_err(
     op: &'static str,
     shard: u32,
@@ -233,40 +251,37 @@ impl Worker {
         let mut attempt = 1;
         loop {
             let client = self.shards[shard as usize].clone();
-            let status = match tokio::time::timeout(deadline + Duration::from_secs(1), call(client, deadline))
-                .await
-            {
-                Ok(Ok(v)) => return Ok(v),
-                // The deadline sent in `grpc-timeout` expired on the server
-                // (tonic reports that as CANCELLED "Timeout expired").
-                Ok(Err(status))
-                    if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
-                {
-                    if let Some(m) = &self.cfg.metrics {
-                        m.error(op, tonic::Code::DeadlineExceeded);
+            let status =
+                match tokio::time::timeout(deadline + Duration::from_secs(1), call(client, deadline)).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    // The deadline sent in `grpc-timeout` expired on the server
+                    // (tonic reports that as CANCELLED "Timeout expired").
+                    Ok(Err(status)) if is_server_timeout(&status) => tonic::Status::deadline_exceeded(
+                        format!("the deadline of {deadline:?} expired on the server"),
+                    ),
+                    Ok(Err(status)) => classify(status),
+                    Err(_) => {
+                        return Err(WorkerError::Timeout {
+                            op,
+                            shard,
+                            tensor: tensor.map(Into::into),
+                            after: deadline,
+                        });
                     }
-                    return Err(WorkerError::Timeout {
-                        op,
-                        shard,
-                        tensor: tensor.map(Into::into),
-                        after: deadline,
-                    });
-                }
-                Ok(Err(status)) => status,
-                Err(_) => {
-                    return Err(WorkerError::Timeout {
-                        op,
-                        shard,
-                        tensor: tensor.map(Into::into),
-                        after: deadline,
-                    });
-                }
-            };
+                };
             if attempt >= self.cfg.retry.max_attempts
                 || !RetryPolicy::is_transient(status.code(), waits_on_others)
             {
                 if let Some(m) = &self.cfg.metrics {
                     m.error(op, status.code());
+                }
+                if status.code() == tonic::Code::DeadlineExceeded {
+                    return Err(WorkerError::Timeout {
+                        op,
+                        shard,
+                        tensor: tensor.map(Into::into),
+                        after: deadline,
+                    });
                 }
                 return Err(rpc_err(op, shard, tensor, attempt, status));
             }
@@ -509,7 +524,11 @@ impl Worker {
         let timeout =
             || WorkerError::Timeout { op: "pull", shard, tensor: Some(name.into()), after: deadline };
         let rpc = |status: tonic::Status| {
-            if is_server_timeout(&status) { timeout() } else { rpc_err("pull", shard, Some(name), 1, status) }
+            if is_server_timeout(&status) {
+                timeout()
+            } else {
+                rpc_err("pull", shard, Some(name), 1, classify(status))
+            }
         };
         let protocol = |detail: String| WorkerError::Protocol { shard, tensor: name.into(), detail };
         let mut client = self.shards[shard as usize].clone();

@@ -2,6 +2,8 @@
 //! ephemeral ports, and a small seeded linear-regression problem.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
