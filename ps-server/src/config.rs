@@ -86,6 +86,8 @@ pub struct ShardConfig {
     pub chunk_bytes: usize,
     /// Largest tensor part this shard accepts, in bytes of f32.
     pub max_tensor_bytes: u64,
+    /// Concurrent requests (HTTP/2 streams) per connection; more wait on the client.
+    pub max_concurrent_streams: u32,
     /// Record Prometheus metrics (off only to measure what they cost).
     pub metrics: bool,
     /// Evict a live worker silent for this many milliseconds with no request
@@ -116,6 +118,7 @@ impl Default for ShardConfig {
             max_message_bytes: 16 << 20,
             chunk_bytes: ps_proto::chunk::DEFAULT_CHUNK_BYTES,
             max_tensor_bytes: 16 << 30,
+            max_concurrent_streams: 256,
             metrics: true,
             worker_timeout_ms: 0,
             on_worker_loss: WorkerLoss::Evict,

@@ -71,6 +71,7 @@ pub async fn serve_shard(
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(shard.config().max_concurrent_streams.max(1)))
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

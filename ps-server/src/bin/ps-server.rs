@@ -115,6 +115,15 @@ struct Args {
     #[arg(long)]
     worker_timeout: Option<f64>,
 
+    /// Largest tensor part this shard accepts, in bytes of f32 [default: 16 GiB];
+    /// larger declarations get RESOURCE_EXHAUSTED.
+    #[arg(long)]
+    max_tensor_bytes: Option<u64>,
+
+    /// Concurrent requests per client connection [default: 256]; more wait on the client side.
+    #[arg(long)]
+    max_concurrent_streams: Option<u32>,
+
     /// What to do about a worker silent for --worker-timeout: evict it (the others
     /// go on), wait for it (logged, and counted in ps_server_silent_workers), or
     /// fail (stop the job: every request gets ABORTED naming the worker).
@@ -245,6 +254,12 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     }
     if let Some(m) = args.max_message_bytes {
         cfg.max_message_bytes = m;
+    }
+    if let Some(m) = args.max_tensor_bytes {
+        cfg.max_tensor_bytes = m;
+    }
+    if let Some(m) = args.max_concurrent_streams {
+        cfg.max_concurrent_streams = m;
     }
     if let Some(l) = args.on_worker_loss {
         cfg.on_worker_loss = l;
