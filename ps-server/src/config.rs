@@ -102,6 +102,12 @@ pub struct ShardConfig {
     pub keep_checkpoints: usize,
     /// File holding the bearer token every request must carry; none: no check.
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain to serve TLS with (with `tls_key`); none: plaintext.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificate: when set, clients must present a certificate it signed (mutual TLS).
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ShardConfig {
@@ -125,6 +131,9 @@ impl Default for ShardConfig {
             checkpoint_dir: None,
             keep_checkpoints: 3,
             auth_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -151,6 +160,12 @@ impl ShardConfig {
                 "chunk_bytes {} must be positive and at least 4 KiB below max_message_bytes {}",
                 self.chunk_bytes, self.max_message_bytes
             ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("tls_client_ca (mutual TLS) needs tls_cert and tls_key".into());
         }
         if self.keep_checkpoints == 0 {
             return Err("keep_checkpoints must be at least 1".into());

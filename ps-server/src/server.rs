@@ -70,7 +70,11 @@ pub async fn serve_shard(
         tokio::spawn(evict_silent_workers(Arc::downgrade(&shard)));
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(shard.config())? {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .max_concurrent_streams(Some(shard.config().max_concurrent_streams.max(1)))
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -82,6 +86,20 @@ pub async fn serve_shard(
         })
         .await?;
     Ok(())
+}
+
+/// The TLS settings of `config`, reading its PEM files; `None` for plaintext.
+fn tls_config(config: &ShardConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServeError::Config(format!("cannot read {}: {e}", path.display())))
+    };
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Checks leases four times per worker timeout and handles overdue workers,

@@ -32,6 +32,56 @@ impl std::fmt::Debug for AuthToken {
     }
 }
 
+/// How a worker verifies the shards over TLS (and, for mutual TLS, proves
+/// who it is). PEM contents, read at construction.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// CA certificate that signed the shards' certificates.
+    pub ca_pem: Vec<u8>,
+    /// Name the shards' certificates are issued for (e.g. `localhost`).
+    pub domain: String,
+    /// This worker's certificate and key, for shards that require client certificates.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("domain", &self.domain)
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA and, optionally, a client certificate and key; errors name the path.
+    pub fn from_files(
+        ca: &std::path::Path,
+        domain: &str,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, String> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let identity = match identity {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        Ok(Self { ca_pem: read(ca)?, domain: domain.to_string(), identity })
+    }
+
+    /// The tonic client configuration.
+    pub fn config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut cfg = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name(self.domain.clone());
+        if let Some((cert, key)) = &self.identity {
+            cfg = cfg.identity(Identity::from_pem(cert, key));
+        }
+        cfg
+    }
+}
+
 /// Adds `authorization: Bearer <token>` to every request, when a token is set.
 #[derive(Clone, Debug, Default)]
 pub struct AddToken {

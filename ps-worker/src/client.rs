@@ -18,7 +18,7 @@ use ps_proto::{ClusterSpec, chunk, pb};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::auth::{AddToken, AuthToken};
+use crate::auth::{AddToken, AuthToken, ClientTls};
 
 use crate::error::WorkerError;
 use crate::retry::RetryPolicy;
@@ -53,6 +53,8 @@ pub struct WorkerConfig {
     pub namespace: String,
     /// Bearer token of a cluster started with `--auth-token-file`.
     pub auth_token: Option<AuthToken>,
+    /// TLS to the shards (started with `--tls-cert`); none: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl WorkerConfig {
@@ -71,6 +73,7 @@ impl WorkerConfig {
             namespace: String::new(),
             metrics: None,
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -177,9 +180,18 @@ impl Worker {
     }
 
     async fn connect_shard(cfg: &WorkerConfig, shard: u32, addr: &str) -> Result<Client, WorkerError> {
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| WorkerError::InvalidAddress { shard, addr: addr.into(), reason: e.to_string() })?
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
+        let invalid = |e: &dyn std::fmt::Display| WorkerError::InvalidAddress {
+            shard,
+            addr: addr.into(),
+            reason: e.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| invalid(&e))?;
+        if let Some(tls) = &cfg.tls {
+            endpoint = endpoint.tls_config(tls.config()).map_err(|e| invalid(&e))?;
+        }
+        let endpoint = endpoint
             .tcp_nodelay(true)
             .connect_timeout(cfg.rpc_timeout)
             .initial_stream_window_size(16 << 20)

@@ -34,7 +34,7 @@ pub mod metrics;
 pub mod retry;
 pub mod tensor;
 
-pub use auth::AuthToken;
+pub use auth::{AuthToken, ClientTls};
 pub use client::{CheckpointDone, Pulled, Worker, WorkerConfig};
 pub use error::WorkerError;
 pub use retry::RetryPolicy;

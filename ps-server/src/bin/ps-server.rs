@@ -154,6 +154,18 @@ struct Args {
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
 
+    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this PEM CA (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+
     /// TOML file with any of the shard settings (see README); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -272,6 +284,13 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     }
     if let Some(f) = &args.auth_token_file {
         cfg.auth_token_file = Some(f.clone());
+    }
+    if args.tls_cert.is_some() {
+        cfg.tls_cert = args.tls_cert.clone();
+        cfg.tls_key = args.tls_key.clone();
+    }
+    if args.tls_ca.is_some() {
+        cfg.tls_client_ca = args.tls_ca.clone();
     }
     if let Some(f) = &cfg.auth_token_file {
         ps_server::auth::read_token_file(f)?;

@@ -1,0 +1,117 @@
+//! TLS and mutual TLS on the gRPC endpoint: the right CA connects and
+//! trains; a wrong CA, plaintext, or (with mutual TLS) no client
+//! certificate cannot connect.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ps_server::{LocalCluster, PolicyName, ShardConfig};
+use ps_worker::{ClientTls, RetryPolicy, TensorDecl, Worker, WorkerConfig};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A CA in `dir`, and files `<name>.pem` / `<name>.key` for certificates it signs.
+    fn new(name: &str) -> (Self, rcgen::Certificate, KeyPair) {
+        let dir = std::env::temp_dir().join(format!("ps-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = KeyPair::generate().expect("ca key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("ca");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca");
+        (Self { dir }, ca, key)
+    }
+
+    fn issue(&self, name: &str, ca: &rcgen::Certificate, ca_key: &KeyPair) {
+        let key = KeyPair::generate().expect("key");
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+        let cert = params.signed_by(&key, ca, ca_key).expect("sign");
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(pki: &Pki, mutual: bool) -> ShardConfig {
+    ShardConfig {
+        num_workers: 1,
+        policy: PolicyName::Async,
+        tls_cert: Some(pki.path("server.pem")),
+        tls_key: Some(pki.path("server.key")),
+        tls_client_ca: mutual.then(|| pki.path("ca.pem")),
+        ..ShardConfig::default()
+    }
+}
+
+fn worker_config(spec: &ps_proto::ClusterSpec, tls: Option<ClientTls>) -> WorkerConfig {
+    WorkerConfig { retry: RetryPolicy::never(), tls, ..WorkerConfig::new(spec.clone(), 0) }
+}
+
+fn tls(ca: &Path, identity: Option<(&Path, &Path)>) -> Option<ClientTls> {
+    Some(ClientTls::from_files(ca, "localhost", identity).expect("tls files"))
+}
+
+async fn trains(cfg: WorkerConfig) {
+    let mut w = Worker::connect(cfg).await.expect("connect over TLS");
+    w.declare(&TensorDecl::new("w", &[3])).await.expect("declare");
+    w.pull().await.expect("pull");
+    w.push(&BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32, 2.0, 3.0]).into_dyn())]))
+        .await
+        .expect("push");
+    assert_eq!(w.pull().await.expect("pull").versions["w"], vec![0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connects_with_the_right_ca_only() {
+    let (pki, ca, ca_key) = Pki::new("server");
+    pki.issue("server", &ca, &ca_key);
+    let (other, _, _) = Pki::new("other");
+    let cluster = LocalCluster::start(2, config(&pki, false)).await.expect("cluster");
+    trains(worker_config(cluster.spec(), tls(&pki.path("ca.pem"), None))).await;
+
+    let wrong = Worker::connect(worker_config(cluster.spec(), tls(&other.path("ca.pem"), None))).await;
+    let wrong = wrong.expect_err("a certificate from another CA was trusted");
+    assert!(format!("{wrong:?}").contains("InvalidCertificate"), "{wrong:?}");
+    let plain = Worker::connect(worker_config(cluster.spec(), None)).await;
+    assert!(plain.is_err(), "plaintext reached a TLS shard");
+    cluster.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let (pki, ca, ca_key) = Pki::new("mutual");
+    pki.issue("server", &ca, &ca_key);
+    pki.issue("client", &ca, &ca_key);
+    let (other, other_ca, other_key) = Pki::new("mutual-other");
+    other.issue("client", &other_ca, &other_key);
+    let cluster = LocalCluster::start(1, config(&pki, true)).await.expect("cluster");
+    let ca_file = pki.path("ca.pem");
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    trains(worker_config(cluster.spec(), tls(&ca_file, Some((&cert, &key))))).await;
+
+    let anonymous = Worker::connect(worker_config(cluster.spec(), tls(&ca_file, None))).await;
+    let anonymous = anonymous.expect_err("a client without a certificate was served");
+    // TLS 1.3 reports a refused client certificate after the handshake: the first request fails.
+    assert!(
+        matches!(anonymous.code(), Some(tonic::Code::Unavailable)) || anonymous.code().is_none(),
+        "{anonymous:?}"
+    );
+    let (cert, key) = (other.path("client.pem"), other.path("client.key"));
+    let stranger = Worker::connect(worker_config(cluster.spec(), tls(&ca_file, Some((&cert, &key))))).await;
+    assert!(stranger.is_err(), "a client certificate from another CA was accepted");
+    cluster.shutdown().await.expect("shutdown");
+}
