@@ -124,11 +124,13 @@ impl Shard {
             let info = CutInfo {
                 root: root.clone(),
                 shard: config.shard_id,
-                num_shards: config.num_shards,
-                split_threshold: config.split_threshold,
-                num_workers: config.num_workers,
-                policy: config.default_policy().label(),
-                aggregation: config.aggregation,
+                job: crate::checkpoint::format::JobEntry {
+                    num_shards: config.num_shards,
+                    split_threshold: config.split_threshold,
+                    num_workers: config.num_workers,
+                    policy: config.default_policy().label(),
+                    aggregation: config.aggregation,
+                },
                 keep: config.keep_checkpoints,
             };
             Checkpoints::new(info, metrics.checkpoint().clone())

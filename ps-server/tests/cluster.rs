@@ -19,26 +19,6 @@ async fn connect(spec: &ps_proto::ClusterSpec, id: u32) -> Worker {
     w
 }
 
-/// Single-process SGD on the linear model from the declared initial values:
-/// at each step, the mean gradient of workers `0..present(step)`.
-fn reference_sgd(steps: u64, present: impl Fn(u64) -> u32) -> (Array1<f32>, f32) {
-    let mut w: Array1<f32> =
-        ps_server::init::Init::Normal { mean: 0.0, std: 0.1, seed: 11 }.fill(0, DIM).into();
-    let mut b = 0.0f32;
-    for step in 0..steps {
-        let n = present(step);
-        let (gws, gbs): (Vec<_>, Vec<_>) = (0..n)
-            .map(|id| {
-                let (x, y) = batch(id, step);
-                gradients(&w, b, &x, &y)
-            })
-            .unzip();
-        w = &w - &(mean_rows(&gws) * LR);
-        b -= LR * gbs.iter().sum::<f32>() / n as f32;
-    }
-    (w, b)
-}
-
 /// Values a worker read at each clock, as raw bits.
 type Reads = Vec<Vec<u32>>;
 
@@ -79,7 +59,7 @@ async fn sync_equals_single_process_sgd_on_two_shards() {
 
     // The same SGD in one process, on the union of the workers' batches.
     let observer = connect(&spec, 0).await;
-    let (w, b) = reference_sgd(STEPS, |_| WORKERS);
+    let (w, b) = reference_sgd(STEPS, LR, |_| WORKERS);
     let (served_w, versions) = observer.observe("w").await.expect("observe w");
     let (served_b, _) = observer.observe("b").await.expect("observe b");
     assert_eq!(versions, vec![STEPS as i64 - 1; WORKERS as usize]);
@@ -189,7 +169,7 @@ async fn sync_worker_that_runs_out_of_data_leaves_and_the_rest_divide_by_three()
     };
     tokio::time::timeout(Duration::from_secs(120), all).await.expect("workers hung after one left");
 
-    let (w, b) = reference_sgd(STEPS, |step| if step < SHORT { WORKERS } else { WORKERS - 1 });
+    let (w, b) = reference_sgd(STEPS, LR, |step| if step < SHORT { WORKERS } else { WORKERS - 1 });
     let observer = connect(&spec, 0).await;
     let (served_w, versions) = observer.observe("w").await.expect("observe");
     assert_eq!(versions, vec![29, 29, 29, 19]);

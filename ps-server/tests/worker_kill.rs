@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ndarray::Array1;
 use ps_proto::ClusterSpec;
 use ps_worker::{TensorDecl, Worker, WorkerConfig};
 
@@ -46,26 +45,6 @@ async fn child_worker() {
             let _ = std::io::stdin().read_line(&mut line);
         }
     }
-}
-
-/// Single-process SGD on the linear model: at each step, the mean gradient
-/// of workers `0..present(step)`.
-fn reference_sgd(steps: u64, present: impl Fn(u64) -> u32) -> (Array1<f32>, f32) {
-    let mut w: Array1<f32> =
-        ps_server::init::Init::Normal { mean: 0.0, std: 0.1, seed: 11 }.fill(0, DIM).into();
-    let mut b = 0.0f32;
-    for step in 0..steps {
-        let n = present(step);
-        let (gws, gbs): (Vec<_>, Vec<_>) = (0..n)
-            .map(|id| {
-                let (x, y) = batch(id, step);
-                gradients(&w, b, &x, &y)
-            })
-            .unzip();
-        w = &w - &(mean_rows(&gws) * LR);
-        b -= LR * gbs.iter().sum::<f32>() / n as f32;
-    }
-    (w, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +105,7 @@ async fn sync_worker_killed_with_sigkill_is_evicted_and_the_others_finish() {
     let last = versions[3];
     assert_eq!(last, KILL_AT as i64 - 1, "the killed worker's last applied clock");
     assert_eq!(&versions[..3], &[STEPS as i64 - 1; 3]);
-    let (w, b) = reference_sgd(STEPS, |step| if step as i64 <= last { 4 } else { 3 });
+    let (w, b) = reference_sgd(STEPS, LR, |step| if step as i64 <= last { 4 } else { 3 });
     let max_diff = served_w.iter().zip(w.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(max_diff <= 1e-5, "w differs from the replay of the applied updates by {max_diff}");
     let (served_b, _) = observer.observe("b").await.expect("observe b");

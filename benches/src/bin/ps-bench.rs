@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -62,23 +62,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
     num.parse::<usize>().map(|n| n * mult).map_err(|e| format!("size {s:?}: {e}"))
 }
 
-struct Shard(Child);
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Shard {
-    /// Peak resident memory of the process, in bytes (Linux: VmHWM).
-    fn peak_rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-    }
-}
+use ps_benches::ShardProcess as Shard;
 
 fn start_shards(n: u32, workers: u32, policy: &str) -> Result<(Vec<Shard>, ClusterSpec), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("ps-server");

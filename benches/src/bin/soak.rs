@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,23 +47,10 @@ struct Args {
     sample: u64,
 }
 
-struct Shard(Child);
+use ps_benches::ShardProcess as Shard;
 
-impl Drop for Shard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Shard {
-    fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(str::to_string))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    }
+fn rss_mib(shard: &Shard) -> f64 {
+    shard.rss().map_or(f64::NAN, |b| b as f64 / f64::from(1 << 20))
 }
 
 fn start(args: &Args) -> Result<(Vec<Shard>, ClusterSpec), String> {
@@ -141,7 +128,7 @@ fn main() -> std::process::ExitCode {
         while started.elapsed() < Duration::from_secs(args.duration) {
             tokio::time::sleep(Duration::from_secs(args.sample)).await;
             let now = steps.load(Ordering::Relaxed);
-            let rss: Vec<f64> = shards.iter().map(Shard::rss_mib).collect();
+            let rss: Vec<f64> = shards.iter().map(rss_mib).collect();
             let t = started.elapsed().as_secs_f64();
             println!(
                 "{t:>6.0} {now:>10} {:>10.0}  {}",
@@ -158,7 +145,7 @@ fn main() -> std::process::ExitCode {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
         }
-        let end: Vec<f64> = shards.iter().map(Shard::rss_mib).collect();
+        let end: Vec<f64> = shards.iter().map(rss_mib).collect();
         let total = steps.load(Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
         println!(

@@ -137,22 +137,30 @@ pub struct Fragment {
     pub clock: u64,
     /// The shard that wrote it.
     pub shard: u32,
-    /// Shards in the cluster that wrote the checkpoint.
-    pub num_shards: u32,
-    /// The cluster's split threshold.
-    pub split_threshold: u64,
-    /// Workers in the job.
-    pub num_workers: u32,
-    /// The cluster's default policy label.
-    pub policy: String,
-    /// How gradients were combined.
-    pub aggregation: Aggregation,
+    /// The cluster and job that wrote it.
+    #[serde(flatten)]
+    pub job: JobEntry,
     /// When the shard's file became durable (Unix milliseconds).
     pub written_unix_ms: u64,
     /// The shard's safetensors file.
     pub file: FileEntry,
     /// The shard's tensor parts, one part per entry.
     pub tensors: Vec<TensorEntry>,
+}
+
+/// What every shard of a cluster agrees on, recorded with each checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEntry {
+    /// Shards in the cluster.
+    pub num_shards: u32,
+    /// Tensors with at least this many elements are split over all shards.
+    pub split_threshold: u64,
+    /// Workers in the job.
+    pub num_workers: u32,
+    /// The cluster's default policy label.
+    pub policy: String,
+    /// How gradients are combined.
+    pub aggregation: Aggregation,
 }
 
 /// The cluster a checkpoint was taken on.
@@ -203,19 +211,17 @@ impl Manifest {
             }
             let same = f.name == first.name
                 && f.clock == first.clock
-                && f.num_shards == first.num_shards
-                && f.split_threshold == first.split_threshold
-                && f.num_workers == first.num_workers
+                && f.job == first.job
                 && f.format == first.format;
             if !same {
                 return Err(format!(
                     "fragment of shard {i} belongs to another checkpoint ({} at clock {}, {} shards)",
-                    f.name, f.clock, f.num_shards
+                    f.name, f.clock, f.job.num_shards
                 ));
             }
         }
-        if fragments.len() != first.num_shards as usize {
-            return Err(format!("{} of {} fragments present", fragments.len(), first.num_shards));
+        if fragments.len() != first.job.num_shards as usize {
+            return Err(format!("{} of {} fragments present", fragments.len(), first.job.num_shards));
         }
         let mut tensors: BTreeMap<String, TensorEntry> = BTreeMap::new();
         for f in &fragments {
@@ -254,10 +260,13 @@ impl Manifest {
             format: first.format,
             name: first.name.clone(),
             clock: first.clock,
-            policy: first.policy.clone(),
-            aggregation: first.aggregation,
-            num_workers: first.num_workers,
-            cluster: ClusterEntry { num_shards: first.num_shards, split_threshold: first.split_threshold },
+            policy: first.job.policy.clone(),
+            aggregation: first.job.aggregation,
+            num_workers: first.job.num_workers,
+            cluster: ClusterEntry {
+                num_shards: first.job.num_shards,
+                split_threshold: first.job.split_threshold,
+            },
             created_unix_ms: fragments.iter().map(|f| f.written_unix_ms).max().unwrap_or(0),
             tensors: tensors.into_values().collect(),
             files: fragments.into_iter().map(|f| f.file).collect(),
@@ -275,11 +284,13 @@ mod tests {
             name: checkpoint_name(4, 7),
             clock: 4,
             shard,
-            num_shards: 2,
-            split_threshold: 8,
-            num_workers: 2,
-            policy: "sync".into(),
-            aggregation: Aggregation::Mean,
+            job: JobEntry {
+                num_shards: 2,
+                split_threshold: 8,
+                num_workers: 2,
+                policy: "sync".into(),
+                aggregation: Aggregation::Mean,
+            },
             written_unix_ms: 100 + u64::from(shard),
             file: FileEntry { name: shard_file(shard), bytes: 1, sha256: "00".into() },
             tensors: parts

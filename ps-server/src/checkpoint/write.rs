@@ -20,11 +20,10 @@ use sha2::{Digest, Sha256};
 
 use super::error::CheckpointError;
 use super::format::{
-    FORMAT_VERSION, FileEntry, Fragment, MANIFEST, Manifest, PartEntry, TensorEntry, fragment_file,
+    FORMAT_VERSION, FileEntry, Fragment, JobEntry, MANIFEST, Manifest, PartEntry, TensorEntry, fragment_file,
     parse_name, shard_file, slot_key, values_key,
 };
 use super::{CutId, PartSnapshot};
-use crate::config::Aggregation;
 use crate::tensor::TensorMeta;
 
 /// What a shard writes into every checkpoint besides its parts.
@@ -34,16 +33,8 @@ pub struct CutInfo {
     pub root: PathBuf,
     /// This shard.
     pub shard: u32,
-    /// Shards in the cluster.
-    pub num_shards: u32,
-    /// The cluster's split threshold.
-    pub split_threshold: u64,
-    /// Workers in the job.
-    pub num_workers: u32,
-    /// The cluster's default policy label.
-    pub policy: String,
-    /// How gradients are combined.
-    pub aggregation: Aggregation,
+    /// The cluster and job.
+    pub job: JobEntry,
     /// Complete checkpoints to keep (at least 1).
     pub keep: usize,
 }
@@ -244,11 +235,7 @@ pub fn write_shard_cut(
         name: cut.name.clone(),
         clock: cut.clock,
         shard: info.shard,
-        num_shards: info.num_shards,
-        split_threshold: info.split_threshold,
-        num_workers: info.num_workers,
-        policy: info.policy.clone(),
-        aggregation: info.aggregation,
+        job: info.job.clone(),
         written_unix_ms: unix_ms(),
         file: FileEntry { name: file_name, bytes, sha256 },
         tensors,
@@ -258,7 +245,7 @@ pub fn write_shard_cut(
     write_atomically(&dir, &fragment_file(info.shard), "", &json)?;
 
     // 3. The manifest, if this shard is the last one.
-    let manifest = finish_manifest(&dir, info.num_shards, info.shard, cut.clock)?;
+    let manifest = finish_manifest(&dir, info.job.num_shards, info.shard, cut.clock)?;
     if manifest && let Err(e) = prune(&info.root, info.keep.max(1)) {
         tracing::warn!(error = %e, "could not delete old checkpoints");
     }

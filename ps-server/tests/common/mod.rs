@@ -114,3 +114,24 @@ pub fn mean_rows(rows: &[Array1<f32>]) -> Array1<f32> {
     let stacked = ndarray::stack(Axis(0), &rows.iter().map(|r| r.view()).collect::<Vec<_>>()).expect("stack");
     stacked.sum_axis(Axis(0)) / rows.len() as f32
 }
+
+/// Single-process SGD on the linear model from the initial values the tests
+/// declare (`w`: Normal(0, 0.1) seed 11, `b`: 0): at each step, the mean
+/// gradient of workers `0..present(step)`, at learning rate `lr`.
+pub fn reference_sgd(steps: u64, lr: f32, present: impl Fn(u64) -> u32) -> (Array1<f32>, f32) {
+    let mut w: Array1<f32> =
+        ps_server::init::Init::Normal { mean: 0.0, std: 0.1, seed: 11 }.fill(0, DIM).into();
+    let mut b = 0.0f32;
+    for step in 0..steps {
+        let n = present(step);
+        let (gws, gbs): (Vec<_>, Vec<_>) = (0..n)
+            .map(|id| {
+                let (x, y) = batch(id, step);
+                gradients(&w, b, &x, &y)
+            })
+            .unzip();
+        w = &w - &(mean_rows(&gws) * lr);
+        b -= lr * gbs.iter().sum::<f32>() / n as f32;
+    }
+    (w, b)
+}
