@@ -2,7 +2,6 @@
 //! carry `authorization: Bearer <token>`, or it is refused with
 //! `UNAUTHENTICATED` before it reaches the shard (so it changes nothing).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -10,21 +9,6 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::shard::Shard;
-
-/// Reads a token file: its contents without surrounding whitespace. Fails,
-/// naming the path, if it cannot be read or holds no token.
-pub fn read_token_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the auth token file {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("the auth token file {} is empty", path.display()));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("the auth token in {} must be printable ASCII without spaces", path.display()));
-    }
-    Ok(token.to_string())
-}
 
 /// Checks the bearer token of every request. Tokens are compared through
 /// their SHA-256 digests in constant time, so neither the contents nor the
@@ -54,8 +38,8 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl TokenCheck {
     /// Accepts only requests bearing `token`; accepts everything when `None`.
     /// Refusals are counted in the shard's metrics.
-    pub fn new(token: Option<&str>, shard: Arc<Shard>) -> Self {
-        Self { expected: token.map(|t| digest(t.as_bytes())), shard }
+    pub fn new(token: Option<&ps_worker::AuthToken>, shard: Arc<Shard>) -> Self {
+        Self { expected: token.map(|t| digest(t.reveal().as_bytes())), shard }
     }
 }
 
@@ -89,20 +73,5 @@ mod tests {
         assert!(constant_time_eq(&digest(b"secret"), &digest(b"secret")));
         assert!(!constant_time_eq(&digest(b"secret"), &digest(b"secreT")));
         assert!(!constant_time_eq(&digest(b"secret"), &digest(b"secret-longer")));
-    }
-
-    #[test]
-    fn token_files_are_trimmed_and_checked() {
-        let dir = std::env::temp_dir().join(format!("ps-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good");
-        std::fs::write(&good, "s3cr3t\n").unwrap();
-        assert_eq!(read_token_file(&good).unwrap(), "s3cr3t");
-        let empty = dir.join("empty");
-        std::fs::write(&empty, "  \n").unwrap();
-        assert!(read_token_file(&empty).unwrap_err().contains("is empty"));
-        let missing = read_token_file(&dir.join("missing")).unwrap_err();
-        assert!(missing.contains("missing") && missing.contains("cannot read"), "{missing}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

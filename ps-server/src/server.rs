@@ -56,7 +56,7 @@ pub async fn serve_shard(
 ) -> Result<(), ServeError> {
     let max_message = shard.config().max_message_bytes;
     let token = match &shard.config().auth_token_file {
-        Some(path) => Some(crate::auth::read_token_file(path).map_err(ServeError::Config)?),
+        Some(path) => Some(ps_worker::AuthToken::from_file(path).map_err(ServeError::Config)?),
         None => None,
     };
     let service = ParameterServerServer::new(Service::new(Arc::clone(&shard)))
@@ -64,7 +64,7 @@ pub async fn serve_shard(
         .max_encoding_message_size(max_message);
     let service = tonic::service::interceptor::InterceptedService::new(
         service,
-        crate::auth::TokenCheck::new(token.as_deref(), Arc::clone(&shard)),
+        crate::auth::TokenCheck::new(token.as_ref(), Arc::clone(&shard)),
     );
     if shard.config().worker_timeout_ms > 0 {
         tokio::spawn(evict_silent_workers(Arc::downgrade(&shard)));

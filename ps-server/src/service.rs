@@ -79,6 +79,20 @@ type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Sen
 
 impl Service {
     /// Records a finished request in the metrics and hands out its result.
+    /// Runs `inner` unless the job has stopped (then `ABORTED`), and records the outcome.
+    async fn serve<T>(
+        &self,
+        rpc: Rpc,
+        inner: impl std::future::Future<Output = Result<(T, u64), Rejected>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = match self.shard.check_running() {
+            Ok(()) => inner.await,
+            Err(e) => Err(e.into()),
+        };
+        self.finish(rpc, started, result)
+    }
+
     fn finish<T>(&self, rpc: Rpc, started: Instant, result: Result<(T, u64), Rejected>) -> Result<T, Status> {
         let metrics = self.shard.metrics();
         match result {
@@ -336,104 +350,40 @@ impl ParameterServer for Service {
         &self,
         req: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointReply>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::Checkpoint,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.checkpoint_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::Checkpoint, self.checkpoint_inner(req)).await
     }
 
     async fn checkpoint_status(
         &self,
         req: Request<pb::CheckpointStatusRequest>,
     ) -> Result<Response<pb::CheckpointStatusReply>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::CheckpointStatus,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.checkpoint_status_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::CheckpointStatus, self.checkpoint_status_inner(req)).await
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::Join,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.join_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::Join, self.join_inner(req)).await
     }
 
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::Leave,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.leave_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::Leave, self.leave_inner(req)).await
     }
 
     async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::Declare,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.declare_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::Declare, self.declare_inner(req)).await
     }
 
     async fn push(&self, req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::Push,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.push_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::Push, self.push_inner(req)).await
     }
 
     type PullStream = PullStream;
 
     async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::Pull,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.pull_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::Pull, self.pull_inner(req)).await
     }
 
     async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
-        let started = Instant::now();
-        self.finish(
-            Rpc::Barrier,
-            started,
-            match self.shard.check_running() {
-                Ok(()) => self.barrier_inner(req).await,
-                Err(e) => Err(e.into()),
-            },
-        )
+        self.serve(Rpc::Barrier, self.barrier_inner(req)).await
     }
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {

@@ -22,7 +22,56 @@ impl AuthToken {
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the auth token file {}: {e}", path.display()))?;
+        if text.trim().is_empty() {
+            return Err(format!("the auth token file {} is empty", path.display()));
+        }
         Self::new(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The secret itself, for the side that checks it. Never log it.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Command-line flags for reaching a cluster that requires a token or TLS;
+/// shared by every binary that acts as a client.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct AccessArgs {
+    /// File holding the cluster's bearer token (the shards' --auth-token-file).
+    #[arg(long)]
+    pub auth_token_file: Option<std::path::PathBuf>,
+
+    /// Connect with TLS, trusting shard certificates signed by this PEM CA.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Name the shards' certificates are issued for.
+    #[arg(long, default_value = "localhost", requires = "tls_ca")]
+    pub tls_domain: String,
+
+    /// Client PEM certificate, for shards started with --tls-ca (with --tls-key).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl AccessArgs {
+    /// `cfg` with the token and TLS settings these flags name (files are read
+    /// now; errors name the path).
+    pub fn apply(&self, cfg: crate::WorkerConfig) -> Result<crate::WorkerConfig, String> {
+        let auth_token = self.auth_token_file.as_deref().map(AuthToken::from_file).transpose()?;
+        let tls = match &self.tls_ca {
+            Some(ca) => {
+                let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+                Some(ClientTls::from_files(ca, &self.tls_domain, identity)?)
+            }
+            None => None,
+        };
+        Ok(crate::WorkerConfig { auth_token, tls, ..cfg })
     }
 }
 
@@ -114,6 +163,15 @@ mod tests {
     fn tokens_are_validated_and_never_printed() {
         assert!(AuthToken::new("has space").is_err());
         assert!(AuthToken::new("").is_err());
+        let dir = std::env::temp_dir().join(format!("ps-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("good"), "s3cr3t\n").unwrap();
+        assert_eq!(AuthToken::from_file(&dir.join("good")).unwrap().reveal(), "s3cr3t");
+        std::fs::write(dir.join("empty"), "  \n").unwrap();
+        assert!(AuthToken::from_file(&dir.join("empty")).unwrap_err().contains("is empty"));
+        let missing = AuthToken::from_file(&dir.join("missing")).unwrap_err();
+        assert!(missing.contains("missing") && missing.contains("cannot read"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
         let t = AuthToken::new("s3cr3t").unwrap();
         assert_eq!(format!("{t:?}"), "AuthToken(<redacted>)");
         let mut add = AddToken::new(Some(&t));

@@ -201,21 +201,8 @@ enum Command {
         /// Return once every shard knows the checkpoint, without waiting for it to be written.
         #[arg(long)]
         no_wait: bool,
-        /// File holding the cluster's bearer token.
-        #[arg(long)]
-        auth_token_file: Option<PathBuf>,
-        /// Connect with TLS, trusting shard certificates signed by this PEM CA.
-        #[arg(long)]
-        tls_ca: Option<PathBuf>,
-        /// Name the shards' certificates are issued for.
-        #[arg(long, default_value = "localhost", requires = "tls_ca")]
-        tls_domain: String,
-        /// Client PEM certificate for shards that require one (with --tls-key).
-        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of --tls-cert.
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        access: ps_worker::auth::AccessArgs,
     },
     /// Verify a checkpoint (every file against its checksum) and describe it.
     ///
@@ -305,7 +292,7 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         cfg.tls_client_ca = args.tls_ca.clone();
     }
     if let Some(f) = &cfg.auth_token_file {
-        ps_server::auth::read_token_file(f)?;
+        ps_worker::AuthToken::from_file(f)?;
     }
     if args.optimizer.is_some() || args.lr.is_some() {
         let (momentum, weight_decay) = (args.momentum, args.weight_decay);
@@ -359,36 +346,20 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// How `ps-server checkpoint` reaches the cluster.
-struct Access {
-    auth_token_file: Option<PathBuf>,
-    tls_ca: Option<PathBuf>,
-    tls_domain: String,
-    tls_identity: Option<(PathBuf, PathBuf)>,
-}
-
 /// `ps-server checkpoint`: requests a checkpoint and waits for it.
 async fn checkpoint_command(
     shards: Option<Vec<String>>,
     cluster: Option<PathBuf>,
     clock: Option<u64>,
     no_wait: bool,
-    access: Access,
+    access: ps_worker::auth::AccessArgs,
 ) -> Result<(), String> {
     let spec: ClusterSpec = match (shards, cluster) {
         (Some(list), _) => ClusterSpec::new(list),
         (None, Some(path)) => read_toml(&path)?,
         (None, None) => return Err("give --shards or --cluster".into()),
     };
-    let auth_token = access.auth_token_file.as_deref().map(ps_worker::AuthToken::from_file).transpose()?;
-    let tls = match &access.tls_ca {
-        Some(ca) => {
-            let identity = access.tls_identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-            Some(ps_worker::ClientTls::from_files(ca, &access.tls_domain, identity)?)
-        }
-        None => None,
-    };
-    let config = ps_worker::WorkerConfig { auth_token, tls, ..ps_worker::WorkerConfig::new(spec, 0) };
+    let config = access.apply(ps_worker::WorkerConfig::new(spec, 0))?;
     let mut observer = ps_worker::Worker::observer(config).await.map_err(|e| e.to_string())?;
     // Without a clock: the highest clock any worker is at (sync: the round in
     // progress), which no update has passed yet; retried further ahead if the
@@ -467,19 +438,7 @@ fn main() -> std::process::ExitCode {
     if let Some(command) = args.command {
         let result = match command {
             Command::Inspect { path } => inspect_command(&path),
-            Command::Checkpoint {
-                shards,
-                cluster,
-                clock,
-                no_wait,
-                auth_token_file,
-                tls_ca,
-                tls_domain,
-                tls_cert,
-                tls_key,
-            } => {
-                let access =
-                    Access { auth_token_file, tls_ca, tls_domain, tls_identity: tls_cert.zip(tls_key) };
+            Command::Checkpoint { shards, cluster, clock, no_wait, access } => {
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt.block_on(checkpoint_command(shards, cluster, clock, no_wait, access)),
                     Err(e) => Err(format!("cannot start the Tokio runtime: {e}")),

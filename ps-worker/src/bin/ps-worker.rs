@@ -119,25 +119,8 @@ struct Args {
     #[arg(long)]
     dump_dir: Option<PathBuf>,
 
-    /// File holding the cluster's bearer token (the shards' --auth-token-file).
-    #[arg(long)]
-    auth_token_file: Option<PathBuf>,
-
-    /// Connect with TLS, trusting shard certificates signed by this PEM CA.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-
-    /// Name the shards' certificates are issued for.
-    #[arg(long, default_value = "localhost", requires = "tls_ca")]
-    tls_domain: String,
-
-    /// This worker's PEM certificate, for shards started with --tls-ca (with --tls-key).
-    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
-    tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    access: ps_worker::auth::AccessArgs,
 
     /// Wire encoding of pushes and pulls.
     #[arg(long, default_value = "f32")]
@@ -196,21 +179,12 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
         });
     }
-    let auth_token = args.auth_token_file.as_deref().map(ps_worker::AuthToken::from_file).transpose();
-    let tls = match &args.tls_ca {
-        Some(ca) => {
-            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-            Some(ps_worker::ClientTls::from_files(ca, &args.tls_domain, identity).map_err(Failure::Usage)?)
-        }
-        None => None,
-    };
     let config = WorkerConfig {
-        tls,
-        auth_token: auth_token.map_err(Failure::Usage)?,
         wire_dtype: args.wire_dtype,
         metrics: Some(std::sync::Arc::clone(&metrics)),
         ..WorkerConfig::new(spec, args.worker)
     };
+    let config = args.access.apply(config).map_err(Failure::Usage)?;
     let mut worker = Worker::connect(config).await?;
     let cfg = TrainConfig {
         model: Model {
