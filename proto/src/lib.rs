@@ -22,6 +22,13 @@ pub mod pb {
     tonic::include_proto!("ps.v1");
 }
 
+/// Status metadata key of a `FAILED_PRECONDITION` that says a shard came
+/// back from a checkpoint: the checkpoint's directory name, to pass to `Rewind`.
+pub const RESTART_CHECKPOINT: &str = "ps-restart-checkpoint";
+/// Status metadata key next to [`RESTART_CHECKPOINT`]: the restart's session
+/// (16 hex digits), the `cause` of `Rewind`.
+pub const RESTART_CAUSE: &str = "ps-restart-cause";
+
 pub use cluster::ClusterSpec;
 pub use placement::{Part, place};
 pub use wire::WireDtype;

@@ -70,8 +70,12 @@ pub struct ShardConfig {
     pub num_shards: u32,
     /// Tensors with at least this many elements are split over all shards.
     pub split_threshold: u64,
-    /// Worker ids are `0..num_workers`; all start live.
+    /// Worker ids are `0..num_workers`; those below `initial_workers` start live.
     pub num_workers: u32,
+    /// Worker ids `0..initial_workers` are live from the start; the others
+    /// (up to `num_workers`) may join a running job later (elastic
+    /// scale-out) and hold nothing back until they do. `None`: all start live.
+    pub initial_workers: Option<u32>,
     /// Default policy of tensors that do not choose one.
     pub policy: PolicyName,
     /// Default staleness bound for ssp tensors.
@@ -117,6 +121,7 @@ impl Default for ShardConfig {
             num_shards: 1,
             split_threshold: ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD,
             num_workers: 1,
+            initial_workers: None,
             policy: PolicyName::Sync,
             staleness: 2,
             aggregation: Aggregation::Mean,
@@ -139,6 +144,11 @@ impl Default for ShardConfig {
 }
 
 impl ShardConfig {
+    /// Whether worker `worker` is live when the shard starts (or is restored).
+    pub fn starts_live(&self, worker: u32) -> bool {
+        worker < self.initial_workers.unwrap_or(self.num_workers)
+    }
+
     /// The default policy as the sync core sees it.
     pub fn default_policy(&self) -> Policy {
         self.policy.with_staleness(self.staleness)
@@ -154,6 +164,14 @@ impl ShardConfig {
         }
         if self.num_workers == 0 {
             return Err("num_workers must be at least 1".into());
+        }
+        if let Some(initial) = self.initial_workers
+            && initial > self.num_workers
+        {
+            return Err(format!(
+                "initial_workers {initial} exceeds num_workers {} (the largest worker count)",
+                self.num_workers
+            ));
         }
         if self.chunk_bytes == 0 || self.chunk_bytes + 4096 > self.max_message_bytes {
             return Err(format!(

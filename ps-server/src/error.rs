@@ -78,6 +78,15 @@ pub enum PsError {
     /// The job was stopped (`--on-worker-loss fail`): nothing is served any more.
     #[error("the job has stopped: {reason}")]
     JobFailed { reason: String },
+    /// The shard's state came back from a checkpoint (a shard restarted)
+    /// since the worker last joined: it must rewind every shard to that
+    /// checkpoint and join again. The status carries `checkpoint` and
+    /// `cause` as metadata ([`RESTART_CHECKPOINT`], [`RESTART_CAUSE`]).
+    #[error(
+        "shard {shard} is back at checkpoint {checkpoint} (clock {clock}) because a shard restarted; {} must rewind every shard to it and join again",
+        worker.map_or("an observer".to_string(), |w| format!("worker {w}"))
+    )]
+    Restarted { shard: u32, worker: Option<u32>, checkpoint: String, clock: u64, cause: u64 },
     /// Writing or restoring a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -95,7 +104,10 @@ impl PsError {
             | PsError::InvalidArgument(_)
             | PsError::Chunk { .. } => Code::InvalidArgument,
             PsError::TooLarge { .. } => Code::ResourceExhausted,
-            PsError::Clock { .. } | PsError::Worker(_) | PsError::Evicted { .. } => Code::FailedPrecondition,
+            PsError::Clock { .. }
+            | PsError::Worker(_)
+            | PsError::Evicted { .. }
+            | PsError::Restarted { .. } => Code::FailedPrecondition,
             PsError::ShuttingDown { .. } => Code::Unavailable,
             PsError::CheckpointTooLate { .. } | PsError::NoCheckpointDir { .. } => Code::FailedPrecondition,
             PsError::JobFailed { .. } => Code::Aborted,
@@ -129,13 +141,26 @@ impl PsError {
             PsError::NoCheckpointDir { .. } => "no_checkpoint_dir",
             PsError::Checkpoint(_) => "checkpoint",
             PsError::JobFailed { .. } => "job_failed",
+            PsError::Restarted { .. } => "restarted",
         }
     }
 }
 
+pub use ps_proto::{RESTART_CAUSE, RESTART_CHECKPOINT};
+
 impl From<PsError> for Status {
     fn from(e: PsError) -> Self {
-        Status::new(e.code(), e.to_string())
+        let mut status = Status::new(e.code(), e.to_string());
+        if let PsError::Restarted { checkpoint, cause, .. } = &e {
+            let meta = status.metadata_mut();
+            if let Ok(v) = checkpoint.parse() {
+                meta.insert(RESTART_CHECKPOINT, v);
+            }
+            if let Ok(v) = format!("{cause:016x}").parse() {
+                meta.insert(RESTART_CAUSE, v);
+            }
+        }
+        status
     }
 }
 

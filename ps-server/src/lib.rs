@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod incarnation;
 pub mod init;
 pub mod liveness;
 pub mod local;

@@ -37,10 +37,12 @@ pub enum Rpc {
     Checkpoint,
     /// `CheckpointStatus`.
     CheckpointStatus,
+    /// `Rewind`.
+    Rewind,
 }
 
 impl Rpc {
-    const ALL: [Rpc; 9] = [
+    const ALL: [Rpc; 10] = [
         Rpc::Join,
         Rpc::Leave,
         Rpc::Declare,
@@ -50,6 +52,7 @@ impl Rpc {
         Rpc::Status,
         Rpc::Checkpoint,
         Rpc::CheckpointStatus,
+        Rpc::Rewind,
     ];
 
     /// The label value.
@@ -64,6 +67,7 @@ impl Rpc {
             Rpc::Status => "status",
             Rpc::Checkpoint => "checkpoint",
             Rpc::CheckpointStatus => "checkpoint_status",
+            Rpc::Rewind => "rewind",
         }
     }
 }
@@ -87,7 +91,7 @@ pub struct ShardMetrics {
     enabled: bool,
     registry: Registry,
     requests: IntCounterVec,
-    rpcs: [RpcHandles; 9],
+    rpcs: [RpcHandles; 10],
     push_apply: Histogram,
     round_apply: Histogram,
     /// Per worker id, its clock gauge, resolved at start.
@@ -103,6 +107,7 @@ pub struct ShardMetrics {
     joins: IntCounter,
     leaves: IntCounter,
     evictions: IntCounter,
+    rewinds: IntCounter,
     silent_workers: IntGauge,
     rejected: IntCounterVec,
     duplicates: IntCounter,
@@ -301,6 +306,10 @@ impl ShardMetrics {
             joins: counter("ps_server_joins_total", "Worker joins and rejoins"),
             leaves: counter("ps_server_leaves_total", "Workers that left (including evictions)"),
             evictions: counter("ps_server_evictions_total", "Workers evicted for silence (--worker-timeout)"),
+            rewinds: counter(
+                "ps_server_rewinds_total",
+                "Times this shard went back to a checkpoint because another shard restarted from it",
+            ),
             silent_workers: gauge(
                 "ps_server_silent_workers",
                 "Live workers silent past --worker-timeout that the shard waits for (--on-worker-loss wait)",
@@ -488,6 +497,35 @@ impl ShardMetrics {
             return;
         }
         self.evictions.inc();
+    }
+
+    /// Sets the number of live workers (at start, when not all ids start live).
+    pub fn set_live_workers(&self, live: usize) {
+        if self.enabled {
+            self.live_workers.set(live as i64);
+        }
+    }
+
+    /// Records a rewind to a checkpoint, after which `live` workers are live.
+    pub fn rewound(&self, live: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.rewinds.inc();
+        self.live_workers.set(live as i64);
+    }
+
+    /// Records that a tensor part holding these bytes was dropped (by a rewind).
+    pub fn tensor_removed(&self, parameters: usize, optimizer_state: usize, buffers: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.tensors.dec();
+        for (kind, bytes) in
+            [("parameters", parameters), ("optimizer_state", optimizer_state), ("buffers", buffers)]
+        {
+            self.held.with_label_values(&[kind]).sub(bytes as i64);
+        }
     }
 
     /// Records a new tensor part and what it holds.

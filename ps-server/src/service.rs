@@ -218,10 +218,11 @@ impl Service {
         let req = req.into_inner();
         let dtype = dtype(req.dtype)?;
         let _lease = req.worker.and_then(|w| self.shard.lease(w));
+        // The part first, then the check: a rewind in between is then refused.
+        let cell = self.shard.tensor(&req.tensor)?;
         if let Some(worker) = req.worker {
             self.shard.check_worker(worker)?;
         }
-        let cell = self.shard.tensor(&req.tensor)?;
         let span =
             tracing::debug_span!("pull", tensor = %req.tensor, worker = ?req.worker, clock = req.clock);
         let snapshot = self.shard.pull(&cell, req.worker, req.clock).instrument(span).await?;
@@ -263,6 +264,7 @@ impl Service {
         _req: Request<pb::StatusRequest>,
     ) -> Result<(Response<pb::StatusReply>, u64), Rejected> {
         let cfg = self.shard.config();
+        let origin = self.shard.origin();
         let tensors = self
             .shard
             .status()
@@ -290,7 +292,8 @@ impl Service {
                 live_workers: self.shard.live_workers(),
                 tensors,
                 session: self.shard.session(),
-                restored_clock: self.shard.restored_clock(),
+                restored_clock: origin.as_ref().map(|o| o.clock),
+                restored_from: origin.map(|o| o.checkpoint).unwrap_or_default(),
             }),
             0,
         ))
@@ -308,6 +311,27 @@ impl Service {
         let dir = self.shard.config().checkpoint_dir.as_ref().map(|d| d.join(&cut.name));
         let dir = dir.map(|d| d.display().to_string()).unwrap_or_default();
         Ok((Response::new(pb::CheckpointReply { name: cut.name, dir }), 0))
+    }
+
+    async fn rewind_inner(
+        &self,
+        req: Request<pb::RewindRequest>,
+    ) -> Result<(Response<pb::RewindReply>, u64), Rejected> {
+        let req = req.into_inner();
+        let shard = Arc::clone(&self.shard);
+        // Loading reads and verifies files: keep it off the async workers.
+        let rewound =
+            tokio::task::spawn_blocking(move || shard.rewind(&req.checkpoint, req.cause, req.worker))
+                .await
+                .map_err(|e| Status::internal(format!("rewind task failed: {e}")))??;
+        Ok((
+            Response::new(pb::RewindReply {
+                clock: rewound.clock,
+                session: rewound.session,
+                rewound: rewound.rewound,
+            }),
+            0,
+        ))
     }
 
     async fn checkpoint_status_inner(
@@ -358,6 +382,10 @@ impl ParameterServer for Service {
         req: Request<pb::CheckpointStatusRequest>,
     ) -> Result<Response<pb::CheckpointStatusReply>, Status> {
         self.serve(Rpc::CheckpointStatus, self.checkpoint_status_inner(req)).await
+    }
+
+    async fn rewind(&self, req: Request<pb::RewindRequest>) -> Result<Response<pb::RewindReply>, Status> {
+        self.serve(Rpc::Rewind, self.rewind_inner(req)).await
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {

@@ -8,6 +8,7 @@
 //! is missed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ps_proto::placement;
@@ -17,6 +18,7 @@ use crate::checkpoint::registry::{Checkpoints, CutStatus};
 use crate::checkpoint::{CutId, CutInfo, Loaded, PartSnapshot, checkpoint_name, format::parse_policy};
 use crate::config::{ShardConfig, WorkerLoss};
 use crate::error::PsError;
+use crate::incarnation::{Incarnation, Origin};
 use crate::init::Init;
 use crate::liveness::{LeaseGuard, Leases};
 use crate::metrics::ShardMetrics;
@@ -59,6 +61,8 @@ pub struct TensorCell {
     meta: TensorMeta,
     part: Mutex<TensorPart>,
     changed: watch::Sender<()>,
+    /// Set when a rewind replaced this part: waiters on it give up.
+    retired: AtomicBool,
 }
 
 impl TensorCell {
@@ -74,9 +78,33 @@ impl TensorCell {
         self.part.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn new(part: TensorPart) -> Self {
+        Self {
+            meta: part.meta().clone(),
+            part: Mutex::new(part),
+            changed: watch::Sender::new(()),
+            retired: AtomicBool::new(false),
+        }
+    }
+
     fn notify(&self) {
         self.changed.send_replace(());
     }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+}
+
+/// The outcome of a rewind request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewound {
+    /// The clock every worker resumes at.
+    pub clock: u64,
+    /// The shard's session afterwards.
+    pub session: u64,
+    /// Whether this request did the rewind (false: an earlier one had).
+    pub rewound: bool,
 }
 
 /// A point-in-time summary of one tensor part.
@@ -101,13 +129,13 @@ pub struct Shard {
     closing: watch::Sender<bool>,
     metrics: ShardMetrics,
     leases: Leases,
-    /// Random id of this shard process; shard 0's names the checkpoints
-    /// requested while it runs.
-    session: u64,
+    /// This life of the shard's state: session (shard 0's names the
+    /// checkpoints), origin checkpoint, and who has joined it.
+    incarnation: Mutex<Incarnation>,
+    /// Held for a whole rewind, so concurrent requests load once.
+    rewinding: Mutex<()>,
     /// Present when the shard has a checkpoint directory.
     checkpoints: Option<Arc<Checkpoints>>,
-    /// The clock of the checkpoint this shard was restored from.
-    restored_clock: Option<u64>,
     /// Set once the job is stopped (`--on-worker-loss fail`): why.
     failure: Mutex<Option<String>>,
     /// Per worker: silent past the timeout and already reported (`--on-worker-loss wait`).
@@ -117,9 +145,10 @@ pub struct Shard {
 impl Shard {
     /// An empty shard.
     pub fn new(config: ShardConfig) -> Self {
-        let live = vec![true; config.num_workers as usize];
+        let live: Vec<bool> = (0..config.num_workers).map(|w| config.starts_live(w)).collect();
         let metrics =
             ShardMetrics::new(config.shard_id, config.num_workers, config.default_policy(), config.metrics);
+        metrics.set_live_workers(live.iter().filter(|l| **l).count());
         let checkpoints = config.checkpoint_dir.as_ref().map(|root| {
             let info = CutInfo {
                 root: root.clone(),
@@ -141,9 +170,9 @@ impl Shard {
             closing: watch::Sender::new(false),
             metrics,
             leases: Leases::new(config.num_workers),
-            session: rand::random(),
+            incarnation: Mutex::new(Incarnation::fresh(rand::random(), config.num_workers)),
+            rewinding: Mutex::new(()),
             checkpoints,
-            restored_clock: None,
             failure: Mutex::new(None),
             silent: Mutex::new(vec![false; config.num_workers as usize]),
             config,
@@ -152,10 +181,27 @@ impl Shard {
 
     /// A shard holding its share of the checkpoint `loaded`, re-partitioned
     /// for this shard's cluster (which may have another shard count), with
-    /// every worker live at the checkpoint's clock.
+    /// every worker live at the checkpoint's clock. Workers must join before
+    /// they push or pull.
     pub fn restore(config: ShardConfig, loaded: &Loaded) -> Result<Self, PsError> {
         let mut shard = Shard::new(config);
-        let cfg = shard.config.clone();
+        let tensors = shard.load_cells(loaded)?;
+        shard.tensors = RwLock::new(tensors);
+        let life = shard.life();
+        let restored = Incarnation::restored(
+            life.session(),
+            shard.config.num_workers,
+            loaded.name(),
+            loaded.manifest.clock,
+        );
+        drop(life);
+        shard.incarnation = Mutex::new(restored);
+        Ok(shard)
+    }
+
+    /// This shard's parts of the checkpoint `loaded`, counted in the metrics.
+    fn load_cells(&self, loaded: &Loaded) -> Result<BTreeMap<String, Arc<TensorCell>>, PsError> {
+        let cfg = &self.config;
         let clock = loaded.manifest.clock;
         let mut tensors = BTreeMap::new();
         for t in &loaded.manifest.tensors {
@@ -202,30 +248,123 @@ impl Shard {
                 policy,
                 allow_non_finite: t.allow_non_finite,
             };
-            let tensor =
+            let mut tensor =
                 TensorPart::restored(meta, values, optimizer, cfg.num_workers, cfg.aggregation, clock);
-            let buffers = if policy == Policy::Sync { part.len as usize * 4 } else { 0 };
-            shard.metrics.tensor_created(part.len as usize * 4, tensor.optimizer().state_bytes(), buffers);
-            let cell = TensorCell {
-                meta: tensor.meta().clone(),
-                part: Mutex::new(tensor),
-                changed: watch::Sender::new(()),
-            };
-            tensors.insert(t.name.clone(), Arc::new(cell));
+            for w in (0..cfg.num_workers).filter(|w| !cfg.starts_live(*w)) {
+                tensor.leave(w)?;
+            }
+            self.count_tensor(&tensor, true);
+            tensors.insert(t.name.clone(), Arc::new(TensorCell::new(tensor)));
         }
-        shard.tensors = RwLock::new(tensors);
-        shard.restored_clock = Some(clock);
-        Ok(shard)
+        Ok(tensors)
     }
 
-    /// This shard process's random id (see [`checkpoint`](Self::checkpoint)).
+    /// Adds (or, when `created` is false, removes) a part's bytes in the metrics.
+    fn count_tensor(&self, tensor: &TensorPart, created: bool) {
+        let buffers = if tensor.meta().policy == Policy::Sync { tensor.meta().len as usize * 4 } else { 0 };
+        let (values, state) = (tensor.meta().len as usize * 4, tensor.optimizer().state_bytes());
+        if created {
+            self.metrics.tensor_created(values, state, buffers);
+        } else {
+            self.metrics.tensor_removed(values, state, buffers);
+        }
+    }
+
+    fn life(&self) -> MutexGuard<'_, Incarnation> {
+        self.incarnation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error that tells `worker` this shard came back from a checkpoint.
+    fn restarted(&self, worker: Option<u32>) -> PsError {
+        let life = self.life();
+        let origin =
+            life.origin().cloned().unwrap_or(Origin { checkpoint: String::new(), clock: 0, cause: 0 });
+        PsError::Restarted {
+            shard: self.config.shard_id,
+            worker,
+            checkpoint: origin.checkpoint,
+            clock: origin.clock,
+            cause: origin.cause,
+        }
+    }
+
+    /// Replaces this shard's state with its share of `checkpoint` (under the
+    /// checkpoint directory) because the shard restart `cause` came back from
+    /// it. Afterwards every worker is live at the checkpoint's clock and must
+    /// join before pushing or pulling; waiting requests fail with
+    /// [`PsError::Restarted`]; checkpoints still capturing are abandoned.
+    /// Changes nothing if this restart was already answered (or is this
+    /// shard's own), so every worker may ask.
+    pub fn rewind(&self, checkpoint: &str, cause: u64, worker: u32) -> Result<Rewound, PsError> {
+        let _one_at_a_time = self.rewinding.lock().unwrap_or_else(|p| p.into_inner());
+        let unchanged = |life: &Incarnation| Rewound {
+            clock: life.origin().map_or(0, |o| o.clock),
+            session: life.session(),
+            rewound: false,
+        };
+        if self.life().has_handled(cause) {
+            return Ok(unchanged(&self.life()));
+        }
+        let root = self
+            .config
+            .checkpoint_dir
+            .as_ref()
+            .ok_or(PsError::NoCheckpointDir { shard: self.config.shard_id })?;
+        if crate::checkpoint::format::parse_name(checkpoint).is_none() {
+            return Err(PsError::InvalidArgument(format!(
+                "cannot rewind shard {} to {checkpoint:?}: not a checkpoint name (ckpt-<clock>-<session>)",
+                self.config.shard_id
+            )));
+        }
+        let loaded = crate::checkpoint::restore::load(&root.join(checkpoint))?;
+        let cells = self.load_cells(&loaded)?;
+        let clock = loaded.manifest.clock;
+        let session = rand::random();
+        let old = {
+            let mut live = self.live_set();
+            let mut tensors = self.tensors.write().unwrap_or_else(|p| p.into_inner());
+            for (w, l) in live.iter_mut().enumerate() {
+                *l = self.config.starts_live(w as u32);
+            }
+            let old = std::mem::replace(&mut *tensors, cells);
+            for cell in old.values() {
+                cell.retired.store(true, Ordering::Release);
+            }
+            self.life().rewound(session, Origin { checkpoint: checkpoint.to_string(), clock, cause });
+            self.metrics.rewound(live.iter().filter(|l| **l).count());
+            old
+        };
+        for w in 0..self.config.num_workers {
+            self.leases.set_evicted(w, false);
+        }
+        for cell in old.values() {
+            self.count_tensor(&cell.lock(), false);
+            cell.notify();
+        }
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints
+                .abandon(&format!("abandoned: shard {} rewound to {checkpoint}", self.config.shard_id));
+        }
+        tracing::warn!(
+            shard = self.config.shard_id,
+            worker,
+            checkpoint,
+            clock,
+            cause = format_args!("{cause:016x}"),
+            "rewound to a checkpoint because a shard restarted; every worker must join again"
+        );
+        Ok(Rewound { clock, session, rewound: true })
+    }
+
+    /// The random id of this life of the shard's state (see
+    /// [`checkpoint`](Self::checkpoint)); a rewind draws a new one.
     pub fn session(&self) -> u64 {
-        self.session
+        self.life().session()
     }
 
-    /// The clock of the checkpoint this shard was restored from, if any.
-    pub fn restored_clock(&self) -> Option<u64> {
-        self.restored_clock
+    /// The checkpoint this shard was restored or rewound from, if any.
+    pub fn origin(&self) -> Option<Origin> {
+        self.life().origin().cloned()
     }
 
     fn checkpoints(&self) -> Result<&Arc<Checkpoints>, PsError> {
@@ -315,6 +454,9 @@ impl Shard {
     /// Checks that `worker` exists and is live (a cheap early check; the
     /// authoritative one happens under the tensor's lock).
     pub fn check_worker(&self, worker: u32) -> Result<(), PsError> {
+        if !self.life().has_joined(worker) {
+            return Err(self.restarted(Some(worker)));
+        }
         match self.live_set().get(worker as usize) {
             None => Err(PsError::Worker(ClockError::UnknownWorker {
                 worker,
@@ -473,18 +615,8 @@ impl Shard {
         for (w, _) in live.iter().enumerate().filter(|(_, l)| !**l) {
             tensor.leave(w as u32)?;
         }
-        let buffers = if tensor.meta().policy == Policy::Sync { tensor.meta().len as usize * 4 } else { 0 };
-        self.metrics.tensor_created(
-            tensor.meta().len as usize * 4,
-            tensor.optimizer().state_bytes(),
-            buffers,
-        );
-        let cell = TensorCell {
-            meta: tensor.meta().clone(),
-            part: Mutex::new(tensor),
-            changed: watch::Sender::new(()),
-        };
-        tensors.insert(decl.name, Arc::new(cell));
+        self.count_tensor(&tensor, true);
+        tensors.insert(decl.name, Arc::new(TensorCell::new(tensor)));
         tracing::debug!(shard = cfg.shard_id, offset = part.offset, len = part.len, "declared tensor");
         Ok(Declared { offset: part.offset, len: part.len, created: true })
     }
@@ -495,6 +627,10 @@ impl Shard {
         let (applied, completed_round, captured) = {
             let _apply = tracing::trace_span!("apply").entered();
             let mut part = cell.lock();
+            if cell.is_retired() {
+                drop(part);
+                return Err(self.restarted(Some(worker)));
+            }
             let rounds = part.clocks().applied_clock();
             let applied = part.push(worker, clock, grad)?;
             let completed = part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
@@ -529,6 +665,9 @@ impl Shard {
         // Counted as waiting from the first Wait until this future ends, however it ends.
         let mut waiting = None;
         loop {
+            if cell.is_retired() {
+                return Err(self.restarted(worker));
+            }
             {
                 let part = cell.lock();
                 if part.check_pull(worker, clock)? == PullDecision::Ready {
@@ -572,14 +711,18 @@ impl Shard {
     /// Waits until every live worker has completed `clock` clocks on every
     /// tensor of this shard (in sync: those rounds are applied).
     pub async fn barrier(&self, worker: u32, clock: u64) -> Result<(), PsError> {
-        self.check_worker(worker)?;
+        // Cells first, then the check: a rewind in between is then refused.
         let cells: Vec<Arc<TensorCell>> =
             self.tensors.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        self.check_worker(worker)?;
         let started = std::time::Instant::now();
         let mut closing = self.closing.subscribe();
         for cell in cells {
             let mut changed = cell.changed.subscribe();
             while !cell.lock().clocks().reached(clock) {
+                if cell.is_retired() {
+                    return Err(self.restarted(Some(worker)));
+                }
                 self.wait_for_change(&mut changed, &mut closing).await?;
             }
         }
@@ -622,13 +765,17 @@ impl Shard {
         *slot = true;
         self.leases.set_evicted(worker, false);
         let mut resume: Option<u64> = None;
-        for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
+        let tensors = self.tensors.read().unwrap_or_else(|p| p.into_inner());
+        for cell in tensors.values() {
             let clock = cell.lock().join(worker)?;
             cell.notify();
             resume = Some(resume.map_or(clock, |r| r.min(clock)));
         }
+        let mut life = self.life();
+        life.join(worker);
+        let resume = resume.or(life.origin().map(|o| o.clock)).unwrap_or(0);
+        drop((life, tensors));
         self.metrics.membership(true, live.iter().filter(|l| **l).count());
-        let resume = resume.or(self.restored_clock).unwrap_or(0);
         tracing::info!(shard = self.config.shard_id, worker, clock = resume, "worker joined");
         Ok(resume)
     }

@@ -24,6 +24,7 @@ enum Req {
     Barrier(u32, u64),
     Checkpoint(u64, u64),
     CheckpointStatus(String),
+    Rewind(String, u64, u32),
     Status,
 }
 
@@ -116,6 +117,16 @@ fn request() -> impl Strategy<Value = Req> {
         (worker(), clock()).prop_map(|(w, c)| Req::Barrier(w, c)),
         (clock(), any::<u64>()).prop_map(|(c, s)| Req::Checkpoint(c, s)),
         name().prop_map(Req::CheckpointStatus),
+        (
+            prop_oneof![
+                name(),
+                Just("ckpt-000000000003-0000000000000001".to_string()),
+                Just("../ckpt-000000000003-0000000000000001".to_string())
+            ],
+            any::<u64>(),
+            worker()
+        )
+            .prop_map(|(n, c, w)| Req::Rewind(n, c, w)),
         Just(Req::Status),
     ]
 }
@@ -177,6 +188,9 @@ async fn send(client: &mut ParameterServerClient<Channel>, req: Req) -> Result<b
         }
         Req::CheckpointStatus(name) => {
             client.checkpoint_status(pb::CheckpointStatusRequest { name, wait: false }).await.map(|_| ())
+        }
+        Req::Rewind(checkpoint, cause, worker) => {
+            client.rewind(pb::RewindRequest { checkpoint, cause, worker }).await.map(|_| ())
         }
         Req::Status => client.status(pb::StatusRequest {}).await.map(|_| ()),
     };

@@ -153,6 +153,9 @@ fn rpc_err(
     attempts: u32,
     status: tonic::Status,
 ) -> WorkerError {
+    if let Some(restart) = crate::error::Restart::from_status(&status) {
+        return WorkerError::ShardRestarted { op, shard, restart, message: status.message().to_string() };
+    }
     WorkerError::Rpc { op, shard, tensor: tensor.map(str::to_string), attempts, status }
 }
 
@@ -340,6 +343,40 @@ impl Worker {
         self.num_workers = replies.first().map_or(0, |r| r.num_workers);
         self.session = replies.first().map(|r| r.session);
         Ok(self.clock)
+    }
+
+    /// Catches up with a shard restart: rewinds every shard to the
+    /// checkpoint the restarted one came back from (shards that already
+    /// did, or are the restarted one, change nothing), then joins again.
+    /// Returns the clock to resume at, the checkpoint's. Updates of later
+    /// clocks are gone from every shard, so pushing them again applies each
+    /// exactly once.
+    pub async fn recover(&mut self, restart: &crate::error::Restart) -> Result<u64, WorkerError> {
+        let worker = self.cfg.worker;
+        let n = self.shards.len() as u32;
+        let replies = try_join_all((0..n).map(|shard| {
+            let checkpoint = restart.checkpoint.clone();
+            let cause = restart.cause;
+            self.call("rewind", shard, None, false, move |mut c, d| {
+                let checkpoint = checkpoint.clone();
+                async move {
+                    Ok(c.rewind(Self::request(pb::RewindRequest { checkpoint, cause, worker }, d))
+                        .await?
+                        .into_inner())
+                }
+            })
+        }))
+        .await?;
+        let rewound = replies.iter().filter(|r| r.rewound).count();
+        let clock = self.join().await?;
+        tracing::warn!(
+            worker,
+            checkpoint = %restart.checkpoint,
+            clock,
+            shards_rewound_now = rewound,
+            "a shard restarted from a checkpoint; every shard is back there and this worker resumes"
+        );
+        Ok(clock)
     }
 
     /// Leaves the job: barriers stop waiting for this worker.

@@ -42,6 +42,34 @@ pub enum WorkerError {
     /// A shard could not write its share of a checkpoint (training goes on).
     #[error("checkpoint {name} failed on shard {shard}: {error}")]
     Checkpoint { name: String, shard: u32, error: String },
+    /// A shard came back from a checkpoint (it restarted, or was rewound
+    /// after another one did): [`Worker::recover`](crate::Worker::recover)
+    /// rewinds every shard to it and joins again.
+    #[error("{op} on shard {shard}: {message}")]
+    ShardRestarted { op: &'static str, shard: u32, restart: Restart, message: String },
+}
+
+/// Which restart a worker must catch up with: the checkpoint the restarted
+/// shard came back from and the session that names the restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restart {
+    /// The checkpoint's directory name.
+    pub checkpoint: String,
+    /// The restart's session, passed to `Rewind` as its cause.
+    pub cause: u64,
+}
+
+impl Restart {
+    /// The restart a status announces, if it announces one.
+    pub fn from_status(status: &tonic::Status) -> Option<Self> {
+        if status.code() != tonic::Code::FailedPrecondition {
+            return None;
+        }
+        let meta = status.metadata();
+        let checkpoint = meta.get(ps_proto::RESTART_CHECKPOINT)?.to_str().ok()?.to_string();
+        let cause = u64::from_str_radix(meta.get(ps_proto::RESTART_CAUSE)?.to_str().ok()?, 16).ok()?;
+        Some(Self { checkpoint, cause })
+    }
 }
 
 impl WorkerError {
@@ -50,6 +78,7 @@ impl WorkerError {
         match self {
             WorkerError::Rpc { status, .. } => Some(status.code()),
             WorkerError::Timeout { .. } => Some(tonic::Code::DeadlineExceeded),
+            WorkerError::ShardRestarted { .. } => Some(tonic::Code::FailedPrecondition),
             _ => None,
         }
     }

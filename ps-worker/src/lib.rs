@@ -36,6 +36,6 @@ pub mod tensor;
 
 pub use auth::{AuthToken, ClientTls};
 pub use client::{CheckpointDone, Pulled, Worker, WorkerConfig};
-pub use error::WorkerError;
+pub use error::{Restart, WorkerError};
 pub use retry::RetryPolicy;
 pub use tensor::TensorDecl;

@@ -73,9 +73,15 @@ struct Args {
     #[arg(long)]
     num_shards: Option<u32>,
 
-    /// Number of workers W; worker ids are 0..W.
+    /// Number of workers W; worker ids are 0..W, all expected from the start.
     #[arg(long)]
     workers: Option<u32>,
+
+    /// Allow workers to join the running job up to this many in all (elastic
+    /// scale-out): ids W..M may join at any time, at the current clock, and
+    /// hold nothing back until they do. Default: W (no scale-out).
+    #[arg(long)]
+    max_workers: Option<u32>,
 
     /// Default synchronisation policy: sync (strong), ssp (bounded staleness) or async (eventual).
     #[arg(long, value_enum)]
@@ -247,6 +253,13 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     }
     if let Some(w) = args.workers {
         cfg.num_workers = w;
+    }
+    if let Some(m) = args.max_workers {
+        if m < cfg.num_workers {
+            return Err(format!("--max-workers {m} is below --workers {}", cfg.num_workers));
+        }
+        cfg.initial_workers = Some(cfg.num_workers);
+        cfg.num_workers = m;
     }
     if let Some(p) = args.policy {
         cfg.policy = p;

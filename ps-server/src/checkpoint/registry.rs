@@ -200,6 +200,21 @@ impl Checkpoints {
         self.changed.send_replace(());
     }
 
+    /// Marks every checkpoint still capturing as failed with `reason`: its
+    /// parts will never reach the clock (the state they belonged to is gone).
+    pub fn abandon(&self, reason: &str) {
+        let mut cuts = self.lock();
+        for entry in cuts.values_mut() {
+            if let CutState::Capturing { .. } = entry.state {
+                entry.parts.clear();
+                entry.state = CutState::Failed(reason.to_string());
+                self.metrics.failed(true);
+            }
+        }
+        drop(cuts);
+        self.changed.send_replace(());
+    }
+
     /// The state of checkpoint `name`, if it was registered here.
     pub fn status(&self, name: &str) -> Option<CutStatus> {
         let cuts = self.lock();

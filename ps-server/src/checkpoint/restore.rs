@@ -102,6 +102,11 @@ pub fn find_checkpoint(path: &Path) -> Result<Loaded, CheckpointError> {
 }
 
 impl Loaded {
+    /// The checkpoint's directory name.
+    pub fn name(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
     /// Elements `offset..offset + len` of `tensor`, read from the key that
     /// `key` picks in each part covering them (values or a state slot).
     pub fn read_range(

@@ -122,6 +122,12 @@ struct Args {
     #[command(flatten)]
     access: ps_worker::auth::AccessArgs,
 
+    /// Attempts of a request that fails transiently (shard unreachable or
+    /// restarting) before the worker gives up, with exponential backoff and
+    /// jitter of up to 2 s between them. Raise it to ride out a shard restart.
+    #[arg(long, default_value_t = ps_worker::RetryPolicy::default().max_attempts, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+
     /// Wire encoding of pushes and pulls.
     #[arg(long, default_value = "f32")]
     wire_dtype: WireDtype,
@@ -182,6 +188,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     let config = WorkerConfig {
         wire_dtype: args.wire_dtype,
         metrics: Some(std::sync::Arc::clone(&metrics)),
+        retry: ps_worker::RetryPolicy { max_attempts: args.max_attempts, ..Default::default() },
         ..WorkerConfig::new(spec, args.worker)
     };
     let config = args.access.apply(config).map_err(Failure::Usage)?;

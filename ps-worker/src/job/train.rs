@@ -157,9 +157,14 @@ pub async fn declare(worker: &mut Worker, cfg: &TrainConfig) -> Result<(), Worke
     Ok(())
 }
 
+/// Shard restarts one run survives; past this a restart is an error.
+pub const MAX_RECOVERIES: u32 = 16;
+
 /// Runs `worker`'s share of the job from its current clock to the last step,
 /// calling `on_step` after every step. Compute runs inline: give each worker
-/// its own thread.
+/// its own thread. When a shard restarts from a checkpoint, every shard is
+/// rewound to it ([`Worker::recover`]) and the job goes on from its clock:
+/// the records of the undone steps are dropped.
 pub async fn train(
     worker: &mut Worker,
     cfg: &TrainConfig,
@@ -176,49 +181,62 @@ pub async fn train(
     // Exponential moving average of this worker's step time without injected
     // delay or policy blocking: the "normal step time" stragglers multiply.
     let mut normal: Option<Duration> = None;
-    let resumed_at = worker.clock();
+    let mut resumed_at = worker.clock();
+    let mut recoveries = 0;
     while worker.clock() < total {
         let clock = worker.clock();
         let every = cfg.checkpoint_every.unwrap_or(0);
-        if every > 0 && clock > 0 && clock.is_multiple_of(every) && clock != resumed_at {
-            worker.checkpoint(clock).await?;
-        }
         let epoch = clock / per_epoch;
         if batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
             batches = Some((epoch, worker_batches(data.len(), id, cfg.workers, cfg.batch, cfg.seed, epoch)));
         }
         let indices = &batches.as_ref().map(|(_, b)| b).expect("set above")[(clock % per_epoch) as usize];
-
-        let t0 = Instant::now();
-        let pulled = worker.pull().await?;
-        let t1 = Instant::now();
-        let (x, y) = data.gather(indices);
-        let (loss, grads) = cfg.model.loss_and_grads(&pulled.values, x.view(), &y);
-        let work = t1.elapsed();
-        let extra = cfg.stragglers.delay(id, &mut rng, normal.unwrap_or(work));
-        if !extra.is_zero() {
-            tokio::time::sleep(extra).await;
-        }
-        let t2 = Instant::now();
-        worker.push(&grads).await?;
-        let t3 = Instant::now();
-        let step = (t3 - t0).saturating_sub(extra).saturating_sub(pulled.waited);
-        normal = Some(normal.map_or(step, |n| n.mul_f64(0.9) + step.mul_f64(0.1)));
-        let record = StepRecord {
-            worker: id,
-            clock,
-            wall: t3 - started,
-            loss,
-            staleness: staleness(clock, &pulled.versions),
-            read: (t0 - started, t1 - started),
-            blocked: pulled.waited,
-            pull: t1 - t0,
-            compute: t2 - t1,
-            push: t3 - t2,
-            versions: pulled.versions,
+        let step = async {
+            if every > 0 && clock > 0 && clock.is_multiple_of(every) && clock != resumed_at {
+                worker.checkpoint(clock).await?;
+            }
+            let t0 = Instant::now();
+            let pulled = worker.pull().await?;
+            let t1 = Instant::now();
+            let (x, y) = data.gather(indices);
+            let (loss, grads) = cfg.model.loss_and_grads(&pulled.values, x.view(), &y);
+            let work = t1.elapsed();
+            let extra = cfg.stragglers.delay(id, &mut rng, normal.unwrap_or(work));
+            if !extra.is_zero() {
+                tokio::time::sleep(extra).await;
+            }
+            let t2 = Instant::now();
+            worker.push(&grads).await?;
+            let t3 = Instant::now();
+            let step = (t3 - t0).saturating_sub(extra).saturating_sub(pulled.waited);
+            normal = Some(normal.map_or(step, |n| n.mul_f64(0.9) + step.mul_f64(0.1)));
+            Ok::<_, WorkerError>(StepRecord {
+                worker: id,
+                clock,
+                wall: t3 - started,
+                loss,
+                staleness: staleness(clock, &pulled.versions),
+                read: (t0 - started, t1 - started),
+                blocked: pulled.waited,
+                pull: t1 - t0,
+                compute: t2 - t1,
+                push: t3 - t2,
+                versions: pulled.versions,
+            })
+        };
+        let record = match step.await {
+            Ok(record) => record,
+            Err(WorkerError::ShardRestarted { restart, .. }) if recoveries < MAX_RECOVERIES => {
+                recoveries += 1;
+                resumed_at = worker.recover(&restart).await?;
+                // The steps from the checkpoint on are undone on every shard.
+                records.retain(|r: &StepRecord| r.clock < resumed_at);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         if let Some(m) = worker.metrics() {
-            m.step(clock, loss, record.pull, record.compute, record.push, record.blocked);
+            m.step(clock, record.loss, record.pull, record.compute, record.push, record.blocked);
         }
         on_step(&record);
         records.push(record);
