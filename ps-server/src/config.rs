@@ -92,6 +92,13 @@ pub struct ShardConfig {
     pub max_tensor_bytes: u64,
     /// Concurrent requests (HTTP/2 streams) per connection; more wait on the client.
     pub max_concurrent_streams: u32,
+    /// Open client connections; more are closed at once (the client retries).
+    /// Each can hold up to one HTTP/2 connection window (64 MiB) of unread data.
+    pub max_connections: usize,
+    /// Bytes of push payload being received at once, over all pushes; a push
+    /// waits (reading nothing, so flow control holds its sender back) until
+    /// its part's bytes fit. A part larger than this runs alone.
+    pub max_push_bytes_in_flight: u64,
     /// Record Prometheus metrics (off only to measure what they cost).
     pub metrics: bool,
     /// Evict a live worker silent for this many milliseconds with no request
@@ -130,6 +137,8 @@ impl Default for ShardConfig {
             chunk_bytes: ps_proto::chunk::DEFAULT_CHUNK_BYTES,
             max_tensor_bytes: 16 << 30,
             max_concurrent_streams: 256,
+            max_connections: 1024,
+            max_push_bytes_in_flight: 4 << 30,
             metrics: true,
             worker_timeout_ms: 0,
             on_worker_loss: WorkerLoss::Evict,
@@ -184,6 +193,9 @@ impl ShardConfig {
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err("tls_client_ca (mutual TLS) needs tls_cert and tls_key".into());
+        }
+        if self.max_connections == 0 || self.max_push_bytes_in_flight == 0 {
+            return Err("max_connections and max_push_bytes_in_flight must be at least 1".into());
         }
         if self.keep_checkpoints == 0 {
             return Err("keep_checkpoints must be at least 1".into());

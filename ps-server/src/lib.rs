@@ -18,8 +18,10 @@
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
 
 pub mod auth;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod error;
 pub mod incarnation;

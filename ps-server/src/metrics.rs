@@ -484,6 +484,13 @@ impl ShardMetrics {
         }
     }
 
+    /// Records a connection closed on arrival because --max-connections were open.
+    pub fn connection_refused(&self) {
+        if self.enabled {
+            self.rejected.with_label_values(&["too_many_connections"]).inc();
+        }
+    }
+
     /// Records how many live workers are silent past the timeout.
     pub fn silent_workers(&self, n: usize) {
         if self.enabled {

@@ -70,6 +70,10 @@ pub async fn serve_shard(
         tokio::spawn(evict_silent_workers(Arc::downgrade(&shard)));
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let counter = Arc::clone(&shard);
+    let incoming = crate::connections::limit(incoming, shard.config().max_connections, move || {
+        counter.metrics().connection_refused()
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls_config(shard.config())? {
         builder = builder.tls_config(tls)?;

@@ -13,6 +13,7 @@ use ps_proto::wire::{self, WireDtype};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::budget::PushBudget;
 use crate::convert;
 use crate::error::PsError;
 use crate::metrics::Rpc;
@@ -23,12 +24,14 @@ use crate::tensor::Gradient;
 #[derive(Clone, Debug)]
 pub struct Service {
     shard: Arc<Shard>,
+    push_budget: PushBudget,
 }
 
 impl Service {
     /// A service answering for `shard`.
     pub fn new(shard: Arc<Shard>) -> Self {
-        Self { shard }
+        let push_budget = PushBudget::new(shard.config().max_push_bytes_in_flight);
+        Self { shard, push_budget }
     }
 }
 
@@ -74,6 +77,9 @@ async fn next_chunk(
         }
     })
 }
+
+/// How long a push stream may go without a chunk before it is dropped.
+pub const PUSH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Send>>;
 
@@ -178,10 +184,26 @@ impl Service {
         }
         let _lease = self.shard.lease(header.worker);
         self.shard.check_worker(header.worker)?;
+        // Read nothing more until the payload fits the shard's budget.
+        let _reserved = self
+            .push_budget
+            .reserve(meta.len * dtype.size() as u64)
+            .await
+            .ok_or(PsError::ShuttingDown { shard: self.shard.config().shard_id })?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
         let mut payload = Reassembly::new(meta.len * dtype.size() as u64, dtype.size());
         payload.push(first.offset, first.data).map_err(chunk_err)?;
-        while let Some(chunk) = next_chunk(&mut stream, limit).await? {
+        // A push that stops sending gives its share of the budget back.
+        let idle = |_| Rejected {
+            status: Status::deadline_exceeded(format!(
+                "tensor {:?}, worker {}: no push chunk for {PUSH_IDLE_TIMEOUT:?}",
+                meta.name, header.worker
+            )),
+            reason: "idle",
+        };
+        while let Some(chunk) =
+            tokio::time::timeout(PUSH_IDLE_TIMEOUT, next_chunk(&mut stream, limit)).await.map_err(idle)??
+        {
             if chunk.header.is_some() {
                 return Err(PsError::InvalidArgument(format!(
                     "tensor {:?}, worker {}: a push chunk after the first carries a header",

@@ -130,6 +130,18 @@ struct Args {
     #[arg(long)]
     max_concurrent_streams: Option<u32>,
 
+    /// Open client connections [default: 1024]; more are closed at once and
+    /// their clients retry. Each connection can hold up to 64 MiB of unread data.
+    #[arg(long)]
+    max_connections: Option<usize>,
+
+    /// Bytes of push data received at once over all pushes [default: 4 GiB];
+    /// further pushes wait, and flow control holds their senders back. With
+    /// --max-connections this bounds the memory clients can make the shard
+    /// hold: model + optimizer state + this + connections x 64 MiB.
+    #[arg(long)]
+    max_push_bytes_in_flight: Option<u64>,
+
     /// What to do about a worker silent for --worker-timeout: evict it (the others
     /// go on), wait for it (logged, and counted in ps_server_silent_workers), or
     /// fail (stop the job: every request gets ABORTED naming the worker).
@@ -284,6 +296,12 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     }
     if let Some(m) = args.max_concurrent_streams {
         cfg.max_concurrent_streams = m;
+    }
+    if let Some(m) = args.max_connections {
+        cfg.max_connections = m;
+    }
+    if let Some(m) = args.max_push_bytes_in_flight {
+        cfg.max_push_bytes_in_flight = m;
     }
     if let Some(l) = args.on_worker_loss {
         cfg.on_worker_loss = l;
