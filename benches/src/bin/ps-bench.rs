@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ps_proto::ClusterSpec;
+use ps_proto::{ClusterSpec, WireDtype};
 use ps_worker::{TensorDecl, Worker, WorkerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -39,6 +39,10 @@ struct Args {
     /// Policies: sync, ssp, async.
     #[arg(long, value_delimiter = ',', default_value = "async,sync")]
     policies: Vec<String>,
+    /// Wire encodings of pushes and pulls: f32, f16, bf16. Throughput is
+    /// always counted in bytes of f32 payload, so f16 can show its gain.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    wire_dtypes: Vec<WireDtype>,
     /// Minimum push+pull iterations per worker and configuration.
     #[arg(long, default_value_t = 20)]
     iterations: usize,
@@ -157,24 +161,30 @@ struct Row {
     shards: u32,
     workers: u32,
     policy: String,
+    dtype: WireDtype,
     throughput: f64,
     p50: Duration,
     p99: Duration,
     tcp: f64,
     memcpy: f64,
     peak_rss: u64,
+    /// Issue 7's memory bound for this tensor: 1.15 x (parameters + optimizer
+    /// state (none: plain SGD) + one aggregation buffer) + 64 MiB.
+    bound: u64,
 }
 
 async fn measure(
     spec: &ClusterSpec,
     size: usize,
     workers: u32,
+    dtype: WireDtype,
     args: &Args,
 ) -> Result<(f64, Vec<Duration>), String> {
     let elements = size / 4;
     let mut handles = Vec::new();
     for id in 0..workers {
-        let mut w = Worker::connect(WorkerConfig::new(spec.clone(), id)).await.map_err(|e| e.to_string())?;
+        let config = WorkerConfig { wire_dtype: dtype, ..WorkerConfig::new(spec.clone(), id) };
+        let mut w = Worker::connect(config).await.map_err(|e| e.to_string())?;
         w.declare(&TensorDecl::new("bench", &[elements])).await.map_err(|e| e.to_string())?;
         handles.push(w);
     }
@@ -236,35 +246,43 @@ fn main() -> Result<(), String> {
         let memcpy = memcpy_baseline(size);
         for &shards in &args.shards {
             for &workers in &args.workers {
-                for policy in &args.policies {
+                for (policy, &dtype) in
+                    args.policies.iter().flat_map(|p| args.wire_dtypes.iter().map(move |d| (p, d)))
+                {
                     let (servers, spec) = start_shards(shards, workers, policy)?;
-                    let (throughput, mut lat) = runtime.block_on(measure(&spec, size, workers, &args))?;
+                    let (throughput, mut lat) =
+                        runtime.block_on(measure(&spec, size, workers, dtype, &args))?;
                     let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();
                     drop(servers);
+                    let bound = (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20);
                     let row = Row {
                         size,
                         shards,
                         workers,
                         policy: policy.clone(),
+                        dtype,
                         throughput,
                         p50: pct(&mut lat, 0.5),
                         p99: pct(&mut lat, 0.99),
                         tcp,
                         memcpy,
                         peak_rss,
+                        bound,
                     };
                     println!(
-                        "{:>9} B  {} shard(s) {} worker(s) {:<5}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB",
+                        "{:>9} B  {} shard(s) {} worker(s) {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
                         row.size,
                         row.shards,
                         row.workers,
                         row.policy,
+                        row.dtype.name(),
                         row.throughput / 1e9,
                         row.throughput / row.tcp,
                         row.throughput / row.memcpy,
                         row.p50.as_secs_f64() * 1e6,
                         row.p99.as_secs_f64() * 1e6,
-                        row.peak_rss as f64 / (1 << 20) as f64
+                        row.peak_rss as f64 / (1 << 20) as f64,
+                        row.peak_rss as f64 / row.bound as f64
                     );
                     rows.push(row);
                 }
@@ -275,16 +293,17 @@ fn main() -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     let mut f = std::fs::File::create(&args.csv).map_err(|e| format!("{}: {e}", args.csv.display()))?;
-    writeln!(f, "size_bytes,shards,workers,policy,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes")
+    writeln!(f, "size_bytes,shards,workers,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
         .map_err(|e| e.to_string())?;
     for r in &rows {
         writeln!(
             f,
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{}",
+            "{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
             r.size,
             r.shards,
             r.workers,
             r.policy,
+            r.dtype.name(),
             r.throughput / 1e9,
             r.throughput / r.tcp,
             r.throughput / r.memcpy,
@@ -292,7 +311,8 @@ fn main() -> Result<(), String> {
             r.p99.as_secs_f64() * 1e6,
             r.tcp / 1e9,
             r.memcpy / 1e9,
-            r.peak_rss
+            r.peak_rss,
+            r.bound
         )
         .map_err(|e| e.to_string())?;
     }
