@@ -5,7 +5,9 @@
 //! gaps or overlaps, hold whole elements, and add up to exactly the expected
 //! number of bytes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+
+use crate::wire::WireDtype;
 
 /// Default chunk size: 4 MiB, well below gRPC's default 4 MB message limit
 /// plus headers only when combined with a larger server limit, and large
@@ -46,59 +48,69 @@ pub enum ChunkError {
     Short { got: u64, total: u64 },
 }
 
-/// Checks a chunk sequence against its expected total and copies the
-/// chunks into one buffer of exactly that size. Copying (at memory speed)
-/// rather than keeping the received `Bytes` matters: each of those keeps
-/// the transport's whole read buffer alive, which measured 2.4 times the
-/// payload for 1 MiB chunks.
+/// Checks a chunk sequence against its expected length and decodes each
+/// chunk, as it arrives, into one f32 buffer of exactly the part's length.
+/// Nothing of the received chunks is kept: each `Bytes` a transport hands
+/// over keeps its whole read buffer alive, which measured 2.4 times the
+/// payload for 1 MiB chunks, and the decoded buffer is what the shard adds
+/// or applies, so it needs no second pass and no second copy.
 #[derive(Debug)]
 pub struct Reassembly {
-    total: u64,
-    elem_size: usize,
+    len: u64,
+    dtype: WireDtype,
     received: u64,
-    buf: BytesMut,
+    values: Vec<f32>,
 }
 
 impl Reassembly {
-    /// Expects exactly `total` bytes of `elem_size`-byte elements. Nothing
-    /// is allocated until the first chunk with data arrives.
-    pub fn new(total: u64, elem_size: usize) -> Self {
-        Self { total, elem_size, received: 0, buf: BytesMut::new() }
+    /// Expects exactly `len` elements encoded as `dtype`. Nothing is
+    /// allocated until the first chunk with data arrives.
+    pub fn new(len: u64, dtype: WireDtype) -> Self {
+        Self { len, dtype, received: 0, values: Vec::new() }
     }
 
-    /// Accepts the next chunk, or says why the sequence is malformed.
-    /// A rejected chunk leaves the reassembly unchanged.
+    /// Accepts the next chunk (`offset` in bytes of the encoded payload),
+    /// or says why the sequence is malformed. A rejected chunk leaves the
+    /// reassembly unchanged.
     pub fn push(&mut self, offset: u64, data: Bytes) -> Result<(), ChunkError> {
         let len = data.len() as u64;
+        let size = self.dtype.size() as u64;
+        let total = self.len * size;
         if offset > self.received {
             return Err(ChunkError::Gap { expected: self.received, got: offset });
         }
         if offset < self.received {
             return Err(ChunkError::Overlap { expected: self.received, got: offset });
         }
-        if offset + len > self.total {
-            return Err(ChunkError::TooLong { offset, len, total: self.total });
+        if offset + len > total {
+            return Err(ChunkError::TooLong { offset, len, total });
         }
-        if !len.is_multiple_of(self.elem_size as u64) {
-            return Err(ChunkError::PartialElement { offset, len, elem_size: self.elem_size });
+        if !len.is_multiple_of(size) {
+            return Err(ChunkError::PartialElement { offset, len, elem_size: size as usize });
+        }
+        if len > 0 {
+            if self.values.is_empty() {
+                // Zeroed pages come lazily from the OS: no extra pass.
+                self.values = vec![0.0; self.len as usize];
+            }
+            let start = (offset / size) as usize;
+            crate::wire::decode_into(
+                &mut self.values[start..start + (len / size) as usize],
+                &data,
+                self.dtype,
+            );
         }
         self.received += len;
-        if !data.is_empty() {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(self.total as usize);
-            }
-            self.buf.extend_from_slice(&data);
-        }
         Ok(())
     }
 
-    /// The payload (one contiguous chunk, none if empty), once exactly
-    /// `total` bytes have arrived.
-    pub fn finish(self) -> Result<Vec<Bytes>, ChunkError> {
-        if self.received != self.total {
-            return Err(ChunkError::Short { got: self.received, total: self.total });
+    /// The decoded elements, once exactly all of them have arrived.
+    pub fn finish(self) -> Result<Vec<f32>, ChunkError> {
+        let total = self.len * self.dtype.size() as u64;
+        if self.received != total {
+            return Err(ChunkError::Short { got: self.received, total });
         }
-        Ok(if self.buf.is_empty() { Vec::new() } else { vec![self.buf.freeze()] })
+        Ok(self.values)
     }
 }
 
@@ -121,20 +133,28 @@ mod tests {
         assert_eq!(parts[1].1.as_ptr(), p[8..].as_ptr());
     }
 
+    fn floats(n: usize) -> Vec<f32> {
+        (0..n).map(|i| i as f32 * 0.5 - 3.0).collect()
+    }
+
     #[test]
-    fn split_and_reassemble_round_trip() {
-        let p = payload(4 * 1000);
-        let mut r = Reassembly::new(p.len() as u64, 4);
-        for (off, c) in split(&p, 1000, 4) {
-            r.push(off, c).unwrap();
+    fn split_and_reassemble_round_trip_in_every_dtype() {
+        let v = floats(1000);
+        for dtype in [WireDtype::F32, WireDtype::F16, WireDtype::Bf16] {
+            let p = crate::wire::encode(&v, dtype);
+            let mut r = Reassembly::new(v.len() as u64, dtype);
+            for (off, c) in split(&p, 1000, dtype.size()) {
+                r.push(off, c).unwrap();
+            }
+            let mut expected = vec![0.0; v.len()];
+            crate::wire::decode_into(&mut expected, &p, dtype);
+            assert_eq!(r.finish().unwrap(), expected, "{dtype:?}");
         }
-        let joined: Vec<u8> = r.finish().unwrap().concat();
-        assert_eq!(joined, p.to_vec());
     }
 
     #[test]
     fn rejects_malformed_sequences() {
-        let mut r = Reassembly::new(16, 4);
+        let mut r = Reassembly::new(4, WireDtype::F32);
         r.push(0, payload(8)).unwrap();
         assert_eq!(r.push(12, payload(4)), Err(ChunkError::Gap { expected: 8, got: 12 }));
         assert_eq!(r.push(4, payload(4)), Err(ChunkError::Overlap { expected: 8, got: 4 }));
@@ -149,11 +169,10 @@ mod tests {
 
     #[test]
     fn reassembly_keeps_no_received_buffer_alive() {
-        let received = Bytes::from(vec![7u8; 1 << 16]);
-        let mut r = Reassembly::new(8, 4);
+        let received = Bytes::from(vec![0u8; 1 << 16]);
+        let mut r = Reassembly::new(2, WireDtype::F32);
         r.push(0, received.slice(0..8)).unwrap();
-        let out = r.finish().unwrap();
-        assert_eq!(out.concat(), vec![7u8; 8]);
+        assert_eq!(r.finish().unwrap(), vec![0.0; 2]);
         assert!(received.is_unique(), "the 64 KiB buffer the chunk came in is still referenced");
     }
 
@@ -161,7 +180,7 @@ mod tests {
     fn empty_payload_has_one_empty_chunk() {
         let parts = split(&Bytes::new(), 16, 4);
         assert_eq!(parts.len(), 1);
-        let mut r = Reassembly::new(0, 4);
+        let mut r = Reassembly::new(0, WireDtype::F32);
         r.push(0, parts[0].1.clone()).unwrap();
         assert!(r.finish().unwrap().is_empty());
     }

@@ -191,7 +191,7 @@ impl Service {
             .await
             .ok_or(PsError::ShuttingDown { shard: self.shard.config().shard_id })?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
-        let mut payload = Reassembly::new(meta.len * dtype.size() as u64, dtype.size());
+        let mut payload = Reassembly::new(meta.len, dtype);
         payload.push(first.offset, first.data).map_err(chunk_err)?;
         // A push that stops sending gives its share of the budget back.
         let idle = |_| Rejected {
@@ -213,8 +213,8 @@ impl Service {
             }
             payload.push(chunk.offset, chunk.data).map_err(chunk_err)?;
         }
-        let grad = Gradient { dtype, chunks: payload.finish().map_err(chunk_err)? };
-        let grad_bytes = grad.chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        let grad = Gradient { values: payload.finish().map_err(chunk_err)? };
+        let grad_bytes = meta.len * dtype.size() as u64;
         if !meta.allow_non_finite
             && let Some((index, value)) = grad.first_non_finite()
         {
@@ -229,7 +229,7 @@ impl Service {
         }
         let span =
             tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
-        let applied = span.in_scope(|| self.shard.push(&cell, header.worker, header.clock, &grad))?;
+        let applied = span.in_scope(|| self.shard.push(&cell, header.worker, header.clock, grad))?;
         Ok((Response::new(pb::PushReply { applied }), grad_bytes))
     }
 

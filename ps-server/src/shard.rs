@@ -622,7 +622,7 @@ impl Shard {
     }
 
     /// Applies (or, for a retry, ignores) a validated gradient. Returns whether anything changed.
-    pub fn push(&self, cell: &TensorCell, worker: u32, clock: u64, grad: &Gradient) -> Result<bool, PsError> {
+    pub fn push(&self, cell: &TensorCell, worker: u32, clock: u64, grad: Gradient) -> Result<bool, PsError> {
         let started = std::time::Instant::now();
         let (applied, completed_round, captured) = {
             let _apply = tracing::trace_span!("apply").entered();

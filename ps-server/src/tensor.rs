@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use ps_proto::wire::{self, WireDtype};
-
 use crate::checkpoint::cut::TooLate;
 use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
 use crate::config::Aggregation;
@@ -31,39 +28,26 @@ pub struct TensorMeta {
     pub allow_non_finite: bool,
 }
 
-/// A gradient payload whose chunk sequence has been validated: the chunks
-/// hold exactly the part's elements, in order, in `dtype`.
-#[derive(Clone, Debug)]
+/// A gradient whose chunk sequence has been validated and decoded: exactly
+/// the part's elements, in order.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Gradient {
-    /// Encoding of the chunks.
-    pub dtype: WireDtype,
-    /// The payload, in element order.
-    pub chunks: Vec<Bytes>,
+    /// The elements.
+    pub values: Vec<f32>,
 }
 
 impl Gradient {
     /// The first non-finite element, as (index, value).
     pub fn first_non_finite(&self) -> Option<(u64, f32)> {
-        let mut base = 0u64;
-        for chunk in &self.chunks {
-            if let Some(i) = wire::first_non_finite(chunk, self.dtype) {
-                let mut v = [0f32];
-                let size = self.dtype.size();
-                wire::decode_into(&mut v, &chunk[i * size..(i + 1) * size], self.dtype);
-                return Some((base + i as u64, v[0]));
+        const BLOCK: usize = 256;
+        for (b, block) in self.values.chunks(BLOCK).enumerate() {
+            // Branch-free over the block, so it vectorises; exact search only on a hit.
+            if !block.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                let i = block.iter().position(|x| !x.is_finite())?;
+                return Some(((b * BLOCK + i) as u64, block[i]));
             }
-            base += (chunk.len() / self.dtype.size()) as u64;
         }
         None
-    }
-
-    /// Calls `f(element_offset, chunk)` for each chunk.
-    fn for_each_chunk(&self, mut f: impl FnMut(usize, &Bytes)) {
-        let mut base = 0;
-        for chunk in &self.chunks {
-            f(base, chunk);
-            base += chunk.len() / self.dtype.size();
-        }
     }
 }
 
@@ -86,23 +70,17 @@ pub struct TensorPart {
     optimizer: Optimizer,
     clocks: ClockTable,
     aggregation: Aggregation,
-    /// Sync only: the sum of the round's gradients so far. Allocated at the
-    /// first contribution and reused; the only per-tensor gradient buffer.
+    /// Sync only: the sum of the round's gradients so far. The round's first
+    /// gradient becomes it (no copy) and it is freed when the round is
+    /// applied, so between rounds a sync part holds no gradient buffer.
     round_sum: Vec<f32>,
     /// Checkpoints waiting for this part to reach their clock.
     cuts: PartCuts,
 }
 
 /// Applies `scale * grad` to `values` with `optimizer`, as one step.
-fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &Gradient, scale: f32) {
-    let values = Arc::make_mut(values);
-    optimizer.begin_step();
-    grad.for_each_chunk(|base, chunk| {
-        wire::for_each_block(chunk, grad.dtype, |off, block| {
-            let start = base + off;
-            optimizer.update(start, &mut values[start..start + block.len()], block, scale);
-        });
-    });
+fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &[f32], scale: f32) {
+    optimizer.step(Arc::make_mut(values).as_mut_slice(), grad, scale);
 }
 
 impl TensorPart {
@@ -205,7 +183,7 @@ impl TensorPart {
     /// Applies, accumulates or (for a retry) ignores a validated gradient of
     /// `worker` for `clock`. Returns whether anything changed. On error
     /// nothing changed.
-    pub fn push(&mut self, worker: u32, clock: u64, grad: &Gradient) -> Result<bool, PsError> {
+    pub fn push(&mut self, worker: u32, clock: u64, grad: Gradient) -> Result<bool, PsError> {
         let decision = self.clocks.check_push(worker, clock).map_err(|e| self.clock_err(e))?;
         match decision {
             PushDecision::Duplicate => return Ok(false),
@@ -215,20 +193,19 @@ impl TensorPart {
                     Aggregation::Sum => 1.0,
                 };
                 self.cuts.before_apply(clock, &self.values, &self.optimizer);
-                apply_gradient(&mut self.values, &mut self.optimizer, grad, scale);
+                apply_gradient(&mut self.values, &mut self.optimizer, &grad.values, scale);
                 for (values, optimizer) in self.cuts.shadows_for(clock) {
-                    apply_gradient(values, optimizer, grad, scale);
+                    apply_gradient(values, optimizer, &grad.values, scale);
                 }
             }
             PushDecision::Accumulate => {
-                if self.round_sum.len() != self.values.len() {
-                    self.round_sum = vec![0.0; self.values.len()];
+                if self.round_sum.is_empty() {
+                    self.round_sum = grad.values;
+                } else {
+                    for (s, g) in self.round_sum.iter_mut().zip(&grad.values) {
+                        *s += g;
+                    }
                 }
-                let sum = &mut self.round_sum;
-                grad.for_each_chunk(|base, chunk| {
-                    let n = chunk.len() / grad.dtype.size();
-                    wire::add_into(&mut sum[base..base + n], chunk, grad.dtype);
-                });
             }
         }
         if let Some(round) = self.clocks.commit_push(worker, clock) {
@@ -245,8 +222,12 @@ impl TensorPart {
             Aggregation::Sum => 1.0,
         };
         let values = Arc::make_mut(&mut self.values);
+        if self.round_sum.is_empty() {
+            // Not reached (a round completes only with a contributor); kept total.
+            self.round_sum = vec![0.0; values.len()];
+        }
         self.optimizer.step(values, &self.round_sum, scale);
-        self.round_sum.fill(0.0);
+        self.round_sum = Vec::new();
     }
 
     /// Whether a pull of `worker` (or an observer) for `clock` may read now.
@@ -299,36 +280,36 @@ mod tests {
     }
 
     fn grad(v: &[f32]) -> Gradient {
-        Gradient { dtype: WireDtype::F32, chunks: vec![wire::encode(v, WireDtype::F32)] }
+        Gradient { values: v.to_vec() }
     }
 
     #[test]
     fn sync_applies_the_mean_once_per_round() {
         let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(0.5));
-        assert!(p.push(0, 0, &grad(&[1.0, 2.0, 3.0])).unwrap());
+        assert!(p.push(0, 0, grad(&[1.0, 2.0, 3.0])).unwrap());
         assert_eq!(
             *p.snapshot(Default::default()).values,
             vec![1.0; 3],
             "no update before the round completes"
         );
-        assert!(p.push(1, 0, &grad(&[3.0, 2.0, 1.0])).unwrap());
+        assert!(p.push(1, 0, grad(&[3.0, 2.0, 1.0])).unwrap());
         // mean = [2, 2, 2]; 1 - 0.5 * 2 = 0
         assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
         assert_eq!(p.snapshot(Default::default()).versions, vec![0, 0]);
         // A retry changes nothing.
-        assert!(!p.push(1, 0, &grad(&[100.0, 100.0, 100.0])).unwrap());
+        assert!(!p.push(1, 0, grad(&[100.0, 100.0, 100.0])).unwrap());
         assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
     }
 
     #[test]
     fn async_applies_each_push_scaled_by_the_job_size() {
         let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(1.0));
-        p.push(0, 0, &grad(&[1.0, 1.0, 1.0])).unwrap();
+        p.push(0, 0, grad(&[1.0, 1.0, 1.0])).unwrap();
         assert_eq!(*p.snapshot(Default::default()).values, vec![0.5; 3]);
         assert_eq!(p.snapshot(Default::default()).versions, vec![0, -1]);
         // A worker leaving does not enlarge the others' steps.
         p.leave(1).unwrap();
-        p.push(0, 1, &grad(&[1.0, 1.0, 1.0])).unwrap();
+        p.push(0, 1, grad(&[1.0, 1.0, 1.0])).unwrap();
         assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
     }
 
@@ -336,20 +317,9 @@ mod tests {
     fn snapshot_is_not_changed_by_later_updates() {
         let mut p = part(Policy::Async, 1, OptimizerConfig::sgd(1.0));
         let before = p.snapshot(Default::default());
-        p.push(0, 0, &grad(&[1.0, 1.0, 1.0])).unwrap();
+        p.push(0, 0, grad(&[1.0, 1.0, 1.0])).unwrap();
         assert_eq!(*before.values, vec![1.0; 3]);
         assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
-    }
-
-    #[test]
-    fn chunked_gradient_equals_whole() {
-        let mut a = part(Policy::Async, 1, OptimizerConfig::adam(0.1));
-        let mut b = part(Policy::Async, 1, OptimizerConfig::adam(0.1));
-        let g = [0.3f32, -1.0, 2.0];
-        a.push(0, 0, &grad(&g)).unwrap();
-        let chunks = vec![wire::encode(&g[..1], WireDtype::F32), wire::encode(&g[1..], WireDtype::F32)];
-        b.push(0, 0, &Gradient { dtype: WireDtype::F32, chunks }).unwrap();
-        assert_eq!(a.snapshot(Default::default()).values, b.snapshot(Default::default()).values);
     }
 
     fn cut(clock: u64) -> CutId {
@@ -368,17 +338,17 @@ mod tests {
         p.register_cut(cut(2)).unwrap();
         for clock in 0..2 {
             assert!(p.take_captured().is_empty(), "captured before round {clock} was applied");
-            p.push(0, clock, &grad_for(0, clock)).unwrap();
-            p.push(1, clock, &grad_for(1, clock)).unwrap();
+            p.push(0, clock, grad_for(0, clock)).unwrap();
+            p.push(1, clock, grad_for(1, clock)).unwrap();
         }
         let at_two = p.snapshot(Default::default()).values;
         // Round 2 in progress: contributions to it are not applied, let alone captured.
-        p.push(0, 2, &grad_for(0, 2)).unwrap();
+        p.push(0, 2, grad_for(0, 2)).unwrap();
         let snaps = p.take_captured();
         assert_eq!(snaps.len(), 1);
         assert_eq!(snaps[0].values, at_two);
         assert_eq!(snaps[0].optimizer.steps(), 2);
-        p.push(1, 2, &grad_for(1, 2)).unwrap();
+        p.push(1, 2, grad_for(1, 2)).unwrap();
         assert_ne!(p.snapshot(Default::default()).values, at_two);
         assert_eq!(snaps[0].values, at_two, "a snapshot never changes");
         // Registering at the round in progress captures at once; at a past one fails.
@@ -393,7 +363,7 @@ mod tests {
     fn async_cut_is_late_once_any_worker_passed_it() {
         let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(0.1));
         for clock in 0..4 {
-            p.push(1, clock, &grad_for(1, clock)).unwrap();
+            p.push(1, clock, grad_for(1, clock)).unwrap();
         }
         let err = p.register_cut(cut(3)).unwrap_err();
         assert!(err.to_string().contains("worker 1 has already pushed clock 3"), "{err}");
@@ -406,7 +376,7 @@ mod tests {
         let workers = history.iter().map(|(w, _)| w + 1).max().unwrap_or(1).max(3);
         let mut p = part(policy, workers, opt);
         for &(w, c) in history.iter().filter(|(_, c)| *c < below) {
-            p.push(w, c, &grad_for(w, c)).unwrap();
+            p.push(w, c, grad_for(w, c)).unwrap();
         }
         p
     }
@@ -442,7 +412,7 @@ mod tests {
                     if !registered && clock >= c {
                         continue;
                     }
-                    p.push(w, clock, &grad_for(w, clock)).unwrap();
+                    p.push(w, clock, grad_for(w, clock)).unwrap();
                     history.push((w, clock));
                     next[w as usize] += 1;
                 }
@@ -467,7 +437,7 @@ mod tests {
         let mut p = part(Policy::Async, 3, OptimizerConfig::sgd(0.1));
         p.register_cut(cut(2)).unwrap();
         for clock in 0..4 {
-            p.push(0, clock, &grad_for(0, clock)).unwrap();
+            p.push(0, clock, grad_for(0, clock)).unwrap();
         }
         assert!(p.take_captured().is_empty());
         assert!(p.checkpoint_shadow_bytes() > 0);
@@ -482,16 +452,15 @@ mod tests {
     }
 
     #[test]
-    fn finds_non_finite_across_chunks() {
-        let g = Gradient {
-            dtype: WireDtype::F32,
-            chunks: vec![
-                wire::encode(&[1.0, 2.0], WireDtype::F32),
-                wire::encode(&[3.0, f32::NAN], WireDtype::F32),
-            ],
-        };
-        let (i, v) = g.first_non_finite().unwrap();
-        assert_eq!(i, 3);
-        assert!(v.is_nan());
+    fn finds_the_first_non_finite_element_in_any_block() {
+        for at in [0usize, 1, 255, 256, 257, 999] {
+            let mut v = vec![1.0f32; 1000];
+            v[at] = f32::NAN;
+            v[999] = f32::INFINITY;
+            let (i, x) = grad(&v).first_non_finite().unwrap();
+            assert_eq!(i, at as u64);
+            assert!(!x.is_finite());
+        }
+        assert_eq!(grad(&[1.0; 300]).first_non_finite(), None);
     }
 }
