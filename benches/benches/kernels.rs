@@ -23,7 +23,7 @@
 //! The small kernels work on 1M elements (4 MiB of f32, one default chunk).
 //!
 //! ```sh
-//! cargo bench -p ps-benches --bench kernels            # everything, a few minutes
+//! cargo bench -p ps-benches --bench kernels            # everything, about 70 s once built
 //! cargo bench -p ps-benches --bench kernels -- update_64m
 //! ```
 
