@@ -195,6 +195,9 @@ pub fn f32_bytes(values: std::sync::Arc<Vec<f32>>) -> Bytes {
 }
 
 #[cfg(test)]
+mod equivalence;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
