@@ -10,6 +10,8 @@ use half::{bf16, f16};
 
 use crate::pb;
 
+mod scan;
+
 /// Elements decoded per block by [`for_each_block`]; small enough for the stack.
 pub const BLOCK: usize = 2048;
 
@@ -164,8 +166,16 @@ pub fn add_into(dst: &mut [f32], src: &[u8], dtype: WireDtype) {
 }
 
 /// Index of the first NaN or infinite element of an encoded payload, if any.
+///
+/// Trailing bytes short of a whole element are ignored. The answer is that of
+/// decoding each element and testing [`f32::is_finite`], but no element is
+/// decoded: the exponent bits are tested directly, a block at a time.
 pub fn first_non_finite(src: &[u8], dtype: WireDtype) -> Option<usize> {
-    (0..src.len() / dtype.size()).find(|&i| !element(src, i, dtype).is_finite())
+    match dtype {
+        WireDtype::F32 => scan::first_f32(src),
+        WireDtype::F16 => scan::first_f16(src),
+        WireDtype::Bf16 => scan::first_bf16(src),
+    }
 }
 
 /// Calls `f(element_offset, block)` for consecutive decoded blocks of at most
