@@ -12,7 +12,8 @@
 //!   aggregation buffer, per wire dtype.
 //! - `non_finite_scan`: `wire::first_non_finite`, run on every push that must
 //!   not carry NaN/Inf.
-//! - `encode` / `decode`: `wire::encode` and `wire::decode_into` per dtype.
+//! - `encode` / `decode`: `wire::encode` and `wire::decode_into` per dtype;
+//!   `encode/memcpy` allocates and copies the f32 payload, f32 encode's bound.
 //! - `optimizer`: `Optimizer::step` for plain SGD, SGD with momentum, Adam and
 //!   AdaGrad.
 //! - `chunk`: `chunk::split` then `chunk::Reassembly` of a 64 MiB payload.
@@ -98,6 +99,10 @@ fn encode_decode(c: &mut Criterion) {
     let src = values(N);
     let mut group = c.benchmark_group("encode");
     quick(&mut group);
+    // What f32 encode must approach: allocate and copy the same bytes.
+    let f32_payload = wire::encode(&src, WireDtype::F32);
+    group.throughput(bytes(N * 4 + N * 4));
+    group.bench_function("memcpy", |b| b.iter(|| Bytes::copy_from_slice(black_box(&f32_payload))));
     for dtype in DTYPES {
         group.throughput(bytes(N * 4 + N * dtype.size()));
         group.bench_function(dtype.name(), |b| b.iter(|| wire::encode(black_box(&src), dtype)));

@@ -10,6 +10,7 @@ use half::{bf16, f16};
 
 use crate::pb;
 
+mod convert;
 mod scan;
 
 /// Elements decoded per block by [`for_each_block`]; small enough for the stack.
@@ -91,16 +92,10 @@ impl WireDtype {
     }
 }
 
-/// Encodes `src` in `dtype`. For f32 this is one copy of the bytes.
+/// Encodes `src` in `dtype`. For f32 this is a copy of the bytes.
 pub fn encode(src: &[f32], dtype: WireDtype) -> Bytes {
     match dtype {
-        WireDtype::F32 => {
-            let mut out = Vec::with_capacity(src.len() * 4);
-            for x in src {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-            Bytes::from(out)
-        }
+        WireDtype::F32 => Bytes::from(convert::encode_f32(src)),
         WireDtype::F16 => {
             let mut out = Vec::with_capacity(src.len() * 2);
             for x in src {
