@@ -1,0 +1,211 @@
+//! Criterion micro-benchmarks of the shard's hot kernels, in GB/s.
+//!
+//! Each group reports bytes per second. For kernels that stream over memory
+//! (accumulation, optimizer updates, wire encode/decode, the non-finite scan)
+//! the bytes are those the kernel reads plus those it writes, so the figures
+//! compare with a memcpy, which reads and writes each byte once. For SHA-256
+//! they are the bytes hashed, and for chunk split/reassembly, which copies
+//! nothing, the payload bytes handled.
+//!
+//! Groups:
+//! - `accumulate`: `wire::add_into`, how a sync shard sums pushes into its
+//!   aggregation buffer, per wire dtype.
+//! - `non_finite_scan`: `wire::first_non_finite`, run on every push that must
+//!   not carry NaN/Inf.
+//! - `encode` / `decode`: `wire::encode` and `wire::decode_into` per dtype;
+//!   `encode/memcpy` allocates and copies the f32 payload, f32 encode's bound.
+//! - `optimizer`: `Optimizer::step` for plain SGD, SGD with momentum, Adam and
+//!   AdaGrad.
+//! - `chunk`: `chunk::split` then `chunk::Reassembly` of a 64 MiB payload.
+//! - `checksum`: the checkpoint SHA-256 (`checkpoint::write::sha256_hex`).
+//! - `update_64m`: SGD-with-momentum and Adam steps on a 64M-element tensor
+//!   next to a memcpy of the same bytes (issue 7's target: at least 0.6x).
+//!
+//! The small kernels work on 1M elements (4 MiB of f32, one default chunk).
+//!
+//! ```sh
+//! cargo bench -p ps-benches --bench kernels            # everything, about 70 s once built
+//! cargo bench -p ps-benches --bench kernels -- update_64m
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use ps_proto::chunk::{DEFAULT_CHUNK_BYTES, Reassembly, split};
+use ps_proto::wire::{self, WireDtype};
+use ps_server::checkpoint::write::sha256_hex;
+use ps_server::optim::{Optimizer, OptimizerConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Elements of the small kernels' tensors: 4 MiB of f32, one default chunk.
+const N: usize = DEFAULT_CHUNK_BYTES / 4;
+
+/// Elements of the `update_64m` tensor.
+const N_64M: usize = 64 << 20;
+
+const DTYPES: [WireDtype; 3] = [WireDtype::F32, WireDtype::F16, WireDtype::Bf16];
+
+/// Values in about [-1, 1], none zero (so no optimizer state decays into
+/// subnormals) and all finite.
+fn values(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i % 1021) as f32 - 510.5) / 511.0).collect()
+}
+
+fn bytes(n: usize) -> Throughput {
+    Throughput::Bytes(n as u64)
+}
+
+/// Short measurements: these are memory-bound loops with little variance.
+fn quick(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+}
+
+fn accumulate(c: &mut Criterion) {
+    let src = values(N);
+    let mut group = c.benchmark_group("accumulate");
+    quick(&mut group);
+    for dtype in DTYPES {
+        let payload = wire::encode(&src, dtype);
+        let mut sum = vec![0f32; N];
+        // Read the buffer and the payload, write the buffer.
+        group.throughput(bytes(N * 4 + payload.len() + N * 4));
+        group.bench_function(format!("add_into/{dtype}"), |b| {
+            b.iter(|| wire::add_into(&mut sum, black_box(&payload), dtype));
+        });
+    }
+    group.finish();
+}
+
+fn non_finite_scan(c: &mut Criterion) {
+    let src = values(N);
+    let mut group = c.benchmark_group("non_finite_scan");
+    quick(&mut group);
+    for dtype in DTYPES {
+        let payload = wire::encode(&src, dtype);
+        group.throughput(bytes(payload.len()));
+        group.bench_function(dtype.name(), |b| {
+            b.iter(|| black_box(wire::first_non_finite(black_box(&payload), dtype)));
+        });
+    }
+    group.finish();
+}
+
+fn encode_decode(c: &mut Criterion) {
+    let src = values(N);
+    let mut group = c.benchmark_group("encode");
+    quick(&mut group);
+    // What f32 encode must approach: allocate and copy the same bytes.
+    let f32_payload = wire::encode(&src, WireDtype::F32);
+    group.throughput(bytes(N * 4 + N * 4));
+    group.bench_function("memcpy", |b| b.iter(|| Bytes::copy_from_slice(black_box(&f32_payload))));
+    for dtype in DTYPES {
+        group.throughput(bytes(N * 4 + N * dtype.size()));
+        group.bench_function(dtype.name(), |b| b.iter(|| wire::encode(black_box(&src), dtype)));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("decode");
+    quick(&mut group);
+    for dtype in DTYPES {
+        let payload = wire::encode(&src, dtype);
+        let mut dst = vec![0f32; N];
+        group.throughput(bytes(payload.len() + N * 4));
+        group.bench_function(dtype.name(), |b| {
+            b.iter(|| wire::decode_into(&mut dst, black_box(&payload), dtype));
+        });
+    }
+    group.finish();
+}
+
+/// The optimizers measured, with the f32 arrays each step reads and writes
+/// (params, grad and state read; params and state written).
+fn optimizers() -> [(&'static str, OptimizerConfig, usize); 4] {
+    [
+        ("sgd", OptimizerConfig::Sgd { learning_rate: 1e-3, momentum: 0.0, weight_decay: 1e-4 }, 2 + 1),
+        (
+            "sgd_momentum",
+            OptimizerConfig::Sgd { learning_rate: 1e-3, momentum: 0.9, weight_decay: 1e-4 },
+            3 + 2,
+        ),
+        ("adam", OptimizerConfig::adam(1e-3), 4 + 3),
+        (
+            "adagrad",
+            OptimizerConfig::AdaGrad { learning_rate: 1e-3, epsilon: 1e-8, initial_accumulator: 0.1 },
+            3 + 2,
+        ),
+    ]
+}
+
+fn optimizer(c: &mut Criterion) {
+    let grad = values(N);
+    let mut group = c.benchmark_group("optimizer");
+    quick(&mut group);
+    for (name, config, arrays) in optimizers() {
+        let mut params = values(N);
+        let mut opt = Optimizer::new(config, N);
+        group.throughput(bytes(arrays * N * 4));
+        group.bench_function(name, |b| b.iter(|| opt.step(&mut params, black_box(&grad), 0.5)));
+    }
+    group.finish();
+}
+
+fn chunk(c: &mut Criterion) {
+    let payload = Bytes::from(vec![7u8; 64 << 20]);
+    let mut group = c.benchmark_group("chunk");
+    quick(&mut group);
+    group.throughput(bytes(payload.len()));
+    group.bench_function("split_reassemble_64MiB", |b| {
+        b.iter(|| {
+            let mut r = Reassembly::new(payload.len() as u64, 4);
+            for (offset, part) in split(black_box(&payload), DEFAULT_CHUNK_BYTES, 4) {
+                r.push(offset, part).expect("split produces a valid chunk sequence");
+            }
+            r.finish().expect("split covers the whole payload")
+        });
+    });
+    group.finish();
+}
+
+fn checksum(c: &mut Criterion) {
+    let data: Vec<u8> = (0..16 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut group = c.benchmark_group("checksum");
+    quick(&mut group);
+    group.throughput(bytes(data.len()));
+    group.bench_function("sha256_16MiB", |b| b.iter(|| sha256_hex(black_box(&data))));
+    group.finish();
+}
+
+/// A 64M-element update next to a memcpy of the same bytes. Each iteration
+/// takes tens to hundreds of milliseconds, so samples are flat and few.
+fn update_64m(c: &mut Criterion) {
+    let grad = values(N_64M);
+    let mut params = values(N_64M);
+    let mut group = c.benchmark_group("update_64m");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+
+    // Read n*4, write n*4.
+    group.throughput(bytes(2 * N_64M * 4));
+    group.bench_function("memcpy", |b| b.iter(|| params.copy_from_slice(black_box(&grad))));
+
+    for (name, config, arrays) in optimizers() {
+        if name != "sgd_momentum" && name != "adam" {
+            continue;
+        }
+        let mut opt = Optimizer::new(config, N_64M);
+        group.throughput(bytes(arrays * N_64M * 4));
+        group.bench_function(name, |b| b.iter(|| opt.step(&mut params, black_box(&grad), 0.5)));
+    }
+    group.finish();
+}
+
+criterion_group!(kernels, accumulate, non_finite_scan, encode_decode, optimizer, chunk, checksum, update_64m);
+criterion_main!(kernels);
