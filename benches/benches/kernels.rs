@@ -8,15 +8,16 @@
 //! nothing, the payload bytes handled.
 //!
 //! Groups:
-//! - `accumulate`: `wire::add_into`, how a sync shard sums pushes into its
-//!   aggregation buffer, per wire dtype.
+//! - `accumulate`: `wire::add_into`, decode-and-add of wire bytes into an f32
+//!   buffer, per wire dtype.
 //! - `non_finite_scan`: `wire::first_non_finite`, run on every push that must
 //!   not carry NaN/Inf.
 //! - `encode` / `decode`: `wire::encode` and `wire::decode_into` per dtype;
 //!   `encode/memcpy` allocates and copies the f32 payload, f32 encode's bound.
 //! - `optimizer`: `Optimizer::step` for plain SGD, SGD with momentum, Adam and
 //!   AdaGrad.
-//! - `chunk`: `chunk::split` then `chunk::Reassembly` of a 64 MiB payload.
+//! - `chunk`: `chunk::split` then `chunk::Reassembly` of a 64 MiB f32 payload
+//!   (which decodes every chunk into the part's f32 buffer as it arrives).
 //! - `checksum`: the checkpoint SHA-256 (`checkpoint::write::sha256_hex`).
 //! - `update_64m`: SGD-with-momentum and Adam steps on a 64M-element tensor
 //!   next to a memcpy of the same bytes (issue 7's target: at least 0.6x).
@@ -161,7 +162,7 @@ fn chunk(c: &mut Criterion) {
     group.throughput(bytes(payload.len()));
     group.bench_function("split_reassemble_64MiB", |b| {
         b.iter(|| {
-            let mut r = Reassembly::new(payload.len() as u64, 4);
+            let mut r = Reassembly::new(payload.len() as u64 / 4, ps_proto::WireDtype::F32);
             for (offset, part) in split(black_box(&payload), DEFAULT_CHUNK_BYTES, 4) {
                 r.push(offset, part).expect("split produces a valid chunk sequence");
             }
