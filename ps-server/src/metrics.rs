@@ -524,27 +524,22 @@ impl ShardMetrics {
 
     /// Records that a tensor part holding these bytes was dropped (by a rewind).
     pub fn tensor_removed(&self, parameters: usize, optimizer_state: usize, buffers: usize) {
-        if !self.enabled {
-            return;
-        }
-        self.tensors.dec();
-        for (kind, bytes) in
-            [("parameters", parameters), ("optimizer_state", optimizer_state), ("buffers", buffers)]
-        {
-            self.held.with_label_values(&[kind]).sub(bytes as i64);
-        }
+        self.tensor_held(-1, [parameters, optimizer_state, buffers]);
     }
 
     /// Records a new tensor part and what it holds.
     pub fn tensor_created(&self, parameters: usize, optimizer_state: usize, buffers: usize) {
+        self.tensor_held(1, [parameters, optimizer_state, buffers]);
+    }
+
+    /// Adds (`sign` 1) or removes (-1) one part and its bytes by kind.
+    fn tensor_held(&self, sign: i64, bytes: [usize; 3]) {
         if !self.enabled {
             return;
         }
-        self.tensors.inc();
-        for (kind, bytes) in
-            [("parameters", parameters), ("optimizer_state", optimizer_state), ("buffers", buffers)]
-        {
-            self.held.with_label_values(&[kind]).add(bytes as i64);
+        self.tensors.add(sign);
+        for (kind, bytes) in ["parameters", "optimizer_state", "buffers"].into_iter().zip(bytes) {
+            self.held.with_label_values(&[kind]).add(sign * bytes as i64);
         }
     }
 }

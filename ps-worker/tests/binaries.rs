@@ -1,25 +1,11 @@
 //! The `ps-worker` binary trains against real `ps-server` processes.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-struct Killed(Child);
+mod common;
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `ps-server` sits next to `ps-worker` in the target directory when the
-/// workspace is built (`cargo test --workspace` builds every binary).
-fn ps_server() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_ps-worker")).with_file_name("ps-server");
-    assert!(path.exists(), "{} is missing: run the tests with --workspace", path.display());
-    path
-}
+use common::{Killed, ps_server};
 
 #[test]
 fn two_worker_processes_train_against_a_shard_process() {

@@ -10,23 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A child process killed (SIGKILL) when dropped.
-struct Killed(Child);
+mod common;
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `ps-server` sits next to `ps-worker` in the target directory when the
-/// workspace is built (`cargo test --workspace` builds every binary).
-fn ps_server() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_ps-worker")).with_file_name("ps-server");
-    assert!(path.exists(), "{} is missing: run the tests with --workspace", path.display());
-    path
-}
+use common::{Killed, ps_server};
 
 /// Starts shard `id` of 2 listening on `listen`; returns it with its address
 /// once it printed its listening line (after a restored line, if any).

@@ -382,7 +382,8 @@ fn run_all(args: &Args) -> Result<(), String> {
             baseline_loss: base.losses,
         },
     );
-    write_outputs(&out, &outcomes, target, &splits, args)
+    let params: usize = job.tensors().iter().map(|t| t.shape().iter().product::<usize>()).sum();
+    write_outputs(&out, &outcomes, target, &splits, args, params)
 }
 
 fn write_outputs(
@@ -391,6 +392,7 @@ fn write_outputs(
     target: f32,
     splits: &Splits,
     args: &Args,
+    params: usize,
 ) -> Result<(), String> {
     report::write_csv(&out.join("steps.csv"), outcomes)
         .map_err(|e| format!("{}: {e}", out.join("steps.csv").display()))?;
@@ -486,8 +488,19 @@ fn write_outputs(
         splits.train.len(),
         splits.test.len()
     );
+    // Every worker step pushes and pulls every parameter once.
+    let step_bytes = 2 * params * args.wire_dtype.size();
+    let worker_steps: u64 = outcomes.iter().filter(|o| !o.steps.is_empty()).map(|o| o.total_steps).sum();
+    let wire = format!(
+        "Wire encoding {}: {:.1} KiB of tensor payload per worker step (push + pull of {params} parameters), {:.2} of f32; {:.1} MiB over the {worker_steps} worker steps of these runs ({:.1} MiB saved against f32).",
+        args.wire_dtype.name(),
+        step_bytes as f64 / 1024.0,
+        args.wire_dtype.size() as f64 / 4.0,
+        step_bytes as f64 * worker_steps as f64 / f64::from(1 << 20),
+        (2 * params * (4 - args.wire_dtype.size())) as f64 * worker_steps as f64 / f64::from(1 << 20),
+    );
     let text = format!(
-        "Setup: {setup}\n\n{summary}\nConsistency, checked from every pull's version vectors:\n\n{consistency}"
+        "Setup: {setup}\n\n{wire}\n\n{summary}\nConsistency, checked from every pull's version vectors:\n\n{consistency}"
     );
     std::fs::write(out.join("summary.md"), &text)
         .map_err(|e| format!("{}: {e}", out.join("summary.md").display()))?;
