@@ -329,7 +329,7 @@ impl Service {
     ) -> Result<(Response<pb::CheckpointReply>, u64), Rejected> {
         let req = req.into_inner();
         let _span = tracing::info_span!("checkpoint", clock = req.clock, session = req.session).entered();
-        let cut = self.shard.checkpoint(req.clock, req.session)?;
+        let cut = self.shard.checkpoint(req.clock, req.session, req.worker)?;
         let dir = self.shard.config().checkpoint_dir.as_ref().map(|d| d.join(&cut.name));
         let dir = dir.map(|d| d.display().to_string()).unwrap_or_default();
         Ok((Response::new(pb::CheckpointReply { name: cut.name, dir }), 0))

@@ -377,8 +377,14 @@ impl Shard {
     /// of clocks `< clock`; the shard file is then written in the
     /// background. Idempotent: any worker may request the same checkpoint.
     /// Fails, changing nothing, when an update of clock `>= clock` is
-    /// already applied to some part.
-    pub fn checkpoint(&self, clock: u64, session: u64) -> Result<CutId, PsError> {
+    /// already applied to some part, or when `worker` has not joined since
+    /// the shard came back from a checkpoint.
+    pub fn checkpoint(&self, clock: u64, session: u64, worker: Option<u32>) -> Result<CutId, PsError> {
+        if let Some(w) = worker
+            && !self.life().has_joined(w)
+        {
+            return Err(self.restarted(Some(w)));
+        }
         let checkpoints = self.checkpoints()?;
         let cut = CutId { clock, name: checkpoint_name(clock, session) };
         let cells: Vec<Arc<TensorCell>> =

@@ -118,6 +118,23 @@ async fn restore_repartitions_values_and_adam_state_onto_another_shard_count() {
     assert!(big.parts.iter().all(|p| p.slots.contains_key("adam_m") && p.slots.contains_key("adam_v")));
 
     let restored = LocalCluster::restore(3, cfg, &loaded).await.expect("restore on 3 shards");
+    // Until it joins, a worker is told which checkpoint the shard came back
+    // from, for pulls and for checkpoint requests alike (a stale session
+    // must not name a checkpoint).
+    let addr = format!("http://{}", restored.spec().shards[0]);
+    let mut raw = ps_proto::pb::parameter_server_client::ParameterServerClient::connect(addr)
+        .await
+        .expect("raw client");
+    let pull = ps_proto::pb::PullRequest { worker: Some(0), clock: 3, tensor: "big".into(), dtype: 0 };
+    let ckpt = ps_proto::pb::CheckpointRequest { clock: 5, session: 1, worker: Some(0) };
+    for status in [
+        raw.pull(pull).await.expect_err("pull before joining"),
+        raw.checkpoint(ckpt).await.expect_err("checkpoint before joining"),
+    ] {
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        let meta = status.metadata().get(ps_proto::RESTART_CHECKPOINT).map(|v| v.to_str().ok());
+        assert_eq!(meta, Some(Some(name.as_str())), "{status:?}");
+    }
     let mut r = worker(restored.spec(), 0, Some(0.05)).await;
     assert_eq!(r.clock(), 3);
     assert_eq!(bits(&r.pull().await.expect("pull").values), bits(&at_3));

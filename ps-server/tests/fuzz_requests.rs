@@ -22,7 +22,7 @@ enum Req {
     Push(Vec<pb::PushChunk>),
     Pull(pb::PullRequest),
     Barrier(u32, u64),
-    Checkpoint(u64, u64),
+    Checkpoint(u64, u64, Option<u32>),
     CheckpointStatus(String),
     Rewind(String, u64, u32),
     Status,
@@ -115,7 +115,7 @@ fn request() -> impl Strategy<Value = Req> {
             Req::Pull(pb::PullRequest { worker, clock, tensor, dtype })
         }),
         (worker(), clock()).prop_map(|(w, c)| Req::Barrier(w, c)),
-        (clock(), any::<u64>()).prop_map(|(c, s)| Req::Checkpoint(c, s)),
+        (clock(), any::<u64>(), prop::option::of(worker())).prop_map(|(c, s, w)| Req::Checkpoint(c, s, w)),
         name().prop_map(Req::CheckpointStatus),
         (
             prop_oneof![
@@ -183,8 +183,8 @@ async fn send(client: &mut ParameterServerClient<Channel>, req: Req) -> Result<b
                 Ok(r) => r.map(|_| ()),
             }
         }
-        Req::Checkpoint(clock, session) => {
-            client.checkpoint(pb::CheckpointRequest { clock, session }).await.map(|_| ())
+        Req::Checkpoint(clock, session, worker) => {
+            client.checkpoint(pb::CheckpointRequest { clock, session, worker }).await.map(|_| ())
         }
         Req::CheckpointStatus(name) => {
             client.checkpoint_status(pb::CheckpointStatusRequest { name, wait: false }).await.map(|_| ())

@@ -107,6 +107,8 @@ pub struct Worker {
     num_workers: u32,
     /// Shard 0's session, which names checkpoints; learnt at join.
     session: Option<u64>,
+    /// Whether this handle joined (an observer takes no part in the clocks).
+    joined: bool,
 }
 
 /// A checkpoint whose every shard file and manifest are durable.
@@ -179,7 +181,15 @@ impl Worker {
         for (id, addr) in cfg.cluster.shards.iter().enumerate() {
             shards.push(Self::connect_shard(&cfg, id as u32, addr).await?);
         }
-        Ok(Self { cfg, shards, tensors: BTreeMap::new(), clock: 0, num_workers: 0, session: None })
+        Ok(Self {
+            cfg,
+            shards,
+            tensors: BTreeMap::new(),
+            clock: 0,
+            num_workers: 0,
+            session: None,
+            joined: false,
+        })
     }
 
     async fn connect_shard(cfg: &WorkerConfig, shard: u32, addr: &str) -> Result<Client, WorkerError> {
@@ -342,6 +352,7 @@ impl Worker {
         self.clock = replies.iter().map(|r| r.clock).min().unwrap_or(0);
         self.num_workers = replies.first().map_or(0, |r| r.num_workers);
         self.session = replies.first().map(|r| r.session);
+        self.joined = true;
         Ok(self.clock)
     }
 
@@ -730,9 +741,11 @@ impl Worker {
                 s
             }
         };
+        // Shards refuse a joined worker that missed a restart (its session is stale).
+        let worker = self.joined.then_some(self.cfg.worker);
         let replies = try_join_all((0..self.shards.len() as u32).map(|shard| {
             self.call("checkpoint", shard, None, false, move |mut c, d| async move {
-                Ok(c.checkpoint(Self::request(pb::CheckpointRequest { clock, session }, d))
+                Ok(c.checkpoint(Self::request(pb::CheckpointRequest { clock, session, worker }, d))
                     .await?
                     .into_inner())
             })

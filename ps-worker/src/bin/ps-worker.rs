@@ -231,14 +231,29 @@ async fn run(args: Args) -> Result<(), Failure> {
     let started = Instant::now();
     let log_every = args.log_every.max(1);
     let mut blocked = Duration::ZERO;
-    let records = train::train(&mut worker, &cfg, &splits.train, started, &mut |r| {
-        blocked += r.blocked;
-        if (r.clock + 1) % log_every == 0 {
-            tracing::info!(clock = r.clock, loss = r.loss, staleness = r.staleness, "step");
+    let mut records = Vec::new();
+    let mut recoveries = 0;
+    // A shard may restart after this worker's last step but before its final
+    // read: then its steps after the checkpoint are undone, so train again.
+    let params = loop {
+        records.extend(
+            train::train(&mut worker, &cfg, &splits.train, started, &mut |r| {
+                blocked += r.blocked;
+                if (r.clock + 1) % log_every == 0 {
+                    tracing::info!(clock = r.clock, loss = r.loss, staleness = r.staleness, "step");
+                }
+            })
+            .await?,
+        );
+        match worker.pull().await {
+            Err(WorkerError::ShardRestarted { restart, .. }) if recoveries < train::MAX_RECOVERIES => {
+                recoveries += 1;
+                let clock = worker.recover(&restart).await?;
+                records.retain(|r| r.clock < clock);
+            }
+            other => break other?,
         }
-    })
-    .await?;
-    let params = worker.pull().await?;
+    };
     if let Some(dir) = &args.dump_dir {
         dump(dir, &params.values, worker.clock())?;
     }
