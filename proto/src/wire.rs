@@ -2,8 +2,7 @@
 //!
 //! The master copy of a tensor is always f32; f16 and bf16 only shrink what
 //! travels. Decoding never builds an intermediate `Vec<f32>`: callers decode
-//! straight into their destination ([`decode_into`], [`add_into`]) or walk a
-//! payload block by block ([`for_each_block`]).
+//! straight into their destination ([`decode_into`], [`add_into`]).
 //!
 //! No kernel here works element by element with per-element branches or
 //! capacity checks: the conversions (`wire/convert.rs`) and the non-finite
@@ -16,9 +15,6 @@ use crate::pb;
 
 mod convert;
 mod scan;
-
-/// Elements decoded per block by [`for_each_block`]; small enough for the stack.
-pub const BLOCK: usize = 2048;
 
 /// Element encoding of a payload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -179,20 +175,6 @@ pub fn first_non_finite(src: &[u8], dtype: WireDtype) -> Option<usize> {
     }
 }
 
-/// Calls `f(element_offset, block)` for consecutive decoded blocks of at most
-/// [`BLOCK`] elements covering the payload `src` (whole elements only).
-pub fn for_each_block(src: &[u8], dtype: WireDtype, mut f: impl FnMut(usize, &[f32])) {
-    let mut buf = [0f32; BLOCK];
-    let size = dtype.size();
-    let mut done = 0;
-    for bytes in src.chunks(BLOCK * size) {
-        let n = bytes.len() / size;
-        decode_into(&mut buf[..n], &bytes[..n * size], dtype);
-        f(done, &buf[..n]);
-        done += n;
-    }
-}
-
 /// A shared f32 buffer viewed as its little-endian bytes, without a copy.
 #[cfg(target_endian = "little")]
 pub fn f32_bytes(values: std::sync::Arc<Vec<f32>>) -> Bytes {
@@ -256,18 +238,6 @@ mod tests {
         assert_eq!(first_non_finite(&encode(&[f32::INFINITY], WireDtype::Bf16), WireDtype::Bf16), Some(0));
         // 1e6 overflows f16 to +inf on encode.
         assert_eq!(first_non_finite(&encode(&[0.0, 1e6], WireDtype::F16), WireDtype::F16), Some(1));
-    }
-
-    #[test]
-    fn blocks_cover_payload_in_order() {
-        let v: Vec<f32> = (0..(BLOCK * 2 + 7)).map(|i| i as f32).collect();
-        let bytes = encode(&v, WireDtype::F32);
-        let mut seen = Vec::new();
-        for_each_block(&bytes, WireDtype::F32, |off, block| {
-            assert_eq!(off, seen.len());
-            seen.extend_from_slice(block);
-        });
-        assert_eq!(seen, v);
     }
 
     #[test]

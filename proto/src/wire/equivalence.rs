@@ -12,7 +12,7 @@ use super::{WireDtype, add_into, decode_into, encode, first_non_finite};
 const DTYPES: [WireDtype; 3] = [WireDtype::F32, WireDtype::F16, WireDtype::Bf16];
 
 /// Lengths around every block size the kernels use (64-element scan blocks,
-/// 256-element staging, 2048-element `for_each_block`).
+/// 256-element staging) and a few larger ones.
 const LENGTHS: [usize; 16] = [0, 1, 2, 3, 7, 63, 64, 65, 127, 255, 256, 257, 511, 1000, 2048, 2051];
 
 /// The per-element implementation the kernels must match bit for bit.
