@@ -10,8 +10,9 @@
 //! Groups:
 //! - `accumulate`: `wire::add_into`, decode-and-add of wire bytes into an f32
 //!   buffer, per wire dtype.
-//! - `non_finite_scan`: `wire::first_non_finite`, run on every push that must
-//!   not carry NaN/Inf.
+//! - `non_finite_scan`: `wire::first_non_finite` over wire bytes per dtype, and
+//!   `decoded_f32`: `Gradient::first_non_finite`, which the shard runs on the
+//!   decoded values of every push that must not carry NaN/Inf.
 //! - `encode` / `decode`: `wire::encode` and `wire::decode_into` per dtype;
 //!   `encode/memcpy` allocates and copies the f32 payload, f32 encode's bound.
 //! - `optimizer`: `Optimizer::step` for plain SGD, SGD with momentum, Adam and
@@ -93,6 +94,10 @@ fn non_finite_scan(c: &mut Criterion) {
             b.iter(|| black_box(wire::first_non_finite(black_box(&payload), dtype)));
         });
     }
+    // What the shard runs on every push: the check over the decoded values.
+    let decoded = ps_server::tensor::Gradient { values: src.clone() };
+    group.throughput(bytes(N * 4));
+    group.bench_function("decoded_f32", |b| b.iter(|| black_box(black_box(&decoded).first_non_finite())));
     group.finish();
 }
 

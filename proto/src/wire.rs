@@ -175,6 +175,12 @@ pub fn first_non_finite(src: &[u8], dtype: WireDtype) -> Option<usize> {
     }
 }
 
+/// Index of the first NaN or infinity among already decoded values (the
+/// same exponent-bit scan as [`first_non_finite`]).
+pub fn first_non_finite_f32(values: &[f32]) -> Option<usize> {
+    scan::first_decoded(values)
+}
+
 /// A shared f32 buffer viewed as its little-endian bytes, without a copy.
 #[cfg(target_endian = "little")]
 pub fn f32_bytes(values: std::sync::Arc<Vec<f32>>) -> Bytes {
@@ -238,6 +244,21 @@ mod tests {
         assert_eq!(first_non_finite(&encode(&[f32::INFINITY], WireDtype::Bf16), WireDtype::Bf16), Some(0));
         // 1e6 overflows f16 to +inf on encode.
         assert_eq!(first_non_finite(&encode(&[0.0, 1e6], WireDtype::F16), WireDtype::F16), Some(1));
+    }
+
+    #[test]
+    fn decoded_scan_finds_the_first_non_finite_value() {
+        for len in [0usize, 1, 63, 64, 65, 200] {
+            for at in 0..len {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(0x7F80_0001)] {
+                    let mut v: Vec<f32> = (0..len).map(|i| i as f32 - 3.5).collect();
+                    v[at] = bad;
+                    assert_eq!(first_non_finite_f32(&v), Some(at), "len {len}, at {at}");
+                }
+            }
+            let finite: Vec<f32> = (0..len).map(|i| f32::MAX - i as f32).collect();
+            assert_eq!(first_non_finite_f32(&finite), None);
+        }
     }
 
     #[test]

@@ -255,7 +255,7 @@ impl ShardMetrics {
             IntGaugeVec::new(
                 Opts::new(
                     "ps_server_held_bytes",
-                    "Bytes held: parameters, optimizer state, and sync aggregation buffers",
+                    "Bytes held: parameters, optimizer state, and sync aggregation buffers (at full size; a sync part holds its buffer only while a round is open)",
                 ),
                 &["kind"],
             )

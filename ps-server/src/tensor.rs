@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use ps_proto::wire;
+
 use crate::checkpoint::cut::TooLate;
 use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
 use crate::config::Aggregation;
@@ -39,15 +41,7 @@ pub struct Gradient {
 impl Gradient {
     /// The first non-finite element, as (index, value).
     pub fn first_non_finite(&self) -> Option<(u64, f32)> {
-        const BLOCK: usize = 256;
-        for (b, block) in self.values.chunks(BLOCK).enumerate() {
-            // Branch-free over the block, so it vectorises; exact search only on a hit.
-            if !block.iter().fold(true, |ok, x| ok & x.is_finite()) {
-                let i = block.iter().position(|x| !x.is_finite())?;
-                return Some(((b * BLOCK + i) as u64, block[i]));
-            }
-        }
-        None
+        wire::first_non_finite_f32(&self.values).map(|i| (i as u64, self.values[i]))
     }
 }
 

@@ -197,7 +197,7 @@ async fn floods_of_unfinished_pushes_carrying_data_stay_within_the_budget() {
     let grew = during.saturating_sub(before);
     // The budget plus a connection window per connection, and a quarter on
     // top for the transport's and allocator's own buffers (measured here:
-    // 420-450 MiB of a 512 MiB raw bound, with 5 of the 6 connections open).
+    // 390-470 MiB of a 512 MiB raw bound, with 5 of the 6 connections open).
     let bound = (BUDGET + MAX_CONNECTIONS as u64 * 64 * (1 << 20)) * 5 / 4;
     eprintln!(
         "ps-server RSS {} -> {} MiB; clients got {} of {} MiB out; bound {} MiB; {refused} of 3 extra connections refused",

@@ -33,6 +33,19 @@ pub(super) fn first_bf16(src: &[u8]) -> Option<usize> {
     first::<2>(src, |e| u16::from_le_bytes(word(e)) & BF16_EXPONENT == BF16_EXPONENT)
 }
 
+/// Index of the first non-finite value of already decoded f32s.
+pub(super) fn first_decoded(values: &[f32]) -> Option<usize> {
+    let non_finite = |x: &f32| x.to_bits() & F32_EXPONENT == F32_EXPONENT;
+    let mut blocks = values.chunks_exact(SCAN_BLOCK);
+    for (b, block) in blocks.by_ref().enumerate() {
+        if block.iter().fold(false, |any, x| any | non_finite(x)) {
+            return block.iter().position(non_finite).map(|i| b * SCAN_BLOCK + i);
+        }
+    }
+    let done = values.len() / SCAN_BLOCK * SCAN_BLOCK;
+    blocks.remainder().iter().position(non_finite).map(|i| done + i)
+}
+
 /// Index of the first `SIZE`-byte element of `src` for which `non_finite`
 /// holds; trailing bytes short of a whole element are ignored.
 #[inline(always)]
