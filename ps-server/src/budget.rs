@@ -14,7 +14,9 @@ pub struct PushBudget {
 
 /// A share of the budget, given back when dropped.
 #[derive(Debug)]
-pub struct Reserved(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Reserved {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl PushBudget {
     /// A budget of `bytes` (rounded up to KiB, at most 4 TiB).
@@ -28,7 +30,7 @@ impl PushBudget {
     /// budget was closed, which nothing does.
     pub async fn reserve(&self, bytes: u64) -> Option<Reserved> {
         let kib = bytes.div_ceil(1024).clamp(1, u64::from(self.total_kib)) as u32;
-        Arc::clone(&self.kib).acquire_many_owned(kib).await.ok().map(Reserved)
+        Arc::clone(&self.kib).acquire_many_owned(kib).await.ok().map(|_permit| Reserved { _permit })
     }
 
     /// KiB not reserved now.
