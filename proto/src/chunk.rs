@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use crate::frame::Segments;
 use crate::wire::WireDtype;
 
 /// Default chunk size: 4 MiB, well below gRPC's default 4 MB message limit
@@ -73,6 +74,12 @@ impl Reassembly {
     /// or says why the sequence is malformed. A rejected chunk leaves the
     /// reassembly unchanged.
     pub fn push(&mut self, offset: u64, data: Bytes) -> Result<(), ChunkError> {
+        self.push_segments(offset, &Segments::from_bytes(data))
+    }
+
+    /// Like [`push`](Self::push), for a chunk still in the pieces it
+    /// arrived in (elements may straddle pieces).
+    pub fn push_segments(&mut self, offset: u64, data: &Segments) -> Result<(), ChunkError> {
         let len = data.len() as u64;
         let size = self.dtype.size() as u64;
         let total = self.len * size;
@@ -94,9 +101,9 @@ impl Reassembly {
                 self.values = vec![0.0; self.len as usize];
             }
             let start = (offset / size) as usize;
-            crate::wire::decode_into(
+            crate::frame::decode_segments_into(
                 &mut self.values[start..start + (len / size) as usize],
-                &data,
+                data,
                 self.dtype,
             );
         }

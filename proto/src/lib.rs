@@ -8,11 +8,13 @@
 //!   function of the cluster spec, so servers and workers compute it identically.
 //! - [`wire`]: little-endian f32/f16/bf16 payload encoding and decoding.
 //! - [`chunk`]: splitting payloads into chunks and checking a chunk sequence.
+//! - [`frame`]: gRPC framing that sends and reads tensor bytes as their own frames.
 //! - [`exposition`]: Prometheus text exposition and the `/metrics` endpoint.
 
 pub mod chunk;
 pub mod cluster;
 pub mod exposition;
+pub mod frame;
 pub mod placement;
 pub mod wire;
 

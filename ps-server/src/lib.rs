@@ -10,6 +10,7 @@
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
 //! - [`liveness`]: worker leases and eviction of silent workers.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
+//! - [`data_path`]: the router that serves `Push` and `Pull` straight from and to HTTP/2 frames.
 //! - [`auth`]: bearer-token check of every RPC.
 //! - [`checkpoint`]: consistent checkpoints — capture at a clock, safetensors files, manifest, restore.
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
@@ -23,6 +24,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod connections;
 pub mod convert;
+pub mod data_path;
 pub mod error;
 pub mod incarnation;
 pub mod init;

@@ -4,11 +4,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ps_proto::pb::parameter_server_server::ParameterServerServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::ShardConfig;
+use crate::data_path::DataPath;
 use crate::service::Service;
 use crate::shard::Shard;
 
@@ -59,9 +59,7 @@ pub async fn serve_shard(
         Some(path) => Some(ps_worker::AuthToken::from_file(path).map_err(ServeError::Config)?),
         None => None,
     };
-    let service = ParameterServerServer::new(Service::new(Arc::clone(&shard)))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let service = DataPath::new(Service::new(Arc::clone(&shard)), max_message);
     let service = tonic::service::interceptor::InterceptedService::new(
         service,
         crate::auth::TokenCheck::new(token.as_ref(), Arc::clone(&shard)),

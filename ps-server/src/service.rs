@@ -1,16 +1,20 @@
 //! The gRPC service: thin glue that decodes a request, asks the shard, and
 //! encodes the answer. Every error leaves through `From<PsError> for Status`.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::Stream;
-use ps_proto::chunk::{self, Reassembly};
+use prost::Message as _;
+use ps_proto::chunk::Reassembly;
+use ps_proto::frame::{self, Deframer, FrameError, FramesBody, Segments};
 use ps_proto::pb;
 use ps_proto::pb::parameter_server_server::ParameterServer;
 use ps_proto::wire::{self, WireDtype};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::budget::PushBudget;
@@ -59,28 +63,127 @@ impl From<Status> for Rejected {
     }
 }
 
-/// The next chunk of a push stream. A chunk above the message limit (which
-/// tonic reports as `OutOfRange`) becomes `ResourceExhausted`.
-async fn next_chunk(
-    stream: &mut Streaming<pb::PushChunk>,
+/// The chunks of one push, read from its request frames: each chunk's
+/// data stays in the frames it arrived in until it is decoded into the
+/// part's buffer.
+pub(crate) struct PushFrames {
+    body: tonic::body::Body,
+    deframer: Deframer,
     limit: usize,
-) -> Result<Option<pb::PushChunk>, Rejected> {
-    stream.message().await.map_err(|s| {
-        if s.code() == Code::OutOfRange {
-            let status = Status::resource_exhausted(format!(
-                "push chunk exceeds the message limit of {limit} bytes: {}",
-                s.message()
-            ));
-            Rejected { status, reason: "too_large" }
-        } else {
-            s.into()
+}
+
+impl PushFrames {
+    /// The chunks of `body`, each at most `limit` bytes.
+    pub(crate) fn new(body: tonic::body::Body, limit: usize) -> Self {
+        Self { body, deframer: Deframer::new(limit), limit }
+    }
+
+    /// The next chunk (its fields, with `data` empty, and its data), `None`
+    /// at the end of the stream. A chunk above the message limit is
+    /// `ResourceExhausted`; a malformed one `InvalidArgument`.
+    async fn next(&mut self) -> Result<Option<(pb::PushChunk, Segments)>, Rejected> {
+        loop {
+            if let Some(msg) = self.deframer.next_message().map_err(|e| self.refused(e))? {
+                let (fields, data) = frame::split_data(msg).map_err(|e| self.refused(e))?;
+                let chunk = pb::PushChunk::decode(&fields[..]).map_err(|e| self.refused(e.into()))?;
+                return Ok(Some((chunk, data)));
+            }
+            match next_frame(&mut self.body).await {
+                Some(Ok(data)) => self.deframer.push(data),
+                Some(Err(status)) => return Err(status.into()),
+                None => {
+                    self.deframer.finish().map_err(|e| self.refused(e))?;
+                    return Ok(None);
+                }
+            }
         }
-    })
+    }
+
+    fn refused(&self, e: FrameError) -> Rejected {
+        frame_rejection(e, "push chunk", self.limit)
+    }
+}
+
+/// The status a malformed request stream gets.
+fn frame_rejection(e: FrameError, what: &str, limit: usize) -> Rejected {
+    match e {
+        FrameError::TooLarge { .. } => Rejected {
+            status: Status::resource_exhausted(format!(
+                "{what} exceeds the message limit of {limit} bytes: {e}"
+            )),
+            reason: "too_large",
+        },
+        FrameError::Compressed => {
+            Rejected { status: Status::unimplemented(format!("{what}: {e}")), reason: "compressed" }
+        }
+        FrameError::Truncated { .. } | FrameError::Malformed(_) => {
+            Rejected { status: Status::invalid_argument(format!("{what}: {e}")), reason: "malformed" }
+        }
+    }
+}
+
+/// The next data frame of `body` (trailers are skipped), `None` at its end.
+async fn next_frame(body: &mut tonic::body::Body) -> Option<Result<Bytes, Status>> {
+    use http_body::Body as _;
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await?;
+        match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => return Some(Ok(data)),
+                Err(_trailers) => continue,
+            },
+            Err(status) => return Some(Err(status)),
+        }
+    }
+}
+
+/// The one message of a unary request body.
+async fn unary_request<M: prost::Message + Default>(
+    mut body: tonic::body::Body,
+    what: &str,
+    limit: usize,
+) -> Result<M, Rejected> {
+    let mut deframer = Deframer::new(limit);
+    loop {
+        if let Some(msg) = deframer.next_message().map_err(|e| frame_rejection(e, what, limit))? {
+            return M::decode(msg).map_err(|e| frame_rejection(e.into(), what, limit));
+        }
+        match next_frame(&mut body).await {
+            Some(Ok(data)) => deframer.push(data),
+            Some(Err(status)) => return Err(status.into()),
+            None => {
+                deframer.finish().map_err(|e| frame_rejection(e, what, limit))?;
+                return Err(Rejected {
+                    status: Status::invalid_argument(format!("{what}: the request has no message")),
+                    reason: "malformed",
+                });
+            }
+        }
+    }
+}
+
+/// A gRPC reply of `frames` and an OK status.
+fn grpc_reply(frames: VecDeque<Bytes>) -> http::Response<tonic::body::Body> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut reply = http::Response::new(tonic::body::Body::new(FramesBody::new(frames, Some(trailers))));
+    reply
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    reply
+}
+
+/// A pull's answer before framing: its header and the encoded payload.
+struct PullReply {
+    header: pb::PullHeader,
+    payload: Bytes,
 }
 
 /// How long a push stream may go without a chunk before it is dropped.
 pub const PUSH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The generated `Pull` stream type; never produced, as [`DataPath`](crate::data_path::DataPath)
+/// serves `Pull`.
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Send>>;
 
 impl Service {
@@ -156,13 +259,13 @@ impl Service {
         Ok((Response::new(pb::DeclareReply { offset: d.offset, len: d.len, created: d.created }), 0))
     }
 
+    /// Applies one push; returns the reply and the push's header.
     async fn push_inner(
         &self,
-        req: Request<Streaming<pb::PushChunk>>,
-    ) -> Result<(Response<pb::PushReply>, u64), Rejected> {
-        let limit = self.shard.config().max_message_bytes;
-        let mut stream = req.into_inner();
-        let first = next_chunk(&mut stream, limit)
+        mut stream: PushFrames,
+    ) -> Result<((pb::PushReply, pb::PushHeader), u64), Rejected> {
+        let (first, first_data) = stream
+            .next()
             .await?
             .ok_or_else(|| PsError::InvalidArgument("push stream has no chunks".into()))?;
         let header = first
@@ -192,7 +295,7 @@ impl Service {
             .ok_or(PsError::ShuttingDown { shard: self.shard.config().shard_id })?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
         let mut payload = Reassembly::new(meta.len, dtype);
-        payload.push(first.offset, first.data).map_err(chunk_err)?;
+        payload.push_segments(first.offset, &first_data).map_err(chunk_err)?;
         // A push that stops sending gives its share of the budget back.
         let idle = |_| Rejected {
             status: Status::deadline_exceeded(format!(
@@ -201,8 +304,8 @@ impl Service {
             )),
             reason: "idle",
         };
-        while let Some(chunk) =
-            tokio::time::timeout(PUSH_IDLE_TIMEOUT, next_chunk(&mut stream, limit)).await.map_err(idle)??
+        while let Some((chunk, data)) =
+            tokio::time::timeout(PUSH_IDLE_TIMEOUT, stream.next()).await.map_err(idle)??
         {
             if chunk.header.is_some() {
                 return Err(PsError::InvalidArgument(format!(
@@ -211,7 +314,7 @@ impl Service {
                 ))
                 .into());
             }
-            payload.push(chunk.offset, chunk.data).map_err(chunk_err)?;
+            payload.push_segments(chunk.offset, &data).map_err(chunk_err)?;
         }
         let grad = Gradient { values: payload.finish().map_err(chunk_err)? };
         let grad_bytes = meta.len * dtype.size() as u64;
@@ -230,14 +333,10 @@ impl Service {
         let span =
             tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
         let applied = span.in_scope(|| self.shard.push(&cell, header.worker, header.clock, grad))?;
-        Ok((Response::new(pb::PushReply { applied }), grad_bytes))
+        Ok(((pb::PushReply { applied }, header), grad_bytes))
     }
 
-    async fn pull_inner(
-        &self,
-        req: Request<pb::PullRequest>,
-    ) -> Result<(Response<PullStream>, u64), Rejected> {
-        let req = req.into_inner();
+    async fn pull_inner(&self, req: pb::PullRequest) -> Result<(PullReply, u64), Rejected> {
         let dtype = dtype(req.dtype)?;
         let _lease = req.worker.and_then(|w| self.shard.lease(w));
         // The part first, then the check: a rewind in between is then refused.
@@ -254,20 +353,15 @@ impl Service {
             other => wire::encode(&snapshot.values, other),
         };
         let payload_bytes = payload.len() as u64;
-        let mut header = Some(pb::PullHeader {
+        let header = pb::PullHeader {
             offset,
             len,
             dtype: pb::WireDtype::from(dtype) as i32,
             versions: snapshot.versions,
-            total_bytes: payload.len() as u64,
+            total_bytes: payload_bytes,
             waited_us: snapshot.waited.as_micros().min(u128::from(u64::MAX)) as u64,
-        });
-        let chunks: Vec<Result<pb::PullChunk, Status>> =
-            chunk::split(&payload, self.shard.config().chunk_bytes, dtype.size())
-                .into_iter()
-                .map(|(offset, data)| Ok(pb::PullChunk { header: header.take(), offset, data }))
-                .collect();
-        Ok((Response::new(Box::pin(futures::stream::iter(chunks))), payload_bytes))
+        };
+        Ok((PullReply { header, payload }, payload_bytes))
     }
 
     async fn barrier_inner(
@@ -323,6 +417,66 @@ impl Service {
 }
 
 impl Service {
+    /// Serves one `Push` from its HTTP/2 request body; never fails the
+    /// connection: every error becomes the reply's status.
+    pub(crate) async fn push_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
+        let stream = PushFrames::new(body, self.shard.config().max_message_bytes);
+        match self.serve(Rpc::Push, self.push_inner(stream)).await {
+            Ok((reply, _)) => grpc_reply(VecDeque::from([frame::message(&reply)])),
+            Err(status) => status.into_http(),
+        }
+    }
+
+    /// Serves one `Pull`: its payload goes out as its own frames, sharing the
+    /// snapshot's memory (f32) or the one encoded copy (f16, bf16).
+    pub(crate) async fn pull_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
+        let limit = self.shard.config().max_message_bytes;
+        let pulled = self
+            .serve(Rpc::Pull, async {
+                let req = unary_request::<pb::PullRequest>(body, "pull request", limit).await?;
+                self.pull_inner(req).await
+            })
+            .await;
+        match pulled {
+            Ok(reply) => self.pull_reply(reply),
+            Err(status) => status.into_http(),
+        }
+    }
+
+    /// Serves one `PushPull`: the push, then, if it succeeded, the pull of
+    /// the same part at the next clock, as [`pull_frames`](Self::pull_frames)
+    /// would serve it. Recorded as one push and one pull.
+    pub(crate) async fn push_pull_frames(
+        &self,
+        body: tonic::body::Body,
+    ) -> http::Response<tonic::body::Body> {
+        let stream = PushFrames::new(body, self.shard.config().max_message_bytes);
+        let header = match self.serve(Rpc::Push, self.push_inner(stream)).await {
+            Ok((_, header)) => header,
+            Err(status) => return status.into_http(),
+        };
+        let req = pb::PullRequest {
+            worker: Some(header.worker),
+            clock: header.clock.saturating_add(1),
+            tensor: header.tensor,
+            dtype: header.dtype,
+        };
+        match self.serve(Rpc::Pull, self.pull_inner(req)).await {
+            Ok(reply) => self.pull_reply(reply),
+            Err(status) => status.into_http(),
+        }
+    }
+
+    /// A pull's reply: chunks whose data are their own frames.
+    fn pull_reply(&self, PullReply { header, payload }: PullReply) -> http::Response<tonic::body::Body> {
+        let dtype = WireDtype::from_i32(header.dtype).unwrap_or_default();
+        let mut header = Some(header);
+        let frames = frame::data_frames(&payload, self.shard.config().chunk_bytes, dtype.size(), |offset| {
+            pb::PullChunk { header: header.take(), offset, data: Bytes::new() }
+        });
+        grpc_reply(frames)
+    }
+
     async fn checkpoint_inner(
         &self,
         req: Request<pb::CheckpointRequest>,
@@ -422,14 +576,23 @@ impl ParameterServer for Service {
         self.serve(Rpc::Declare, self.declare_inner(req)).await
     }
 
-    async fn push(&self, req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
-        self.serve(Rpc::Push, self.push_inner(req)).await
+    async fn push(&self, _req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
+        Err(Status::unimplemented("Push is served by the data path (ps_server::data_path::DataPath)"))
     }
 
     type PullStream = PullStream;
 
-    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
-        self.serve(Rpc::Pull, self.pull_inner(req)).await
+    async fn pull(&self, _req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
+        Err(Status::unimplemented("Pull is served by the data path (ps_server::data_path::DataPath)"))
+    }
+
+    type PushPullStream = PullStream;
+
+    async fn push_pull(
+        &self,
+        _req: Request<Streaming<pb::PushChunk>>,
+    ) -> Result<Response<PullStream>, Status> {
+        Err(Status::unimplemented("PushPull is served by the data path (ps_server::data_path::DataPath)"))
     }
 
     async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {

@@ -4,21 +4,23 @@
 //! clock. Every call fans out to the shards holding the tensors' parts
 //! concurrently, retries transient failures, and reassembles whole tensors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
 use ndarray::{ArrayD, IxDyn};
+use prost::Message as _;
 use ps_proto::pb::parameter_server_client::ParameterServerClient;
 use ps_proto::placement::{self, Part};
 use ps_proto::wire::{self, WireDtype};
-use ps_proto::{ClusterSpec, chunk, pb};
+use ps_proto::{ClusterSpec, chunk, frame, pb};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::{AddToken, AuthToken, ClientTls};
+use crate::data_path::{self, DataChannel};
 
 use crate::error::WorkerError;
 use crate::retry::RetryPolicy;
@@ -102,6 +104,8 @@ pub struct Pulled {
 pub struct Worker {
     cfg: WorkerConfig,
     shards: Vec<Client>,
+    /// Per shard, the channel `Push` and `Pull` travel on (the data path).
+    data: Vec<DataChannel>,
     tensors: BTreeMap<String, TensorInfo>,
     clock: u64,
     num_workers: u32,
@@ -122,6 +126,18 @@ pub struct CheckpointDone {
     pub clock: u64,
     /// Bytes of all shard files.
     pub bytes: u64,
+}
+
+/// The request frames of one attempt of a data-path call, made anew per attempt.
+type Frames = Box<dyn Fn() -> VecDeque<Bytes> + Send + Sync>;
+
+/// The operation a data-path path is named by in errors and metrics.
+fn op_of(path: &str) -> &'static str {
+    match path {
+        frame::PUSH_PATH => "push",
+        frame::PUSH_PULL_PATH => "push_pull",
+        _ => "pull",
+    }
 }
 
 /// Whether `status` says the deadline sent in `grpc-timeout` expired on the
@@ -178,12 +194,16 @@ impl Worker {
     /// [`observe`](Self::observe) tensors but takes no part in the clocks.
     pub async fn observer(cfg: WorkerConfig) -> Result<Self, WorkerError> {
         let mut shards = Vec::new();
+        let mut data = Vec::new();
         for (id, addr) in cfg.cluster.shards.iter().enumerate() {
-            shards.push(Self::connect_shard(&cfg, id as u32, addr).await?);
+            let (client, channel) = Self::connect_shard(&cfg, id as u32, addr).await?;
+            shards.push(client);
+            data.push(channel);
         }
         Ok(Self {
             cfg,
             shards,
+            data,
             tensors: BTreeMap::new(),
             clock: 0,
             num_workers: 0,
@@ -192,7 +212,11 @@ impl Worker {
         })
     }
 
-    async fn connect_shard(cfg: &WorkerConfig, shard: u32, addr: &str) -> Result<Client, WorkerError> {
+    async fn connect_shard(
+        cfg: &WorkerConfig,
+        shard: u32,
+        addr: &str,
+    ) -> Result<(Client, DataChannel), WorkerError> {
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let uri = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
         let invalid = |e: &dyn std::fmt::Display| WorkerError::InvalidAddress {
@@ -224,9 +248,11 @@ impl Worker {
                 }
             }
         };
-        Ok(ParameterServerClient::with_interceptor(channel, AddToken::new(cfg.auth_token.as_ref()))
+        let channel = InterceptedService::new(channel, AddToken::new(cfg.auth_token.as_ref()));
+        let client = ParameterServerClient::new(channel.clone())
             .max_decoding_message_size(cfg.max_message_bytes)
-            .max_encoding_message_size(cfg.max_message_bytes))
+            .max_encoding_message_size(cfg.max_message_bytes);
+        Ok((client, channel))
     }
 
     /// This worker's id.
@@ -259,25 +285,43 @@ impl Worker {
         self.tensors.iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect()
     }
 
-    /// Runs `call` against `shard` with the retry policy and a deadline.
+    /// Runs `call` against `shard`'s gRPC client with the retry policy and a deadline.
     async fn call<T, F, Fut>(
         &self,
         op: &'static str,
         shard: u32,
         tensor: Option<&str>,
         waits_on_others: bool,
-        mut call: F,
+        call: F,
     ) -> Result<T, WorkerError>
     where
         F: FnMut(Client, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        self.retrying(op, shard, tensor, waits_on_others, || self.shards[shard as usize].clone(), call).await
+    }
+
+    /// Runs `call` with a fresh `connection()` per attempt, the retry policy and a deadline.
+    async fn retrying<C, T, F, Fut>(
+        &self,
+        op: &'static str,
+        shard: u32,
+        tensor: Option<&str>,
+        waits_on_others: bool,
+        connection: impl Fn() -> C,
+        mut call: F,
+    ) -> Result<T, WorkerError>
+    where
+        F: FnMut(C, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
         let deadline = if waits_on_others { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
         let mut attempt = 1;
         loop {
-            let client = self.shards[shard as usize].clone();
             let status =
-                match tokio::time::timeout(deadline + Duration::from_secs(1), call(client, deadline)).await {
+                match tokio::time::timeout(deadline + Duration::from_secs(1), call(connection(), deadline))
+                    .await
+                {
                     Ok(Ok(v)) => return Ok(v),
                     // The deadline sent in `grpc-timeout` expired on the server
                     // (tonic reports that as CANCELLED "Timeout expired").
@@ -513,6 +557,26 @@ impl Worker {
         worker: Option<u32>,
     ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
         let info = self.info(name)?;
+        let dtype = pb::WireDtype::from(self.cfg.wire_dtype) as i32;
+        let clock = clock.unwrap_or(self.clock);
+        let tensor = self.wire_name(name);
+        self.pulled_tensor(name, info, |_part| {
+            let req = pb::PullRequest { worker, clock, tensor: tensor.clone(), dtype };
+            let request = frame::message(&req);
+            (frame::PULL_PATH, worker.is_some(), Box::new(move || VecDeque::from([request.clone()])))
+        })
+        .await
+    }
+
+    /// Sends one data-path request per part of `name` (what `request` says:
+    /// path, whether it may wait on other workers, its frames per attempt)
+    /// whose replies are the pulled parts, and puts the tensor together.
+    async fn pulled_tensor(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+        mut request: impl FnMut(Part) -> (&'static str, bool, Frames),
+    ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
         let len = info.shape.iter().product::<usize>();
         let mut values = vec![0f32; len];
         let mut rest: &mut [f32] = &mut values;
@@ -520,7 +584,8 @@ impl Worker {
         for part in &info.parts {
             let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len as usize);
             rest = tail;
-            pulls.push(self.pull_part(name, *part, clock.unwrap_or(self.clock), worker, dst));
+            let (path, waits, frames) = request(*part);
+            pulls.push(self.pulled_part(name, *part, path, waits, frames, dst));
         }
         let (part_versions, waits): (Vec<_>, Vec<_>) = try_join_all(pulls).await?.into_iter().unzip();
         let versions = merge_versions(&part_versions);
@@ -530,25 +595,21 @@ impl Worker {
         Ok((array, versions, waited))
     }
 
-    async fn pull_part(
+    /// Sends a request of the data path at `path` whose reply is a pulled
+    /// part, retrying transient failures, and decodes the part into `dst`.
+    async fn pulled_part(
         &self,
         name: &str,
         part: Part,
-        clock: u64,
-        worker: Option<u32>,
+        path: &'static str,
+        waits: bool,
+        frames: Frames,
         dst: &mut [f32],
     ) -> Result<(Vec<i64>, Duration), WorkerError> {
-        let dtype = self.cfg.wire_dtype;
-        let req = pb::PullRequest {
-            worker,
-            clock,
-            tensor: self.wire_name(name),
-            dtype: pb::WireDtype::from(dtype) as i32,
-        };
-        let waits = worker.is_some();
+        let op = op_of(path);
         let mut attempt = 1;
         loop {
-            let result = self.pull_part_once(name, part, &req, dst).await;
+            let result = self.pulled_part_once(name, part, path, waits, frames(), dst).await;
             match result {
                 Ok(v) => return Ok(v),
                 Err(WorkerError::Rpc { status, .. })
@@ -556,7 +617,7 @@ impl Worker {
                         && RetryPolicy::is_transient(status.code(), waits) =>
                 {
                     if let Some(m) = &self.cfg.metrics {
-                        m.retry("pull");
+                        m.retry(op);
                     }
                     tokio::time::sleep(self.cfg.retry.backoff(attempt)).await;
                     attempt += 1;
@@ -572,35 +633,42 @@ impl Worker {
         }
     }
 
-    async fn pull_part_once(
+    async fn pulled_part_once(
         &self,
         name: &str,
         part: Part,
-        req: &pb::PullRequest,
+        path: &'static str,
+        waits: bool,
+        request: VecDeque<Bytes>,
         dst: &mut [f32],
     ) -> Result<(Vec<i64>, Duration), WorkerError> {
-        let deadline = if req.worker.is_some() { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
+        let op = op_of(path);
+        let deadline = if waits { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
         let shard = part.shard;
-        let timeout =
-            || WorkerError::Timeout { op: "pull", shard, tensor: Some(name.into()), after: deadline };
+        let timeout = || WorkerError::Timeout { op, shard, tensor: Some(name.into()), after: deadline };
         let rpc = |status: tonic::Status| {
             if is_server_timeout(&status) {
                 timeout()
             } else {
-                rpc_err("pull", shard, Some(name), 1, classify(status))
+                rpc_err(op, shard, Some(name), 1, classify(status))
             }
         };
         let protocol = |detail: String| WorkerError::Protocol { shard, tensor: name.into(), detail };
-        let mut client = self.shards[shard as usize].clone();
+        let channel = self.data[shard as usize].clone();
+        let max_message = self.cfg.max_message_bytes;
         let body = async {
-            let mut stream =
-                client.pull(Self::request(req.clone(), deadline)).await.map_err(rpc)?.into_inner();
+            let mut reply =
+                data_path::call(channel, path, request, deadline, max_message).await.map_err(rpc)?;
             let dtype = self.cfg.wire_dtype;
             let size = dtype.size() as u64;
             let total = part.len * size;
             let mut versions = None;
             let mut received = 0u64;
-            while let Some(chunk) = stream.message().await.map_err(rpc)? {
+            while let Some(msg) = reply.message().await.map_err(rpc)? {
+                let (fields, data) =
+                    frame::split_data(msg).map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
+                let chunk = pb::PullChunk::decode(&fields[..])
+                    .map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
                 if let Some(h) = chunk.header {
                     if versions.is_some() {
                         return Err(protocol("a second header in the reply".into()));
@@ -619,7 +687,7 @@ impl Worker {
                 } else if versions.is_none() {
                     return Err(protocol("the first chunk of the reply has no header".into()));
                 }
-                let n = chunk.data.len() as u64;
+                let n = data.len() as u64;
                 if chunk.offset != received || received + n > total || !n.is_multiple_of(size) {
                     return Err(protocol(format!(
                         "chunk at byte {} with {n} bytes does not continue byte {received} of {total}",
@@ -627,7 +695,7 @@ impl Worker {
                     )));
                 }
                 let start = (received / size) as usize;
-                wire::decode_into(&mut dst[start..start + (n / size) as usize], &chunk.data, dtype);
+                frame::decode_segments_into(&mut dst[start..start + (n / size) as usize], &data, dtype);
                 received += n;
             }
             if received != total {
@@ -636,6 +704,69 @@ impl Worker {
             versions.ok_or_else(|| protocol("empty reply".into()))
         };
         tokio::time::timeout(deadline + Duration::from_secs(1), body).await.map_err(|_| timeout())?
+    }
+
+    /// One training step's communication in one round trip per part: pushes
+    /// one gradient per declared tensor at this worker's clock, advances the
+    /// clock, and returns every tensor pulled at the new clock, exactly as
+    /// [`push`](Self::push) then [`pull`](Self::pull) would (the pull sees
+    /// the push; it waits as the policy requires).
+    pub async fn push_pull(&mut self, grads: &BTreeMap<String, ArrayD<f32>>) -> Result<Pulled, WorkerError> {
+        let clock = self.clock;
+        self.check_gradients(clock, grads)?;
+        let this = &*self;
+        let results = try_join_all(this.tensors.keys().map(|name| async move {
+            let (v, vv, waited) = this.push_pull_tensor(name, clock, &grads[name]).await?;
+            Ok::<_, WorkerError>((name.clone(), v, vv, waited))
+        }))
+        .await?;
+        self.clock += 1;
+        let mut pulled = Pulled::default();
+        for (name, v, vv, waited) in results {
+            pulled.values.insert(name.clone(), v);
+            pulled.versions.insert(name, vv);
+            pulled.waited = pulled.waited.max(waited);
+        }
+        Ok(pulled)
+    }
+
+    async fn push_pull_tensor(
+        &self,
+        name: &str,
+        clock: u64,
+        grad: &ArrayD<f32>,
+    ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
+        let info = self.checked_info(name, grad)?;
+        let flat =
+            grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect());
+        self.pulled_tensor(name, info, |part| {
+            let range = part.offset as usize..(part.offset + part.len) as usize;
+            let payload = wire::encode(&flat[range], self.cfg.wire_dtype);
+            (frame::PUSH_PULL_PATH, true, self.push_frames(name, part, clock, payload))
+        })
+        .await
+    }
+
+    /// The frames of a push of `payload` to `part` (made anew per attempt).
+    fn push_frames(&self, name: &str, part: Part, clock: u64, payload: Bytes) -> Frames {
+        let dtype = self.cfg.wire_dtype;
+        let header = pb::PushHeader {
+            worker: self.cfg.worker,
+            clock,
+            tensor: self.wire_name(name),
+            offset: part.offset,
+            len: part.len,
+            dtype: pb::WireDtype::from(dtype) as i32,
+        };
+        let chunk_bytes = self.cfg.chunk_bytes;
+        Box::new(move || {
+            let mut header = Some(header.clone());
+            frame::data_frames(&payload, chunk_bytes, dtype.size(), |offset| pb::PushChunk {
+                header: header.take(),
+                offset,
+                data: Bytes::new(),
+            })
+        })
     }
 
     /// Pushes one gradient per declared tensor at this worker's clock, then
@@ -654,6 +785,13 @@ impl Worker {
         clock: u64,
         grads: &BTreeMap<String, ArrayD<f32>>,
     ) -> Result<(), WorkerError> {
+        self.check_gradients(clock, grads)?;
+        try_join_all(self.tensors.keys().map(|name| self.push_tensor(name, clock, &grads[name]))).await?;
+        Ok(())
+    }
+
+    /// Checks that `grads` holds exactly one gradient of the right shape per declared tensor.
+    fn check_gradients(&self, clock: u64, grads: &BTreeMap<String, ArrayD<f32>>) -> Result<(), WorkerError> {
         for name in self.tensors.keys() {
             let g = grads
                 .get(name)
@@ -663,7 +801,6 @@ impl Worker {
         for name in grads.keys() {
             self.info(name)?;
         }
-        try_join_all(self.tensors.keys().map(|name| self.push_tensor(name, clock, &grads[name]))).await?;
         Ok(())
     }
 
@@ -690,23 +827,23 @@ impl Worker {
         clock: u64,
         payload: Bytes,
     ) -> Result<bool, WorkerError> {
-        let dtype = self.cfg.wire_dtype;
-        let header = pb::PushHeader {
-            worker: self.cfg.worker,
-            clock,
-            tensor: self.wire_name(name),
-            offset: part.offset,
-            len: part.len,
-            dtype: pb::WireDtype::from(dtype) as i32,
-        };
-        let chunks = chunk::split(&payload, self.cfg.chunk_bytes, dtype.size());
-        self.call("push", part.shard, Some(name), false, |mut c, d| {
-            let mut header = Some(header.clone());
-            let msgs: Vec<pb::PushChunk> = chunks
-                .iter()
-                .map(|(offset, data)| pb::PushChunk { header: header.take(), offset: *offset, data: data.clone() })
-                .collect();
-            async move { Ok(c.push(Self::request(futures::stream::iter(msgs), d)).await?.into_inner().applied) }
+        let max_message = self.cfg.max_message_bytes;
+        let frames = self.push_frames(name, part, clock, payload);
+        let channel = || self.data[part.shard as usize].clone();
+        self.retrying("push", part.shard, Some(name), false, channel, |c, d| {
+            let request = frames();
+            async move {
+                let mut reply = data_path::call(c, frame::PUSH_PATH, request, d, max_message).await?;
+                let msg =
+                    reply.message().await?.ok_or_else(|| tonic::Status::internal("empty push reply"))?;
+                let applied = pb::PushReply::decode(msg)
+                    .map_err(|e| tonic::Status::internal(format!("malformed push reply: {e}")))?
+                    .applied;
+                if reply.message().await?.is_some() {
+                    return Err(tonic::Status::internal("a push reply with more than one message"));
+                }
+                Ok(applied)
+            }
         })
         .await
     }

@@ -28,6 +28,7 @@
 
 pub mod auth;
 pub mod client;
+mod data_path;
 pub mod error;
 pub mod job;
 pub mod metrics;

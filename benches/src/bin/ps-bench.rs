@@ -5,7 +5,8 @@
 //! For every combination of tensor size, shard count, worker count and
 //! policy it starts the shards as separate processes (the `ps-server` next
 //! to this binary), runs each worker as a task of this process doing
-//! push-then-pull of one tensor, and reports GB/s of f32 payload moved (push
+//! push-then-pull of one tensor (one `PushPull` RPC per step, or with
+//! `--steps separate` a `Push` then a `Pull`), and reports GB/s of f32 payload moved (push
 //! bytes + pull bytes, all workers), latency p50/p99 of one push+pull, the
 //! shards' peak RSS, and the ratios to the baselines.
 
@@ -43,10 +44,24 @@ struct Args {
     /// always counted in bytes of f32 payload, so f16 can show its gain.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     wire_dtypes: Vec<WireDtype>,
-    /// Minimum push+pull iterations per worker and configuration.
+    /// Threads of the bench's own runtime, where the workers run. 1 (a
+    /// current-thread runtime) is how a `ps-worker` process runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    client_threads: u16,
+    /// `--threads` of every shard (default: the shard's, one per core).
+    #[arg(long)]
+    shard_threads: Option<u16>,
+    /// How a worker's step talks to the shards: `push-pull` sends the push and
+    /// the following pull as one PushPull RPC per part (one round trip);
+    /// `separate` sends a Push and then a Pull (two round trips).
+    #[arg(long, value_delimiter = ',', default_value = "push-pull")]
+    steps: Vec<Step>,
+    /// Minimum timed push+pull iterations per worker and configuration. Each
+    /// worker first runs 3 untimed warm-up steps, and timing runs for at
+    /// least 1 s unless --seconds is shorter.
     #[arg(long, default_value_t = 20)]
     iterations: usize,
-    /// Stop a configuration after this many seconds (at least 3 iterations run).
+    /// Stop timing a configuration after this many seconds (at least 3 timed iterations run).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Passed to every shard as --max-push-bytes-in-flight: how much push
@@ -77,6 +92,7 @@ fn start_shards(
     workers: u32,
     policy: &str,
     push_budget: Option<u64>,
+    threads: Option<u16>,
 ) -> Result<(Vec<Shard>, ClusterSpec), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("ps-server");
     let mut shards = Vec::new();
@@ -87,6 +103,7 @@ fn start_shards(
             .args(["--num-shards", &n.to_string(), "--workers", &workers.to_string(), "--policy", policy])
             .args(["--split-threshold", "1024", "--max-message-bytes", "67108864"])
             .args(push_budget.map(|b| format!("--max-push-bytes-in-flight={b}")))
+            .args(threads.map(|t| format!("--threads={t}")))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -174,8 +191,42 @@ fn memcpy_baseline(bytes: usize) -> f64 {
     2.0 * (bytes * reps) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// How one timed step reaches the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Step {
+    /// `Worker::push_pull`: one round trip per part.
+    PushPull,
+    /// `Worker::push` then `Worker::pull`: two round trips per part.
+    Separate,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::PushPull => "push-pull",
+            Step::Separate => "separate",
+        }
+    }
+
+    /// Runs one step of `w`.
+    async fn run(
+        self,
+        w: &mut Worker,
+        grads: &BTreeMap<String, ndarray::ArrayD<f32>>,
+    ) -> Result<(), ps_worker::WorkerError> {
+        match self {
+            Step::PushPull => w.push_pull(grads).await.map(drop),
+            Step::Separate => {
+                w.push(grads).await?;
+                w.pull().await.map(drop)
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Row {
+    step: Step,
     size: usize,
     shards: u32,
     workers: u32,
@@ -197,6 +248,7 @@ async fn measure(
     size: usize,
     workers: u32,
     dtype: WireDtype,
+    step: Step,
     args: &Args,
 ) -> Result<(f64, Vec<Duration>), String> {
     let elements = size / 4;
@@ -210,33 +262,54 @@ async fn measure(
     let grads =
         BTreeMap::from([("bench".to_string(), ndarray::ArrayD::<f32>::from_elem(vec![elements], 1e-6))]);
     let limit = Duration::from_secs_f64(args.seconds);
-    let started = Instant::now();
+    // Every worker warms up (first-touch page faults, connection windows
+    // growing, allocator caches) before any timing starts.
+    let ready = std::sync::Arc::new(tokio::sync::Barrier::new(handles.len()));
     let tasks: Vec<_> = handles
         .into_iter()
         .map(|mut w| {
             let grads = grads.clone();
             let min = args.iterations;
+            let ready = std::sync::Arc::clone(&ready);
             tokio::spawn(async move {
+                for _ in 0..WARM_UP_STEPS {
+                    step.run(&mut w, &grads).await.map_err(|e| e.to_string())?;
+                }
+                ready.wait().await;
                 let mut lat = Vec::new();
                 let t0 = Instant::now();
-                while lat.len() < 3 || (lat.len() < min && t0.elapsed() < limit) {
+                while lat.len() < 3 || ((lat.len() < min || t0.elapsed() < MIN_TIMED) && t0.elapsed() < limit)
+                {
                     let t = Instant::now();
-                    w.push(&grads).await.map_err(|e| e.to_string())?;
-                    w.pull().await.map_err(|e| e.to_string())?;
+                    step.run(&mut w, &grads).await.map_err(|e| e.to_string())?;
                     lat.push(t.elapsed());
                 }
+                let t1 = Instant::now();
                 w.leave().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(lat)
+                Ok::<_, String>((lat, t0, t1))
             })
         })
         .collect();
     let mut all = Vec::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     for t in tasks {
-        all.extend(t.await.map_err(|e| e.to_string())??);
+        let (lat, t0, t1) = t.await.map_err(|e| e.to_string())??;
+        all.extend(lat);
+        first = Some(first.map_or(t0, |f| f.min(t0)));
+        last = Some(last.map_or(t1, |l| l.max(t1)));
     }
-    let wall = started.elapsed();
+    let wall = match (first, last) {
+        (Some(f), Some(l)) => l - f,
+        _ => return Err("no worker ran".into()),
+    };
     Ok((2.0 * size as f64 * all.len() as f64 / wall.as_secs_f64(), all))
 }
+
+/// Untimed push+pull steps every worker runs first.
+const WARM_UP_STEPS: usize = 3;
+/// Timed steps continue at least this long (and at least `--iterations`),
+/// unless `--seconds` runs out first.
+const MIN_TIMED: Duration = Duration::from_secs(1);
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -254,27 +327,40 @@ fn main() -> Result<(), String> {
         args.seconds = 1.0;
     }
     let sizes: Vec<usize> = args.sizes.iter().map(|s| parse_size(s)).collect::<Result<_, _>>()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The baseline always runs on the same 2-thread runtime, whatever the
+    // workers run on, so its figure does not move with --client-threads.
+    let baseline_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let runtime = match args.client_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
+    }
+    .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for &size in &sizes {
-        let tcp = runtime.block_on(tcp_baseline(size.max(1 << 20) * 4));
+        let tcp = baseline_runtime.block_on(tcp_baseline(size.max(1 << 20) * 4));
         let memcpy = memcpy_baseline(size);
         for &shards in &args.shards {
             for &workers in &args.workers {
-                for (policy, &dtype) in
-                    args.policies.iter().flat_map(|p| args.wire_dtypes.iter().map(move |d| (p, d)))
-                {
-                    let (servers, spec) = start_shards(shards, workers, policy, args.push_budget)?;
+                let mut configs = Vec::new();
+                for &step in &args.steps {
+                    for policy in &args.policies {
+                        configs.extend(args.wire_dtypes.iter().map(|&dtype| (step, policy, dtype)));
+                    }
+                }
+                for (step, policy, dtype) in configs {
+                    let (servers, spec) =
+                        start_shards(shards, workers, policy, args.push_budget, args.shard_threads)?;
                     let (throughput, mut lat) =
-                        runtime.block_on(measure(&spec, size, workers, dtype, &args))?;
+                        runtime.block_on(measure(&spec, size, workers, dtype, step, &args))?;
                     let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();
                     drop(servers);
                     let bound = (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20);
                     let row = Row {
+                        step,
                         size,
                         shards,
                         workers,
@@ -289,10 +375,11 @@ fn main() -> Result<(), String> {
                         bound,
                     };
                     println!(
-                        "{:>9} B  {} shard(s) {} worker(s) {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
+                        "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
                         row.size,
                         row.shards,
                         row.workers,
+                        row.step.name(),
                         row.policy,
                         row.dtype.name(),
                         row.throughput / 1e9,
@@ -312,15 +399,16 @@ fn main() -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     let mut f = std::fs::File::create(&args.csv).map_err(|e| format!("{}: {e}", args.csv.display()))?;
-    writeln!(f, "size_bytes,shards,workers,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
+    writeln!(f, "size_bytes,shards,workers,step,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
         .map_err(|e| e.to_string())?;
     for r in &rows {
         writeln!(
             f,
-            "{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
+            "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
             r.size,
             r.shards,
             r.workers,
+            r.step.name(),
             r.policy,
             r.dtype.name(),
             r.throughput / 1e9,

@@ -195,6 +195,12 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+
+    /// Threads serving requests [default: one per core]. 1 serves everything
+    /// on one thread: no cross-thread wake-ups (lower latency for small
+    /// tensors), but updates of concurrent pushes no longer run in parallel.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
 }
 
 /// Operator commands against a running cluster or a checkpoint on disk.
@@ -491,7 +497,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ps-server: cannot start the Tokio runtime: {e}");

@@ -1,0 +1,482 @@
+//! gRPC message framing for the data path: tensor bytes travel as their own
+//! HTTP/2 DATA frames instead of being copied into an encode buffer, and are
+//! read straight from the frames they arrive in.
+//!
+//! What goes on the wire is still plain gRPC: every message is the 5-byte
+//! prefix (compression flag, big-endian length) and a protobuf encoding. A
+//! data-carrying message (`PushChunk`, `PullChunk`) is sent as two pieces,
+//! [`data_message_head`] (the prefix, every field but `data`, and `data`'s
+//! key and length) followed by the data `Bytes` untouched; protobuf allows
+//! fields in any order, so any gRPC peer decodes it. On the receiving side
+//! [`Deframer`] cuts the frames into messages without copying, and
+//! [`split_data`] separates the `data` field, still in the pieces it arrived
+//! in, from the other fields, which prost decodes as usual.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint};
+
+use crate::wire::{self, WireDtype};
+
+/// Path of the `Push` RPC.
+pub const PUSH_PATH: &str = "/ps.v1.ParameterServer/Push";
+/// Path of the `Pull` RPC.
+pub const PULL_PATH: &str = "/ps.v1.ParameterServer/Pull";
+/// Path of the `PushPull` RPC.
+pub const PUSH_PULL_PATH: &str = "/ps.v1.ParameterServer/PushPull";
+/// Field number of `data` in `PushChunk` and `PullChunk`.
+pub const DATA_FIELD: u32 = 3;
+/// Bytes of the gRPC message prefix.
+const PREFIX: usize = 5;
+
+/// Why received frames are not a well-formed message sequence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A message is flagged as compressed; no compression is negotiated.
+    #[error("message is compressed, but no compression was negotiated")]
+    Compressed,
+    /// A message is longer than the receiver accepts.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// The stream ended inside a message.
+    #[error("stream ended inside a message: {buffered} bytes of an unfinished message")]
+    Truncated { buffered: usize },
+    /// The protobuf encoding is malformed.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl From<prost::DecodeError> for FrameError {
+    fn from(e: prost::DecodeError) -> Self {
+        Self::Malformed(e.to_string())
+    }
+}
+
+/// A byte sequence held as the pieces it arrived in; taking a prefix or
+/// reading it never copies more than the bytes asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Segments {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Segments {
+    /// One piece.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        let mut s = Self::default();
+        s.push(bytes);
+        s
+    }
+
+    /// Appends a piece.
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.parts.push_back(bytes);
+        }
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iter().map(|b| b.as_ref())
+    }
+
+    /// Removes and returns the first `n` bytes (at most all), sharing the pieces.
+    pub fn split_to(&mut self, n: usize) -> Segments {
+        let mut head = Segments::default();
+        let mut want = n.min(self.len);
+        while want > 0 {
+            let Some(front) = self.parts.front_mut() else { break };
+            if front.len() <= want {
+                want -= front.len();
+                let whole = self.parts.pop_front().unwrap_or_default();
+                self.len -= whole.len();
+                head.push(whole);
+            } else {
+                let piece = front.split_to(want);
+                self.len -= want;
+                head.push(piece);
+                want = 0;
+            }
+        }
+        head
+    }
+
+    /// The first `N` bytes, if there are that many, without consuming them.
+    fn peek<const N: usize>(&self) -> Option<[u8; N]> {
+        if self.len < N {
+            return None;
+        }
+        let mut out = [0u8; N];
+        let mut filled = 0;
+        for part in &self.parts {
+            let n = part.len().min(N - filled);
+            out[filled..filled + n].copy_from_slice(&part[..n]);
+            filled += n;
+            if filled == N {
+                break;
+            }
+        }
+        Some(out)
+    }
+}
+
+impl Buf for Segments {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map(|b| b.as_ref()).unwrap_or_default()
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.len, "advance past the end of Segments");
+        self.len -= cnt;
+        while cnt > 0 {
+            let Some(front) = self.parts.front_mut() else { break };
+            if front.len() <= cnt {
+                cnt -= front.len();
+                self.parts.pop_front();
+            } else {
+                front.advance(cnt);
+                cnt = 0;
+            }
+        }
+    }
+}
+
+/// The 5-byte prefix of a message of `len` bytes.
+fn put_prefix(out: &mut BytesMut, len: usize) {
+    out.put_u8(0);
+    out.put_u32(len as u32);
+}
+
+/// One whole gRPC message (prefix and encoding) for `msg`.
+pub fn message(msg: &impl Message) -> Bytes {
+    let len = msg.encoded_len();
+    let mut out = BytesMut::with_capacity(PREFIX + len);
+    put_prefix(&mut out, len);
+    msg.encode_raw(&mut out);
+    out.freeze()
+}
+
+/// Everything of a data-carrying message that precedes its `data_len`
+/// bytes of data: the prefix, `fields` (whose own `data` must be empty),
+/// and the key and length of field [`DATA_FIELD`]. Send the data bytes
+/// right after it.
+pub fn data_message_head(fields: &impl Message, data_len: usize) -> Bytes {
+    let key_len = encoded_len_varint(u64::from(DATA_FIELD << 3 | WireType::LengthDelimited as u32));
+    let head_len = fields.encoded_len() + key_len + encoded_len_varint(data_len as u64);
+    let mut out = BytesMut::with_capacity(PREFIX + head_len);
+    put_prefix(&mut out, head_len + data_len);
+    fields.encode_raw(&mut out);
+    encode_key(DATA_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(data_len as u64, &mut out);
+    out.freeze()
+}
+
+/// Cuts a stream of frames into gRPC messages, without copying payload bytes.
+#[derive(Debug)]
+pub struct Deframer {
+    pending: Segments,
+    max: usize,
+}
+
+impl Deframer {
+    /// Accepts messages of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self { pending: Segments::default(), max }
+    }
+
+    /// Adds the next frame's bytes.
+    pub fn push(&mut self, frame: Bytes) {
+        self.pending.push(frame);
+    }
+
+    /// The next complete message, `None` until one is, or why the frames
+    /// cannot be a message sequence. Checked as soon as a prefix is in, so an
+    /// oversized message is refused before its bytes are buffered.
+    pub fn next_message(&mut self) -> Result<Option<Segments>, FrameError> {
+        let Some(prefix) = self.pending.peek::<PREFIX>() else { return Ok(None) };
+        if prefix[0] != 0 {
+            return Err(FrameError::Compressed);
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if self.pending.len() < PREFIX + len {
+            return Ok(None);
+        }
+        self.pending.advance(PREFIX);
+        Ok(Some(self.pending.split_to(len)))
+    }
+
+    /// Checks that the stream did not end inside a message.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        match self.pending.len() {
+            0 => Ok(()),
+            buffered => Err(FrameError::Truncated { buffered }),
+        }
+    }
+}
+
+/// Separates field [`DATA_FIELD`] of a data-carrying message from its other
+/// fields: returns the others re-encoded (for prost to decode; they are
+/// small) and the data in the pieces it arrived in. As in protobuf, the
+/// last occurrence of `data` wins.
+pub fn split_data(mut msg: Segments) -> Result<(Vec<u8>, Segments), FrameError> {
+    let mut rest = Vec::new();
+    let mut data = Segments::default();
+    while msg.has_remaining() {
+        let (field, wire_type) = decode_key(&mut msg)?;
+        if field == DATA_FIELD {
+            if wire_type != WireType::LengthDelimited {
+                return Err(FrameError::Malformed(format!("field {DATA_FIELD} is not length-delimited")));
+            }
+            let len = length(&mut msg)?;
+            data = msg.split_to(len);
+            continue;
+        }
+        encode_key(field, wire_type, &mut rest);
+        match wire_type {
+            WireType::Varint => encode_varint(decode_varint(&mut msg)?, &mut rest),
+            WireType::SixtyFourBit => copy(&mut msg, 8, &mut rest)?,
+            WireType::ThirtyTwoBit => copy(&mut msg, 4, &mut rest)?,
+            WireType::LengthDelimited => {
+                let len = length(&mut msg)?;
+                encode_varint(len as u64, &mut rest);
+                copy(&mut msg, len, &mut rest)?;
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err(FrameError::Malformed(format!("field {field} is a group")));
+            }
+        }
+    }
+    Ok((rest, data))
+}
+
+/// A length prefix that fits in what remains.
+fn length(msg: &mut Segments) -> Result<usize, FrameError> {
+    let len = decode_varint(msg)?;
+    if len > msg.remaining() as u64 {
+        return Err(FrameError::Malformed(format!(
+            "a field of {len} bytes runs past the message's remaining {} bytes",
+            msg.remaining()
+        )));
+    }
+    Ok(len as usize)
+}
+
+fn copy(msg: &mut Segments, n: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    if msg.remaining() < n {
+        return Err(FrameError::Malformed("a fixed-width field runs past the message".into()));
+    }
+    for part in msg.split_to(n).parts() {
+        out.extend_from_slice(part);
+    }
+    Ok(())
+}
+
+/// Decodes `data` (exactly `dst.len()` elements of `dtype`, in any
+/// pieces) into `dst`. An element split across two pieces is joined in a
+/// 4-byte scratch; everything else is decoded straight from the pieces.
+pub fn decode_segments_into(dst: &mut [f32], data: &Segments, dtype: WireDtype) {
+    let size = dtype.size();
+    debug_assert_eq!(data.len(), dst.len() * size);
+    let mut next = 0;
+    let mut carry = [0u8; 4];
+    let mut carried = 0;
+    for mut part in data.parts() {
+        if carried > 0 {
+            let n = (size - carried).min(part.len());
+            carry[carried..carried + n].copy_from_slice(&part[..n]);
+            carried += n;
+            part = &part[n..];
+            if carried < size {
+                continue;
+            }
+            wire::decode_into(&mut dst[next..next + 1], &carry[..size], dtype);
+            next += 1;
+        }
+        let whole = part.len() / size;
+        wire::decode_into(&mut dst[next..next + whole], &part[..whole * size], dtype);
+        next += whole;
+        let tail = &part[whole * size..];
+        carry[..tail.len()].copy_from_slice(tail);
+        carried = tail.len();
+    }
+}
+
+/// An HTTP body of frames known up front, then optional trailers: what a
+/// data-path request or reply sends.
+#[derive(Debug, Default)]
+pub struct FramesBody {
+    frames: VecDeque<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl FramesBody {
+    /// `frames` in order, then `trailers` if any.
+    pub fn new(frames: VecDeque<Bytes>, trailers: Option<http::HeaderMap>) -> Self {
+        Self { frames, trailers }
+    }
+}
+
+impl http_body::Body for FramesBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.frames.iter().map(|f| f.len() as u64).sum())
+    }
+}
+
+/// The frames of a message carrying `data` after `fields`, in `chunk_bytes`
+/// pieces of whole `elem_size` elements: each chunk's head, then its data.
+pub fn data_frames<M: Message>(
+    payload: &Bytes,
+    chunk_bytes: usize,
+    elem_size: usize,
+    mut chunk_fields: impl FnMut(u64) -> M,
+) -> VecDeque<Bytes> {
+    let mut frames = VecDeque::new();
+    for (offset, data) in crate::chunk::split(payload, chunk_bytes, elem_size) {
+        frames.push_back(data_message_head(&chunk_fields(offset), data.len()));
+        if !data.is_empty() {
+            frames.push_back(data);
+        }
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+
+    fn chunk(data: &[u8]) -> pb::PushChunk {
+        pb::PushChunk {
+            header: Some(pb::PushHeader { worker: 3, clock: 7, tensor: "w".into(), ..Default::default() }),
+            offset: 40,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    /// The head and data together are exactly a message prost decodes.
+    #[test]
+    fn head_then_data_is_a_valid_message() {
+        let data: Vec<u8> = (0..=255).collect();
+        let full = chunk(&data);
+        let head = data_message_head(&pb::PushChunk { data: Bytes::new(), ..full.clone() }, data.len());
+        let mut wire = head.to_vec();
+        wire.extend_from_slice(&data);
+        assert_eq!(wire[0], 0);
+        assert_eq!(u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize, wire.len() - 5);
+        assert_eq!(pb::PushChunk::decode(&wire[5..]).unwrap(), full);
+    }
+
+    /// Any cut of prost's own encoding into frames deframes and splits back.
+    #[test]
+    fn deframes_and_splits_at_every_cut() {
+        let data: Vec<u8> = (0..37).collect();
+        let a = message(&chunk(&data));
+        let b = message(&chunk(&data[..5]));
+        let wire = [a.as_ref(), b.as_ref()].concat();
+        for cut in 0..=wire.len() {
+            let mut d = Deframer::new(1 << 20);
+            d.push(Bytes::copy_from_slice(&wire[..cut]));
+            d.push(Bytes::copy_from_slice(&wire[cut..]));
+            for expected in [&data[..], &data[..5]] {
+                let msg = d.next_message().unwrap().expect("a message");
+                let (rest, got) = split_data(msg).unwrap();
+                let fields = pb::PushChunk::decode(&rest[..]).unwrap();
+                assert_eq!(fields, pb::PushChunk { data: Bytes::new(), ..chunk(&[]) });
+                let joined: Vec<u8> = got.parts().flat_map(|p| p.iter().copied()).collect();
+                assert_eq!(joined, expected, "cut {cut}");
+            }
+            assert!(matches!(d.next_message(), Ok(None)));
+            d.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn refuses_compressed_oversized_and_truncated_messages() {
+        let mut d = Deframer::new(10);
+        d.push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]));
+        assert!(matches!(d.next_message(), Err(FrameError::Compressed)));
+        let mut d = Deframer::new(10);
+        d.push(Bytes::from_static(&[0, 0, 0, 0, 11]));
+        assert!(matches!(d.next_message(), Err(FrameError::TooLarge { len: 11, max: 10 })));
+        let mut d = Deframer::new(10);
+        d.push(Bytes::from_static(&[0, 0, 0, 0, 3, 8]));
+        assert!(matches!(d.next_message(), Ok(None)));
+        assert_eq!(d.finish(), Err(FrameError::Truncated { buffered: 6 }));
+        // A data field longer than its message.
+        let bad = Segments::from_bytes(Bytes::from_static(&[0x1a, 9, 1]));
+        assert!(matches!(split_data(bad), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn decodes_elements_split_across_pieces() {
+        let values: Vec<f32> = (0..9).map(|i| i as f32 * 1.25 - 2.0).collect();
+        for dtype in [WireDtype::F32, WireDtype::F16, WireDtype::Bf16] {
+            let bytes = wire::encode(&values, dtype);
+            let mut expected = vec![0.0; values.len()];
+            wire::decode_into(&mut expected, &bytes, dtype);
+            for cut_a in 0..bytes.len() {
+                for cut_b in cut_a..bytes.len() {
+                    let mut s = Segments::default();
+                    s.push(bytes.slice(..cut_a));
+                    s.push(bytes.slice(cut_a..cut_b));
+                    s.push(bytes.slice(cut_b..));
+                    let mut got = vec![f32::NAN; values.len()];
+                    decode_segments_into(&mut got, &s, dtype);
+                    assert_eq!(got, expected, "{dtype:?} cuts {cut_a} {cut_b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_to_shares_pieces() {
+        let a = Bytes::from_static(b"abcdef");
+        let mut s = Segments::default();
+        s.push(a.slice(..2));
+        s.push(a.slice(2..));
+        let head = s.split_to(3);
+        assert_eq!(head.parts().collect::<Vec<_>>(), vec![&b"ab"[..], &b"c"[..]]);
+        assert_eq!(s.parts().collect::<Vec<_>>(), vec![&b"def"[..]]);
+        assert_eq!(s.parts().next().unwrap().as_ptr(), a[3..].as_ptr());
+    }
+}
