@@ -180,13 +180,98 @@ impl Optimizer {
     }
 
     /// Updates `params` (elements `offset..offset + params.len()` of the part)
-    /// with `scale * grad`.
+    /// with `scale * grad`. Parts of at least [`PARALLEL_ELEMENTS`] elements
+    /// are updated on several threads; every element's arithmetic is the
+    /// same either way, so the result is bit-identical.
     ///
     /// # Panics
     /// If `grad` and `params` differ in length or the range is out of bounds.
     pub fn update(&mut self, offset: usize, params: &mut [f32], grad: &[f32], scale: f32) {
         assert_eq!(params.len(), grad.len(), "optimizer update length mismatch");
         let range = offset..offset + params.len();
+        let kernel = Kernel { config: self.config, correction: self.correction, scale };
+        let (a, b): (&mut [f32], &mut [f32]) = match Self::slot_names(&self.config).len() {
+            0 => (&mut [], &mut []),
+            1 => (&mut Arc::make_mut(&mut self.slot_a)[range], &mut []),
+            _ => (
+                &mut Arc::make_mut(&mut self.slot_a)[range.clone()],
+                &mut Arc::make_mut(&mut self.slot_b)[range],
+            ),
+        };
+        let threads = parallelism(params.len());
+        if threads <= 1 {
+            return kernel.run(params, grad, a, b);
+        }
+        let per = params.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut pieces = split4(params, grad, a, b, per);
+            let last = pieces.pop();
+            for (p, g, a, b) in pieces {
+                scope.spawn(move || kernel.run(p, g, a, b));
+            }
+            if let Some((p, g, a, b)) = last {
+                kernel.run(p, g, a, b);
+            }
+        });
+    }
+
+    /// One whole step on all of `params`.
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32], scale: f32) {
+        self.begin_step();
+        self.update(0, params, grad, scale);
+    }
+}
+
+/// Parts with at least this many elements are updated on several threads:
+/// below it, starting a thread costs more than it saves.
+pub const PARALLEL_ELEMENTS: usize = 1 << 22;
+
+/// Threads to update `len` elements on: one per core, each with at least
+/// half of [`PARALLEL_ELEMENTS`].
+fn parallelism(len: usize) -> usize {
+    if len < PARALLEL_ELEMENTS {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.min(len / (PARALLEL_ELEMENTS / 2)).max(1)
+}
+
+/// Splits four aligned slices (the state slices may be empty) into pieces of `per` elements.
+fn split4<'a>(
+    mut p: &'a mut [f32],
+    mut g: &'a [f32],
+    mut a: &'a mut [f32],
+    mut b: &'a mut [f32],
+    per: usize,
+) -> Vec<(&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32])> {
+    let mut pieces = Vec::new();
+    while !p.is_empty() {
+        let n = per.min(p.len());
+        let (na, nb) = (n.min(a.len()), n.min(b.len()));
+        let (p0, p1) = std::mem::take(&mut p).split_at_mut(n);
+        let (g0, g1) = g.split_at(n);
+        let (a0, a1) = std::mem::take(&mut a).split_at_mut(na);
+        let (b0, b1) = std::mem::take(&mut b).split_at_mut(nb);
+        pieces.push((p0, g0, a0, b0));
+        (p, g, a, b) = (p1, g1, a1, b1);
+    }
+    pieces
+}
+
+/// One optimizer step's elementwise arithmetic, independent of where the
+/// state lives, so any split of the elements gives the same bits.
+#[derive(Clone, Copy)]
+struct Kernel {
+    config: OptimizerConfig,
+    correction: (f32, f32),
+    scale: f32,
+}
+
+impl Kernel {
+    /// Updates `params` with `grad`; `a` and `b` are the state slots the
+    /// optimizer has (empty otherwise), aligned with `params`.
+    fn run(self, params: &mut [f32], grad: &[f32], a: &mut [f32], b: &mut [f32]) {
+        let scale = self.scale;
         match self.config {
             OptimizerConfig::Sgd { learning_rate: lr, momentum, weight_decay: wd } => {
                 if momentum == 0.0 {
@@ -194,8 +279,7 @@ impl Optimizer {
                         *p -= lr * (scale * g + wd * *p);
                     }
                 } else {
-                    let v = &mut Arc::make_mut(&mut self.slot_a)[range];
-                    for ((p, g), v) in params.iter_mut().zip(grad).zip(v) {
+                    for ((p, g), v) in params.iter_mut().zip(grad).zip(a) {
                         *v = momentum * *v + scale * g + wd * *p;
                         *p -= lr * *v;
                     }
@@ -203,9 +287,7 @@ impl Optimizer {
             }
             OptimizerConfig::Adam { learning_rate: lr, beta1, beta2, epsilon, weight_decay: wd } => {
                 let (c1, c2) = self.correction;
-                let m = &mut Arc::make_mut(&mut self.slot_a)[range.clone()];
-                let v = &mut Arc::make_mut(&mut self.slot_b)[range];
-                for (((p, g), m), v) in params.iter_mut().zip(grad).zip(m).zip(v) {
+                for (((p, g), m), v) in params.iter_mut().zip(grad).zip(a).zip(b) {
                     let g = scale * g + wd * *p;
                     *m = beta1 * *m + (1.0 - beta1) * g;
                     *v = beta2 * *v + (1.0 - beta2) * g * g;
@@ -213,20 +295,13 @@ impl Optimizer {
                 }
             }
             OptimizerConfig::AdaGrad { learning_rate: lr, epsilon, .. } => {
-                let acc = &mut Arc::make_mut(&mut self.slot_a)[range];
-                for ((p, g), a) in params.iter_mut().zip(grad).zip(acc) {
+                for ((p, g), acc) in params.iter_mut().zip(grad).zip(a) {
                     let g = scale * g;
-                    *a += g * g;
-                    *p -= lr * g / (a.sqrt() + epsilon);
+                    *acc += g * g;
+                    *p -= lr * g / (acc.sqrt() + epsilon);
                 }
             }
         }
-    }
-
-    /// One whole step on all of `params`.
-    pub fn step(&mut self, params: &mut [f32], grad: &[f32], scale: f32) {
-        self.begin_step();
-        self.update(0, params, grad, scale);
     }
 }
 
@@ -347,5 +422,34 @@ mod tests {
             OptimizerConfig::Sgd { learning_rate: 0.1, momentum: 1.5, weight_decay: 0.0 }.validate().is_err()
         );
         assert!(OptimizerConfig::adam(0.001).validate().is_ok());
+    }
+
+    /// A part large enough to be updated on several threads gets the same
+    /// bits as one updated element by element on one thread, for every optimizer.
+    #[test]
+    fn a_parallel_update_is_bit_identical_to_a_serial_one() {
+        let n = PARALLEL_ELEMENTS + 12_345;
+        let grad: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let configs = [
+            OptimizerConfig::sgd(0.1),
+            OptimizerConfig::Sgd { learning_rate: 0.1, momentum: 0.9, weight_decay: 1e-4 },
+            OptimizerConfig::adam(0.01),
+            OptimizerConfig::AdaGrad { learning_rate: 0.1, epsilon: 1e-8, initial_accumulator: 0.0 },
+        ];
+        for config in configs {
+            let mut parallel = Optimizer::new(config, n);
+            let mut serial = parallel.clone();
+            let mut p: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.01).collect();
+            let mut q = p.clone();
+            for _ in 0..2 {
+                parallel.step(&mut p, &grad, 0.5);
+                serial.begin_step();
+                let kernel = Kernel { config, correction: serial.correction, scale: 0.5 };
+                let (a, b) = (Arc::make_mut(&mut serial.slot_a), Arc::make_mut(&mut serial.slot_b));
+                kernel.run(&mut q, &grad, a, b);
+            }
+            assert!(p.iter().zip(&q).all(|(x, y)| x.to_bits() == y.to_bits()), "{config:?}");
+            assert_eq!(parallel.slots(), serial.slots(), "{config:?}");
+        }
     }
 }
