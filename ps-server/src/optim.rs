@@ -236,6 +236,9 @@ fn parallelism(len: usize) -> usize {
     cores.min(len / (PARALLEL_ELEMENTS / 2)).max(1)
 }
 
+/// One thread's share of an update: parameters, gradient, state slots.
+type Piece<'a> = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32]);
+
 /// Splits four aligned slices (the state slices may be empty) into pieces of `per` elements.
 fn split4<'a>(
     mut p: &'a mut [f32],
@@ -243,7 +246,7 @@ fn split4<'a>(
     mut a: &'a mut [f32],
     mut b: &'a mut [f32],
     per: usize,
-) -> Vec<(&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32])> {
+) -> Vec<Piece<'a>> {
     let mut pieces = Vec::new();
     while !p.is_empty() {
         let n = per.min(p.len());
