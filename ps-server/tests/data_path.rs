@@ -219,3 +219,23 @@ async fn a_refused_push_pull_changes_nothing() {
     assert_eq!(v.as_slice().expect("contiguous"), &[2.0; 4]);
     assert_eq!(versions, vec![-1]);
 }
+
+/// A push the shard refuses at its first chunk returns that refusal at
+/// once, though the worker had hundreds of chunks left to encode and send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_refused_at_its_header_returns_without_sending_the_rest() {
+    let cluster = LocalCluster::start(1, config(1, PolicyName::Sync)).await.expect("cluster");
+    // Worker 5 of a 1-worker job: the shard refuses its pushes by their header.
+    let cfg = WorkerConfig { chunk_bytes: 4 << 10, ..WorkerConfig::new(cluster.spec().clone(), 5) };
+    let mut observer = Worker::observer(cfg).await.expect("observer");
+    let n = 1 << 18;
+    observer.declare(&TensorDecl::new("w", &[n]).constant(0.0)).await.expect("declare");
+    let grads = BTreeMap::from([("w".to_string(), ArrayD::from_elem(vec![n], 0.5f32))]);
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(20), observer.push(&grads))
+        .await
+        .expect("the refusal comes back without the remaining 255 chunks being sent")
+        .expect_err("an unknown worker's push is refused");
+    assert_eq!(refused.code(), Some(tonic::Code::FailedPrecondition), "{refused}");
+    let (v, _) = observer.observe("w").await.expect("observe");
+    assert!(v.iter().all(|x| *x == 0.0));
+}

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 use ndarray::{ArrayD, IxDyn};
 use prost::Message as _;
+use ps_proto::frame::FramesBody;
 use ps_proto::pb::parameter_server_client::ParameterServerClient;
 use ps_proto::placement::{self, Part};
 use ps_proto::wire::{self, WireDtype};
@@ -128,8 +129,14 @@ pub struct CheckpointDone {
     pub bytes: u64,
 }
 
-/// The request frames of one attempt of a data-path call, made anew per attempt.
-type Frames = Box<dyn Fn() -> VecDeque<Bytes> + Send + Sync>;
+/// What a data-path request sends.
+enum Outgoing<'a> {
+    /// One whole message (a pull request).
+    Message(Bytes),
+    /// A push of `values`, encoded chunk by chunk while earlier chunks are
+    /// on their way, so encoding overlaps sending.
+    Push { header: pb::PushHeader, values: &'a [f32] },
+}
 
 /// The operation a data-path path is named by in errors and metrics.
 fn op_of(path: &str) -> &'static str {
@@ -562,8 +569,7 @@ impl Worker {
         let tensor = self.wire_name(name);
         self.pulled_tensor(name, info, |_part| {
             let req = pb::PullRequest { worker, clock, tensor: tensor.clone(), dtype };
-            let request = frame::message(&req);
-            (frame::PULL_PATH, worker.is_some(), Box::new(move || VecDeque::from([request.clone()])))
+            (frame::PULL_PATH, worker.is_some(), Outgoing::Message(frame::message(&req)))
         })
         .await
     }
@@ -571,11 +577,11 @@ impl Worker {
     /// Sends one data-path request per part of `name` (what `request` says:
     /// path, whether it may wait on other workers, its frames per attempt)
     /// whose replies are the pulled parts, and puts the tensor together.
-    async fn pulled_tensor(
+    async fn pulled_tensor<'a>(
         &self,
         name: &str,
         info: &TensorInfo,
-        mut request: impl FnMut(Part) -> (&'static str, bool, Frames),
+        mut request: impl FnMut(Part) -> (&'static str, bool, Outgoing<'a>),
     ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
         let len = info.shape.iter().product::<usize>();
         let mut values = vec![0f32; len];
@@ -584,8 +590,8 @@ impl Worker {
         for part in &info.parts {
             let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len as usize);
             rest = tail;
-            let (path, waits, frames) = request(*part);
-            pulls.push(self.pulled_part(name, *part, path, waits, frames, dst));
+            let (path, waits, outgoing) = request(*part);
+            pulls.push(self.pulled_part(name, *part, path, waits, outgoing, dst));
         }
         let (part_versions, waits): (Vec<_>, Vec<_>) = try_join_all(pulls).await?.into_iter().unzip();
         let versions = merge_versions(&part_versions);
@@ -603,13 +609,13 @@ impl Worker {
         part: Part,
         path: &'static str,
         waits: bool,
-        frames: Frames,
+        outgoing: Outgoing<'_>,
         dst: &mut [f32],
     ) -> Result<(Vec<i64>, Duration), WorkerError> {
         let op = op_of(path);
         let mut attempt = 1;
         loop {
-            let result = self.pulled_part_once(name, part, path, waits, frames(), dst).await;
+            let result = self.pulled_part_once(name, part, path, waits, &outgoing, dst).await;
             match result {
                 Ok(v) => return Ok(v),
                 Err(WorkerError::Rpc { status, .. })
@@ -639,7 +645,7 @@ impl Worker {
         part: Part,
         path: &'static str,
         waits: bool,
-        request: VecDeque<Bytes>,
+        outgoing: &Outgoing<'_>,
         dst: &mut [f32],
     ) -> Result<(Vec<i64>, Duration), WorkerError> {
         let op = op_of(path);
@@ -655,10 +661,8 @@ impl Worker {
         };
         let protocol = |detail: String| WorkerError::Protocol { shard, tensor: name.into(), detail };
         let channel = self.data[shard as usize].clone();
-        let max_message = self.cfg.max_message_bytes;
         let body = async {
-            let mut reply =
-                data_path::call(channel, path, request, deadline, max_message).await.map_err(rpc)?;
+            let mut reply = self.send(channel, path, outgoing, deadline).await.map_err(rpc)?;
             let dtype = self.cfg.wire_dtype;
             let size = dtype.size() as u64;
             let total = part.len * size;
@@ -741,32 +745,72 @@ impl Worker {
             grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect());
         self.pulled_tensor(name, info, |part| {
             let range = part.offset as usize..(part.offset + part.len) as usize;
-            let payload = wire::encode(&flat[range], self.cfg.wire_dtype);
-            (frame::PUSH_PULL_PATH, true, self.push_frames(name, part, clock, payload))
+            let push = Outgoing::Push { header: self.push_header(name, part, clock), values: &flat[range] };
+            (frame::PUSH_PULL_PATH, true, push)
         })
         .await
     }
 
-    /// The frames of a push of `payload` to `part` (made anew per attempt).
-    fn push_frames(&self, name: &str, part: Part, clock: u64, payload: Bytes) -> Frames {
-        let dtype = self.cfg.wire_dtype;
-        let header = pb::PushHeader {
+    /// The header of a push to `part`.
+    fn push_header(&self, name: &str, part: Part, clock: u64) -> pb::PushHeader {
+        pb::PushHeader {
             worker: self.cfg.worker,
             clock,
             tensor: self.wire_name(name),
             offset: part.offset,
             len: part.len,
-            dtype: pb::WireDtype::from(dtype) as i32,
-        };
-        let chunk_bytes = self.cfg.chunk_bytes;
-        Box::new(move || {
-            let mut header = Some(header.clone());
-            frame::data_frames(&payload, chunk_bytes, dtype.size(), |offset| pb::PushChunk {
+            dtype: pb::WireDtype::from(self.cfg.wire_dtype) as i32,
+        }
+    }
+
+    /// Sends `outgoing` as the request of the RPC at `path`.
+    async fn send(
+        &self,
+        channel: DataChannel,
+        path: &'static str,
+        outgoing: &Outgoing<'_>,
+        deadline: Duration,
+    ) -> Result<data_path::Reply, tonic::Status> {
+        let max_message = self.cfg.max_message_bytes;
+        match outgoing {
+            Outgoing::Message(msg) => {
+                let body = FramesBody::new(VecDeque::from([msg.clone()]), None);
+                data_path::call(channel, path, tonic::body::Body::new(body), deadline, max_message).await
+            }
+            Outgoing::Push { header, values } => {
+                let feed = |tx| self.feed_push(tx, header, values);
+                data_path::call_fed(channel, path, deadline, max_message, feed).await
+            }
+        }
+    }
+
+    /// Encodes a push of `values` chunk by chunk into `tx` (each chunk's
+    /// head, then its data), waiting whenever the channel is full; stops
+    /// early if the request is gone.
+    async fn feed_push(&self, tx: tokio::sync::mpsc::Sender<Bytes>, header: &pb::PushHeader, values: &[f32]) {
+        let dtype = self.cfg.wire_dtype;
+        let step = (self.cfg.chunk_bytes / dtype.size()).max(1);
+        let mut header = Some(header.clone());
+        let mut start = 0;
+        loop {
+            let end = (start + step).min(values.len());
+            let data = wire::encode(&values[start..end], dtype);
+            let fields = pb::PushChunk {
                 header: header.take(),
-                offset,
+                offset: (start * dtype.size()) as u64,
                 data: Bytes::new(),
-            })
-        })
+            };
+            if tx.send(frame::data_message_head(&fields, data.len())).await.is_err() {
+                return;
+            }
+            if !data.is_empty() && tx.send(data).await.is_err() {
+                return;
+            }
+            start = end;
+            if start >= values.len() {
+                return;
+            }
+        }
     }
 
     /// Pushes one gradient per declared tensor at this worker's clock, then
@@ -813,37 +857,33 @@ impl Worker {
             grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect());
         try_join_all(info.parts.iter().map(|part| {
             let range = part.offset as usize..(part.offset + part.len) as usize;
-            self.push_part(name, *part, clock, wire::encode(&flat[range], self.cfg.wire_dtype))
+            self.push_part(name, *part, clock, &flat[range])
         }))
         .await?;
         Ok(())
     }
 
-    /// Pushes an already-encoded payload for one part (retried as a whole).
+    /// Pushes `values` as the gradient of one part (retried as a whole).
     async fn push_part(
         &self,
         name: &str,
         part: Part,
         clock: u64,
-        payload: Bytes,
+        values: &[f32],
     ) -> Result<bool, WorkerError> {
-        let max_message = self.cfg.max_message_bytes;
-        let frames = self.push_frames(name, part, clock, payload);
+        let outgoing = Outgoing::Push { header: self.push_header(name, part, clock), values };
+        let outgoing = &outgoing;
         let channel = || self.data[part.shard as usize].clone();
-        self.retrying("push", part.shard, Some(name), false, channel, |c, d| {
-            let request = frames();
-            async move {
-                let mut reply = data_path::call(c, frame::PUSH_PATH, request, d, max_message).await?;
-                let msg =
-                    reply.message().await?.ok_or_else(|| tonic::Status::internal("empty push reply"))?;
-                let applied = pb::PushReply::decode(msg)
-                    .map_err(|e| tonic::Status::internal(format!("malformed push reply: {e}")))?
-                    .applied;
-                if reply.message().await?.is_some() {
-                    return Err(tonic::Status::internal("a push reply with more than one message"));
-                }
-                Ok(applied)
+        self.retrying("push", part.shard, Some(name), false, channel, |c, d| async move {
+            let mut reply = self.send(c, frame::PUSH_PATH, outgoing, d).await?;
+            let msg = reply.message().await?.ok_or_else(|| tonic::Status::internal("empty push reply"))?;
+            let applied = pb::PushReply::decode(msg)
+                .map_err(|e| tonic::Status::internal(format!("malformed push reply: {e}")))?
+                .applied;
+            if reply.message().await?.is_some() {
+                return Err(tonic::Status::internal("a push reply with more than one message"));
             }
+            Ok(applied)
         })
         .await
     }

@@ -3,13 +3,12 @@
 //! frames and are decoded straight from the frames they arrive in
 //! (see [`ps_proto::frame`]).
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as _;
-use ps_proto::frame::{Deframer, FramesBody, Segments};
+use ps_proto::frame::{Deframer, Segments};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service as _;
@@ -48,7 +47,7 @@ pub(crate) struct Reply {
 pub(crate) async fn call(
     mut channel: DataChannel,
     path: &'static str,
-    frames: VecDeque<Bytes>,
+    body: Body,
     deadline: Duration,
     max_message: usize,
 ) -> Result<Reply, Status> {
@@ -60,7 +59,7 @@ pub(crate) async fn call(
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
         .header("grpc-timeout", timeout)
-        .body(Body::new(FramesBody::new(frames, None)))
+        .body(body)
         .map_err(|e| Status::internal(format!("building the {path} request: {e}")))?;
     let transport = |e: tonic::transport::Error| Status::from_error(Box::new(e));
     std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(transport)?;
@@ -72,6 +71,50 @@ pub(crate) async fn call(
         return Ok(Reply { body: Body::empty(), deframer: Deframer::new(max_message), done: true });
     }
     Ok(Reply { body: Body::new(response.into_body()), deframer: Deframer::new(max_message), done: false })
+}
+
+/// Frames a fed request body holds before the feeder waits.
+const FEED_DEPTH: usize = 4;
+
+/// A request body whose frames arrive through a channel as they are made.
+struct FedBody {
+    frames: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for FedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.frames.poll_recv(cx).map(|frame| frame.map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+/// Like [`call`], with a body of the frames `feed` sends into the channel
+/// it is given, made while earlier ones are sent. Returns once the reply's
+/// headers are in; a feed still running then (the server answered before
+/// reading everything) is dropped.
+pub(crate) async fn call_fed<F, Fut>(
+    channel: DataChannel,
+    path: &'static str,
+    deadline: Duration,
+    max_message: usize,
+    feed: F,
+) -> Result<Reply, Status>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (tx, frames) = tokio::sync::mpsc::channel(FEED_DEPTH);
+    let call = std::pin::pin!(call(channel, path, Body::new(FedBody { frames }), deadline, max_message));
+    let feed = std::pin::pin!(feed(tx));
+    match futures::future::select(call, feed).await {
+        futures::future::Either::Left((reply, _unfinished_feed)) => reply,
+        futures::future::Either::Right(((), call)) => call.await,
+    }
 }
 
 impl Reply {
