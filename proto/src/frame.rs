@@ -362,6 +362,75 @@ impl http_body::Body for FramesBody {
     }
 }
 
+/// A reply body of data-carrying messages encoded from `values` one chunk
+/// at a time, when the transport asks for the next frame: encoding the
+/// next chunk overlaps sending the previous ones, and at most one encoded
+/// chunk exists at a time. Then the `trailers`.
+pub struct EncodingBody<F> {
+    values: std::sync::Arc<Vec<f32>>,
+    dtype: WireDtype,
+    chunk_elems: usize,
+    next: usize,
+    started: bool,
+    fields: F,
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl<F> std::fmt::Debug for EncodingBody<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodingBody").field("dtype", &self.dtype).field("next", &self.next).finish()
+    }
+}
+
+impl<M: Message, F: FnMut(u64) -> M> EncodingBody<F> {
+    /// `values` encoded as `dtype` in chunks of at most `chunk_bytes`
+    /// (whole elements), each message's other fields from `fields(byte_offset)`;
+    /// an empty `values` still sends one message.
+    pub fn new(
+        values: std::sync::Arc<Vec<f32>>,
+        dtype: WireDtype,
+        chunk_bytes: usize,
+        fields: F,
+        trailers: Option<http::HeaderMap>,
+    ) -> Self {
+        let chunk_elems = (chunk_bytes / dtype.size()).max(1);
+        Self { values, dtype, chunk_elems, next: 0, started: false, fields, data: None, trailers }
+    }
+}
+
+impl<M: Message, F: FnMut(u64) -> M + Unpin> http_body::Body for EncodingBody<F> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if !self.started || self.next < self.values.len() {
+            self.started = true;
+            let (start, end) = (self.next, (self.next + self.chunk_elems).min(self.values.len()));
+            let data = wire::encode(&self.values[start..end], self.dtype);
+            let offset = (start * self.dtype.size()) as u64;
+            let fields = (self.fields)(offset);
+            let head = data_message_head(&fields, data.len());
+            self.next = end;
+            if !data.is_empty() {
+                self.data = Some(data);
+            }
+            return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.started && self.next >= self.values.len() && self.data.is_none() && self.trailers.is_none()
+    }
+}
+
 /// The frames of a message carrying `data` after `fields`, in `chunk_bytes`
 /// pieces of whole `elem_size` elements: each chunk's head, then its data.
 pub fn data_frames<M: Message>(
@@ -464,6 +533,34 @@ mod tests {
                     decode_segments_into(&mut got, &s, dtype);
                     assert_eq!(got, expected, "{dtype:?} cuts {cut_a} {cut_b}");
                 }
+            }
+        }
+    }
+
+    /// The encoding body sends what `data_frames` of the whole encoded
+    /// payload sends, in every dtype, also for an empty tensor.
+    #[test]
+    fn encoding_body_equals_eager_frames() {
+        use http_body::Body as _;
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for n in [0, 1, 9, 1000] {
+            let values = std::sync::Arc::new((0..n).map(|i| i as f32 * 0.75 - 5.0).collect::<Vec<f32>>());
+            for dtype in [WireDtype::F32, WireDtype::F16, WireDtype::Bf16] {
+                let fields = |offset| pb::PullChunk { header: None, offset, data: Bytes::new() };
+                let payload = wire::encode(&values, dtype);
+                let eager: Vec<Bytes> = data_frames(&payload, 100, dtype.size(), fields).into();
+                let mut body =
+                    EncodingBody::new(values.clone(), dtype, 100, fields, Some(http::HeaderMap::new()));
+                let mut lazy = Vec::new();
+                while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+                    match frame.into_data() {
+                        Ok(data) => lazy.push(data),
+                        Err(frame) => assert!(frame.is_trailers()),
+                    }
+                }
+                assert_eq!(lazy, eager, "{n} {dtype:?}");
+                assert!(body.is_end_stream());
             }
         }
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::Stream;
 use prost::Message as _;
 use ps_proto::chunk::Reassembly;
-use ps_proto::frame::{self, Deframer, FrameError, FramesBody, Segments};
+use ps_proto::frame::{self, Deframer, EncodingBody, FrameError, FramesBody, Segments};
 use ps_proto::pb;
 use ps_proto::pb::parameter_server_server::ParameterServer;
 use ps_proto::wire::{self, WireDtype};
@@ -162,21 +162,32 @@ async fn unary_request<M: prost::Message + Default>(
     }
 }
 
-/// A gRPC reply of `frames` and an OK status.
-fn grpc_reply(frames: VecDeque<Bytes>) -> http::Response<tonic::body::Body> {
+/// The trailers of a successful call.
+fn ok_trailers() -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let mut reply = http::Response::new(tonic::body::Body::new(FramesBody::new(frames, Some(trailers))));
+    trailers
+}
+
+/// A gRPC reply of `frames` and an OK status.
+fn grpc_reply(frames: VecDeque<Bytes>) -> http::Response<tonic::body::Body> {
+    grpc_response(tonic::body::Body::new(FramesBody::new(frames, Some(ok_trailers()))))
+}
+
+/// A gRPC reply with `body` (messages, then trailers).
+fn grpc_response(body: tonic::body::Body) -> http::Response<tonic::body::Body> {
+    let mut reply = http::Response::new(body);
     reply
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     reply
 }
 
-/// A pull's answer before framing: its header and the encoded payload.
+/// A pull's answer before framing: its header and the snapshot it encodes.
 struct PullReply {
     header: pb::PullHeader,
-    payload: Bytes,
+    values: Arc<Vec<f32>>,
+    dtype: WireDtype,
 }
 
 /// How long a push stream may go without a chunk before it is dropped.
@@ -348,11 +359,7 @@ impl Service {
             tracing::debug_span!("pull", tensor = %req.tensor, worker = ?req.worker, clock = req.clock);
         let snapshot = self.shard.pull(&cell, req.worker, req.clock).instrument(span).await?;
         let (offset, len) = (cell.meta().offset, cell.meta().len);
-        let payload = match dtype {
-            WireDtype::F32 => wire::f32_bytes(snapshot.values),
-            other => wire::encode(&snapshot.values, other),
-        };
-        let payload_bytes = payload.len() as u64;
+        let payload_bytes = len * dtype.size() as u64;
         let header = pb::PullHeader {
             offset,
             len,
@@ -361,7 +368,7 @@ impl Service {
             total_bytes: payload_bytes,
             waited_us: snapshot.waited.as_micros().min(u128::from(u64::MAX)) as u64,
         };
-        Ok((PullReply { header, payload }, payload_bytes))
+        Ok((PullReply { header, values: snapshot.values, dtype }, payload_bytes))
     }
 
     async fn barrier_inner(
@@ -467,14 +474,22 @@ impl Service {
         }
     }
 
-    /// A pull's reply: chunks whose data are their own frames.
-    fn pull_reply(&self, PullReply { header, payload }: PullReply) -> http::Response<tonic::body::Body> {
-        let dtype = WireDtype::from_i32(header.dtype).unwrap_or_default();
+    /// A pull's reply: chunks whose data are their own frames. f32 data is
+    /// the snapshot's own memory; f16 and bf16 are encoded chunk by chunk as
+    /// the transport takes them.
+    fn pull_reply(
+        &self,
+        PullReply { header, values, dtype }: PullReply,
+    ) -> http::Response<tonic::body::Body> {
+        let chunk_bytes = self.shard.config().chunk_bytes;
         let mut header = Some(header);
-        let frames = frame::data_frames(&payload, self.shard.config().chunk_bytes, dtype.size(), |offset| {
-            pb::PullChunk { header: header.take(), offset, data: Bytes::new() }
-        });
-        grpc_reply(frames)
+        let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
+        if dtype == WireDtype::F32 {
+            grpc_reply(frame::data_frames(&wire::f32_bytes(values), chunk_bytes, dtype.size(), fields))
+        } else {
+            let body = EncodingBody::new(values, dtype, chunk_bytes, fields, Some(ok_trailers()));
+            grpc_response(tonic::body::Body::new(body))
+        }
     }
 
     async fn checkpoint_inner(

@@ -48,7 +48,7 @@ struct Args {
     /// current-thread runtime) is how a `ps-worker` process runs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     client_threads: u16,
-    /// `--threads` of every shard (default: the shard's, one per core).
+    /// `--threads` of every shard (default: the shard's own default, 1).
     #[arg(long)]
     shard_threads: Option<u16>,
     /// How a worker's step talks to the shards: `push-pull` sends the push and

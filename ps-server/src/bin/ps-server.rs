@@ -196,11 +196,15 @@ struct Args {
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 
-    /// Threads serving requests [default: one per core]. 1 serves everything
-    /// on one thread: no cross-thread wake-ups (lower latency for small
-    /// tensors), but updates of concurrent pushes no longer run in parallel.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    threads: Option<u16>,
+    /// Threads serving requests. With 1, every request of the shard runs on
+    /// one thread: no cross-thread wake-ups and no buffer freed on another
+    /// thread than it was allocated on, which measured lower latency, higher
+    /// throughput and lower memory on 2 cores. An optimizer update of a part
+    /// of 4M+ elements uses every core whatever this is. Raise it when many
+    /// workers push to one shard on a machine with cores to spare (or run
+    /// more shards).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
 }
 
 /// Operator commands against a running cluster or a checkpoint on disk.
@@ -498,9 +502,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     let runtime = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
-        None => tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
     };
     let runtime = match runtime {
         Ok(r) => r,
