@@ -100,6 +100,19 @@ pub struct Pulled {
     pub waited: Duration,
 }
 
+impl Pulled {
+    /// Whole tensors as `(name, values, versions, waited)`.
+    fn from_tensors(tensors: Vec<(String, ArrayD<f32>, Vec<i64>, Duration)>) -> Self {
+        let mut pulled = Pulled::default();
+        for (name, values, versions, waited) in tensors {
+            pulled.values.insert(name.clone(), values);
+            pulled.versions.insert(name, versions);
+            pulled.waited = pulled.waited.max(waited);
+        }
+        pulled
+    }
+}
+
 /// A worker connected to every shard of a cluster.
 #[derive(Clone, Debug)]
 pub struct Worker {
@@ -531,13 +544,7 @@ impl Worker {
             Ok::<_, WorkerError>((name.clone(), v, vv, waited))
         }))
         .await?;
-        let mut pulled = Pulled::default();
-        for (name, v, vv, waited) in results {
-            pulled.values.insert(name.clone(), v);
-            pulled.versions.insert(name, vv);
-            pulled.waited = pulled.waited.max(waited);
-        }
-        Ok(pulled)
+        Ok(Pulled::from_tensors(results))
     }
 
     /// Reads one tensor as an observer: never waits and takes no part in the
@@ -725,13 +732,7 @@ impl Worker {
         }))
         .await?;
         self.clock += 1;
-        let mut pulled = Pulled::default();
-        for (name, v, vv, waited) in results {
-            pulled.values.insert(name.clone(), v);
-            pulled.versions.insert(name, vv);
-            pulled.waited = pulled.waited.max(waited);
-        }
-        Ok(pulled)
+        Ok(Pulled::from_tensors(results))
     }
 
     async fn push_pull_tensor(
