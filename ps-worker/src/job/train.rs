@@ -1,5 +1,7 @@
 //! One worker's training loop: pull → compute → push, with optional injected
-//! stragglers, recording what every step cost and what it read.
+//! stragglers, recording what every step cost and what it read. Each push
+//! but the last is a `push_pull` that brings back the next step's read in
+//! the same round trip.
 
 use std::time::{Duration, Instant};
 
@@ -126,15 +128,16 @@ pub struct StepRecord {
     pub loss: f32,
     /// Clocks of updates missing from the read: `max_w (clock - 1 - version_w)`, at least 0.
     pub staleness: i64,
-    /// When the step's pull was sent and when its reply was complete, since the job started.
+    /// When the step's read was sent and when its reply was complete, since the job started
+    /// (for a read made by the previous step's `push_pull`, that call's start and end).
     pub read: (Duration, Duration),
     /// Time the pull waited for the policy on the shards.
     pub blocked: Duration,
-    /// Time of the whole pull.
+    /// Time of the step's own pull; zero when the previous step's `push_pull` made the read.
     pub pull: Duration,
     /// Time of the gradient computation, including injected delay.
     pub compute: Duration,
-    /// Time of the push.
+    /// Time of the push (with the next step's read, when it is a `push_pull`).
     pub push: Duration,
     /// The version vector of every tensor read.
     pub versions: Versions,
@@ -183,6 +186,9 @@ pub async fn train(
     let mut normal: Option<Duration> = None;
     let mut resumed_at = worker.clock();
     let mut recoveries = 0;
+    // The read for the current clock, when the previous step's `push_pull`
+    // already made it (with when that call started and ended).
+    let mut prefetched: Option<(crate::client::Pulled, Instant, Instant)> = None;
     while worker.clock() < total {
         let clock = worker.clock();
         let every = cfg.checkpoint_every.unwrap_or(0);
@@ -195,20 +201,42 @@ pub async fn train(
             if every > 0 && clock > 0 && clock.is_multiple_of(every) && clock != resumed_at {
                 worker.checkpoint(clock).await?;
             }
-            let t0 = Instant::now();
-            let pulled = worker.pull().await?;
-            let t1 = Instant::now();
+            // The read: made by the previous step's push_pull, or now.
+            // `own_wait`: what this step itself spent blocked in a pull (a
+            // prefetched read's wait was spent in the previous step's call).
+            let (pulled, t0, t1, pull_time, own_wait) = match prefetched.take() {
+                Some((pulled, t0, t1)) => (pulled, t0, t1, Duration::ZERO, Duration::ZERO),
+                None => {
+                    let t0 = Instant::now();
+                    let pulled = worker.pull().await?;
+                    let t1 = Instant::now();
+                    let waited = pulled.waited;
+                    (pulled, t0, t1, t1 - t0, waited)
+                }
+            };
+            let computing = Instant::now();
             let (x, y) = data.gather(indices);
             let (loss, grads) = cfg.model.loss_and_grads(&pulled.values, x.view(), &y);
-            let work = t1.elapsed();
+            let work = computing.elapsed();
             let extra = cfg.stragglers.delay(id, &mut rng, normal.unwrap_or(work));
             if !extra.is_zero() {
                 tokio::time::sleep(extra).await;
             }
             let t2 = Instant::now();
-            worker.push(&grads).await?;
+            // The push, and with it the next step's read in the same round
+            // trip (the last step only pushes).
+            let mut next_wait = Duration::ZERO;
+            if clock + 1 < total {
+                let next = worker.push_pull(&grads).await?;
+                next_wait = next.waited;
+                prefetched = Some((next, t2, Instant::now()));
+            } else {
+                worker.push(&grads).await?;
+            }
             let t3 = Instant::now();
-            let step = (t3 - t0).saturating_sub(extra).saturating_sub(pulled.waited);
+            // The step's time without injected delay or policy blocking, in
+            // this step's pull or in the read its push_pull made.
+            let step = (pull_time + (t3 - computing)).saturating_sub(extra + own_wait + next_wait);
             normal = Some(normal.map_or(step, |n| n.mul_f64(0.9) + step.mul_f64(0.1)));
             Ok::<_, WorkerError>(StepRecord {
                 worker: id,
@@ -218,8 +246,8 @@ pub async fn train(
                 staleness: staleness(clock, &pulled.versions),
                 read: (t0 - started, t1 - started),
                 blocked: pulled.waited,
-                pull: t1 - t0,
-                compute: t2 - t1,
+                pull: pull_time,
+                compute: t2 - computing,
                 push: t3 - t2,
                 versions: pulled.versions,
             })
@@ -228,6 +256,7 @@ pub async fn train(
             Ok(record) => record,
             Err(WorkerError::ShardRestarted { restart, .. }) if recoveries < MAX_RECOVERIES => {
                 recoveries += 1;
+                prefetched = None;
                 resumed_at = worker.recover(&restart).await?;
                 // The steps from the checkpoint on are undone on every shard.
                 records.retain(|r: &StepRecord| r.clock < resumed_at);
