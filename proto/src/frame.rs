@@ -362,6 +362,46 @@ impl http_body::Body for FramesBody {
     }
 }
 
+/// Elements of `dtype` per chunk of at most `chunk_bytes` (at least one).
+fn chunk_elems(chunk_bytes: usize, dtype: WireDtype) -> usize {
+    (chunk_bytes / dtype.size()).max(1)
+}
+
+/// The chunk of `values` that starts at element `start` (at most
+/// `chunk_elems` elements) encoded as `dtype`: its message head, with the
+/// other fields from `fields(byte offset)`, its data, and where the next
+/// chunk starts (`None` after the last; an empty `values` is one chunk).
+fn encode_chunk<M: Message>(
+    values: &[f32],
+    start: usize,
+    chunk_elems: usize,
+    dtype: WireDtype,
+    fields: &mut impl FnMut(u64) -> M,
+) -> (Bytes, Bytes, Option<usize>) {
+    let end = (start + chunk_elems).min(values.len());
+    let data = wire::encode(&values[start..end], dtype);
+    let head = data_message_head(&fields((start * dtype.size()) as u64), data.len());
+    (head, data, (end < values.len()).then_some(end))
+}
+
+/// The chunks of `values` encoded as `dtype`, each encoded only when the
+/// iterator reaches it: `(message head, data)`, data empty only for an
+/// empty `values`, which is one chunk.
+pub fn encoded_chunks<'a, M: Message>(
+    values: &'a [f32],
+    dtype: WireDtype,
+    chunk_bytes: usize,
+    mut fields: impl FnMut(u64) -> M + 'a,
+) -> impl Iterator<Item = (Bytes, Bytes)> + 'a {
+    let chunk_elems = chunk_elems(chunk_bytes, dtype);
+    let mut next = Some(0);
+    std::iter::from_fn(move || {
+        let (head, data, after) = encode_chunk(values, next?, chunk_elems, dtype, &mut fields);
+        next = after;
+        Some((head, data))
+    })
+}
+
 /// A reply body of data-carrying messages encoded from `values` one chunk
 /// at a time, when the transport asks for the next frame: encoding the
 /// next chunk overlaps sending the previous ones, and at most one encoded
@@ -370,8 +410,8 @@ pub struct EncodingBody<F> {
     values: std::sync::Arc<Vec<f32>>,
     dtype: WireDtype,
     chunk_elems: usize,
-    next: usize,
-    started: bool,
+    /// Where the next chunk starts; `None` once every chunk is out.
+    next: Option<usize>,
     fields: F,
     data: Option<Bytes>,
     trailers: Option<http::HeaderMap>,
@@ -394,8 +434,8 @@ impl<M: Message, F: FnMut(u64) -> M> EncodingBody<F> {
         fields: F,
         trailers: Option<http::HeaderMap>,
     ) -> Self {
-        let chunk_elems = (chunk_bytes / dtype.size()).max(1);
-        Self { values, dtype, chunk_elems, next: 0, started: false, fields, data: None, trailers }
+        let chunk_elems = chunk_elems(chunk_bytes, dtype);
+        Self { values, dtype, chunk_elems, next: Some(0), fields, data: None, trailers }
     }
 }
 
@@ -410,24 +450,19 @@ impl<M: Message, F: FnMut(u64) -> M + Unpin> http_body::Body for EncodingBody<F>
         if let Some(data) = self.data.take() {
             return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
         }
-        if !self.started || self.next < self.values.len() {
-            self.started = true;
-            let (start, end) = (self.next, (self.next + self.chunk_elems).min(self.values.len()));
-            let data = wire::encode(&self.values[start..end], self.dtype);
-            let offset = (start * self.dtype.size()) as u64;
-            let fields = (self.fields)(offset);
-            let head = data_message_head(&fields, data.len());
-            self.next = end;
-            if !data.is_empty() {
-                self.data = Some(data);
-            }
+        if let Some(start) = self.next {
+            let this = &mut *self;
+            let (head, data, next) =
+                encode_chunk(&this.values, start, this.chunk_elems, this.dtype, &mut this.fields);
+            this.next = next;
+            this.data = (!data.is_empty()).then_some(data);
             return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.started && self.next >= self.values.len() && self.data.is_none() && self.trailers.is_none()
+        self.next.is_none() && self.data.is_none() && self.trailers.is_none()
     }
 }
 
@@ -537,8 +572,8 @@ mod tests {
         }
     }
 
-    /// The encoding body sends what `data_frames` of the whole encoded
-    /// payload sends, in every dtype, also for an empty tensor.
+    /// The encoding body and `encoded_chunks` send what `data_frames` of the
+    /// whole encoded payload sends, in every dtype, also for an empty tensor.
     #[test]
     fn encoding_body_equals_eager_frames() {
         use http_body::Body as _;
@@ -561,6 +596,11 @@ mod tests {
                 }
                 assert_eq!(lazy, eager, "{n} {dtype:?}");
                 assert!(body.is_end_stream());
+                let iterated: Vec<Bytes> = encoded_chunks(&values, dtype, 100, fields)
+                    .flat_map(|(head, data)| [Some(head), (!data.is_empty()).then_some(data)])
+                    .flatten()
+                    .collect();
+                assert_eq!(iterated, eager, "encoded_chunks, {n} {dtype:?}");
             }
         }
     }

@@ -63,30 +63,27 @@ impl From<Status> for Rejected {
     }
 }
 
-/// The chunks of one push, read from its request frames: each chunk's
-/// data stays in the frames it arrived in until it is decoded into the
-/// part's buffer.
-pub(crate) struct PushFrames {
+/// The gRPC messages of a request body, cut from its frames without
+/// copying; `what` names them in refusals.
+struct RequestMessages {
     body: tonic::body::Body,
     deframer: Deframer,
+    what: &'static str,
     limit: usize,
 }
 
-impl PushFrames {
-    /// The chunks of `body`, each at most `limit` bytes.
-    pub(crate) fn new(body: tonic::body::Body, limit: usize) -> Self {
-        Self { body, deframer: Deframer::new(limit), limit }
+impl RequestMessages {
+    /// The messages of `body`, each at most `limit` bytes.
+    fn new(body: tonic::body::Body, what: &'static str, limit: usize) -> Self {
+        Self { body, deframer: Deframer::new(limit), what, limit }
     }
 
-    /// The next chunk (its fields, with `data` empty, and its data), `None`
-    /// at the end of the stream. A chunk above the message limit is
-    /// `ResourceExhausted`; a malformed one `InvalidArgument`.
-    async fn next(&mut self) -> Result<Option<(pb::PushChunk, Segments)>, Rejected> {
+    /// The next message, `None` at the end of the body. A message above the
+    /// limit is `ResourceExhausted`; a malformed stream `InvalidArgument`.
+    async fn next(&mut self) -> Result<Option<Segments>, Rejected> {
         loop {
             if let Some(msg) = self.deframer.next_message().map_err(|e| self.refused(e))? {
-                let (fields, data) = frame::split_data(msg).map_err(|e| self.refused(e))?;
-                let chunk = pb::PushChunk::decode(&fields[..]).map_err(|e| self.refused(e.into()))?;
-                return Ok(Some((chunk, data)));
+                return Ok(Some(msg));
             }
             match next_frame(&mut self.body).await {
                 Some(Ok(data)) => self.deframer.push(data),
@@ -99,26 +96,44 @@ impl PushFrames {
         }
     }
 
+    /// The status a malformed request stream gets.
     fn refused(&self, e: FrameError) -> Rejected {
-        frame_rejection(e, "push chunk", self.limit)
+        let what = self.what;
+        match e {
+            FrameError::TooLarge { .. } => Rejected {
+                status: Status::resource_exhausted(format!(
+                    "{what} exceeds the message limit of {} bytes: {e}",
+                    self.limit
+                )),
+                reason: "too_large",
+            },
+            FrameError::Compressed => {
+                Rejected { status: Status::unimplemented(format!("{what}: {e}")), reason: "compressed" }
+            }
+            FrameError::Truncated { .. } | FrameError::Malformed(_) => {
+                Rejected { status: Status::invalid_argument(format!("{what}: {e}")), reason: "malformed" }
+            }
+        }
     }
 }
 
-/// The status a malformed request stream gets.
-fn frame_rejection(e: FrameError, what: &str, limit: usize) -> Rejected {
-    match e {
-        FrameError::TooLarge { .. } => Rejected {
-            status: Status::resource_exhausted(format!(
-                "{what} exceeds the message limit of {limit} bytes: {e}"
-            )),
-            reason: "too_large",
-        },
-        FrameError::Compressed => {
-            Rejected { status: Status::unimplemented(format!("{what}: {e}")), reason: "compressed" }
-        }
-        FrameError::Truncated { .. } | FrameError::Malformed(_) => {
-            Rejected { status: Status::invalid_argument(format!("{what}: {e}")), reason: "malformed" }
-        }
+/// The chunks of one push: each chunk's data stays in the frames it arrived
+/// in until it is decoded into the part's buffer.
+pub(crate) struct PushFrames(RequestMessages);
+
+impl PushFrames {
+    /// The chunks of `body`, each at most `limit` bytes.
+    pub(crate) fn new(body: tonic::body::Body, limit: usize) -> Self {
+        Self(RequestMessages::new(body, "push chunk", limit))
+    }
+
+    /// The next chunk (its fields, with `data` empty, and its data), `None`
+    /// at the end of the stream.
+    async fn next(&mut self) -> Result<Option<(pb::PushChunk, Segments)>, Rejected> {
+        let Some(msg) = self.0.next().await? else { return Ok(None) };
+        let (fields, data) = frame::split_data(msg).map_err(|e| self.0.refused(e))?;
+        let chunk = pb::PushChunk::decode(&fields[..]).map_err(|e| self.0.refused(e.into()))?;
+        Ok(Some((chunk, data)))
     }
 }
 
@@ -139,26 +154,17 @@ async fn next_frame(body: &mut tonic::body::Body) -> Option<Result<Bytes, Status
 
 /// The one message of a unary request body.
 async fn unary_request<M: prost::Message + Default>(
-    mut body: tonic::body::Body,
-    what: &str,
+    body: tonic::body::Body,
+    what: &'static str,
     limit: usize,
 ) -> Result<M, Rejected> {
-    let mut deframer = Deframer::new(limit);
-    loop {
-        if let Some(msg) = deframer.next_message().map_err(|e| frame_rejection(e, what, limit))? {
-            return M::decode(msg).map_err(|e| frame_rejection(e.into(), what, limit));
-        }
-        match next_frame(&mut body).await {
-            Some(Ok(data)) => deframer.push(data),
-            Some(Err(status)) => return Err(status.into()),
-            None => {
-                deframer.finish().map_err(|e| frame_rejection(e, what, limit))?;
-                return Err(Rejected {
-                    status: Status::invalid_argument(format!("{what}: the request has no message")),
-                    reason: "malformed",
-                });
-            }
-        }
+    let mut messages = RequestMessages::new(body, what, limit);
+    match messages.next().await? {
+        Some(msg) => M::decode(msg).map_err(|e| messages.refused(e.into())),
+        None => Err(Rejected {
+            status: Status::invalid_argument(format!("{what}: the request has no message")),
+            reason: "malformed",
+        }),
     }
 }
 
@@ -193,8 +199,8 @@ struct PullReply {
 /// How long a push stream may go without a chunk before it is dropped.
 pub const PUSH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The generated `Pull` stream type; never produced, as [`DataPath`](crate::data_path::DataPath)
-/// serves `Pull`.
+/// The generated `Pull` and `PushPull` stream type; never produced, as
+/// [`DataPath`](crate::data_path::DataPath) serves both.
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Send>>;
 
 impl Service {
@@ -434,8 +440,8 @@ impl Service {
         }
     }
 
-    /// Serves one `Pull`: its payload goes out as its own frames, sharing the
-    /// snapshot's memory (f32) or the one encoded copy (f16, bf16).
+    /// Serves one `Pull`: its payload goes out as its own frames (see
+    /// [`pull_reply`](Self::pull_reply)).
     pub(crate) async fn pull_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
         let limit = self.shard.config().max_message_bytes;
         let pulled = self

@@ -15,7 +15,7 @@ use prost::Message as _;
 use ps_proto::frame::FramesBody;
 use ps_proto::pb::parameter_server_client::ParameterServerClient;
 use ps_proto::placement::{self, Part};
-use ps_proto::wire::{self, WireDtype};
+use ps_proto::wire::WireDtype;
 use ps_proto::{ClusterSpec, chunk, frame, pb};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -742,8 +742,7 @@ impl Worker {
         grad: &ArrayD<f32>,
     ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
         let info = self.checked_info(name, grad)?;
-        let flat =
-            grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect());
+        let flat = contiguous(grad);
         self.pulled_tensor(name, info, |part| {
             let range = part.offset as usize..(part.offset + part.len) as usize;
             let push = Outgoing::Push { header: self.push_header(name, part, clock), values: &flat[range] };
@@ -790,25 +789,10 @@ impl Worker {
     /// early if the request is gone.
     async fn feed_push(&self, tx: tokio::sync::mpsc::Sender<Bytes>, header: &pb::PushHeader, values: &[f32]) {
         let dtype = self.cfg.wire_dtype;
-        let step = (self.cfg.chunk_bytes / dtype.size()).max(1);
         let mut header = Some(header.clone());
-        let mut start = 0;
-        loop {
-            let end = (start + step).min(values.len());
-            let data = wire::encode(&values[start..end], dtype);
-            let fields = pb::PushChunk {
-                header: header.take(),
-                offset: (start * dtype.size()) as u64,
-                data: Bytes::new(),
-            };
-            if tx.send(frame::data_message_head(&fields, data.len())).await.is_err() {
-                return;
-            }
-            if !data.is_empty() && tx.send(data).await.is_err() {
-                return;
-            }
-            start = end;
-            if start >= values.len() {
+        let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
+        for (head, data) in frame::encoded_chunks(values, dtype, self.cfg.chunk_bytes, fields) {
+            if tx.send(head).await.is_err() || (!data.is_empty() && tx.send(data).await.is_err()) {
                 return;
             }
         }
@@ -854,8 +838,7 @@ impl Worker {
     /// advance independently.
     pub async fn push_tensor(&self, name: &str, clock: u64, grad: &ArrayD<f32>) -> Result<(), WorkerError> {
         let info = self.checked_info(name, grad)?;
-        let flat =
-            grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect());
+        let flat = contiguous(grad);
         try_join_all(info.parts.iter().map(|part| {
             let range = part.offset as usize..(part.offset + part.len) as usize;
             self.push_part(name, *part, clock, &flat[range])
@@ -1014,6 +997,11 @@ impl Worker {
         let mut c = self.shards[shard as usize].clone();
         Ok(c.push(futures::stream::iter(chunks)).await?.into_inner())
     }
+}
+
+/// `grad`'s elements in logical order, borrowed when they already are.
+fn contiguous(grad: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
+    grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect())
 }
 
 /// Combines the version vectors of a tensor's parts: per worker, the minimum,
