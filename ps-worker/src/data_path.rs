@@ -41,7 +41,7 @@ pub(crate) struct Reply {
     done: bool,
 }
 
-/// Sends `frames` as the request of the RPC at `path` (deadline `deadline`)
+/// Sends `body` as the request of the RPC at `path` (deadline `deadline`)
 /// and returns the reply once its headers are in. A reply that is only a
 /// status (the server refused the request) is returned as that status.
 pub(crate) async fn call(
