@@ -124,58 +124,76 @@ fn start_shards(
     Ok((shards, ClusterSpec { shards: addrs, split_threshold: 1024 }))
 }
 
-/// Push+pull bytes per second of a tokio TCP pump on loopback: `bytes` sent
-/// in 1 MiB writes to an echo task that sends them back. The best of 5
-/// runs, so a noisy moment makes the ratios stricter, not kinder.
+/// Push+pull bytes per second of a tokio TCP pump on loopback, measured the
+/// way a step is: on one warmed-up connection, each round trip sends `bytes`
+/// in 1 MiB writes to an echo task that reads them all and sends them back.
+/// Round trips repeat for at least [`BASELINE_WINDOW`]; the best of 3 such
+/// windows counts, so a noisy moment makes the ratios stricter, not kinder.
 async fn tcp_baseline(bytes: usize) -> f64 {
-    let mut best: f64 = 0.0;
-    for _ in 0..5 {
-        best = best.max(tcp_pump(bytes).await);
-    }
-    best
-}
-
-async fn tcp_pump(bytes: usize) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let echo = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
         s.set_nodelay(true).ok();
         let mut buf = vec![0u8; 1 << 20];
-        let mut got = 0;
-        while got < bytes {
-            let n = s.read(&mut buf).await.expect("read");
-            assert!(n > 0, "peer closed");
-            got += n;
-        }
         let chunk = vec![7u8; 1 << 20];
-        let mut sent = 0;
-        while sent < bytes {
-            let n = (bytes - sent).min(chunk.len());
-            s.write_all(&chunk[..n]).await.expect("write");
-            sent += n;
+        loop {
+            if !pump_read(&mut s, &mut buf, bytes).await {
+                return;
+            }
+            pump_write(&mut s, &chunk, bytes).await;
         }
     });
     let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
     c.set_nodelay(true).ok();
     let chunk = vec![1u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
-    let started = Instant::now();
+    for _ in 0..WARM_UP_STEPS {
+        pump_write(&mut c, &chunk, bytes).await;
+        assert!(pump_read(&mut c, &mut buf, bytes).await, "echo closed");
+    }
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut trips = 0usize;
+        while trips < 3 || started.elapsed() < BASELINE_WINDOW {
+            pump_write(&mut c, &chunk, bytes).await;
+            assert!(pump_read(&mut c, &mut buf, bytes).await, "echo closed");
+            trips += 1;
+        }
+        best = best.max(2.0 * (bytes * trips) as f64 / started.elapsed().as_secs_f64());
+    }
+    drop(c);
+    echo.await.expect("echo task");
+    best
+}
+
+/// How long one window of the TCP baseline pumps.
+const BASELINE_WINDOW: Duration = Duration::from_millis(500);
+
+/// Writes `bytes` from `chunk`, 1 MiB at a time.
+async fn pump_write(s: &mut tokio::net::TcpStream, chunk: &[u8], bytes: usize) {
     let mut sent = 0;
     while sent < bytes {
         let n = (bytes - sent).min(chunk.len());
-        c.write_all(&chunk[..n]).await.expect("write");
+        s.write_all(&chunk[..n]).await.expect("write");
         sent += n;
     }
+}
+
+/// Reads `bytes` into `buf`, 1 MiB at a time; false if the peer closed
+/// before sending any.
+async fn pump_read(s: &mut tokio::net::TcpStream, buf: &mut [u8], bytes: usize) -> bool {
     let mut got = 0;
     while got < bytes {
-        let n = c.read(&mut buf).await.expect("read");
-        assert!(n > 0, "echo closed");
+        let n = s.read(buf).await.expect("read");
+        if n == 0 {
+            assert_eq!(got, 0, "peer closed mid-transfer");
+            return false;
+        }
         got += n;
     }
-    let t = started.elapsed();
-    echo.await.expect("echo task");
-    2.0 * bytes as f64 / t.as_secs_f64()
+    true
 }
 
 /// Bytes per second of copying `bytes` (read + write counted once each: 2x).
@@ -341,7 +359,7 @@ fn main() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for &size in &sizes {
-        let tcp = baseline_runtime.block_on(tcp_baseline(size.max(1 << 20) * 4));
+        let tcp = baseline_runtime.block_on(tcp_baseline(size));
         let memcpy = memcpy_baseline(size);
         for &shards in &args.shards {
             for &workers in &args.workers {
