@@ -54,20 +54,29 @@ pub enum ChunkError {
 /// Nothing of the received chunks is kept: each `Bytes` a transport hands
 /// over keeps its whole read buffer alive, which measured 2.4 times the
 /// payload for 1 MiB chunks, and the decoded buffer is what the shard adds
-/// or applies, so it needs no second pass and no second copy.
+/// or applies, so it needs no second pass and no second copy. The first
+/// NaN or infinity is found as each chunk is decoded, while the chunk is
+/// still in cache, so checking a gradient takes no pass of its own either.
 #[derive(Debug)]
 pub struct Reassembly {
     len: u64,
     dtype: WireDtype,
     received: u64,
     values: Vec<f32>,
+    first_non_finite: Option<usize>,
 }
 
 impl Reassembly {
     /// Expects exactly `len` elements encoded as `dtype`. Nothing is
     /// allocated until the first chunk with data arrives.
     pub fn new(len: u64, dtype: WireDtype) -> Self {
-        Self { len, dtype, received: 0, values: Vec::new() }
+        Self { len, dtype, received: 0, values: Vec::new(), first_non_finite: None }
+    }
+
+    /// The index and value of the first NaN or infinity among the elements
+    /// received so far, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        self.first_non_finite.map(|i| (i, self.values[i]))
     }
 
     /// Accepts the next chunk (`offset` in bytes of the encoded payload),
@@ -96,16 +105,20 @@ impl Reassembly {
             return Err(ChunkError::PartialElement { offset, len, elem_size: size as usize });
         }
         if len > 0 {
-            if self.values.is_empty() {
-                // Zeroed pages come lazily from the OS: no extra pass.
-                self.values = vec![0.0; self.len as usize];
+            if self.values.capacity() == 0 {
+                self.values.reserve_exact(self.len as usize);
             }
-            let start = (offset / size) as usize;
-            crate::frame::decode_segments_into(
-                &mut self.values[start..start + (len / size) as usize],
-                data,
-                self.dtype,
-            );
+            // Chunks arrive in order, so the buffer grows by one chunk at a
+            // time: the zeroes written here are still in cache when the
+            // decode overwrites them, and no pass zeroes the whole part.
+            let start = self.values.len();
+            let end = start + (len / size) as usize;
+            self.values.resize(end, 0.0);
+            let chunk = &mut self.values[start..end];
+            crate::frame::decode_segments_into(chunk, data, self.dtype);
+            if self.first_non_finite.is_none() {
+                self.first_non_finite = crate::wire::first_non_finite_f32(chunk).map(|i| start + i);
+            }
         }
         self.received += len;
         Ok(())
@@ -181,6 +194,35 @@ mod tests {
         r.push(0, received.slice(0..8)).unwrap();
         assert_eq!(r.finish().unwrap(), vec![0.0; 2]);
         assert!(received.is_unique(), "the 64 KiB buffer the chunk came in is still referenced");
+    }
+
+    #[test]
+    fn finds_the_first_non_finite_element_across_chunks() {
+        for (index, bad) in [
+            (0, f32::NAN),
+            (5, f32::INFINITY),
+            (6, f32::NEG_INFINITY),
+            (255, f32::NAN),
+            (256, f32::INFINITY),
+            (257, f32::NAN),
+            (999, f32::NAN),
+        ] {
+            let mut v = floats(1000);
+            v[index] = bad;
+            v[index.max(1) + 1..].iter_mut().step_by(7).for_each(|x| *x = f32::NAN);
+            for dtype in [WireDtype::F32, WireDtype::F16, WireDtype::Bf16] {
+                let mut r = Reassembly::new(v.len() as u64, dtype);
+                for (off, c) in split(&crate::wire::encode(&v, dtype), 24, dtype.size()) {
+                    r.push(off, c).unwrap();
+                }
+                let (i, x) = r.first_non_finite().unwrap();
+                assert_eq!(i, index, "{dtype:?}");
+                assert_eq!(x.is_nan(), bad.is_nan(), "{dtype:?}");
+            }
+        }
+        let mut r = Reassembly::new(300, WireDtype::F32);
+        r.push(0, crate::wire::encode(&[1.0; 300], WireDtype::F32)).unwrap();
+        assert_eq!(r.first_non_finite(), None);
     }
 
     #[test]

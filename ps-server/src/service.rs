@@ -333,16 +333,17 @@ impl Service {
             }
             payload.push_segments(chunk.offset, &data).map_err(chunk_err)?;
         }
+        let non_finite = payload.first_non_finite();
         let grad = Gradient { values: payload.finish().map_err(chunk_err)? };
         let grad_bytes = meta.len * dtype.size() as u64;
         if !meta.allow_non_finite
-            && let Some((index, value)) = grad.first_non_finite()
+            && let Some((index, value)) = non_finite
         {
             return Err(PsError::NonFinite {
                 tensor: meta.name.clone(),
                 worker: header.worker,
                 clock: header.clock,
-                index: meta.offset + index,
+                index: meta.offset + index as u64,
                 value,
             }
             .into());

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use ps_proto::wire;
-
 use crate::checkpoint::cut::TooLate;
 use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
 use crate::config::Aggregation;
@@ -36,13 +34,6 @@ pub struct TensorMeta {
 pub struct Gradient {
     /// The elements.
     pub values: Vec<f32>,
-}
-
-impl Gradient {
-    /// The first non-finite element, as (index, value).
-    pub fn first_non_finite(&self) -> Option<(u64, f32)> {
-        wire::first_non_finite_f32(&self.values).map(|i| (i as u64, self.values[i]))
-    }
 }
 
 /// A consistent read of a tensor part: values and the version vector that describes them.
@@ -443,18 +434,5 @@ mod tests {
         let expected = replay(Policy::Async, OptimizerConfig::sgd(0.1), &[(0, 0), (0, 1)], 2);
         assert_eq!(snaps[0].values, expected.snapshot(Default::default()).values);
         assert_eq!(p.checkpoint_shadow_bytes(), 0);
-    }
-
-    #[test]
-    fn finds_the_first_non_finite_element_in_any_block() {
-        for at in [0usize, 1, 255, 256, 257, 999] {
-            let mut v = vec![1.0f32; 1000];
-            v[at] = f32::NAN;
-            v[999] = f32::INFINITY;
-            let (i, x) = grad(&v).first_non_finite().unwrap();
-            assert_eq!(i, at as u64);
-            assert!(!x.is_finite());
-        }
-        assert_eq!(grad(&[1.0; 300]).first_non_finite(), None);
     }
 }
