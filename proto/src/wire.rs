@@ -184,13 +184,26 @@ pub fn first_non_finite_f32(values: &[f32]) -> Option<usize> {
 /// A shared f32 buffer viewed as its little-endian bytes, without a copy.
 #[cfg(target_endian = "little")]
 pub fn f32_bytes(values: std::sync::Arc<Vec<f32>>) -> Bytes {
-    struct Owner(std::sync::Arc<Vec<f32>>);
-    impl AsRef<[u8]> for Owner {
-        fn as_ref(&self) -> &[u8] {
-            bytemuck::cast_slice(self.0.as_slice())
+    struct Values(std::sync::Arc<Vec<f32>>);
+    impl AsRef<[f32]> for Values {
+        fn as_ref(&self) -> &[f32] {
+            &self.0
         }
     }
-    Bytes::from_owner(Owner(values))
+    shared_f32_bytes(Values(values))
+}
+
+/// Any owner of f32 values viewed as their little-endian bytes, without a
+/// copy: the bytes keep `owner` alive and see exactly `owner.as_ref()`.
+#[cfg(target_endian = "little")]
+pub fn shared_f32_bytes<T: AsRef<[f32]> + Send + 'static>(owner: T) -> Bytes {
+    struct Owner<T>(T);
+    impl<T: AsRef<[f32]>> AsRef<[u8]> for Owner<T> {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(self.0.as_ref())
+        }
+    }
+    Bytes::from_owner(Owner(owner))
 }
 
 #[cfg(test)]

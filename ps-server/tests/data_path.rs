@@ -113,9 +113,22 @@ async fn generated_grpc_clients_interoperate_with_the_data_path() {
     assert_eq!(pulled, after);
 }
 
+/// How a test worker sends each step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Steps {
+    /// `push` then `pull`.
+    Separate,
+    /// `push_pull` of borrowed `ArrayD` gradients.
+    Combined,
+    /// `push_pull` of shared `ArcArray` gradients: "big" in standard
+    /// layout (sent from its own memory in f32), "small" a strided view
+    /// (copied, as a borrowed one would be).
+    Shared,
+}
+
 async fn run_steps(
     policy: PolicyName,
-    combined: bool,
+    mode: Steps,
     steps: u64,
     dtype: WireDtype,
 ) -> Vec<Vec<(BTreeMap<String, Vec<u32>>, BTreeMap<String, Vec<i64>>)>> {
@@ -144,11 +157,30 @@ async fn run_steps(
                         (name, g.into_shape_with_order(shape).expect("reshape"))
                     })
                     .collect();
-                let pulled = if combined {
-                    w.push_pull(&grads).await.expect("push_pull")
-                } else {
-                    w.push(&grads).await.expect("push");
-                    w.pull().await.expect("pull")
+                let pulled = match mode {
+                    Steps::Combined => w.push_pull(&grads).await.expect("push_pull"),
+                    Steps::Separate => {
+                        w.push(&grads).await.expect("push");
+                        w.pull().await.expect("pull")
+                    }
+                    Steps::Shared => {
+                        let shared: BTreeMap<String, ndarray::ArcArray<f32, ndarray::IxDyn>> = grads
+                            .into_iter()
+                            .map(|(name, g)| {
+                                if name == "big" {
+                                    return (name, g.into_shared());
+                                }
+                                // Every other element of a twice-as-long array.
+                                let wide = ndarray::Array1::from_shape_fn(2 * g.len(), |i| {
+                                    if i % 2 == 0 { g[[i / 2]] } else { f32::NAN }
+                                });
+                                let strided = wide.into_shared().slice_move(ndarray::s![..;2]).into_dyn();
+                                assert!(!strided.is_standard_layout());
+                                (name, strided)
+                            })
+                            .collect();
+                        w.push_pull(&shared).await.expect("push_pull of shared gradients")
+                    }
                 };
                 assert_eq!(w.clock(), step + 1);
                 let bits = pulled
@@ -170,13 +202,16 @@ async fn run_steps(
 
 /// In sync, where every read is determined, `push_pull` returns bit for
 /// bit what `push` then `pull` return, with the same version vectors, over
-/// split and whole tensors, with Adam and momentum, in f32 and f16.
+/// split and whole tensors, with Adam and momentum, in f32 and f16, from
+/// borrowed and from shared gradients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_pull_is_push_then_pull() {
     for dtype in [WireDtype::F32, WireDtype::F16] {
-        let combined = run_steps(PolicyName::Sync, true, 6, dtype).await;
-        let separate = run_steps(PolicyName::Sync, false, 6, dtype).await;
+        let combined = run_steps(PolicyName::Sync, Steps::Combined, 6, dtype).await;
+        let separate = run_steps(PolicyName::Sync, Steps::Separate, 6, dtype).await;
+        let shared = run_steps(PolicyName::Sync, Steps::Shared, 6, dtype).await;
         assert_eq!(combined, separate, "{dtype:?}");
+        assert_eq!(shared, separate, "{dtype:?}, shared gradients");
         for (step, (_, versions)) in combined[0].iter().enumerate() {
             assert_eq!(versions["big"], vec![step as i64; 2], "sync reads see both workers' step {step}");
         }
@@ -188,7 +223,7 @@ async fn push_pull_is_push_then_pull() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_pull_reads_its_own_push_in_every_policy() {
     for policy in [PolicyName::Ssp, PolicyName::Async] {
-        let runs = run_steps(policy, true, 8, WireDtype::F32).await;
+        let runs = run_steps(policy, Steps::Combined, 8, WireDtype::F32).await;
         for (id, run) in runs.iter().enumerate() {
             for (step, (_, versions)) in run.iter().enumerate() {
                 for v in versions.values() {

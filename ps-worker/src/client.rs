@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArcArray, ArrayD, ArrayViewD, IxDyn};
 use prost::Message as _;
 use ps_proto::frame::FramesBody;
 use ps_proto::pb::parameter_server_client::ParameterServerClient;
@@ -149,6 +149,56 @@ enum Outgoing<'a> {
     /// A push of `values`, encoded chunk by chunk while earlier chunks are
     /// on their way, so encoding overlaps sending.
     Push { header: pb::PushHeader, values: &'a [f32] },
+    /// A push whose f32 wire bytes are already in memory the request may
+    /// keep (a shared gradient): sent from there, without a copy.
+    Shared { header: pb::PushHeader, data: Bytes },
+}
+
+/// A gradient [`Worker::push_pull`] can send. An [`ArrayD`] is borrowed
+/// and encoded onto the wire chunk by chunk; an [`ArcArray`] in standard
+/// layout is shared with the request instead, so with the f32 wire dtype
+/// its bytes go out without being copied in user space (the caller's own
+/// handle stays valid: writing through it copies it first, as for any
+/// shared `ArcArray`).
+pub trait GradientData {
+    /// The gradient's elements.
+    fn values(&self) -> ArrayViewD<'_, f32>;
+    /// The elements in logical order as little-endian f32 bytes that share
+    /// the gradient's memory, when it can be shared; `None` means copy.
+    fn shared_f32_bytes(&self) -> Option<Bytes>;
+}
+
+impl GradientData for ArrayD<f32> {
+    fn values(&self) -> ArrayViewD<'_, f32> {
+        self.view()
+    }
+
+    fn shared_f32_bytes(&self) -> Option<Bytes> {
+        None
+    }
+}
+
+impl GradientData for ArcArray<f32, IxDyn> {
+    fn values(&self) -> ArrayViewD<'_, f32> {
+        self.view()
+    }
+
+    #[cfg(target_endian = "little")]
+    fn shared_f32_bytes(&self) -> Option<Bytes> {
+        /// A standard-layout gradient, seen as its slice.
+        struct Standard(ArcArray<f32, IxDyn>);
+        impl AsRef<[f32]> for Standard {
+            fn as_ref(&self) -> &[f32] {
+                self.0.as_slice().unwrap_or_default()
+            }
+        }
+        self.is_standard_layout().then(|| ps_proto::wire::shared_f32_bytes(Standard(self.clone())))
+    }
+
+    #[cfg(not(target_endian = "little"))]
+    fn shared_f32_bytes(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The operation a data-path path is named by in errors and metrics.
@@ -519,13 +569,13 @@ impl Worker {
     }
 
     /// The tensor's info, if `grad` has its shape.
-    fn checked_info(&self, name: &str, grad: &ArrayD<f32>) -> Result<&TensorInfo, WorkerError> {
+    fn checked_info(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo, WorkerError> {
         let info = self.info(name)?;
-        if grad.shape() != info.shape.as_slice() {
+        if shape != info.shape.as_slice() {
             return Err(WorkerError::ShapeMismatch {
                 tensor: name.into(),
                 expected: info.shape.clone(),
-                got: grad.shape().to_vec(),
+                got: shape.to_vec(),
             });
         }
         Ok(info)
@@ -722,9 +772,15 @@ impl Worker {
     /// clock, and returns every tensor pulled at the new clock, exactly as
     /// [`push`](Self::push) then [`pull`](Self::pull) would (the pull sees
     /// the push; it waits as the policy requires).
-    pub async fn push_pull(&mut self, grads: &BTreeMap<String, ArrayD<f32>>) -> Result<Pulled, WorkerError> {
+    ///
+    /// Gradients may be [`ArrayD`]s or, to send f32 gradients without a
+    /// copy, [`ArcArray`]s (see [`GradientData`]).
+    pub async fn push_pull<G: GradientData>(
+        &mut self,
+        grads: &BTreeMap<String, G>,
+    ) -> Result<Pulled, WorkerError> {
         let clock = self.clock;
-        self.check_gradients(clock, grads)?;
+        self.check_gradients(clock, grads, |g| g.values().shape().to_vec())?;
         let this = &*self;
         let results = try_join_all(this.tensors.keys().map(|name| async move {
             let (v, vv, waited) = this.push_pull_tensor(name, clock, &grads[name]).await?;
@@ -739,13 +795,22 @@ impl Worker {
         &self,
         name: &str,
         clock: u64,
-        grad: &ArrayD<f32>,
+        grad: &impl GradientData,
     ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
-        let info = self.checked_info(name, grad)?;
-        let flat = contiguous(grad);
+        let view = grad.values();
+        let info = self.checked_info(name, view.shape())?;
+        let shared = match self.cfg.wire_dtype {
+            WireDtype::F32 => grad.shared_f32_bytes(),
+            WireDtype::F16 | WireDtype::Bf16 => None,
+        };
+        let flat = contiguous(&view);
         self.pulled_tensor(name, info, |part| {
             let range = part.offset as usize..(part.offset + part.len) as usize;
-            let push = Outgoing::Push { header: self.push_header(name, part, clock), values: &flat[range] };
+            let header = self.push_header(name, part, clock);
+            let push = match &shared {
+                Some(bytes) => Outgoing::Shared { header, data: bytes.slice(range.start * 4..range.end * 4) },
+                None => Outgoing::Push { header, values: &flat[range] },
+            };
             (frame::PUSH_PULL_PATH, true, push)
         })
         .await
@@ -781,6 +846,13 @@ impl Worker {
                 let feed = |tx| self.feed_push(tx, header, values);
                 data_path::call_fed(channel, path, deadline, max_message, feed).await
             }
+            Outgoing::Shared { header, data } => {
+                let mut header = Some(header.clone());
+                let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
+                let frames = frame::data_frames(data, self.cfg.chunk_bytes, 4, fields);
+                let body = tonic::body::Body::new(FramesBody::new(frames, None));
+                data_path::call(channel, path, body, deadline, max_message).await
+            }
         }
     }
 
@@ -814,18 +886,23 @@ impl Worker {
         clock: u64,
         grads: &BTreeMap<String, ArrayD<f32>>,
     ) -> Result<(), WorkerError> {
-        self.check_gradients(clock, grads)?;
+        self.check_gradients(clock, grads, |g| g.shape().to_vec())?;
         try_join_all(self.tensors.keys().map(|name| self.push_tensor(name, clock, &grads[name]))).await?;
         Ok(())
     }
 
     /// Checks that `grads` holds exactly one gradient of the right shape per declared tensor.
-    fn check_gradients(&self, clock: u64, grads: &BTreeMap<String, ArrayD<f32>>) -> Result<(), WorkerError> {
+    fn check_gradients<G>(
+        &self,
+        clock: u64,
+        grads: &BTreeMap<String, G>,
+        shape: impl Fn(&G) -> Vec<usize>,
+    ) -> Result<(), WorkerError> {
         for name in self.tensors.keys() {
             let g = grads
                 .get(name)
                 .ok_or_else(|| WorkerError::MissingGradient { tensor: name.clone(), clock })?;
-            self.checked_info(name, g)?;
+            self.checked_info(name, &shape(g))?;
         }
         for name in grads.keys() {
             self.info(name)?;
@@ -837,8 +914,8 @@ impl Worker {
     /// touching this worker's clock. Tensors with different policies can so
     /// advance independently.
     pub async fn push_tensor(&self, name: &str, clock: u64, grad: &ArrayD<f32>) -> Result<(), WorkerError> {
-        let info = self.checked_info(name, grad)?;
-        let flat = contiguous(grad);
+        let info = self.checked_info(name, grad.shape())?;
+        let flat = contiguous(&grad.view());
         try_join_all(info.parts.iter().map(|part| {
             let range = part.offset as usize..(part.offset + part.len) as usize;
             self.push_part(name, *part, clock, &flat[range])
@@ -1000,8 +1077,8 @@ impl Worker {
 }
 
 /// `grad`'s elements in logical order, borrowed when they already are.
-fn contiguous(grad: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
-    grad.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect())
+fn contiguous<'a>(grad: &ArrayViewD<'a, f32>) -> std::borrow::Cow<'a, [f32]> {
+    grad.to_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect())
 }
 
 /// Combines the version vectors of a tensor's parts: per worker, the minimum,

@@ -36,7 +36,7 @@ pub mod retry;
 pub mod tensor;
 
 pub use auth::{AuthToken, ClientTls};
-pub use client::{CheckpointDone, Pulled, Worker, WorkerConfig};
+pub use client::{CheckpointDone, GradientData, Pulled, Worker, WorkerConfig};
 pub use error::{Restart, WorkerError};
 pub use retry::RetryPolicy;
 pub use tensor::TensorDecl;

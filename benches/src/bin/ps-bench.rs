@@ -56,6 +56,12 @@ struct Args {
     /// `separate` sends a Push and then a Pull (two round trips).
     #[arg(long, value_delimiter = ',', default_value = "push-pull")]
     steps: Vec<Step>,
+    /// How the workers hold their gradients: `shared` (`ArcArray`, which a
+    /// push-pull sends from its own memory when the wire dtype is f32) or
+    /// `borrowed` (`ArrayD`, copied onto the wire). `separate` steps always
+    /// borrow.
+    #[arg(long, value_enum, default_value = "shared")]
+    gradients: Gradients,
     /// Minimum timed push+pull iterations per worker and configuration. Each
     /// worker first runs 3 untimed warm-up steps, and timing runs for at
     /// least 1 s unless --seconds is shorter.
@@ -209,6 +215,24 @@ fn memcpy_baseline(bytes: usize) -> f64 {
     2.0 * (bytes * reps) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// How the workers hand their gradients to `Worker::push_pull`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Gradients {
+    /// `ArcArray`s, shared with the request.
+    Shared,
+    /// `ArrayD`s, borrowed and copied onto the wire.
+    Borrowed,
+}
+
+impl Gradients {
+    fn name(self) -> &'static str {
+        match self {
+            Gradients::Shared => "shared",
+            Gradients::Borrowed => "borrowed",
+        }
+    }
+}
+
 /// How one timed step reaches the shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Step {
@@ -226,14 +250,19 @@ impl Step {
         }
     }
 
-    /// Runs one step of `w`.
+    /// Runs one step of `w`, with `grads` borrowed or, with `shared`, as
+    /// shared `ArcArray`s (which a push-pull sends without a copy).
     async fn run(
         self,
         w: &mut Worker,
         grads: &BTreeMap<String, ndarray::ArrayD<f32>>,
+        shared: Option<&BTreeMap<String, ndarray::ArcArray<f32, ndarray::IxDyn>>>,
     ) -> Result<(), ps_worker::WorkerError> {
         match self {
-            Step::PushPull => w.push_pull(grads).await.map(drop),
+            Step::PushPull => match shared {
+                Some(shared) => w.push_pull(shared).await.map(drop),
+                None => w.push_pull(grads).await.map(drop),
+            },
             Step::Separate => {
                 w.push(grads).await?;
                 w.pull().await.map(drop)
@@ -245,6 +274,7 @@ impl Step {
 #[derive(Debug)]
 struct Row {
     step: Step,
+    gradients: Gradients,
     size: usize,
     shards: u32,
     workers: u32,
@@ -287,11 +317,13 @@ async fn measure(
         .into_iter()
         .map(|mut w| {
             let grads = grads.clone();
+            let shared = (args.gradients == Gradients::Shared && step == Step::PushPull)
+                .then(|| grads.iter().map(|(k, g)| (k.clone(), g.to_shared())).collect::<BTreeMap<_, _>>());
             let min = args.iterations;
             let ready = std::sync::Arc::clone(&ready);
             tokio::spawn(async move {
                 for _ in 0..WARM_UP_STEPS {
-                    step.run(&mut w, &grads).await.map_err(|e| e.to_string())?;
+                    step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
                 }
                 ready.wait().await;
                 let mut lat = Vec::new();
@@ -299,7 +331,7 @@ async fn measure(
                 while lat.len() < 3 || ((lat.len() < min || t0.elapsed() < MIN_TIMED) && t0.elapsed() < limit)
                 {
                     let t = Instant::now();
-                    step.run(&mut w, &grads).await.map_err(|e| e.to_string())?;
+                    step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
                     lat.push(t.elapsed());
                 }
                 let t1 = Instant::now();
@@ -379,6 +411,7 @@ fn main() -> Result<(), String> {
                     let bound = (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20);
                     let row = Row {
                         step,
+                        gradients: if step == Step::PushPull { args.gradients } else { Gradients::Borrowed },
                         size,
                         shards,
                         workers,
@@ -393,11 +426,12 @@ fn main() -> Result<(), String> {
                         bound,
                     };
                     println!(
-                        "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
+                        "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<8} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
                         row.size,
                         row.shards,
                         row.workers,
                         row.step.name(),
+                        row.gradients.name(),
                         row.policy,
                         row.dtype.name(),
                         row.throughput / 1e9,
@@ -417,16 +451,17 @@ fn main() -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     let mut f = std::fs::File::create(&args.csv).map_err(|e| format!("{}: {e}", args.csv.display()))?;
-    writeln!(f, "size_bytes,shards,workers,step,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
+    writeln!(f, "size_bytes,shards,workers,step,gradients,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
         .map_err(|e| e.to_string())?;
     for r in &rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
+            "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
             r.size,
             r.shards,
             r.workers,
             r.step.name(),
+            r.gradients.name(),
             r.policy,
             r.dtype.name(),
             r.throughput / 1e9,

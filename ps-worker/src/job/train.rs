@@ -227,7 +227,10 @@ pub async fn train(
             // trip (the last step only pushes).
             let mut next_wait = Duration::ZERO;
             if clock + 1 < total {
-                let next = worker.push_pull(&grads).await?;
+                // Shared, the gradients go out from their own memory.
+                let shared: std::collections::BTreeMap<_, _> =
+                    grads.into_iter().map(|(k, g)| (k, g.into_shared())).collect();
+                let next = worker.push_pull(&shared).await?;
                 next_wait = next.waited;
                 prefetched = Some((next, t2, Instant::now()));
             } else {
