@@ -108,16 +108,14 @@ impl Reassembly {
             if self.values.capacity() == 0 {
                 self.values.reserve_exact(self.len as usize);
             }
-            // Chunks arrive in order, so the buffer grows by one chunk at a
-            // time: the zeroes written here are still in cache when the
-            // decode overwrites them, and no pass zeroes the whole part.
+            // Chunks arrive in order, so each is decoded onto the end of the
+            // buffer: every element is written once, and no pass zeroes
+            // the part first.
             let start = self.values.len();
-            let end = start + (len / size) as usize;
-            self.values.resize(end, 0.0);
-            let chunk = &mut self.values[start..end];
-            crate::frame::decode_segments_into(chunk, data, self.dtype);
+            crate::frame::decode_segments_append(&mut self.values, data, self.dtype);
             if self.first_non_finite.is_none() {
-                self.first_non_finite = crate::wire::first_non_finite_f32(chunk).map(|i| start + i);
+                self.first_non_finite =
+                    crate::wire::first_non_finite_f32(&self.values[start..]).map(|i| start + i);
             }
         }
         self.received += len;

@@ -154,6 +154,15 @@ enum Outgoing<'a> {
     Shared { header: pb::PushHeader, data: Bytes },
 }
 
+/// Where a pulled part's elements go.
+enum PartBuffer<'a> {
+    /// The part's slice of a buffer holding every part of the tensor.
+    Slice(&'a mut [f32]),
+    /// The tensor's own buffer, when this is its only part: the elements
+    /// are decoded onto its end, so it is never zeroed first.
+    Whole(&'a mut Vec<f32>),
+}
+
 /// A gradient [`Worker::push_pull`] can send. An [`ArrayD`] is borrowed
 /// and encoded onto the wire chunk by chunk; an [`ArcArray`] in standard
 /// layout is shared with the request instead, so with the f32 wire dtype
@@ -641,16 +650,25 @@ impl Worker {
         mut request: impl FnMut(Part) -> (&'static str, bool, Outgoing<'a>),
     ) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
         let len = info.shape.iter().product::<usize>();
-        let mut values = vec![0f32; len];
-        let mut rest: &mut [f32] = &mut values;
-        let mut pulls = Vec::new();
-        for part in &info.parts {
-            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len as usize);
-            rest = tail;
+        let mut values = Vec::new();
+        let (part_versions, waits): (Vec<_>, Vec<_>) = if let [part] = info.parts.as_slice() {
+            // One part: decoded straight onto the end of the tensor's buffer.
             let (path, waits, outgoing) = request(*part);
-            pulls.push(self.pulled_part(name, *part, path, waits, outgoing, dst));
-        }
-        let (part_versions, waits): (Vec<_>, Vec<_>) = try_join_all(pulls).await?.into_iter().unzip();
+            let dst = PartBuffer::Whole(&mut values);
+            vec![self.pulled_part(name, *part, path, waits, outgoing, dst).await?].into_iter().unzip()
+        } else {
+            // Several parts arrive at once, each into its own slice.
+            values = vec![0f32; len];
+            let mut rest: &mut [f32] = &mut values;
+            let mut pulls = Vec::new();
+            for part in &info.parts {
+                let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len as usize);
+                rest = tail;
+                let (path, waits, outgoing) = request(*part);
+                pulls.push(self.pulled_part(name, *part, path, waits, outgoing, PartBuffer::Slice(dst)));
+            }
+            try_join_all(pulls).await?.into_iter().unzip()
+        };
         let versions = merge_versions(&part_versions);
         let waited = waits.into_iter().max().unwrap_or_default();
         let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values)
@@ -667,12 +685,12 @@ impl Worker {
         path: &'static str,
         waits: bool,
         outgoing: Outgoing<'_>,
-        dst: &mut [f32],
+        mut dst: PartBuffer<'_>,
     ) -> Result<(Vec<i64>, Duration), WorkerError> {
         let op = op_of(path);
         let mut attempt = 1;
         loop {
-            let result = self.pulled_part_once(name, part, path, waits, &outgoing, dst).await;
+            let result = self.pulled_part_once(name, part, path, waits, &outgoing, &mut dst).await;
             match result {
                 Ok(v) => return Ok(v),
                 Err(WorkerError::Rpc { status, .. })
@@ -703,8 +721,13 @@ impl Worker {
         path: &'static str,
         waits: bool,
         outgoing: &Outgoing<'_>,
-        dst: &mut [f32],
+        dst: &mut PartBuffer<'_>,
     ) -> Result<(Vec<i64>, Duration), WorkerError> {
+        if let PartBuffer::Whole(values) = dst {
+            // A retry starts the part over.
+            values.clear();
+            values.reserve_exact(part.len as usize);
+        }
         let op = op_of(path);
         let deadline = if waits { self.cfg.wait_timeout } else { self.cfg.rpc_timeout };
         let shard = part.shard;
@@ -755,8 +778,14 @@ impl Worker {
                         chunk.offset
                     )));
                 }
-                let start = (received / size) as usize;
-                frame::decode_segments_into(&mut dst[start..start + (n / size) as usize], &data, dtype);
+                match dst {
+                    PartBuffer::Whole(values) => frame::decode_segments_append(values, &data, dtype),
+                    PartBuffer::Slice(slice) => {
+                        let start = (received / size) as usize;
+                        let end = start + (n / size) as usize;
+                        frame::decode_segments_into(&mut slice[start..end], &data, dtype);
+                    }
+                }
                 received += n;
             }
             if received != total {
