@@ -391,7 +391,6 @@ fn main() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for &size in &sizes {
-        let tcp = baseline_runtime.block_on(tcp_baseline(size));
         let memcpy = memcpy_baseline(size);
         for &shards in &args.shards {
             for &workers in &args.workers {
@@ -402,6 +401,10 @@ fn main() -> Result<(), String> {
                     }
                 }
                 for (step, policy, dtype) in configs {
+                    // The baseline runs right before each configuration: this
+                    // VM's loopback speed drifts by up to 2x over minutes, and
+                    // a ratio should compare two measurements of one moment.
+                    let tcp = baseline_runtime.block_on(tcp_baseline(size));
                     let (servers, spec) =
                         start_shards(shards, workers, policy, args.push_budget, args.shard_threads)?;
                     let (throughput, mut lat) =
