@@ -5,10 +5,12 @@
 //! For every combination of tensor size, shard count, worker count and
 //! policy it starts the shards as separate processes (the `ps-server` next
 //! to this binary), runs each worker as a task of this process doing
-//! push-then-pull of one tensor (one `PushPull` RPC per step, or with
-//! `--steps separate` a `Push` then a `Pull`), and reports GB/s of f32 payload moved (push
-//! bytes + pull bytes, all workers), latency p50/p99 of one push+pull, the
-//! shards' peak RSS, and the ratios to the baselines.
+//! push-then-pull of one tensor (one `PushPull` RPC per step from shared
+//! gradients, or with `--steps separate` a `Push` then a `Pull`), and
+//! reports GB/s of f32 payload moved (push bytes + pull bytes, all
+//! workers), latency p50/p99 of one push+pull, the shards' peak RSS, and
+//! the ratios to the baselines. The TCP baseline is measured right before
+//! each configuration, as round trips of the tensor's size.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
