@@ -79,6 +79,12 @@ struct Args {
     /// A small, fast run for CI: 4K and 1M, one shard, one worker, async.
     #[arg(long)]
     quick: bool,
+    /// Measure every configuration this many times, each with its own
+    /// baseline right before it, and print the median and range of the
+    /// throughput and of its ratio to TCP after the runs (every run is a
+    /// row of the CSV). On a noisy machine one run can mislead.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// CSV output.
     #[arg(long, default_value = "target/ps-bench.csv")]
     csv: PathBuf,
@@ -275,6 +281,8 @@ impl Step {
 
 #[derive(Debug)]
 struct Row {
+    /// Which of the `--repeat` runs of its configuration this is (from 0).
+    run: u32,
     step: Step,
     gradients: Gradients,
     size: usize,
@@ -363,6 +371,23 @@ const WARM_UP_STEPS: usize = 3;
 /// unless `--seconds` runs out first.
 const MIN_TIMED: Duration = Duration::from_secs(1);
 
+/// Prints the median and range, over the runs of one configuration, of its
+/// throughput and of each run's ratio to its own TCP baseline.
+fn print_median(runs: &[Row]) {
+    let median_range = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
+        (median, v[0], v[v.len() - 1])
+    };
+    let (gb, gb_lo, gb_hi) = median_range(runs.iter().map(|r| r.throughput / 1e9).collect());
+    let (x, x_lo, x_hi) = median_range(runs.iter().map(|r| r.throughput / r.tcp).collect());
+    println!(
+        "          median of {} runs: {gb:.3} GB/s ({gb_lo:.3}-{gb_hi:.3}), {x:.2}x TCP ({x_lo:.2}-{x_hi:.2})",
+        runs.len()
+    );
+}
+
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -403,51 +428,62 @@ fn main() -> Result<(), String> {
                     }
                 }
                 for (step, policy, dtype) in configs {
-                    // The baseline runs right before each configuration: this
-                    // VM's loopback speed drifts by up to 2x over minutes, and
-                    // a ratio should compare two measurements of one moment.
-                    let tcp = baseline_runtime.block_on(tcp_baseline(size));
-                    let (servers, spec) =
-                        start_shards(shards, workers, policy, args.push_budget, args.shard_threads)?;
-                    let (throughput, mut lat) =
-                        runtime.block_on(measure(&spec, size, workers, dtype, step, &args))?;
-                    let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();
-                    drop(servers);
-                    let bound = (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20);
-                    let row = Row {
-                        step,
-                        gradients: if step == Step::PushPull { args.gradients } else { Gradients::Borrowed },
-                        size,
-                        shards,
-                        workers,
-                        policy: policy.clone(),
-                        dtype,
-                        throughput,
-                        p50: pct(&mut lat, 0.5),
-                        p99: pct(&mut lat, 0.99),
-                        tcp,
-                        memcpy,
-                        peak_rss,
-                        bound,
-                    };
-                    println!(
-                        "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<8} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
-                        row.size,
-                        row.shards,
-                        row.workers,
-                        row.step.name(),
-                        row.gradients.name(),
-                        row.policy,
-                        row.dtype.name(),
-                        row.throughput / 1e9,
-                        row.throughput / row.tcp,
-                        row.throughput / row.memcpy,
-                        row.p50.as_secs_f64() * 1e6,
-                        row.p99.as_secs_f64() * 1e6,
-                        row.peak_rss as f64 / (1 << 20) as f64,
-                        row.peak_rss as f64 / row.bound as f64
-                    );
-                    rows.push(row);
+                    let first = rows.len();
+                    for run in 0..args.repeat {
+                        // The baseline runs right before each configuration: this
+                        // VM's loopback speed drifts by up to 2x over minutes, and
+                        // a ratio should compare two measurements of one moment.
+                        let tcp = baseline_runtime.block_on(tcp_baseline(size));
+                        let (servers, spec) =
+                            start_shards(shards, workers, policy, args.push_budget, args.shard_threads)?;
+                        let (throughput, mut lat) =
+                            runtime.block_on(measure(&spec, size, workers, dtype, step, &args))?;
+                        let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();
+                        drop(servers);
+                        let bound = (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20);
+                        let row = Row {
+                            run,
+                            step,
+                            gradients: if step == Step::PushPull {
+                                args.gradients
+                            } else {
+                                Gradients::Borrowed
+                            },
+                            size,
+                            shards,
+                            workers,
+                            policy: policy.clone(),
+                            dtype,
+                            throughput,
+                            p50: pct(&mut lat, 0.5),
+                            p99: pct(&mut lat, 0.99),
+                            tcp,
+                            memcpy,
+                            peak_rss,
+                            bound,
+                        };
+                        println!(
+                            "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<8} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
+                            row.size,
+                            row.shards,
+                            row.workers,
+                            row.step.name(),
+                            row.gradients.name(),
+                            row.policy,
+                            row.dtype.name(),
+                            row.throughput / 1e9,
+                            row.throughput / row.tcp,
+                            row.throughput / row.memcpy,
+                            row.p50.as_secs_f64() * 1e6,
+                            row.p99.as_secs_f64() * 1e6,
+                            row.peak_rss as f64 / (1 << 20) as f64,
+                            row.peak_rss as f64 / row.bound as f64
+                        );
+                        rows.push(row);
+                    }
+                    if args.repeat > 1 {
+                        print_median(&rows[first..]);
+                    }
                 }
             }
         }
@@ -456,12 +492,13 @@ fn main() -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     let mut f = std::fs::File::create(&args.csv).map_err(|e| format!("{}: {e}", args.csv.display()))?;
-    writeln!(f, "size_bytes,shards,workers,step,gradients,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
+    writeln!(f, "run,size_bytes,shards,workers,step,gradients,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
         .map_err(|e| e.to_string())?;
     for r in &rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
+            "{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
+            r.run,
             r.size,
             r.shards,
             r.workers,
