@@ -809,7 +809,7 @@ impl Worker {
         grads: &BTreeMap<String, G>,
     ) -> Result<Pulled, WorkerError> {
         let clock = self.clock;
-        self.check_gradients(clock, grads, |g| g.values().shape().to_vec())?;
+        self.check_gradients(clock, grads)?;
         let this = &*self;
         let results = try_join_all(this.tensors.keys().map(|name| async move {
             let (v, vv, waited) = this.push_pull_tensor(name, clock, &grads[name]).await?;
@@ -915,23 +915,22 @@ impl Worker {
         clock: u64,
         grads: &BTreeMap<String, ArrayD<f32>>,
     ) -> Result<(), WorkerError> {
-        self.check_gradients(clock, grads, |g| g.shape().to_vec())?;
+        self.check_gradients(clock, grads)?;
         try_join_all(self.tensors.keys().map(|name| self.push_tensor(name, clock, &grads[name]))).await?;
         Ok(())
     }
 
     /// Checks that `grads` holds exactly one gradient of the right shape per declared tensor.
-    fn check_gradients<G>(
+    fn check_gradients(
         &self,
         clock: u64,
-        grads: &BTreeMap<String, G>,
-        shape: impl Fn(&G) -> Vec<usize>,
+        grads: &BTreeMap<String, impl GradientData>,
     ) -> Result<(), WorkerError> {
         for name in self.tensors.keys() {
             let g = grads
                 .get(name)
                 .ok_or_else(|| WorkerError::MissingGradient { tensor: name.clone(), clock })?;
-            self.checked_info(name, &shape(g))?;
+            self.checked_info(name, g.values().shape())?;
         }
         for name in grads.keys() {
             self.info(name)?;
