@@ -36,7 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use ps_proto::chunk::{DEFAULT_CHUNK_BYTES, Reassembly, split};
+use ps_proto::chunk::{Reassembly, split};
 use ps_proto::wire::{self, WireDtype};
 use ps_server::checkpoint::write::sha256_hex;
 use ps_server::optim::{Optimizer, OptimizerConfig};
@@ -44,8 +44,8 @@ use ps_server::optim::{Optimizer, OptimizerConfig};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Elements of the small kernels' tensors: 4 MiB of f32, one default chunk.
-const N: usize = DEFAULT_CHUNK_BYTES / 4;
+/// Elements of the small kernels' tensors: 4 MiB of f32.
+const N: usize = 1 << 20;
 
 /// Elements of the `update_64m` tensor.
 const N_64M: usize = 64 << 20;
@@ -168,7 +168,7 @@ fn chunk(c: &mut Criterion) {
     group.bench_function("split_reassemble_64MiB", |b| {
         b.iter(|| {
             let mut r = Reassembly::new(payload.len() as u64 / 4, ps_proto::WireDtype::F32);
-            for (offset, part) in split(black_box(&payload), DEFAULT_CHUNK_BYTES, 4) {
+            for (offset, part) in split(black_box(&payload), 4 << 20, 4) {
                 r.push(offset, part).expect("split produces a valid chunk sequence");
             }
             r.finish().expect("split covers the whole payload")
