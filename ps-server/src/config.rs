@@ -95,7 +95,8 @@ pub struct ShardConfig {
     /// Open client connections; more are closed at once (the client retries).
     /// Each can hold up to one HTTP/2 connection window (64 MiB) of unread data.
     pub max_connections: usize,
-    /// Bytes of push payload being received at once, over all pushes; a push
+    /// Bytes of pushed gradients being received at once, over all pushes,
+    /// counted decoded (4 per element, whatever the wire dtype); a push
     /// waits (reading nothing, so flow control holds its sender back) until
     /// its part's bytes fit. A part larger than this runs alone.
     pub max_push_bytes_in_flight: u64,
@@ -138,7 +139,7 @@ impl Default for ShardConfig {
             max_tensor_bytes: 16 << 30,
             max_concurrent_streams: 256,
             max_connections: 1024,
-            max_push_bytes_in_flight: 4 << 30,
+            max_push_bytes_in_flight: 64 << 20,
             metrics: true,
             worker_timeout_ms: 0,
             on_worker_loss: WorkerLoss::Evict,

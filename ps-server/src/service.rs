@@ -304,10 +304,11 @@ impl Service {
         }
         let _lease = self.shard.lease(header.worker);
         self.shard.check_worker(header.worker)?;
-        // Read nothing more until the payload fits the shard's budget.
+        // Read nothing more until the decoded gradient (f32, whatever the
+        // wire dtype) fits the shard's budget: that buffer is what the push holds.
         let _reserved = self
             .push_budget
-            .reserve(meta.len * dtype.size() as u64)
+            .reserve(meta.len * 4)
             .await
             .ok_or(PsError::ShuttingDown { shard: self.shard.config().shard_id })?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };

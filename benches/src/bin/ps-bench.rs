@@ -73,7 +73,7 @@ struct Args {
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Passed to every shard as --max-push-bytes-in-flight: how much push
-    /// payload a shard receives at once (default: the shard's, 4 GiB).
+    /// payload a shard receives at once (default: the shard's, 64 MiB).
     #[arg(long)]
     push_budget: Option<u64>,
     /// A small, fast run for CI: 4K and 1M, one shard, one worker, async.

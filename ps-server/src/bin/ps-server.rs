@@ -135,10 +135,11 @@ struct Args {
     #[arg(long)]
     max_connections: Option<usize>,
 
-    /// Bytes of push data received at once over all pushes [default: 4 GiB];
-    /// further pushes wait, and flow control holds their senders back. With
-    /// --max-connections this bounds the memory clients can make the shard
-    /// hold: model + optimizer state + this + connections x 64 MiB.
+    /// Bytes of pushed gradients (decoded f32) received at once over all pushes [default: 64 MiB];
+    /// further pushes wait, and flow control holds their senders back (a part
+    /// larger than this is received alone). With --max-connections this
+    /// bounds the memory clients can make the shard hold: model + optimizer
+    /// state + this + waiting pushes x 2 MiB (at most connections x 64 MiB).
     #[arg(long)]
     max_push_bytes_in_flight: Option<u64>,
 
