@@ -10,13 +10,32 @@ use bytes::Bytes;
 use crate::frame::Segments;
 use crate::wire::WireDtype;
 
-/// Default chunk size: 1 MiB, one HTTP/2 frame (the shard's frame size).
-/// A receiver decodes a chunk once all of it has arrived, so small chunks
-/// let it decode one while the next is still on the wire; on loopback 1 MiB
-/// chunks moved 4 and 64 MiB tensors 20-40% faster than 4 MiB ones, and
-/// their per-message overhead stays negligible. Below gRPC's default 4 MB
-/// message limit.
+/// Default largest chunk: 1 MiB, one HTTP/2 frame (the shard's frame size),
+/// below gRPC's default 4 MB message limit. See [`chunk_bytes_for`].
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Smallest chunk [`chunk_bytes_for`] picks (unless the largest allowed is
+/// smaller): below it, per-message costs show.
+pub const MIN_CHUNK_BYTES: usize = 512 << 10;
+
+/// The chunk size for a payload of `payload_bytes`: about an eighth of the
+/// payload, at least [`MIN_CHUNK_BYTES`] and never more than
+/// `max_chunk_bytes`.
+///
+/// A receiver decodes a chunk once all of it has arrived, so smaller chunks
+/// let it decode one while the next is on the wire, and larger ones cost
+/// fewer messages. On loopback, 4 MiB parts moved fastest in 512 KiB
+/// chunks and 64 MiB parts in 1 MiB ones.
+///
+/// ```
+/// use ps_proto::chunk::chunk_bytes_for;
+/// assert_eq!(chunk_bytes_for(4 << 20, 1 << 20), 512 << 10);
+/// assert_eq!(chunk_bytes_for(64 << 20, 1 << 20), 1 << 20);
+/// assert_eq!(chunk_bytes_for(64 << 20, 4 << 10), 4 << 10);
+/// ```
+pub fn chunk_bytes_for(payload_bytes: usize, max_chunk_bytes: usize) -> usize {
+    (payload_bytes / 8).max(MIN_CHUNK_BYTES).min(max_chunk_bytes).max(1)
+}
 
 /// Splits `payload` into `(byte_offset, chunk)` pieces of at most `chunk_bytes`
 /// bytes (rounded down to whole elements of `elem_size`). Never copies.

@@ -489,7 +489,8 @@ impl Service {
         &self,
         PullReply { header, values, dtype }: PullReply,
     ) -> http::Response<tonic::body::Body> {
-        let chunk_bytes = self.shard.config().chunk_bytes;
+        let chunk_bytes =
+            ps_proto::chunk::chunk_bytes_for(values.len() * dtype.size(), self.shard.config().chunk_bytes);
         let mut header = Some(header);
         let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
         if dtype == WireDtype::F32 {

@@ -199,7 +199,8 @@ async fn clocks_the_policy_cannot_accept_are_failed_precondition() {
 #[tokio::test]
 async fn oversized_messages_are_resource_exhausted() {
     let f = Fixture::new(PolicyName::Async).await;
-    // The shard accepts messages up to 1 MiB; this chunk is 2 MiB.
+    // The shard accepts messages up to 1 MiB; this 16 MiB part goes in
+    // chunks of 2 MiB (an eighth of it, within the worker's largest chunk).
     let mut worker = Worker::connect(WorkerConfig {
         chunk_bytes: 2 << 20,
         max_message_bytes: 64 << 20,
@@ -207,9 +208,9 @@ async fn oversized_messages_are_resource_exhausted() {
     })
     .await
     .expect("connect");
-    worker.declare(&TensorDecl::new("big", &[1 << 20])).await.expect("declare");
+    worker.declare(&TensorDecl::new("big", &[4 << 20])).await.expect("declare");
     let (before, _) = worker.observe("big").await.expect("observe");
-    let g = ndarray::Array1::<f32>::ones(1 << 20).into_dyn();
+    let g = ndarray::Array1::<f32>::ones(4 << 20).into_dyn();
     let err = worker.push_tensor("big", 0, &g).await.expect_err("too large");
     assert!(err.to_string().contains("limit of 1048576 bytes"), "{err}");
     assert_eq!(code(err), Code::ResourceExhausted);
@@ -221,7 +222,7 @@ async fn oversized_messages_are_resource_exhausted() {
     })
     .await
     .expect("connect");
-    small.declare(&TensorDecl::new("big", &[1 << 20])).await.expect("declare");
+    small.declare(&TensorDecl::new("big", &[4 << 20])).await.expect("declare");
     small.push_tensor("big", 0, &g).await.expect("push in small chunks");
     assert_ne!(small.observe("big").await.expect("observe").0, before);
 }

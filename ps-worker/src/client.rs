@@ -43,7 +43,8 @@ pub struct WorkerConfig {
     pub wait_timeout: Duration,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
-    /// Payload bytes per push chunk.
+    /// Largest payload bytes per push chunk; a part is sent in chunks of
+    /// about an eighth of it, at least 512 KiB ([`chunk::chunk_bytes_for`]).
     pub chunk_bytes: usize,
     /// Encoding of pushed gradients and pulled values.
     pub wire_dtype: WireDtype,
@@ -878,7 +879,8 @@ impl Worker {
             Outgoing::Shared { header, data } => {
                 let mut header = Some(header.clone());
                 let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
-                let frames = frame::data_frames(data, self.cfg.chunk_bytes, 4, fields);
+                let chunk_bytes = chunk::chunk_bytes_for(data.len(), self.cfg.chunk_bytes);
+                let frames = frame::data_frames(data, chunk_bytes, 4, fields);
                 let body = tonic::body::Body::new(FramesBody::new(frames, None));
                 data_path::call(channel, path, body, deadline, max_message).await
             }
@@ -892,7 +894,8 @@ impl Worker {
         let dtype = self.cfg.wire_dtype;
         let mut header = Some(header.clone());
         let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
-        for (head, data) in frame::encoded_chunks(values, dtype, self.cfg.chunk_bytes, fields) {
+        let chunk_bytes = chunk::chunk_bytes_for(values.len() * dtype.size(), self.cfg.chunk_bytes);
+        for (head, data) in frame::encoded_chunks(values, dtype, chunk_bytes, fields) {
             if tx.send(head).await.is_err() || (!data.is_empty() && tx.send(data).await.is_err()) {
                 return;
             }
