@@ -87,8 +87,8 @@ pub struct ShardConfig {
     /// Largest gRPC message accepted (one chunk plus headers).
     pub max_message_bytes: usize,
     /// Largest payload bytes per chunk in pull replies; a part is sent in
-    /// chunks of about an eighth of it, at least 512 KiB
-    /// (`ps_proto::chunk::chunk_bytes_for`).
+    /// chunks of about an eighth of it, at least 512 KiB unless this is
+    /// smaller (`ps_proto::chunk::chunk_bytes_for`).
     pub chunk_bytes: usize,
     /// Largest tensor part this shard accepts, in bytes of f32.
     pub max_tensor_bytes: u64,

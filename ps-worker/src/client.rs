@@ -44,7 +44,8 @@ pub struct WorkerConfig {
     /// Retries of transient failures.
     pub retry: RetryPolicy,
     /// Largest payload bytes per push chunk; a part is sent in chunks of
-    /// about an eighth of it, at least 512 KiB ([`chunk::chunk_bytes_for`]).
+    /// about an eighth of it, at least 512 KiB unless this is smaller
+    /// ([`chunk::chunk_bytes_for`]).
     pub chunk_bytes: usize,
     /// Encoding of pushed gradients and pulled values.
     pub wire_dtype: WireDtype,

@@ -72,8 +72,9 @@ struct Args {
     /// Stop timing a configuration after this many seconds (at least 3 timed iterations run).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Passed to every shard as --max-push-bytes-in-flight: how much push
-    /// payload a shard receives at once (default: the shard's, 64 MiB).
+    /// Passed to every shard as --max-push-bytes-in-flight: how many bytes
+    /// of decoded gradients a shard receives at once (default: the
+    /// shard's, 64 MiB).
     #[arg(long)]
     push_budget: Option<u64>,
     /// A small, fast run for CI: 4K and 1M, one shard, one worker, async.
