@@ -4,7 +4,7 @@
 //!
 //! For every combination of tensor size, shard count, worker count and
 //! policy it starts the shards as separate processes (the `ps-server` next
-//! to this binary), runs each worker as a task of this process doing
+//! to this binary), runs each worker on its own thread of this process doing
 //! push-then-pull of one tensor (one `PushPull` RPC per step from shared
 //! gradients, or with `--steps separate` a `Push` then a `Pull`), and
 //! reports GB/s of f32 payload moved (push bytes + pull bytes, all
@@ -46,10 +46,12 @@ struct Args {
     /// always counted in bytes of f32 payload, so f16 can show its gain.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     wire_dtypes: Vec<WireDtype>,
-    /// Threads of the bench's own runtime, where the workers run. 1 (a
-    /// current-thread runtime) is how a `ps-worker` process runs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    client_threads: u16,
+    /// Run every worker as a task of one runtime with this many threads
+    /// (1: a current-thread runtime). By default each worker has its own
+    /// thread and current-thread runtime, as separate `ps-worker`
+    /// processes (each on a current-thread runtime) would.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    client_threads: Option<u16>,
     /// `--threads` of every shard (default: the shard's own default, 1).
     #[arg(long)]
     shard_threads: Option<u16>,
@@ -302,7 +304,15 @@ struct Row {
     bound: u64,
 }
 
-async fn measure(
+/// Runs `workers` workers against the cluster of `spec`, each doing
+/// warm-up steps and then timed push+pull steps of one `size`-byte tensor,
+/// and returns the aggregate f32 throughput and every step's latency.
+///
+/// With `runtime` (from `--client-threads`) the workers are tasks of that
+/// runtime; without, each runs on its own thread with its own
+/// current-thread runtime, as separate `ps-worker` processes would.
+fn measure(
+    runtime: Option<&tokio::runtime::Runtime>,
     spec: &ClusterSpec,
     size: usize,
     workers: u32,
@@ -310,60 +320,103 @@ async fn measure(
     step: Step,
     args: &Args,
 ) -> Result<(f64, Vec<Duration>), String> {
-    let elements = size / 4;
-    let mut handles = Vec::new();
-    for id in 0..workers {
-        let config = WorkerConfig { wire_dtype: dtype, ..WorkerConfig::new(spec.clone(), id) };
-        let mut w = Worker::connect(config).await.map_err(|e| e.to_string())?;
-        w.declare(&TensorDecl::new("bench", &[elements])).await.map_err(|e| e.to_string())?;
-        handles.push(w);
-    }
-    let grads =
-        BTreeMap::from([("bench".to_string(), ndarray::ArrayD::<f32>::from_elem(vec![elements], 1e-6))]);
-    let limit = Duration::from_secs_f64(args.seconds);
-    // Every worker warms up (first-touch page faults, connection windows
-    // growing, allocator caches) before any timing starts.
-    let ready = std::sync::Arc::new(tokio::sync::Barrier::new(handles.len()));
-    let tasks: Vec<_> = handles
-        .into_iter()
-        .map(|mut w| {
-            let grads = grads.clone();
-            let shared = (args.gradients == Gradients::Shared && step == Step::PushPull)
-                .then(|| grads.iter().map(|(k, g)| (k.clone(), g.to_shared())).collect::<BTreeMap<_, _>>());
-            let min = args.iterations;
-            let ready = std::sync::Arc::clone(&ready);
-            tokio::spawn(async move {
-                for _ in 0..WARM_UP_STEPS {
-                    step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
-                }
-                ready.wait().await;
-                let mut lat = Vec::new();
-                let t0 = Instant::now();
-                while lat.len() < 3 || ((lat.len() < min || t0.elapsed() < MIN_TIMED) && t0.elapsed() < limit)
-                {
-                    let t = Instant::now();
-                    step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
-                    lat.push(t.elapsed());
-                }
-                let t1 = Instant::now();
-                w.leave().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((lat, t0, t1))
-            })
-        })
-        .collect();
+    let job = WorkerJob {
+        spec,
+        elements: size / 4,
+        dtype,
+        step,
+        args,
+        ready: tokio::sync::Barrier::new(workers as usize),
+    };
+    let results: Vec<Result<Timed, String>> = match runtime {
+        Some(rt) => rt.block_on(async {
+            let job = &job;
+            futures::future::join_all((0..workers).map(|id| job.run(id))).await
+        }),
+        None => std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..workers)
+                .map(|id| {
+                    let job = &job;
+                    scope.spawn(move || {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(|e| e.to_string())?
+                            .block_on(job.run(id))
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| Err("a worker thread panicked".into())))
+                .collect()
+        }),
+    };
     let mut all = Vec::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
-    for t in tasks {
-        let (lat, t0, t1) = t.await.map_err(|e| e.to_string())??;
-        all.extend(lat);
-        first = Some(first.map_or(t0, |f| f.min(t0)));
-        last = Some(last.map_or(t1, |l| l.max(t1)));
+    for result in results {
+        let Timed { latencies, started, ended } = result?;
+        all.extend(latencies);
+        first = Some(first.map_or(started, |f| f.min(started)));
+        last = Some(last.map_or(ended, |l| l.max(ended)));
     }
     let wall = match (first, last) {
         (Some(f), Some(l)) => l - f,
         _ => return Err("no worker ran".into()),
     };
     Ok((2.0 * size as f64 * all.len() as f64 / wall.as_secs_f64(), all))
+}
+
+/// What every worker of one configuration runs.
+struct WorkerJob<'a> {
+    spec: &'a ClusterSpec,
+    elements: usize,
+    dtype: WireDtype,
+    step: Step,
+    args: &'a Args,
+    /// Every worker warms up (first-touch page faults, connection windows
+    /// growing, allocator caches) before any timing starts.
+    ready: tokio::sync::Barrier,
+}
+
+/// One worker's timed steps.
+struct Timed {
+    latencies: Vec<Duration>,
+    started: Instant,
+    ended: Instant,
+}
+
+impl WorkerJob<'_> {
+    /// Connects worker `id`, declares the tensor, and runs its steps.
+    async fn run(&self, id: u32) -> Result<Timed, String> {
+        let config = WorkerConfig { wire_dtype: self.dtype, ..WorkerConfig::new(self.spec.clone(), id) };
+        let mut w = Worker::connect(config).await.map_err(|e| e.to_string())?;
+        w.declare(&TensorDecl::new("bench", &[self.elements])).await.map_err(|e| e.to_string())?;
+        let grads = BTreeMap::from([(
+            "bench".to_string(),
+            ndarray::ArrayD::<f32>::from_elem(vec![self.elements], 1e-6),
+        )]);
+        let shared = (self.args.gradients == Gradients::Shared && self.step == Step::PushPull)
+            .then(|| grads.iter().map(|(k, g)| (k.clone(), g.to_shared())).collect::<BTreeMap<_, _>>());
+        for _ in 0..WARM_UP_STEPS {
+            self.step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
+        }
+        self.ready.wait().await;
+        let limit = Duration::from_secs_f64(self.args.seconds);
+        let min = self.args.iterations;
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        while latencies.len() < 3
+            || ((latencies.len() < min || started.elapsed() < MIN_TIMED) && started.elapsed() < limit)
+        {
+            let t = Instant::now();
+            self.step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
+            latencies.push(t.elapsed());
+        }
+        let ended = Instant::now();
+        w.leave().await.map_err(|e| e.to_string())?;
+        Ok(Timed { latencies, started, ended })
+    }
 }
 
 /// Untimed push+pull steps every worker runs first.
@@ -413,9 +466,13 @@ fn main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let runtime = match args.client_threads {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
+        None => None,
+        Some(1) => Some(tokio::runtime::Builder::new_current_thread().enable_all().build()),
+        Some(n) => {
+            Some(tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build())
+        }
     }
+    .transpose()
     .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for &size in &sizes {
@@ -438,7 +495,7 @@ fn main() -> Result<(), String> {
                         let (servers, spec) =
                             start_shards(shards, workers, policy, args.push_budget, args.shard_threads)?;
                         let (throughput, mut lat) =
-                            runtime.block_on(measure(&spec, size, workers, dtype, step, &args))?;
+                            measure(runtime.as_ref(), &spec, size, workers, dtype, step, &args)?;
                         let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();
                         drop(servers);
                         let bound = (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20);
