@@ -8,6 +8,7 @@
 //! - [`init`]: seeded initializers independent of sharding.
 //! - [`tensor`]: one tensor part — values, optimizer state, clocks, aggregation buffer.
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
+//! - [`readers`]: pull replies still reading a part, which updates wait for instead of copying it.
 //! - [`liveness`]: worker leases and eviction of silent workers.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
 //! - [`data_path`]: the router that serves `Push` and `Pull` straight from and to HTTP/2 frames.
@@ -32,6 +33,7 @@ pub mod liveness;
 pub mod local;
 pub mod metrics;
 pub mod optim;
+pub mod readers;
 pub mod server;
 pub mod service;
 pub mod shard;

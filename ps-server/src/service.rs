@@ -21,6 +21,7 @@ use crate::budget::PushBudget;
 use crate::convert;
 use crate::error::PsError;
 use crate::metrics::Rpc;
+use crate::readers::ReadLease;
 use crate::shard::Shard;
 use crate::tensor::Gradient;
 
@@ -193,7 +194,22 @@ fn grpc_response(body: tonic::body::Body) -> http::Response<tonic::body::Body> {
 struct PullReply {
     header: pb::PullHeader,
     values: Arc<Vec<f32>>,
+    /// Counts the reply as reading `values` until all of it is sent.
+    lease: ReadLease,
     dtype: WireDtype,
+}
+
+/// A pull reply's values and its lease, which ends with the last frame
+/// that shares them.
+struct LeasedValues {
+    values: Arc<Vec<f32>>,
+    _lease: ReadLease,
+}
+
+impl AsRef<[f32]> for LeasedValues {
+    fn as_ref(&self) -> &[f32] {
+        &self.values
+    }
 }
 
 /// How long a push stream may go without a chunk before it is dropped.
@@ -351,7 +367,7 @@ impl Service {
         }
         let span =
             tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
-        let applied = span.in_scope(|| self.shard.push(&cell, header.worker, header.clock, grad))?;
+        let applied = self.shard.push(&cell, header.worker, header.clock, grad).instrument(span).await?;
         Ok(((pb::PushReply { applied }, header), grad_bytes))
     }
 
@@ -365,7 +381,7 @@ impl Service {
         }
         let span =
             tracing::debug_span!("pull", tensor = %req.tensor, worker = ?req.worker, clock = req.clock);
-        let snapshot = self.shard.pull(&cell, req.worker, req.clock).instrument(span).await?;
+        let (snapshot, lease) = self.shard.pull(&cell, req.worker, req.clock).instrument(span).await?;
         let (offset, len) = (cell.meta().offset, cell.meta().len);
         let payload_bytes = len * dtype.size() as u64;
         let header = pb::PullHeader {
@@ -376,7 +392,7 @@ impl Service {
             total_bytes: payload_bytes,
             waited_us: snapshot.waited.as_micros().min(u128::from(u64::MAX)) as u64,
         };
-        Ok((PullReply { header, values: snapshot.values, dtype }, payload_bytes))
+        Ok((PullReply { header, values: snapshot.values, lease, dtype }, payload_bytes))
     }
 
     async fn barrier_inner(
@@ -485,17 +501,25 @@ impl Service {
     /// A pull's reply: chunks whose data are their own frames. f32 data is
     /// the snapshot's own memory; f16 and bf16 are encoded chunk by chunk as
     /// the transport takes them.
+    ///
+    /// The reply's lease ends when the last of its frames is dropped (f32)
+    /// or its body is (f16, bf16): once the transport has written it all.
     fn pull_reply(
         &self,
-        PullReply { header, values, dtype }: PullReply,
+        PullReply { header, values, lease, dtype }: PullReply,
     ) -> http::Response<tonic::body::Body> {
         let chunk_bytes =
             ps_proto::chunk::chunk_bytes_for(values.len() * dtype.size(), self.shard.config().chunk_bytes);
         let mut header = Some(header);
-        let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
         if dtype == WireDtype::F32 {
-            grpc_reply(frame::data_frames(&wire::f32_bytes(values), chunk_bytes, dtype.size(), fields))
+            let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
+            let payload = wire::shared_f32_bytes(LeasedValues { values, _lease: lease });
+            grpc_reply(frame::data_frames(&payload, chunk_bytes, dtype.size(), fields))
         } else {
+            let fields = move |offset| {
+                let _reading = &lease;
+                pb::PullChunk { header: header.take(), offset, data: Bytes::new() }
+            };
             let body = EncodingBody::new(values, dtype, chunk_bytes, fields, Some(ok_trailers()));
             grpc_response(tonic::body::Body::new(body))
         }

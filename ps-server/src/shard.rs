@@ -23,6 +23,7 @@ use crate::init::Init;
 use crate::liveness::{LeaseGuard, Leases};
 use crate::metrics::ShardMetrics;
 use crate::optim::{Optimizer, OptimizerConfig};
+use crate::readers::{ReadLease, Readers, UPDATE_WAIT, UpdateTurn};
 use crate::sync::{ClockError, Policy, PullDecision};
 use crate::tensor::{Gradient, Snapshot, TensorMeta, TensorPart};
 
@@ -63,6 +64,8 @@ pub struct TensorCell {
     changed: watch::Sender<()>,
     /// Set when a rewind replaced this part: waiters on it give up.
     retired: AtomicBool,
+    /// Pull replies still being sent from the part's values.
+    readers: Arc<Readers>,
 }
 
 impl TensorCell {
@@ -84,6 +87,7 @@ impl TensorCell {
             part: Mutex::new(part),
             changed: watch::Sender::new(()),
             retired: AtomicBool::new(false),
+            readers: Arc::default(),
         }
     }
 
@@ -93,6 +97,21 @@ impl TensorCell {
 
     fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
+    }
+}
+
+/// An update waiting for a part's pull replies, which holds back new pulls
+/// of the part. However it ends, those pulls then look again.
+struct HeldPulls<'a> {
+    cell: &'a TensorCell,
+    turn: Option<UpdateTurn>,
+}
+
+impl Drop for HeldPulls<'_> {
+    fn drop(&mut self) {
+        // The turn ends first, so a woken pull finds no update waiting.
+        self.turn.take();
+        self.cell.notify();
     }
 }
 
@@ -628,43 +647,70 @@ impl Shard {
     }
 
     /// Applies (or, for a retry, ignores) a validated gradient. Returns whether anything changed.
-    pub fn push(&self, cell: &TensorCell, worker: u32, clock: u64, grad: Gradient) -> Result<bool, PsError> {
+    ///
+    /// A push that changes the values first waits (at most [`UPDATE_WAIT`])
+    /// for the pull replies still being sent from them, so that it changes
+    /// them in place rather than copying them.
+    pub async fn push(
+        &self,
+        cell: &TensorCell,
+        worker: u32,
+        clock: u64,
+        grad: Gradient,
+    ) -> Result<bool, PsError> {
         let started = std::time::Instant::now();
-        let (applied, completed_round, captured) = {
-            let _apply = tracing::trace_span!("apply").entered();
-            let mut part = cell.lock();
-            if cell.is_retired() {
-                drop(part);
-                return Err(self.restarted(Some(worker)));
+        let deadline = tokio::time::Instant::now() + UPDATE_WAIT;
+        let mut held = None;
+        let (applied, completed_round, captured) = loop {
+            {
+                let mut part = cell.lock();
+                if cell.is_retired() {
+                    drop(part);
+                    return Err(self.restarted(Some(worker)));
+                }
+                // Leases are taken under this lock, so none appears between this check and the update.
+                let wait = cell.readers.reading() > 0
+                    && part.push_changes_values(worker, clock)
+                    && tokio::time::Instant::now() < deadline;
+                if !wait {
+                    let _apply = tracing::trace_span!("apply").entered();
+                    let rounds = part.clocks().applied_clock();
+                    let applied = part.push(worker, clock, grad)?;
+                    let completed =
+                        part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
+                    break (applied, completed, part.take_captured());
+                }
             }
-            let rounds = part.clocks().applied_clock();
-            let applied = part.push(worker, clock, grad)?;
-            let completed = part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
-            (applied, completed, part.take_captured())
+            held.get_or_insert_with(|| HeldPulls { cell, turn: Some(cell.readers.wait_turn()) });
+            cell.readers.finished(deadline).await;
         };
+        drop(held);
         self.deliver(&cell.meta, captured);
         let elapsed = started.elapsed();
         if completed_round {
             tracing::debug!(worker, clock, elapsed_us = elapsed.as_micros() as u64, "aggregate applied");
         }
         if applied {
-            cell.notify();
             self.metrics.push_applied(worker, clock, elapsed, completed_round, &self.live_set());
         } else {
             self.metrics.duplicate_push();
         }
+        cell.notify();
         Ok(applied)
     }
 
     /// Waits until the policy lets `worker` (or an observer) read `tensor` at
-    /// `clock`, then returns a snapshot. Fails at once on a clock error and
-    /// with `Unavailable` if the shard shuts down while waiting.
+    /// `clock`, then returns a snapshot and the lease that counts the reply
+    /// as reading the values until it drops. A pull that could read while
+    /// an update waits for the replies lets the update go first. Fails at
+    /// once on a clock error and with `Unavailable` if the shard shuts down
+    /// while waiting.
     pub async fn pull(
         &self,
         cell: &TensorCell,
         worker: Option<u32>,
         clock: u64,
-    ) -> Result<Snapshot, PsError> {
+    ) -> Result<(Snapshot, ReadLease), PsError> {
         let started = std::time::Instant::now();
         let mut changed = cell.changed.subscribe();
         let mut closing = self.closing.subscribe();
@@ -676,8 +722,9 @@ impl Shard {
             }
             {
                 let part = cell.lock();
-                if part.check_pull(worker, clock)? == PullDecision::Ready {
+                if part.check_pull(worker, clock)? == PullDecision::Ready && !cell.readers.update_waiting() {
                     let snapshot = part.snapshot(started.elapsed());
+                    let lease = cell.readers.lease();
                     let staleness = worker.map(|_| {
                         let clocks = part.clocks();
                         (0..clocks.num_workers())
@@ -688,7 +735,7 @@ impl Shard {
                     });
                     drop(part);
                     self.metrics.pulled(staleness, snapshot.waited);
-                    return Ok(snapshot);
+                    return Ok((snapshot, lease));
                 }
             }
             waiting.get_or_insert_with(|| self.metrics.pull_waiting());
@@ -802,5 +849,106 @@ impl Shard {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyName;
+
+    fn shard(policy: PolicyName) -> Arc<Shard> {
+        let shard = Shard::new(ShardConfig { num_workers: 2, policy, ..ShardConfig::default() });
+        let decl = Declaration {
+            name: "w".into(),
+            shape: vec![4],
+            init: Init::Constant(1.0),
+            optimizer: None,
+            policy: None,
+            allow_non_finite: false,
+        };
+        shard.declare(decl).expect("declare");
+        Arc::new(shard)
+    }
+
+    fn push(shard: &Arc<Shard>, worker: u32, clock: u64) -> tokio::task::JoinHandle<Result<bool, PsError>> {
+        let shard = Arc::clone(shard);
+        tokio::spawn(async move {
+            let cell = shard.tensor("w")?;
+            shard.push(&cell, worker, clock, Gradient { values: vec![1.0; 4] }).await
+        })
+    }
+
+    fn pull(
+        shard: &Arc<Shard>,
+        worker: u32,
+        clock: u64,
+    ) -> tokio::task::JoinHandle<Result<Snapshot, PsError>> {
+        let shard = Arc::clone(shard);
+        tokio::spawn(async move {
+            let cell = shard.tensor("w")?;
+            shard.pull(&cell, Some(worker), clock).await.map(|(snapshot, _lease)| snapshot)
+        })
+    }
+
+    /// Lets every spawned task run until it waits; paused time does not move.
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_waits_for_the_replies_reading_the_values_and_changes_them_in_place() {
+        let shard = shard(PolicyName::Async);
+        let cell = shard.tensor("w").expect("tensor");
+        let (read, lease) = shard.pull(&cell, Some(0), 0).await.expect("pull");
+        let values_at = Arc::as_ptr(&read.values);
+        let started = tokio::time::Instant::now();
+        let update = push(&shard, 1, 0);
+        settle().await;
+        assert!(!update.is_finished(), "the update did not wait for the reply reading the values");
+        // A pull that could read now lets the waiting update go first.
+        let held = pull(&shard, 0, 0);
+        settle().await;
+        assert!(!held.is_finished(), "a pull read while an update was waiting");
+        drop((read, lease));
+        assert!(update.await.expect("task").expect("push"));
+        let after = held.await.expect("task").expect("pull");
+        assert_eq!(after.versions, vec![-1, 0], "the held pull reads after the update");
+        assert_eq!(Arc::as_ptr(&after.values), values_at, "the update copied the values");
+        assert_eq!(tokio::time::Instant::now(), started, "the update waited for its deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_is_never_sent_holds_an_update_back_only_until_the_deadline() {
+        let shard = shard(PolicyName::Async);
+        let cell = shard.tensor("w").expect("tensor");
+        let (read, _lease) = shard.pull(&cell, Some(0), 0).await.expect("pull");
+        let started = tokio::time::Instant::now();
+        assert!(push(&shard, 1, 0).await.expect("task").expect("push"));
+        assert_eq!(tokio::time::Instant::now(), started + UPDATE_WAIT);
+        // The update copied the values: the reply still sends the old ones.
+        assert_eq!(*read.values, vec![1.0; 4]);
+        let after = pull(&shard, 0, 0).await.expect("task").expect("pull");
+        assert_ne!(*after.values, vec![1.0; 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_push_that_completes_a_sync_round_waits_for_the_replies() {
+        let shard = shard(PolicyName::Sync);
+        let cell = shard.tensor("w").expect("tensor");
+        let (read, lease) = shard.pull(&cell, Some(0), 0).await.expect("pull");
+        // Worker 0's push only adds to the round's sum: it does not wait.
+        let started = tokio::time::Instant::now();
+        assert!(push(&shard, 0, 0).await.expect("task").expect("push"));
+        assert_eq!(tokio::time::Instant::now(), started, "a push that changes no values waited");
+        let completing = push(&shard, 1, 0);
+        settle().await;
+        assert!(!completing.is_finished(), "the push completing the round did not wait for the reply");
+        drop((read, lease));
+        assert!(completing.await.expect("task").expect("push"));
+        let after = pull(&shard, 0, 1).await.expect("task").expect("pull");
+        assert_eq!(after.versions, vec![0, 0]);
     }
 }

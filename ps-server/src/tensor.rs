@@ -200,6 +200,16 @@ impl TensorPart {
         Ok(true)
     }
 
+    /// Whether a push of `worker` for `clock` would change the values now:
+    /// an applied push, or the one that completes a sync round. Changes nothing.
+    pub fn push_changes_values(&self, worker: u32, clock: u64) -> bool {
+        match self.clocks.check_push(worker, clock) {
+            Ok(PushDecision::Apply) => true,
+            Ok(PushDecision::Accumulate) => self.clocks.push_completes_round(worker),
+            Ok(PushDecision::Duplicate) | Err(_) => false,
+        }
+    }
+
     /// Applies a completed sync round's aggregate once and clears the buffer.
     fn apply_round(&mut self, round: RoundComplete) {
         let scale = match self.aggregation {

@@ -237,6 +237,13 @@ impl ClockTable {
         }
     }
 
+    /// Sync: whether an accepted push of `worker` would complete the round,
+    /// that is, every other live worker has contributed. Changes nothing.
+    pub fn push_completes_round(&self, worker: u32) -> bool {
+        self.policy == Policy::Sync
+            && self.slots.iter().enumerate().all(|(i, s)| i == worker as usize || !s.live || s.in_round)
+    }
+
     /// Sync: closes the round if every live worker has contributed.
     fn complete_round(&mut self) -> Option<RoundComplete> {
         let contributors = self.slots.iter().filter(|s| s.in_round).count() as u32;
