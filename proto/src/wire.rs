@@ -181,18 +181,6 @@ pub fn first_non_finite_f32(values: &[f32]) -> Option<usize> {
     scan::first_decoded(values)
 }
 
-/// A shared f32 buffer viewed as its little-endian bytes, without a copy.
-#[cfg(target_endian = "little")]
-pub fn f32_bytes(values: std::sync::Arc<Vec<f32>>) -> Bytes {
-    struct Values(std::sync::Arc<Vec<f32>>);
-    impl AsRef<[f32]> for Values {
-        fn as_ref(&self) -> &[f32] {
-            &self.0
-        }
-    }
-    shared_f32_bytes(Values(values))
-}
-
 /// Any owner of f32 values viewed as their little-endian bytes, without a
 /// copy: the bytes keep `owner` alive and see exactly `owner.as_ref()`.
 #[cfg(target_endian = "little")]
@@ -276,7 +264,7 @@ mod tests {
 
     #[test]
     fn shared_view_is_little_endian() {
-        let b = f32_bytes(std::sync::Arc::new(vec![1.0, 2.0]));
+        let b = shared_f32_bytes(vec![1.0f32, 2.0]);
         assert_eq!(&b[..], &encode(&[1.0, 2.0], WireDtype::F32)[..]);
     }
 }
