@@ -7,7 +7,9 @@
 //! part first, and with many workers pulling, each reply in flight could
 //! keep another copy alive. An update now waits until no reply holds the
 //! values (for at most [`UPDATE_WAIT`]), and pulls that find an update
-//! waiting let it go first, so the values exist once.
+//! waiting let it go first, so the values exist once. An update that gives
+//! up copies the values, and the copy is counted afresh: a reply that is
+//! never read holds back one update, not every later one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,10 +63,19 @@ impl Readers {
         UpdateTurn(Arc::clone(self))
     }
 
-    /// Returns once no reply reads the values, or at `deadline`.
+    /// Returns once no reply reads the values, or at `deadline`, or once
+    /// these readers are retired.
     pub async fn finished(&self, deadline: tokio::time::Instant) {
         let mut reading = self.reading.subscribe();
         let _ = tokio::time::timeout_at(deadline, reading.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Ends the counting because the values they read were replaced by a
+    /// copy: updates waiting in [`finished`](Self::finished) return and
+    /// look at the copy's readers instead. Leases still held end later
+    /// without effect.
+    pub fn retire(&self) {
+        self.reading.send_replace(0);
     }
 }
 
@@ -130,6 +141,24 @@ mod tests {
         let dropped_at = tokio::time::Instant::now();
         drop(lease);
         assert_eq!(waiter.await.expect("waiter"), dropped_at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_returns_when_the_readers_are_retired() {
+        let readers = Arc::new(Readers::default());
+        let lease = readers.lease();
+        let started = tokio::time::Instant::now();
+        let waiter = {
+            let readers = Arc::clone(&readers);
+            tokio::spawn(async move { readers.finished(started + UPDATE_WAIT).await })
+        };
+        tokio::task::yield_now().await;
+        readers.retire();
+        waiter.await.expect("waiter");
+        assert_eq!(tokio::time::Instant::now(), started);
+        // A lease that ends after the retirement changes nothing.
+        drop(lease);
+        assert_eq!(readers.reading(), 0);
     }
 
     #[tokio::test(start_paused = true)]

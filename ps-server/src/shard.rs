@@ -23,7 +23,7 @@ use crate::init::Init;
 use crate::liveness::{LeaseGuard, Leases};
 use crate::metrics::ShardMetrics;
 use crate::optim::{Optimizer, OptimizerConfig};
-use crate::readers::{ReadLease, Readers, UPDATE_WAIT, UpdateTurn};
+use crate::readers::{ReadLease, UPDATE_WAIT, UpdateTurn};
 use crate::sync::{ClockError, Policy, PullDecision};
 use crate::tensor::{Gradient, Snapshot, TensorMeta, TensorPart};
 
@@ -64,8 +64,6 @@ pub struct TensorCell {
     changed: watch::Sender<()>,
     /// Set when a rewind replaced this part: waiters on it give up.
     retired: AtomicBool,
-    /// Pull replies still being sent from the part's values.
-    readers: Arc<Readers>,
 }
 
 impl TensorCell {
@@ -87,7 +85,6 @@ impl TensorCell {
             part: Mutex::new(part),
             changed: watch::Sender::new(()),
             retired: AtomicBool::new(false),
-            readers: Arc::default(),
         }
     }
 
@@ -662,14 +659,14 @@ impl Shard {
         let deadline = tokio::time::Instant::now() + UPDATE_WAIT;
         let mut held = None;
         let (applied, completed_round, captured) = loop {
-            {
+            let readers = {
                 let mut part = cell.lock();
                 if cell.is_retired() {
                     drop(part);
                     return Err(self.restarted(Some(worker)));
                 }
                 // Leases are taken under this lock, so none appears between this check and the update.
-                let wait = cell.readers.reading() > 0
+                let wait = part.readers().reading() > 0
                     && part.push_changes_values(worker, clock)
                     && tokio::time::Instant::now() < deadline;
                 if !wait {
@@ -680,9 +677,10 @@ impl Shard {
                         part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
                     break (applied, completed, part.take_captured());
                 }
-            }
-            held.get_or_insert_with(|| HeldPulls { cell, turn: Some(cell.readers.wait_turn()) });
-            cell.readers.finished(deadline).await;
+                Arc::clone(part.readers())
+            };
+            held.get_or_insert_with(|| HeldPulls { cell, turn: Some(readers.wait_turn()) });
+            readers.finished(deadline).await;
         };
         drop(held);
         self.deliver(&cell.meta, captured);
@@ -722,9 +720,10 @@ impl Shard {
             }
             {
                 let part = cell.lock();
-                if part.check_pull(worker, clock)? == PullDecision::Ready && !cell.readers.update_waiting() {
+                if part.check_pull(worker, clock)? == PullDecision::Ready && !part.readers().update_waiting()
+                {
                     let snapshot = part.snapshot(started.elapsed());
-                    let lease = cell.readers.lease();
+                    let lease = part.readers().lease();
                     let staleness = worker.map(|_| {
                         let clocks = part.clocks();
                         (0..clocks.num_workers())
@@ -932,6 +931,12 @@ mod tests {
         assert_eq!(*read.values, vec![1.0; 4]);
         let after = pull(&shard, 0, 0).await.expect("task").expect("pull");
         assert_ne!(*after.values, vec![1.0; 4]);
+        drop(after);
+        // The copy has no readers: the reply that is never sent no longer
+        // holds updates back.
+        let next = tokio::time::Instant::now();
+        assert!(push(&shard, 0, 0).await.expect("task").expect("push"));
+        assert_eq!(tokio::time::Instant::now(), next, "a later update waited for the old reply");
     }
 
     #[tokio::test(start_paused = true)]

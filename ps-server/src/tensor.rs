@@ -9,6 +9,7 @@ use crate::config::Aggregation;
 use crate::error::PsError;
 use crate::init::Init;
 use crate::optim::{Optimizer, OptimizerConfig};
+use crate::readers::Readers;
 use crate::sync::{ClockTable, Policy, PullDecision, PushDecision, RoundComplete};
 
 /// What a tensor part is: fixed at declaration.
@@ -61,11 +62,24 @@ pub struct TensorPart {
     round_sum: Vec<f32>,
     /// Checkpoints waiting for this part to reach their clock.
     cuts: PartCuts,
+    /// The pull replies reading `values` (this allocation of them).
+    readers: Arc<Readers>,
 }
 
 /// Applies `scale * grad` to `values` with `optimizer`, as one step.
 fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &[f32], scale: f32) {
     optimizer.step(Arc::make_mut(values).as_mut_slice(), grad, scale);
+}
+
+/// The values to update in place: `values` itself when nothing else holds
+/// them, else a copy. A copy has no readers yet, so `readers` starts over
+/// for it, and the replies still reading the old values stop holding
+/// updates back.
+fn values_to_update<'a>(values: &'a mut Arc<Vec<f32>>, readers: &mut Arc<Readers>) -> &'a mut Vec<f32> {
+    if Arc::get_mut(values).is_none() {
+        std::mem::take(readers).retire();
+    }
+    Arc::make_mut(values)
 }
 
 impl TensorPart {
@@ -86,6 +100,7 @@ impl TensorPart {
             aggregation,
             round_sum: Vec::new(),
             cuts: PartCuts::default(),
+            readers: Arc::default(),
         }
     }
 
@@ -107,6 +122,7 @@ impl TensorPart {
             aggregation,
             round_sum: Vec::new(),
             cuts: PartCuts::default(),
+            readers: Arc::default(),
         }
     }
 
@@ -178,7 +194,8 @@ impl TensorPart {
                     Aggregation::Sum => 1.0,
                 };
                 self.cuts.before_apply(clock, &self.values, &self.optimizer);
-                apply_gradient(&mut self.values, &mut self.optimizer, &grad.values, scale);
+                let values = values_to_update(&mut self.values, &mut self.readers);
+                self.optimizer.step(values, &grad.values, scale);
                 for (values, optimizer) in self.cuts.shadows_for(clock) {
                     apply_gradient(values, optimizer, &grad.values, scale);
                 }
@@ -216,13 +233,19 @@ impl TensorPart {
             Aggregation::Mean => 1.0 / round.contributors as f32,
             Aggregation::Sum => 1.0,
         };
-        let values = Arc::make_mut(&mut self.values);
+        let values = values_to_update(&mut self.values, &mut self.readers);
         if self.round_sum.is_empty() {
             // Not reached (a round completes only with a contributor); kept total.
             self.round_sum = vec![0.0; values.len()];
         }
         self.optimizer.step(values, &self.round_sum, scale);
         self.round_sum = Vec::new();
+    }
+
+    /// The pull replies reading the current values: take a lease with each
+    /// snapshot a reply sends.
+    pub fn readers(&self) -> &Arc<Readers> {
+        &self.readers
     }
 
     /// Whether a pull of `worker` (or an observer) for `clock` may read now.
