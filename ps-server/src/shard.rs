@@ -655,10 +655,9 @@ impl Shard {
         clock: u64,
         grad: Gradient,
     ) -> Result<bool, PsError> {
-        let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + UPDATE_WAIT;
         let mut held = None;
-        let (applied, completed_round, captured) = loop {
+        let (started, applied, completed_round, captured) = loop {
             let readers = {
                 let mut part = cell.lock();
                 if cell.is_retired() {
@@ -671,11 +670,12 @@ impl Shard {
                     && tokio::time::Instant::now() < deadline;
                 if !wait {
                     let _apply = tracing::trace_span!("apply").entered();
+                    let started = std::time::Instant::now();
                     let rounds = part.clocks().applied_clock();
                     let applied = part.push(worker, clock, grad)?;
                     let completed =
                         part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
-                    break (applied, completed, part.take_captured());
+                    break (started, applied, completed, part.take_captured());
                 }
                 Arc::clone(part.readers())
             };
@@ -689,11 +689,11 @@ impl Shard {
             tracing::debug!(worker, clock, elapsed_us = elapsed.as_micros() as u64, "aggregate applied");
         }
         if applied {
+            cell.notify();
             self.metrics.push_applied(worker, clock, elapsed, completed_round, &self.live_set());
         } else {
             self.metrics.duplicate_push();
         }
-        cell.notify();
         Ok(applied)
     }
 

@@ -47,7 +47,10 @@ proptest! {
                 Event::Push(w) => {
                     let Some(c) = t.worker_clock(w) else { continue };
                     if let Ok(PushDecision::Apply | PushDecision::Accumulate) = t.check_push(w, c) {
-                        if let Some(round) = t.commit_push(w, c) {
+                        let completes = t.push_completes_round(w);
+                        let round = t.commit_push(w, c);
+                        prop_assert_eq!(round.is_some(), completes, "push_completes_round foretells the round");
+                        if let Some(round) = round {
                             prop_assert_eq!(round.clock, rounds, "sync rounds complete in order");
                             prop_assert!(round.contributors >= 1);
                             rounds += 1;
