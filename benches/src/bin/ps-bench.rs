@@ -320,23 +320,30 @@ fn measure(
     step: Step,
     args: &Args,
 ) -> Result<(f64, Vec<Duration>), String> {
-    let job = WorkerJob {
-        spec,
+    let job = std::sync::Arc::new(WorkerJob {
+        spec: spec.clone(),
         elements: size / 4,
         dtype,
         step,
-        args,
+        gradients: args.gradients,
+        iterations: args.iterations,
+        seconds: args.seconds,
         ready: tokio::sync::Barrier::new(workers as usize),
-    };
+    });
     let results: Vec<Result<Timed, String>> = match runtime {
-        Some(rt) => rt.block_on(async {
-            let job = &job;
-            futures::future::join_all((0..workers).map(|id| job.run(id))).await
-        }),
+        // Tasks, so that a multi-thread runtime runs them in parallel.
+        Some(rt) => rt.block_on(futures::future::join_all((0..workers).map(|id| {
+            let job = std::sync::Arc::clone(&job);
+            async move {
+                tokio::spawn(async move { job.run(id).await })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("worker {id}: {e}")))
+            }
+        }))),
         None => std::thread::scope(|scope| {
             let threads: Vec<_> = (0..workers)
                 .map(|id| {
-                    let job = &job;
+                    let job = &*job;
                     scope.spawn(move || {
                         tokio::runtime::Builder::new_current_thread()
                             .enable_all()
@@ -368,12 +375,14 @@ fn measure(
 }
 
 /// What every worker of one configuration runs.
-struct WorkerJob<'a> {
-    spec: &'a ClusterSpec,
+struct WorkerJob {
+    spec: ClusterSpec,
     elements: usize,
     dtype: WireDtype,
     step: Step,
-    args: &'a Args,
+    gradients: Gradients,
+    iterations: usize,
+    seconds: f64,
     /// Every worker warms up (first-touch page faults, connection windows
     /// growing, allocator caches) before any timing starts.
     ready: tokio::sync::Barrier,
@@ -386,7 +395,7 @@ struct Timed {
     ended: Instant,
 }
 
-impl WorkerJob<'_> {
+impl WorkerJob {
     /// Connects worker `id`, declares the tensor, and runs its steps.
     async fn run(&self, id: u32) -> Result<Timed, String> {
         let config = WorkerConfig { wire_dtype: self.dtype, ..WorkerConfig::new(self.spec.clone(), id) };
@@ -396,14 +405,14 @@ impl WorkerJob<'_> {
             "bench".to_string(),
             ndarray::ArrayD::<f32>::from_elem(vec![self.elements], 1e-6),
         )]);
-        let shared = (self.args.gradients == Gradients::Shared && self.step == Step::PushPull)
+        let shared = (self.gradients == Gradients::Shared && self.step == Step::PushPull)
             .then(|| grads.iter().map(|(k, g)| (k.clone(), g.to_shared())).collect::<BTreeMap<_, _>>());
         for _ in 0..WARM_UP_STEPS {
             self.step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
         }
         self.ready.wait().await;
-        let limit = Duration::from_secs_f64(self.args.seconds);
-        let min = self.args.iterations;
+        let limit = Duration::from_secs_f64(self.seconds);
+        let min = self.iterations;
         let mut latencies = Vec::new();
         let started = Instant::now();
         while latencies.len() < 3
