@@ -111,6 +111,8 @@ pub struct ShardMetrics {
     silent_workers: IntGauge,
     rejected: IntCounterVec,
     duplicates: IntCounter,
+    update_waits: IntCounter,
+    update_copies: IntCounter,
     tensors: IntGauge,
     held: IntGaugeVec,
     checkpoint: CheckpointMetrics,
@@ -326,6 +328,14 @@ impl ShardMetrics {
                 "ps_server_duplicate_pushes_total",
                 "Pushes acknowledged without effect because they were already applied (client retries)",
             ),
+            update_waits: counter(
+                "ps_server_update_waits_total",
+                "Updates that waited for pull replies still being sent from the values they change",
+            ),
+            update_copies: counter(
+                "ps_server_update_copies_total",
+                "Updates that copied a part's values because a pull reply (past its wait) or a checkpoint capture still held them",
+            ),
             tensors: gauge("ps_server_tensors", "Tensor parts held"),
             held,
             checkpoint: CheckpointMetrics {
@@ -426,6 +436,22 @@ impl ShardMetrics {
         }
         let min = clocks.iter().zip(live).filter(|(_, l)| **l).map(|(c, _)| *c).min().unwrap_or(0);
         self.min_clock.set(min);
+    }
+
+    /// Records an update that waited for pull replies reading the values.
+    pub fn update_waited(&self) {
+        if !self.enabled {
+            return;
+        }
+        self.update_waits.inc();
+    }
+
+    /// Records `copies` updates that copied the values they changed.
+    pub fn update_copied(&self, copies: u64) {
+        if !self.enabled || copies == 0 {
+            return;
+        }
+        self.update_copies.inc_by(copies);
     }
 
     /// Records a push that was a retry of one already applied.

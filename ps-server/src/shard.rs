@@ -657,7 +657,7 @@ impl Shard {
     ) -> Result<bool, PsError> {
         let deadline = tokio::time::Instant::now() + UPDATE_WAIT;
         let mut held = None;
-        let (started, applied, completed_round, captured) = loop {
+        let (started, applied, completed_round, copies, captured) = loop {
             let readers = {
                 let mut part = cell.lock();
                 if cell.is_retired() {
@@ -675,14 +675,18 @@ impl Shard {
                     let applied = part.push(worker, clock, grad)?;
                     let completed =
                         part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
-                    break (started, applied, completed, part.take_captured());
+                    break (started, applied, completed, part.take_copies(), part.take_captured());
                 }
                 Arc::clone(part.readers())
             };
-            held.get_or_insert_with(|| HeldPulls { cell, turn: Some(readers.wait_turn()) });
+            held.get_or_insert_with(|| {
+                self.metrics.update_waited();
+                HeldPulls { cell, turn: Some(readers.wait_turn()) }
+            });
             readers.finished(deadline).await;
         };
         drop(held);
+        self.metrics.update_copied(copies);
         self.deliver(&cell.meta, captured);
         let elapsed = started.elapsed();
         if completed_round {
@@ -792,11 +796,12 @@ impl Shard {
         }))?;
         *slot = false;
         for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
-            let captured = {
+            let (copies, captured) = {
                 let mut part = cell.lock();
                 part.leave(worker)?;
-                part.take_captured()
+                (part.take_copies(), part.take_captured())
             };
+            self.metrics.update_copied(copies);
             self.deliver(&cell.meta, captured);
             cell.notify();
         }
@@ -890,6 +895,14 @@ mod tests {
         })
     }
 
+    /// The value of the shard's counter `name`.
+    fn counter(shard: &Shard, name: &str) -> f64 {
+        let text = ps_proto::exposition::encode(std::slice::from_ref(shard.metrics().registry()));
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name}{{"))).expect("the counter is exposed");
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a value")
+    }
+
     /// Lets every spawned task run until it waits; paused time does not move.
     async fn settle() {
         for _ in 0..8 {
@@ -917,6 +930,8 @@ mod tests {
         assert_eq!(after.versions, vec![-1, 0], "the held pull reads after the update");
         assert_eq!(Arc::as_ptr(&after.values), values_at, "the update copied the values");
         assert_eq!(tokio::time::Instant::now(), started, "the update waited for its deadline");
+        assert_eq!(counter(&shard, "ps_server_update_waits_total"), 1.0);
+        assert_eq!(counter(&shard, "ps_server_update_copies_total"), 0.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -937,6 +952,8 @@ mod tests {
         let next = tokio::time::Instant::now();
         assert!(push(&shard, 0, 0).await.expect("task").expect("push"));
         assert_eq!(tokio::time::Instant::now(), next, "a later update waited for the old reply");
+        assert_eq!(counter(&shard, "ps_server_update_waits_total"), 1.0);
+        assert_eq!(counter(&shard, "ps_server_update_copies_total"), 1.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -64,6 +64,8 @@ pub struct TensorPart {
     cuts: PartCuts,
     /// The pull replies reading `values` (this allocation of them).
     readers: Arc<Readers>,
+    /// Updates that copied `values` since [`take_copies`](Self::take_copies).
+    copies: u64,
 }
 
 /// Applies `scale * grad` to `values` with `optimizer`, as one step.
@@ -75,9 +77,15 @@ fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &
 /// them, else a copy. A copy has no readers yet, so `readers` starts over
 /// for it, and the replies still reading the old values stop holding
 /// updates back.
-fn values_to_update<'a>(values: &'a mut Arc<Vec<f32>>, readers: &mut Arc<Readers>) -> &'a mut Vec<f32> {
+/// Counts the copy in `copies`.
+fn values_to_update<'a>(
+    values: &'a mut Arc<Vec<f32>>,
+    readers: &mut Arc<Readers>,
+    copies: &mut u64,
+) -> &'a mut Vec<f32> {
     if Arc::get_mut(values).is_none() {
         std::mem::take(readers).retire();
+        *copies += 1;
     }
     Arc::make_mut(values)
 }
@@ -101,6 +109,7 @@ impl TensorPart {
             round_sum: Vec::new(),
             cuts: PartCuts::default(),
             readers: Arc::default(),
+            copies: 0,
         }
     }
 
@@ -123,6 +132,7 @@ impl TensorPart {
             round_sum: Vec::new(),
             cuts: PartCuts::default(),
             readers: Arc::default(),
+            copies: 0,
         }
     }
 
@@ -194,7 +204,7 @@ impl TensorPart {
                     Aggregation::Sum => 1.0,
                 };
                 self.cuts.before_apply(clock, &self.values, &self.optimizer);
-                let values = values_to_update(&mut self.values, &mut self.readers);
+                let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
                 self.optimizer.step(values, &grad.values, scale);
                 for (values, optimizer) in self.cuts.shadows_for(clock) {
                     apply_gradient(values, optimizer, &grad.values, scale);
@@ -233,7 +243,7 @@ impl TensorPart {
             Aggregation::Mean => 1.0 / round.contributors as f32,
             Aggregation::Sum => 1.0,
         };
-        let values = values_to_update(&mut self.values, &mut self.readers);
+        let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
         if self.round_sum.is_empty() {
             // Not reached (a round completes only with a contributor); kept total.
             self.round_sum = vec![0.0; values.len()];
@@ -246,6 +256,12 @@ impl TensorPart {
     /// snapshot a reply sends.
     pub fn readers(&self) -> &Arc<Readers> {
         &self.readers
+    }
+
+    /// How many updates copied the values (because something still held
+    /// them) since the last call.
+    pub fn take_copies(&mut self) -> u64 {
+        std::mem::take(&mut self.copies)
     }
 
     /// Whether a pull of `worker` (or an observer) for `clock` may read now.
