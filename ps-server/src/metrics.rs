@@ -334,7 +334,7 @@ impl ShardMetrics {
             ),
             update_copies: counter(
                 "ps_server_update_copies_total",
-                "Updates that copied a part's values because a pull reply (past its wait) or a checkpoint capture still held them",
+                "Updates that copied a part's values because a pull reply still being sent or a checkpoint capture held them",
             ),
             tensors: gauge("ps_server_tensors", "Tensor parts held"),
             held,

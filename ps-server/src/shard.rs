@@ -875,6 +875,15 @@ mod tests {
         Arc::new(shard)
     }
 
+    /// A shard of `policy` and worker 0's pull at clock 0, whose reply is
+    /// still reading the values while the lease is held.
+    async fn reading(policy: PolicyName) -> (Arc<Shard>, Snapshot, ReadLease) {
+        let shard = shard(policy);
+        let cell = shard.tensor("w").expect("tensor");
+        let (read, lease) = shard.pull(&cell, Some(0), 0).await.expect("pull");
+        (shard, read, lease)
+    }
+
     fn push(shard: &Arc<Shard>, worker: u32, clock: u64) -> tokio::task::JoinHandle<Result<bool, PsError>> {
         let shard = Arc::clone(shard);
         tokio::spawn(async move {
@@ -912,9 +921,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_update_waits_for_the_replies_reading_the_values_and_changes_them_in_place() {
-        let shard = shard(PolicyName::Async);
-        let cell = shard.tensor("w").expect("tensor");
-        let (read, lease) = shard.pull(&cell, Some(0), 0).await.expect("pull");
+        let (shard, read, lease) = reading(PolicyName::Async).await;
         let values_at = Arc::as_ptr(&read.values);
         let started = tokio::time::Instant::now();
         let update = push(&shard, 1, 0);
@@ -936,9 +943,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reply_that_is_never_sent_holds_an_update_back_only_until_the_deadline() {
-        let shard = shard(PolicyName::Async);
-        let cell = shard.tensor("w").expect("tensor");
-        let (read, _lease) = shard.pull(&cell, Some(0), 0).await.expect("pull");
+        let (shard, read, _lease) = reading(PolicyName::Async).await;
         let started = tokio::time::Instant::now();
         assert!(push(&shard, 1, 0).await.expect("task").expect("push"));
         assert_eq!(tokio::time::Instant::now(), started + UPDATE_WAIT);
@@ -958,9 +963,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn only_the_push_that_completes_a_sync_round_waits_for_the_replies() {
-        let shard = shard(PolicyName::Sync);
-        let cell = shard.tensor("w").expect("tensor");
-        let (read, lease) = shard.pull(&cell, Some(0), 0).await.expect("pull");
+        let (shard, read, lease) = reading(PolicyName::Sync).await;
         // Worker 0's push only adds to the round's sum: it does not wait.
         let started = tokio::time::Instant::now();
         assert!(push(&shard, 0, 0).await.expect("task").expect("push"));
