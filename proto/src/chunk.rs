@@ -92,7 +92,14 @@ impl Reassembly {
     /// Expects exactly `len` elements encoded as `dtype`. Nothing is
     /// allocated until the first chunk with data arrives.
     pub fn new(len: u64, dtype: WireDtype) -> Self {
-        Self { len, dtype, received: 0, values: Vec::new(), first_non_finite: None }
+        Self::with_buffer(len, dtype, Vec::new())
+    }
+
+    /// Like [`new`](Self::new), decoding into `buffer` (emptied first),
+    /// which allocates nothing if it has room for `len` elements.
+    pub fn with_buffer(len: u64, dtype: WireDtype, mut buffer: Vec<f32>) -> Self {
+        buffer.clear();
+        Self { len, dtype, received: 0, values: buffer, first_non_finite: None }
     }
 
     /// The index and value of the first NaN or infinity among the elements
@@ -127,7 +134,7 @@ impl Reassembly {
             return Err(ChunkError::PartialElement { offset, len, elem_size: size as usize });
         }
         if len > 0 {
-            if self.values.capacity() == 0 {
+            if self.values.capacity() < self.len as usize {
                 self.values.reserve_exact(self.len as usize);
             }
             // Chunks arrive in order, so each is decoded onto the end of the

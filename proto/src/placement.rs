@@ -78,6 +78,47 @@ pub fn part_on_shard(
     place(name, len, num_shards, split_threshold).into_iter().find(|p| p.shard == shard)
 }
 
+/// The ranges a sync push to `part` goes in when its shard takes such
+/// pushes in pieces of `piece_len` elements (see `DeclareReply.piece_len`):
+/// consecutive and in order, each `piece_len` long but the last. `part`
+/// itself when `piece_len` is 0 or at least `part.len`.
+///
+/// ```
+/// use ps_proto::placement::{Part, pieces};
+/// let part = Part { shard: 1, offset: 10, len: 5 };
+/// assert_eq!(pieces(part, 2), vec![
+///     Part { shard: 1, offset: 10, len: 2 },
+///     Part { shard: 1, offset: 12, len: 2 },
+///     Part { shard: 1, offset: 14, len: 1 },
+/// ]);
+/// assert_eq!(pieces(part, 0), vec![part]);
+/// ```
+pub fn pieces(part: Part, piece_len: u64) -> Vec<Part> {
+    if piece_len == 0 || piece_len >= part.len {
+        return vec![part];
+    }
+    (0..part.len.div_ceil(piece_len))
+        .map(|i| {
+            let start = i * piece_len;
+            Part { shard: part.shard, offset: part.offset + start, len: piece_len.min(part.len - start) }
+        })
+        .collect()
+}
+
+/// The index in [`pieces`]`(part, piece_len)` of the piece that is exactly
+/// `offset..offset + len`, if one is (the whole part is piece 0 only when
+/// it is the only piece).
+pub fn piece_index(part: Part, piece_len: u64, offset: u64, len: u64) -> Option<usize> {
+    if piece_len == 0 || piece_len >= part.len {
+        return ((offset, len) == (part.offset, part.len)).then_some(0);
+    }
+    let start = offset.checked_sub(part.offset)?;
+    if !start.is_multiple_of(piece_len) || start >= part.len {
+        return None;
+    }
+    (len == piece_len.min(part.len - start)).then_some((start / piece_len) as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +176,30 @@ mod tests {
             let min = parts.iter().map(|p| p.len).min().unwrap_or(0);
             if parts.len() > 1 { prop_assert!(max - min <= 1); }
             prop_assert_eq!(parts, place(&name, len, shards, threshold));
+        }
+
+        #[test]
+        fn pieces_partition_the_part_and_are_found_again(offset in 0u64..1_000, len in 1u64..5_000, piece_len in 0u64..700) {
+            let part = Part { shard: 2, offset, len };
+            let ps = pieces(part, piece_len);
+            let mut next = offset;
+            for (i, p) in ps.iter().enumerate() {
+                prop_assert_eq!((p.shard, p.offset), (2, next));
+                prop_assert!(p.len > 0);
+                if i + 1 < ps.len() { prop_assert_eq!(p.len, piece_len); }
+                prop_assert_eq!(piece_index(part, piece_len, p.offset, p.len), Some(i));
+                next += p.len;
+            }
+            prop_assert_eq!(next, offset + len);
+            // Nothing else is a piece: not the whole part (when split), nor a
+            // piece shifted or cut short.
+            if ps.len() > 1 {
+                prop_assert_eq!(piece_index(part, piece_len, offset, len), None);
+            }
+            prop_assert_eq!(piece_index(part, piece_len, offset + 1, ps[0].len), None);
+            if ps[0].len > 1 {
+                prop_assert_eq!(piece_index(part, piece_len, offset, ps[0].len - 1), None);
+            }
         }
     }
 }

@@ -102,6 +102,11 @@ pub struct ShardConfig {
     /// waits (reading nothing, so flow control holds its sender back) until
     /// its part's bytes fit. A part larger than this runs alone.
     pub max_push_bytes_in_flight: u64,
+    /// Sync parts larger than this many bytes (of f32) also take a push in
+    /// pieces of this size, one request each (0: whole pushes only). While
+    /// a piece is received the shard holds a piece-sized buffer, not a
+    /// part-sized one, next to the parameters and the round's sum.
+    pub sync_piece_bytes: u64,
     /// Record Prometheus metrics (off only to measure what they cost).
     pub metrics: bool,
     /// Evict a live worker silent for this many milliseconds with no request
@@ -142,6 +147,7 @@ impl Default for ShardConfig {
             max_concurrent_streams: 256,
             max_connections: 1024,
             max_push_bytes_in_flight: 64 << 20,
+            sync_piece_bytes: 2 << 20,
             metrics: true,
             worker_timeout_ms: 0,
             on_worker_loss: WorkerLoss::Evict,
@@ -164,6 +170,25 @@ impl ShardConfig {
     /// The default policy as the sync core sees it.
     pub fn default_policy(&self) -> Policy {
         self.policy.with_staleness(self.staleness)
+    }
+
+    /// Elements per piece a push to a part of `len` elements under `policy`
+    /// may cover instead of the whole part: 0 (whole pushes only) unless the
+    /// part is sync, longer than [`sync_piece_bytes`](Self::sync_piece_bytes),
+    /// and its rounds sum several workers' pushes (with one worker the push
+    /// is the round's sum, so there is no buffer to save).
+    pub fn piece_len(&self, policy: Policy, len: u64) -> u64 {
+        let piece = (self.sync_piece_bytes / 4).max(1);
+        let pieced =
+            policy == Policy::Sync && self.num_workers > 1 && self.sync_piece_bytes > 0 && len > piece;
+        if pieced { piece } else { 0 }
+    }
+
+    /// How many pushed pieces fit the push budget at once (at least 1).
+    pub fn pieces_received_at_once(&self) -> usize {
+        usize::try_from(self.max_push_bytes_in_flight / self.sync_piece_bytes.max(1))
+            .unwrap_or(usize::MAX)
+            .max(1)
     }
 
     /// Checks internal consistency; the message says which field is wrong.

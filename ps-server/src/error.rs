@@ -16,15 +16,19 @@ pub enum PsError {
     /// A re-declaration disagrees with the existing tensor.
     #[error("tensor {tensor:?} already exists with shape {existing:?}; got shape {requested:?}")]
     ShapeConflict { tensor: String, existing: Vec<u64>, requested: Vec<u64> },
-    /// A request's element range is not the one placed on this shard.
+    /// A request's element range is neither the one placed on this shard
+    /// nor, for a part that takes pushes in pieces, one of its pieces.
     #[error(
-        "tensor {tensor:?}: shard {shard} holds elements {expected_offset}..{expected_end}, request covers {got_offset}..{got_end}"
+        "tensor {tensor:?}: shard {shard} holds elements {expected_offset}..{expected_end}{}, request covers {got_offset}..{got_end}",
+        pieces_hint(*piece_len)
     )]
     WrongRange {
         tensor: String,
         shard: u32,
         expected_offset: u64,
         expected_end: u64,
+        /// Elements per piece a push may cover instead (0: none).
+        piece_len: u64,
         got_offset: u64,
         got_end: u64,
     },
@@ -161,6 +165,17 @@ impl From<PsError> for Status {
             }
         }
         status
+    }
+}
+
+/// How [`PsError::WrongRange`] names the pieces a push may also cover.
+fn pieces_hint(piece_len: u64) -> String {
+    if piece_len == 0 {
+        String::new()
+    } else {
+        format!(
+            " (a push may also cover one piece of it: {piece_len} elements from its start or a multiple of that past it, the last piece shorter)"
+        )
     }
 }
 

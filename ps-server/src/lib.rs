@@ -8,6 +8,7 @@
 //! - [`init`]: seeded initializers independent of sharding.
 //! - [`tensor`]: one tensor part — values, optimizer state, clocks, aggregation buffer.
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
+//! - [`buffers`]: buffers of pushed pieces, kept for the next piece.
 //! - [`readers`]: pull replies still reading a part, which updates wait for instead of copying it.
 //! - [`liveness`]: worker leases and eviction of silent workers.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
@@ -21,6 +22,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod buffers;
 pub mod checkpoint;
 pub mod config;
 pub mod connections;

@@ -13,6 +13,7 @@ use ps_proto::chunk::Reassembly;
 use ps_proto::frame::{self, Deframer, EncodingBody, FrameError, FramesBody, Segments};
 use ps_proto::pb;
 use ps_proto::pb::parameter_server_server::ParameterServer;
+use ps_proto::placement::{self, Part};
 use ps_proto::wire::{self, WireDtype};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -289,7 +290,9 @@ impl Service {
             .ok_or_else(|| PsError::InvalidArgument("declare request has no tensor spec".into()))?;
         let decl = convert::declaration(spec, self.shard.config().staleness)?;
         let d = self.shard.declare(decl)?;
-        Ok((Response::new(pb::DeclareReply { offset: d.offset, len: d.len, created: d.created }), 0))
+        let reply =
+            pb::DeclareReply { offset: d.offset, len: d.len, created: d.created, piece_len: d.piece_len };
+        Ok((Response::new(reply), 0))
     }
 
     /// Applies one push; returns the reply and the push's header.
@@ -307,28 +310,38 @@ impl Service {
         let dtype = dtype(header.dtype)?;
         let cell = self.shard.tensor(&header.tensor)?;
         let meta = cell.meta();
-        if (header.offset, header.len) != (meta.offset, meta.len) {
-            return Err(PsError::WrongRange {
+        let whole = Part { shard: self.shard.config().shard_id, offset: meta.offset, len: meta.len };
+        let piece = if (header.offset, header.len) == (meta.offset, meta.len) {
+            None
+        } else {
+            let index = placement::piece_index(whole, meta.piece_len, header.offset, header.len);
+            Some(index.ok_or_else(|| PsError::WrongRange {
                 tensor: meta.name.clone(),
                 shard: self.shard.config().shard_id,
                 expected_offset: meta.offset,
                 expected_end: meta.offset + meta.len,
+                piece_len: meta.piece_len,
                 got_offset: header.offset,
                 got_end: header.offset.saturating_add(header.len),
-            }
-            .into());
-        }
+            })?)
+        };
         let _lease = self.shard.lease(header.worker);
         self.shard.check_worker(header.worker)?;
         // Read nothing more until the decoded gradient (f32, whatever the
         // wire dtype) fits the shard's budget: that buffer is what the push holds.
         let _reserved = self
             .push_budget
-            .reserve(meta.len * 4)
+            .reserve(header.len * 4)
             .await
             .ok_or(PsError::ShuttingDown { shard: self.shard.config().shard_id })?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
-        let mut payload = Reassembly::new(meta.len, dtype);
+        let mut payload = match piece {
+            Some(_) => {
+                let buffer = self.shard.piece_buffers().take(meta.piece_len as usize);
+                Reassembly::with_buffer(header.len, dtype, buffer)
+            }
+            None => Reassembly::new(header.len, dtype),
+        };
         payload.push_segments(first.offset, &first_data).map_err(chunk_err)?;
         // A push that stops sending gives its share of the budget back.
         let idle = |_| Rejected {
@@ -352,7 +365,7 @@ impl Service {
         }
         let non_finite = payload.first_non_finite();
         let grad = Gradient { values: payload.finish().map_err(chunk_err)? };
-        let grad_bytes = meta.len * dtype.size() as u64;
+        let grad_bytes = header.len * dtype.size() as u64;
         if !meta.allow_non_finite
             && let Some((index, value)) = non_finite
         {
@@ -360,14 +373,15 @@ impl Service {
                 tensor: meta.name.clone(),
                 worker: header.worker,
                 clock: header.clock,
-                index: meta.offset + index as u64,
+                index: header.offset + index as u64,
                 value,
             }
             .into());
         }
         let span =
             tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
-        let applied = self.shard.push(&cell, header.worker, header.clock, grad).instrument(span).await?;
+        let applied =
+            self.shard.push(&cell, header.worker, header.clock, piece, grad).instrument(span).await?;
         Ok(((pb::PushReply { applied }, header), grad_bytes))
     }
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use ps_proto::placement;
 use tokio::sync::watch;
 
+use crate::buffers::PieceBuffers;
 use crate::checkpoint::registry::{Checkpoints, CutStatus};
 use crate::checkpoint::{CutId, CutInfo, Loaded, PartSnapshot, checkpoint_name, format::parse_policy};
 use crate::config::{ShardConfig, WorkerLoss};
@@ -53,6 +54,8 @@ pub struct Declared {
     pub len: u64,
     /// Whether this call created the part.
     pub created: bool,
+    /// Elements per piece a push may cover instead of the whole part (0: none).
+    pub piece_len: u64,
 }
 
 /// One tensor part and the channel that announces its changes.
@@ -156,6 +159,8 @@ pub struct Shard {
     failure: Mutex<Option<String>>,
     /// Per worker: silent past the timeout and already reported (`--on-worker-loss wait`).
     silent: Mutex<Vec<bool>>,
+    /// Buffers of pushed pieces, kept for the next piece.
+    piece_buffers: PieceBuffers,
 }
 
 impl Shard {
@@ -191,6 +196,7 @@ impl Shard {
             checkpoints,
             failure: Mutex::new(None),
             silent: Mutex::new(vec![false; config.num_workers as usize]),
+            piece_buffers: PieceBuffers::new(config.pieces_received_at_once()),
             config,
         }
     }
@@ -263,6 +269,7 @@ impl Shard {
                 len: part.len,
                 policy,
                 allow_non_finite: t.allow_non_finite,
+                piece_len: cfg.piece_len(policy, part.len),
             };
             let mut tensor =
                 TensorPart::restored(meta, values, optimizer, cfg.num_workers, cfg.aggregation, clock);
@@ -622,16 +629,20 @@ impl Shard {
                     requested: decl.shape,
                 });
             }
-            return Ok(Declared { offset: part.offset, len: part.len, created: false });
+            let piece_len = existing.meta().piece_len;
+            return Ok(Declared { offset: part.offset, len: part.len, created: false, piece_len });
         }
+        let policy = decl.policy.unwrap_or_else(|| cfg.default_policy());
         let meta = TensorMeta {
             name: decl.name.clone(),
             shape: decl.shape,
             offset: part.offset,
             len: part.len,
-            policy: decl.policy.unwrap_or_else(|| cfg.default_policy()),
+            policy,
             allow_non_finite: decl.allow_non_finite,
+            piece_len: cfg.piece_len(policy, part.len),
         };
+        let piece_len = meta.piece_len;
         let optimizer = decl.optimizer.unwrap_or(cfg.optimizer);
         let mut tensor = TensorPart::new(meta, decl.init, optimizer, cfg.num_workers, cfg.aggregation);
         for (w, _) in live.iter().enumerate().filter(|(_, l)| !**l) {
@@ -640,10 +651,17 @@ impl Shard {
         self.count_tensor(&tensor, true);
         tensors.insert(decl.name, Arc::new(TensorCell::new(tensor)));
         tracing::debug!(shard = cfg.shard_id, offset = part.offset, len = part.len, "declared tensor");
-        Ok(Declared { offset: part.offset, len: part.len, created: true })
+        Ok(Declared { offset: part.offset, len: part.len, created: true, piece_len })
     }
 
-    /// Applies (or, for a retry, ignores) a validated gradient. Returns whether anything changed.
+    /// Buffers of pushed pieces, kept for the next piece: take one to receive a piece into.
+    pub fn piece_buffers(&self) -> &PieceBuffers {
+        &self.piece_buffers
+    }
+
+    /// Applies (or, for a retry, ignores) a validated gradient: of the whole
+    /// part, or of piece `piece` of it ([`TensorPart::push_piece`]).
+    /// Returns whether anything changed.
     ///
     /// A push that changes the values first waits (at most [`UPDATE_WAIT`])
     /// for the pull replies still being sent from them, so that it changes
@@ -653,6 +671,7 @@ impl Shard {
         cell: &TensorCell,
         worker: u32,
         clock: u64,
+        piece: Option<usize>,
         grad: Gradient,
     ) -> Result<bool, PsError> {
         let deadline = tokio::time::Instant::now() + UPDATE_WAIT;
@@ -666,13 +685,20 @@ impl Shard {
                 }
                 // Leases are taken under this lock, so none appears between this check and the update.
                 let wait = part.readers().reading() > 0
-                    && part.push_changes_values(worker, clock)
+                    && part.push_changes_values(worker, clock, piece)
                     && tokio::time::Instant::now() < deadline;
                 if !wait {
                     let _apply = tracing::trace_span!("apply").entered();
                     let started = std::time::Instant::now();
                     let rounds = part.clocks().applied_clock();
-                    let applied = part.push(worker, clock, grad)?;
+                    let applied = match piece {
+                        None => part.push(worker, clock, grad)?,
+                        Some(piece) => {
+                            let applied = part.push_piece(worker, clock, piece, &grad.values);
+                            self.piece_buffers.give(grad.values);
+                            applied?
+                        }
+                    };
                     let completed =
                         part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
                     break (started, applied, completed, part.take_copies(), part.take_captured());
@@ -888,7 +914,7 @@ mod tests {
         let shard = Arc::clone(shard);
         tokio::spawn(async move {
             let cell = shard.tensor("w")?;
-            shard.push(&cell, worker, clock, Gradient { values: vec![1.0; 4] }).await
+            shard.push(&cell, worker, clock, None, Gradient { values: vec![1.0; 4] }).await
         })
     }
 

@@ -10,7 +10,7 @@ use crate::error::PsError;
 use crate::init::Init;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::readers::Readers;
-use crate::sync::{ClockTable, Policy, PullDecision, PushDecision, RoundComplete};
+use crate::sync::{ClockTable, Delivered, Policy, PullDecision, PushDecision, RoundComplete};
 
 /// What a tensor part is: fixed at declaration.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +27,9 @@ pub struct TensorMeta {
     pub policy: Policy,
     /// Whether NaN/Inf gradients are accepted.
     pub allow_non_finite: bool,
+    /// Sync only: elements per piece that a push may cover instead of the
+    /// whole part ([`ps_proto::placement::pieces`]); 0: whole pushes only.
+    pub piece_len: u64,
 }
 
 /// A gradient whose chunk sequence has been validated and decoded: exactly
@@ -56,16 +59,36 @@ pub struct TensorPart {
     optimizer: Optimizer,
     clocks: ClockTable,
     aggregation: Aggregation,
-    /// Sync only: the sum of the round's gradients so far. The round's first
-    /// gradient becomes it (no copy) and it is freed when the round is
-    /// applied, so between rounds a sync part holds no gradient buffer.
+    /// Sync only: the sum of the round's gradients so far. A piece's first
+    /// gradient of the round is copied in and later ones added, so nothing
+    /// is zeroed first. A part taking whole pushes only moves the round's
+    /// first gradient in and frees the sum once the round is applied, so
+    /// between rounds it holds no gradient buffer; a part taking pieces
+    /// keeps it, rather than allocate it again every round.
     round_sum: Vec<f32>,
+    /// Sync only, per piece: whether `round_sum` holds a gradient of this
+    /// round there.
+    round_filled: Vec<bool>,
+    /// Sync only: the pieces of unfinished pushes that have arrived.
+    delivered: Delivered,
     /// Checkpoints waiting for this part to reach their clock.
     cuts: PartCuts,
     /// The pull replies reading `values` (this allocation of them).
     readers: Arc<Readers>,
     /// Updates that copied `values` since [`take_copies`](Self::take_copies).
     copies: u64,
+}
+
+/// Pieces a push to a part described by `meta` may come in (1: whole pushes only).
+fn piece_count(meta: &TensorMeta) -> usize {
+    if meta.piece_len == 0 { 1 } else { meta.len.div_ceil(meta.piece_len).max(1) as usize }
+}
+
+/// `sum[i] += grad[i]`.
+fn add(sum: &mut [f32], grad: &[f32]) {
+    for (s, g) in sum.iter_mut().zip(grad) {
+        *s += g;
+    }
 }
 
 /// Applies `scale * grad` to `values` with `optimizer`, as one step.
@@ -100,6 +123,7 @@ impl TensorPart {
         aggregation: Aggregation,
     ) -> Self {
         let len = meta.len as usize;
+        let round_filled = vec![false; piece_count(&meta)];
         Self {
             values: Arc::new(init.fill(meta.offset, len)),
             optimizer: Optimizer::new(optimizer, len),
@@ -107,6 +131,8 @@ impl TensorPart {
             meta,
             aggregation,
             round_sum: Vec::new(),
+            round_filled,
+            delivered: Delivered::default(),
             cuts: PartCuts::default(),
             readers: Arc::default(),
             copies: 0,
@@ -123,6 +149,7 @@ impl TensorPart {
         aggregation: Aggregation,
         clock: u64,
     ) -> Self {
+        let round_filled = vec![false; piece_count(&meta)];
         Self {
             values: Arc::new(values),
             optimizer,
@@ -130,6 +157,8 @@ impl TensorPart {
             meta,
             aggregation,
             round_sum: Vec::new(),
+            round_filled,
+            delivered: Delivered::default(),
             cuts: PartCuts::default(),
             readers: Arc::default(),
             copies: 0,
@@ -210,14 +239,17 @@ impl TensorPart {
                     apply_gradient(values, optimizer, &grad.values, scale);
                 }
             }
+            PushDecision::Accumulate if self.round_sum.is_empty() && self.round_filled.len() == 1 => {
+                self.round_sum = grad.values;
+                self.round_filled[0] = true;
+            }
             PushDecision::Accumulate => {
-                if self.round_sum.is_empty() {
-                    self.round_sum = grad.values;
-                } else {
-                    for (s, g) in self.round_sum.iter_mut().zip(&grad.values) {
-                        *s += g;
-                    }
+                // When some pieces of this push came first, the rest come from this one.
+                for piece in self.delivered.missing(worker, clock, self.round_filled.len()) {
+                    let range = self.piece_range(piece);
+                    self.accumulate(piece, &grad.values[range]);
                 }
+                self.delivered.forget(worker);
             }
         }
         if let Some(round) = self.clocks.commit_push(worker, clock) {
@@ -227,12 +259,85 @@ impl TensorPart {
         Ok(true)
     }
 
-    /// Whether a push of `worker` for `clock` would change the values now:
-    /// an applied push, or the one that completes a sync round. Changes nothing.
-    pub fn push_changes_values(&self, worker: u32, clock: u64) -> bool {
+    /// Sync: accepts piece `piece` of `worker`'s push for `clock` (its
+    /// elements in `grad`, which the caller may reuse after), or ignores a retry of one already accepted.
+    /// The push counts once all its pieces are in; the last piece of the
+    /// round's last push applies the round. Returns whether anything
+    /// changed. On error nothing changed.
+    pub fn push_piece(
+        &mut self,
+        worker: u32,
+        clock: u64,
+        piece: usize,
+        grad: &[f32],
+    ) -> Result<bool, PsError> {
+        let pieces = self.round_filled.len();
+        let decision = self.clocks.check_push(worker, clock).map_err(|e| self.clock_err(e))?;
+        let range = self.piece_range(piece.min(pieces.saturating_sub(1)));
+        if piece >= pieces || grad.len() != range.len() {
+            return Err(PsError::InvalidArgument(format!(
+                "tensor {:?}, worker {worker}: piece {piece} of {pieces} with {} elements",
+                self.meta.name,
+                grad.len()
+            )));
+        }
+        match decision {
+            PushDecision::Duplicate => return Ok(false),
+            PushDecision::Apply => {
+                return Err(PsError::InvalidArgument(format!(
+                    "tensor {:?}, worker {worker}: only sync parts take pushes in pieces",
+                    self.meta.name
+                )));
+            }
+            PushDecision::Accumulate if self.delivered.has(worker, clock, piece) => return Ok(false),
+            PushDecision::Accumulate => {}
+        }
+        self.accumulate(piece, grad);
+        if self.delivered.record(worker, clock, piece, pieces)
+            && let Some(round) = self.clocks.commit_push(worker, clock)
+        {
+            self.apply_round(round);
+        }
+        self.settle_cuts();
+        Ok(true)
+    }
+
+    /// Adds `grad`, the elements of piece `piece`, to the round's sum:
+    /// copied where the sum holds nothing of this round yet, added elsewhere.
+    fn accumulate(&mut self, piece: usize, grad: &[f32]) {
+        if self.round_sum.is_empty() {
+            self.round_sum = vec![0.0; self.meta.len as usize];
+        }
+        let range = self.piece_range(piece);
+        let sum = &mut self.round_sum[range];
+        if std::mem::replace(&mut self.round_filled[piece], true) {
+            add(sum, grad);
+        } else {
+            sum.copy_from_slice(grad);
+        }
+    }
+
+    /// The elements of piece `piece` (`< piece_count()`), relative to the part.
+    fn piece_range(&self, piece: usize) -> std::ops::Range<usize> {
+        let (len, piece_len) = (self.meta.len as usize, self.meta.piece_len as usize);
+        if piece_len == 0 {
+            return 0..len;
+        }
+        let start = (piece * piece_len).min(len);
+        start..(start + piece_len).min(len)
+    }
+
+    /// Whether a push of `worker` for `clock` (the whole part, or piece
+    /// `piece` of it) would change the values now: an applied push, or the
+    /// last piece of the push that completes a sync round. Changes nothing.
+    pub fn push_changes_values(&self, worker: u32, clock: u64, piece: Option<usize>) -> bool {
         match self.clocks.check_push(worker, clock) {
             Ok(PushDecision::Apply) => true,
-            Ok(PushDecision::Accumulate) => self.clocks.push_completes_round(worker),
+            Ok(PushDecision::Accumulate) => {
+                self.clocks.push_completes_round(worker)
+                    && piece
+                        .is_none_or(|i| self.delivered.completes(worker, clock, i, self.round_filled.len()))
+            }
             Ok(PushDecision::Duplicate) | Err(_) => false,
         }
     }
@@ -243,13 +348,22 @@ impl TensorPart {
             Aggregation::Mean => 1.0 / round.contributors as f32,
             Aggregation::Sum => 1.0,
         };
-        let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
         if self.round_sum.is_empty() {
-            // Not reached (a round completes only with a contributor); kept total.
-            self.round_sum = vec![0.0; values.len()];
+            // Only when every contributor left before any piece arrived.
+            self.round_sum = vec![0.0; self.meta.len as usize];
         }
+        // Pieces that no contributor delivered (it left first) count as zeros.
+        for piece in 0..self.round_filled.len() {
+            if !std::mem::replace(&mut self.round_filled[piece], false) {
+                let range = self.piece_range(piece);
+                self.round_sum[range].fill(0.0);
+            }
+        }
+        let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
         self.optimizer.step(values, &self.round_sum, scale);
-        self.round_sum = Vec::new();
+        if self.round_filled.len() == 1 {
+            self.round_sum = Vec::new();
+        }
     }
 
     /// The pull replies reading the current values: take a lease with each
@@ -276,7 +390,18 @@ impl TensorPart {
     }
 
     /// Removes `worker` from the live set, applying a sync round it completes.
+    ///
+    /// A sync push of `worker` of which only some pieces arrived counts as
+    /// its push for that round, with zeros for the missing pieces: the
+    /// pieces are in the round's sum already, and sums cannot be undone.
     pub fn leave(&mut self, worker: u32) -> Result<(), PsError> {
+        if let Some(clock) = self.delivered.forget(worker)
+            && self.clocks.is_live(worker)
+            && matches!(self.clocks.check_push(worker, clock), Ok(PushDecision::Accumulate))
+            && let Some(round) = self.clocks.commit_push(worker, clock)
+        {
+            self.apply_round(round);
+        }
         let round = self.clocks.leave(worker).map_err(|e| self.clock_err(e))?;
         if let Some(round) = round {
             self.apply_round(round);
@@ -309,6 +434,7 @@ mod tests {
             len: 3,
             policy,
             allow_non_finite: false,
+            piece_len: 0,
         };
         TensorPart::new(meta, Init::Constant(1.0), opt, workers, Aggregation::Mean)
     }
@@ -483,5 +609,185 @@ mod tests {
         let expected = replay(Policy::Async, OptimizerConfig::sgd(0.1), &[(0, 0), (0, 1)], 2);
         assert_eq!(snaps[0].values, expected.snapshot(Default::default()).values);
         assert_eq!(p.checkpoint_shadow_bytes(), 0);
+    }
+
+    /// A sync part of 5 elements whose pushes may come in pieces of 2
+    /// (pieces 0..2, 2..4 and 4..5), SGD with learning rate 1 and the mean.
+    fn pieced(workers: u32) -> TensorPart {
+        let meta = TensorMeta {
+            name: "w".into(),
+            shape: vec![5],
+            offset: 0,
+            len: 5,
+            policy: Policy::Sync,
+            allow_non_finite: false,
+            piece_len: 2,
+        };
+        TensorPart::new(meta, Init::Constant(0.0), OptimizerConfig::sgd(1.0), workers, Aggregation::Mean)
+    }
+
+    fn values(p: &TensorPart) -> Vec<f32> {
+        p.snapshot(Default::default()).values.to_vec()
+    }
+
+    #[test]
+    fn a_push_in_pieces_counts_once_all_its_pieces_are_in_and_sums_like_a_whole_push() {
+        let mut p = pieced(2);
+        let g0 = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let g1 = [0.5, -2.0, 1.5, -0.0, 3.0];
+        // Worker 0 in pieces, out of order; worker 1 whole.
+        assert!(p.push_piece(0, 0, 2, &g0[4..]).unwrap());
+        assert!(p.push_piece(0, 0, 0, &g0[..2]).unwrap());
+        assert!(!p.push_piece(0, 0, 0, &g0[..2]).unwrap(), "a retried piece changes nothing");
+        assert_eq!(p.clocks().worker_clock(0), Some(0), "the push is not complete yet");
+        assert!(!p.push_changes_values(0, 0, Some(1)), "worker 1 has not pushed: no update yet");
+        assert!(p.push_piece(0, 0, 1, &g0[2..4]).unwrap());
+        assert_eq!(p.clocks().worker_clock(0), Some(1), "complete with its last piece");
+        assert!(!p.push_piece(0, 0, 1, &g0[2..4]).unwrap(), "a piece of a complete push is a duplicate");
+        assert_eq!(values(&p), vec![0.0; 5], "no update before the round completes");
+        assert!(p.push_changes_values(1, 0, None));
+        assert!(p.push(1, 0, grad(&g1)).unwrap());
+        let mean: Vec<f32> = g0.iter().zip(&g1).map(|(a, b)| -(a + b) * 0.5).collect();
+        assert_eq!(values(&p), mean);
+
+        // The same round with whole pushes gives the same bits.
+        let mut whole = pieced(2);
+        whole.push(0, 0, grad(&g0)).unwrap();
+        whole.push(1, 0, grad(&g1)).unwrap();
+        assert_eq!(
+            values(&p).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values(&whole).iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn only_the_last_piece_of_the_rounds_last_push_changes_the_values() {
+        let mut p = pieced(2);
+        p.push(1, 0, grad(&[1.0; 5])).unwrap();
+        assert!(!p.push_changes_values(0, 0, Some(0)));
+        p.push_piece(0, 0, 0, &[1.0; 2]).unwrap();
+        p.push_piece(0, 0, 2, &[1.0; 1]).unwrap();
+        assert!(!p.push_changes_values(0, 0, Some(0)), "an arrived piece changes nothing");
+        assert!(p.push_changes_values(0, 0, Some(1)));
+        assert!(p.push_changes_values(0, 0, None), "a whole push brings the missing piece too");
+        // A whole push after some pieces adds only the pieces still missing.
+        p.push(0, 0, grad(&[1.0, 1.0, 7.0, 7.0, 1.0])).unwrap();
+        assert_eq!(values(&p), vec![-1.0, -1.0, -4.0, -4.0, -1.0]);
+        // The next round starts from an empty sum, though the part keeps its buffer.
+        p.push_piece(0, 1, 0, &[2.0; 2]).unwrap();
+        p.push_piece(0, 1, 1, &[2.0; 2]).unwrap();
+        p.push_piece(0, 1, 2, &[2.0; 1]).unwrap();
+        p.push(1, 1, grad(&[0.0; 5])).unwrap();
+        assert_eq!(values(&p), vec![-2.0, -2.0, -5.0, -5.0, -2.0]);
+    }
+
+    #[test]
+    fn a_refused_piece_changes_nothing() {
+        let mut p = pieced(2);
+        let bad_length = p.push_piece(0, 0, 1, &[1.0; 3]);
+        assert!(matches!(bad_length, Err(PsError::InvalidArgument(_))), "{bad_length:?}");
+        assert!(matches!(p.push_piece(0, 0, 3, &[1.0]), Err(PsError::InvalidArgument(_))), "no piece 3");
+        assert!(matches!(p.push_piece(0, 1, 0, &[1.0; 2]), Err(PsError::Clock { .. })), "clock ahead");
+        p.push_piece(0, 0, 0, &[1.0; 2]).unwrap();
+        p.push_piece(0, 0, 1, &[1.0; 2]).unwrap();
+        p.push_piece(0, 0, 2, &[1.0; 1]).unwrap();
+        p.push(1, 0, grad(&[1.0; 5])).unwrap();
+        assert_eq!(values(&p), vec![-1.0; 5], "the refused pieces left no trace in the sum");
+    }
+
+    #[test]
+    fn a_worker_leaving_with_some_pieces_in_counts_with_zeros_for_the_rest() {
+        let mut p = pieced(2);
+        p.push(1, 0, grad(&[2.0; 5])).unwrap();
+        p.push_piece(0, 0, 1, &[4.0; 2]).unwrap();
+        p.leave(0).unwrap();
+        // Mean of [2; 5] and [0, 0, 4, 4, 0] over the two contributors.
+        assert_eq!(values(&p), vec![-1.0, -1.0, -3.0, -3.0, -1.0]);
+        assert_eq!(p.clocks().applied_clock(), 1);
+    }
+
+    #[test]
+    fn pieces_no_contributor_delivered_count_as_zeros() {
+        let mut p = pieced(2);
+        p.push_piece(0, 0, 0, &[2.0; 2]).unwrap();
+        p.leave(0).unwrap();
+        assert_eq!(p.clocks().applied_clock(), 0, "worker 1 is still to push");
+        p.push_piece(1, 0, 0, &[4.0; 2]).unwrap();
+        p.leave(1).unwrap();
+        assert_eq!(values(&p), vec![-3.0, -3.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// Whatever the order in which workers' pieces arrive, with retries
+    /// and some pushes finished by one whole push, each round applies every
+    /// worker's gradient exactly once: the same bits as whole pushes, every
+    /// retry refused, and the round complete exactly after its last piece.
+    /// (Integer gradients, sums and a power-of-two learning rate keep every
+    /// sum exact, so the order of the additions does not matter.)
+    #[test]
+    fn any_interleaving_of_pieces_retries_and_whole_pushes_applies_each_push_once() {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        for seed in 0..300u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let workers = rng.random_range(2..5u32);
+            let len = rng.random_range(1..12u64);
+            let piece_len = rng.random_range(1..5u64);
+            let part = |piece_len| {
+                let meta = TensorMeta {
+                    name: "w".into(),
+                    shape: vec![len],
+                    offset: 0,
+                    len,
+                    policy: Policy::Sync,
+                    allow_non_finite: false,
+                    piece_len,
+                };
+                TensorPart::new(
+                    meta,
+                    Init::Constant(0.0),
+                    OptimizerConfig::sgd(0.5),
+                    workers,
+                    Aggregation::Sum,
+                )
+            };
+            let (mut pieced, mut whole) = (part(piece_len), part(0));
+            let pieces = ps_proto::placement::pieces(ps_proto::Part { shard: 0, offset: 0, len }, piece_len);
+            for round in 0..3u64 {
+                let g = |w: u32| -> Vec<f32> {
+                    (0..len).map(|i| ((u64::from(w) * 7 + round * 3 + i) % 9) as f32 - 4.0).collect()
+                };
+                let mut events: Vec<(u32, Option<usize>)> =
+                    (0..workers).flat_map(|w| (0..pieces.len()).map(move |i| (w, Some(i)))).collect();
+                events.shuffle(&mut rng);
+                // Some workers send their last piece as a whole push instead.
+                for w in 0..workers {
+                    if rng.random_bool(0.3)
+                        && let Some(last) = events.iter().rposition(|(v, _)| *v == w)
+                    {
+                        events[last] = (w, None);
+                    }
+                }
+                for (n, (w, piece)) in events.iter().copied().enumerate() {
+                    let push = |p: &mut TensorPart| match piece {
+                        Some(i) => {
+                            let r = pieces[i].offset as usize..(pieces[i].offset + pieces[i].len) as usize;
+                            p.push_piece(w, round, i, &g(w)[r])
+                        }
+                        None => p.push(w, round, Gradient { values: g(w) }),
+                    };
+                    assert!(push(&mut pieced).unwrap(), "seed {seed}: the first arrival counts");
+                    if rng.random_bool(0.25) {
+                        assert!(!push(&mut pieced).unwrap(), "seed {seed}: a retry changes nothing");
+                    }
+                    let last = n + 1 == events.len();
+                    assert_eq!(pieced.clocks().applied_clock(), round + u64::from(last), "seed {seed}");
+                }
+                for w in 0..workers {
+                    whole.push(w, round, Gradient { values: g(w) }).unwrap();
+                }
+                let bits = |p: &TensorPart| values(p).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&pieced), bits(&whole), "seed {seed}, round {round}");
+            }
+        }
     }
 }

@@ -88,7 +88,22 @@ impl WorkerConfig {
 struct TensorInfo {
     shape: Vec<usize>,
     parts: Vec<Part>,
+    /// Per part, the pieces a push to it goes in (the part itself unless
+    /// its shard takes sync pushes in pieces).
+    pieces: Vec<Vec<Part>>,
 }
+
+impl TensorInfo {
+    /// The pieces of a push to `part`.
+    fn pieces_of(&self, part: Part) -> &[Part] {
+        let i = self.parts.iter().position(|p| *p == part);
+        i.and_then(|i| self.pieces.get(i)).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Pieces of one part a worker sends at once: the next piece streams in
+/// while the shard adds the previous one.
+const PIECES_IN_FLIGHT: usize = 1;
 
 /// The result of a pull: whole tensors and, per tensor, the version vector
 /// (per worker, the highest clock applied to the value in every part).
@@ -537,7 +552,7 @@ impl Worker {
         let name = self.wire_name(decl.name());
         let parts = placement::place(&name, len, cluster.num_shards(), cluster.split_threshold);
         let spec = pb::TensorSpec { name: name.clone(), ..decl.spec().clone() };
-        try_join_all(parts.iter().map(|part| {
+        let piece_lens = try_join_all(parts.iter().map(|part| {
             let spec = spec.clone();
             let name = name.clone();
             let part = *part;
@@ -557,12 +572,13 @@ impl Worker {
                             part.offset + part.len
                         )));
                     }
-                    Ok(())
+                    Ok(r.piece_len)
                 }
             })
         }))
         .await?;
-        self.tensors.insert(decl.name().to_string(), TensorInfo { shape, parts });
+        let pieces = parts.iter().zip(piece_lens).map(|(part, len)| placement::pieces(*part, len)).collect();
+        self.tensors.insert(decl.name().to_string(), TensorInfo { shape, parts, pieces });
         Ok(())
     }
 
@@ -835,14 +851,21 @@ impl Worker {
             WireDtype::F16 | WireDtype::Bf16 => None,
         };
         let flat = contiguous(&view);
-        self.pulled_tensor(name, info, |part| {
-            let range = part.offset as usize..(part.offset + part.len) as usize;
-            let header = self.push_header(name, part, clock);
-            let push = match &shared {
+        let outgoing = |piece: Part| {
+            let range = piece.offset as usize..(piece.offset + piece.len) as usize;
+            let header = self.push_header(name, piece, clock);
+            match &shared {
                 Some(bytes) => Outgoing::Shared { header, data: bytes.slice(range.start * 4..range.end * 4) },
                 None => Outgoing::Push { header, values: &flat[range] },
-            };
-            (frame::PUSH_PULL_PATH, true, push)
+            }
+        };
+        // A part whose push goes in pieces gets all but its last piece first;
+        // the PushPull carries the last, so the pull follows the whole push.
+        let early = info.pieces.iter().flat_map(|p| &p[..p.len().saturating_sub(1)]);
+        self.push_pieces(name, early.map(|piece| (*piece, outgoing(*piece)))).await?;
+        self.pulled_tensor(name, info, |part| {
+            let last = info.pieces_of(part).last().copied().unwrap_or(part);
+            (frame::PUSH_PULL_PATH, true, outgoing(last))
         })
         .await
     }
@@ -948,23 +971,54 @@ impl Worker {
     pub async fn push_tensor(&self, name: &str, clock: u64, grad: &ArrayD<f32>) -> Result<(), WorkerError> {
         let info = self.checked_info(name, grad.shape())?;
         let flat = contiguous(&grad.view());
-        try_join_all(info.parts.iter().map(|part| {
-            let range = part.offset as usize..(part.offset + part.len) as usize;
-            self.push_part(name, *part, clock, &flat[range])
-        }))
-        .await?;
+        let pieces = info.pieces.iter().flatten().map(|piece| {
+            let range = piece.offset as usize..(piece.offset + piece.len) as usize;
+            let header = self.push_header(name, *piece, clock);
+            (*piece, Outgoing::Push { header, values: &flat[range] })
+        });
+        self.push_pieces(name, pieces).await
+    }
+
+    /// Pushes each `(piece, request)`: pieces of different parts at once,
+    /// and at most [`PIECES_IN_FLIGHT`] of one part.
+    async fn push_pieces<'a>(
+        &self,
+        name: &str,
+        pieces: impl IntoIterator<Item = (Part, Outgoing<'a>)>,
+    ) -> Result<(), WorkerError> {
+        let mut by_shard: BTreeMap<u32, Vec<(Part, Outgoing<'a>)>> = BTreeMap::new();
+        for (piece, outgoing) in pieces {
+            by_shard.entry(piece.shard).or_default().push((piece, outgoing));
+        }
+        try_join_all(by_shard.into_values().map(|pieces| self.push_shard_pieces(name, pieces))).await?;
         Ok(())
     }
 
-    /// Pushes `values` as the gradient of one part (retried as a whole).
-    async fn push_part(
+    /// Pushes `pieces` (all on one shard) in order, at most
+    /// [`PIECES_IN_FLIGHT`] at a time.
+    async fn push_shard_pieces(
         &self,
         name: &str,
-        part: Part,
-        clock: u64,
-        values: &[f32],
-    ) -> Result<bool, WorkerError> {
-        let outgoing = Outgoing::Push { header: self.push_header(name, part, clock), values };
+        pieces: Vec<(Part, Outgoing<'_>)>,
+    ) -> Result<(), WorkerError> {
+        use futures::StreamExt as _;
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        for (piece, outgoing) in pieces {
+            if in_flight.len() >= PIECES_IN_FLIGHT
+                && let Some(done) = in_flight.next().await
+            {
+                done?;
+            }
+            in_flight.push(self.push_part(name, piece, outgoing));
+        }
+        while let Some(done) = in_flight.next().await {
+            done?;
+        }
+        Ok(())
+    }
+
+    /// Sends `outgoing`, the push of one part or piece `part` (retried as a whole).
+    async fn push_part(&self, name: &str, part: Part, outgoing: Outgoing<'_>) -> Result<bool, WorkerError> {
         let outgoing = &outgoing;
         let channel = || self.data[part.shard as usize].clone();
         self.retrying("push", part.shard, Some(name), false, channel, |c, d| async move {

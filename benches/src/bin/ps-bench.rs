@@ -79,6 +79,11 @@ struct Args {
     /// shard's, 64 MiB).
     #[arg(long)]
     push_budget: Option<u64>,
+    /// Passed to every shard as --sync-piece-bytes: sync parts larger than
+    /// this take each push in pieces of this many bytes (default: the
+    /// shard's, 2 MiB; 0: whole pushes only).
+    #[arg(long)]
+    sync_piece_bytes: Option<u64>,
     /// A small, fast run for CI: 4K and 1M, one shard, one worker, async.
     #[arg(long)]
     quick: bool,
@@ -109,6 +114,7 @@ fn start_shards(
     workers: u32,
     policy: &str,
     push_budget: Option<u64>,
+    sync_piece_bytes: Option<u64>,
     threads: Option<u16>,
 ) -> Result<(Vec<Shard>, ClusterSpec), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("ps-server");
@@ -120,6 +126,7 @@ fn start_shards(
             .args(["--num-shards", &n.to_string(), "--workers", &workers.to_string(), "--policy", policy])
             .args(["--split-threshold", "1024", "--max-message-bytes", "67108864"])
             .args(push_budget.map(|b| format!("--max-push-bytes-in-flight={b}")))
+            .args(sync_piece_bytes.map(|b| format!("--sync-piece-bytes={b}")))
             .args(threads.map(|t| format!("--threads={t}")))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -501,8 +508,14 @@ fn main() -> Result<(), String> {
                         // VM's loopback speed drifts by up to 2x over minutes, and
                         // a ratio should compare two measurements of one moment.
                         let tcp = baseline_runtime.block_on(tcp_baseline(size));
-                        let (servers, spec) =
-                            start_shards(shards, workers, policy, args.push_budget, args.shard_threads)?;
+                        let (servers, spec) = start_shards(
+                            shards,
+                            workers,
+                            policy,
+                            args.push_budget,
+                            args.sync_piece_bytes,
+                            args.shard_threads,
+                        )?;
                         let (throughput, mut lat) =
                             measure(runtime.as_ref(), &spec, size, workers, dtype, step, &args)?;
                         let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();

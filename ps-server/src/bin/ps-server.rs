@@ -143,6 +143,13 @@ struct Args {
     #[arg(long)]
     max_push_bytes_in_flight: Option<u64>,
 
+    /// Sync parts larger than this many bytes (of f32) also take each push in
+    /// pieces of this size, one request per piece, so a push being received
+    /// holds a piece-sized buffer rather than a part-sized one; workers learn
+    /// the size when they declare [default: 2 MiB]. 0: whole pushes only.
+    #[arg(long)]
+    sync_piece_bytes: Option<u64>,
+
     /// What to do about a worker silent for --worker-timeout: evict it (the others
     /// go on), wait for it (logged, and counted in ps_server_silent_workers), or
     /// fail (stop the job: every request gets ABORTED naming the worker).
@@ -313,6 +320,9 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     }
     if let Some(m) = args.max_push_bytes_in_flight {
         cfg.max_push_bytes_in_flight = m;
+    }
+    if let Some(b) = args.sync_piece_bytes {
+        cfg.sync_piece_bytes = b;
     }
     if let Some(l) = args.on_worker_loss {
         cfg.on_worker_loss = l;

@@ -6,7 +6,10 @@
 //! complete). It never touches tensors, sockets or time, so every rule of
 //! DESIGN §3 can be tested from recorded histories. The three policies are one
 //! table with different release rules: see [`ClockTable::check_pull`].
+//! [`Delivered`] tracks the pieces of sync pushes that arrive in pieces.
 
 mod clock;
+mod pieces;
 
 pub use clock::{ClockError, ClockTable, Policy, PullDecision, PushDecision, RoundComplete};
+pub use pieces::Delivered;
