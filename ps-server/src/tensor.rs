@@ -709,12 +709,16 @@ mod tests {
     #[test]
     fn pieces_no_contributor_delivered_count_as_zeros() {
         let mut p = pieced(2);
-        p.push_piece(0, 0, 0, &[2.0; 2]).unwrap();
+        // A full round first, so the kept sum holds old values everywhere.
+        p.push(0, 0, grad(&[8.0; 5])).unwrap();
+        p.push(1, 0, grad(&[8.0; 5])).unwrap();
+        assert_eq!(values(&p), vec![-8.0; 5]);
+        p.push_piece(0, 1, 0, &[2.0; 2]).unwrap();
         p.leave(0).unwrap();
-        assert_eq!(p.clocks().applied_clock(), 0, "worker 1 is still to push");
-        p.push_piece(1, 0, 0, &[4.0; 2]).unwrap();
+        assert_eq!(p.clocks().applied_clock(), 1, "worker 1 is still to push");
+        p.push_piece(1, 1, 0, &[4.0; 2]).unwrap();
         p.leave(1).unwrap();
-        assert_eq!(values(&p), vec![-3.0, -3.0, 0.0, 0.0, 0.0]);
+        assert_eq!(values(&p), vec![-11.0, -11.0, -8.0, -8.0, -8.0]);
     }
 
     /// Whatever the order in which workers' pieces arrive, with retries
