@@ -192,11 +192,13 @@ mod tests {
             }
             prop_assert_eq!(next, offset + len);
             // Nothing else is a piece: not the whole part (when split), nor a
-            // piece shifted or cut short.
+            // piece shifted by less than a piece or cut short.
             if ps.len() > 1 {
                 prop_assert_eq!(piece_index(part, piece_len, offset, len), None);
             }
-            prop_assert_eq!(piece_index(part, piece_len, offset + 1, ps[0].len), None);
+            if piece_len != 1 {
+                prop_assert_eq!(piece_index(part, piece_len, offset + 1, ps[0].len), None);
+            }
             if ps[0].len > 1 {
                 prop_assert_eq!(piece_index(part, piece_len, offset, ps[0].len - 1), None);
             }

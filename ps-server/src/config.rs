@@ -105,8 +105,11 @@ pub struct ShardConfig {
     /// Sync parts larger than this many bytes (of f32) also take a push in
     /// pieces of this size, one request each (0: whole pushes only). While
     /// a piece is received the shard holds a piece-sized buffer, not a
-    /// part-sized one, next to the parameters and the round's sum.
-    pub sync_piece_bytes: u64,
+    /// part-sized one, next to the parameters and the round's sum. `None`:
+    /// [`AUTO_PIECES_BYTES`] over the number of workers, within
+    /// [`MIN_PIECE_BYTES`]..=[`MAX_PIECE_BYTES`] (see
+    /// [`sync_piece_bytes`](Self::sync_piece_bytes)).
+    pub sync_piece_bytes: Option<u64>,
     /// Record Prometheus metrics (off only to measure what they cost).
     pub metrics: bool,
     /// Evict a live worker silent for this many milliseconds with no request
@@ -129,6 +132,14 @@ pub struct ShardConfig {
     pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
+/// Bytes of pieces that the workers' pushes have in flight at once, which
+/// the default piece size ([`ShardConfig::sync_piece_bytes`]) keeps to.
+pub const AUTO_PIECES_BYTES: u64 = 16 << 20;
+/// Smallest default piece: below it, the requests cost more than they save.
+pub const MIN_PIECE_BYTES: u64 = 2 << 20;
+/// Largest default piece.
+pub const MAX_PIECE_BYTES: u64 = 8 << 20;
+
 impl Default for ShardConfig {
     fn default() -> Self {
         Self {
@@ -147,7 +158,7 @@ impl Default for ShardConfig {
             max_concurrent_streams: 256,
             max_connections: 1024,
             max_push_bytes_in_flight: 64 << 20,
-            sync_piece_bytes: 2 << 20,
+            sync_piece_bytes: None,
             metrics: true,
             worker_timeout_ms: 0,
             on_worker_loss: WorkerLoss::Evict,
@@ -172,21 +183,33 @@ impl ShardConfig {
         self.policy.with_staleness(self.staleness)
     }
 
+    /// The size of the pieces sync pushes go in (0: whole pushes only):
+    /// the configured one, or by default [`AUTO_PIECES_BYTES`] over the
+    /// number of workers, within [`MIN_PIECE_BYTES`]..=[`MAX_PIECE_BYTES`].
+    /// Each worker sends one piece of a part at a time, so by default the
+    /// pieces being received stay within about 16 MiB however many workers
+    /// push, while fewer workers get larger pieces, hence fewer requests.
+    pub fn sync_piece_bytes(&self) -> u64 {
+        self.sync_piece_bytes.unwrap_or_else(|| {
+            (AUTO_PIECES_BYTES / u64::from(self.num_workers.max(1))).clamp(MIN_PIECE_BYTES, MAX_PIECE_BYTES)
+        })
+    }
+
     /// Elements per piece a push to a part of `len` elements under `policy`
     /// may cover instead of the whole part: 0 (whole pushes only) unless the
-    /// part is sync, longer than [`sync_piece_bytes`](Self::sync_piece_bytes),
+    /// part is sync, longer than a piece ([`sync_piece_bytes`](Self::sync_piece_bytes)),
     /// and its rounds sum several workers' pushes (with one worker the push
     /// is the round's sum, so there is no buffer to save).
     pub fn piece_len(&self, policy: Policy, len: u64) -> u64 {
-        let piece = (self.sync_piece_bytes / 4).max(1);
-        let pieced =
-            policy == Policy::Sync && self.num_workers > 1 && self.sync_piece_bytes > 0 && len > piece;
+        let bytes = self.sync_piece_bytes();
+        let piece = (bytes / 4).max(1);
+        let pieced = policy == Policy::Sync && self.num_workers > 1 && bytes > 0 && len > piece;
         if pieced { piece } else { 0 }
     }
 
     /// How many pushed pieces fit the push budget at once (at least 1).
     pub fn pieces_received_at_once(&self) -> usize {
-        usize::try_from(self.max_push_bytes_in_flight / self.sync_piece_bytes.max(1))
+        usize::try_from(self.max_push_bytes_in_flight / self.sync_piece_bytes().max(1))
             .unwrap_or(usize::MAX)
             .max(1)
     }

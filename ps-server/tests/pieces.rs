@@ -21,7 +21,7 @@ fn config(sync_piece_bytes: u64) -> ShardConfig {
         num_workers: WORKERS,
         policy: PolicyName::Sync,
         split_threshold: 4,
-        sync_piece_bytes,
+        sync_piece_bytes: Some(sync_piece_bytes),
         ..ShardConfig::default()
     }
 }

@@ -81,7 +81,7 @@ struct Args {
     push_budget: Option<u64>,
     /// Passed to every shard as --sync-piece-bytes: sync parts larger than
     /// this take each push in pieces of this many bytes (default: the
-    /// shard's, 2 MiB; 0: whole pushes only).
+    /// shard's, 16 MiB / workers within 2-8 MiB; 0: whole pushes only).
     #[arg(long)]
     sync_piece_bytes: Option<u64>,
     /// A small, fast run for CI: 4K and 1M, one shard, one worker, async.

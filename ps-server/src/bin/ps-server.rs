@@ -146,7 +146,8 @@ struct Args {
     /// Sync parts larger than this many bytes (of f32) also take each push in
     /// pieces of this size, one request per piece, so a push being received
     /// holds a piece-sized buffer rather than a part-sized one; workers learn
-    /// the size when they declare [default: 2 MiB]. 0: whole pushes only.
+    /// the size when they declare [default: 16 MiB / --workers, within 2-8 MiB,
+    /// so the pieces in flight stay near 16 MiB]. 0: whole pushes only.
     #[arg(long)]
     sync_piece_bytes: Option<u64>,
 
@@ -322,7 +323,7 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         cfg.max_push_bytes_in_flight = m;
     }
     if let Some(b) = args.sync_piece_bytes {
-        cfg.sync_piece_bytes = b;
+        cfg.sync_piece_bytes = Some(b);
     }
     if let Some(l) = args.on_worker_loss {
         cfg.on_worker_loss = l;
