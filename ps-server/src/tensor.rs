@@ -60,8 +60,8 @@ pub struct TensorPart {
     clocks: ClockTable,
     aggregation: Aggregation,
     /// Sync only: the sum of the round's gradients so far. A piece's first
-    /// gradient of the round is copied in and later ones added, so nothing
-    /// is zeroed first. A part taking whole pushes only moves the round's
+    /// gradient of the round is copied in and later ones added, so the sum
+    /// is not zeroed between rounds. A part taking whole pushes only moves the round's
     /// first gradient in and frees the sum once the round is applied, so
     /// between rounds it holds no gradient buffer; a part taking pieces
     /// keeps it, rather than allocate it again every round.
@@ -260,7 +260,8 @@ impl TensorPart {
     }
 
     /// Sync: accepts piece `piece` of `worker`'s push for `clock` (its
-    /// elements in `grad`, which the caller may reuse after), or ignores a retry of one already accepted.
+    /// elements in `grad`, which the caller may reuse after), or ignores a
+    /// retry of one already accepted.
     /// The push counts once all its pieces are in; the last piece of the
     /// round's last push applies the round. Returns whether anything
     /// changed. On error nothing changed.
@@ -273,8 +274,7 @@ impl TensorPart {
     ) -> Result<bool, PsError> {
         let pieces = self.round_filled.len();
         let decision = self.clocks.check_push(worker, clock).map_err(|e| self.clock_err(e))?;
-        let range = self.piece_range(piece.min(pieces.saturating_sub(1)));
-        if piece >= pieces || grad.len() != range.len() {
+        if piece >= pieces || grad.len() != self.piece_range(piece).len() {
             return Err(PsError::InvalidArgument(format!(
                 "tensor {:?}, worker {worker}: piece {piece} of {pieces} with {} elements",
                 self.meta.name,
@@ -317,7 +317,7 @@ impl TensorPart {
         }
     }
 
-    /// The elements of piece `piece` (`< piece_count()`), relative to the part.
+    /// The elements of piece `piece` (below the number of pieces), relative to the part.
     fn piece_range(&self, piece: usize) -> std::ops::Range<usize> {
         let (len, piece_len) = (self.meta.len as usize, self.meta.piece_len as usize);
         if piece_len == 0 {

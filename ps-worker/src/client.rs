@@ -101,10 +101,6 @@ impl TensorInfo {
     }
 }
 
-/// Pieces of one part a worker sends at once: the next piece streams in
-/// while the shard adds the previous one.
-const PIECES_IN_FLIGHT: usize = 1;
-
 /// The result of a pull: whole tensors and, per tensor, the version vector
 /// (per worker, the highest clock applied to the value in every part).
 #[derive(Clone, Debug, Default)]
@@ -980,7 +976,8 @@ impl Worker {
     }
 
     /// Pushes each `(piece, request)`: pieces of different parts at once,
-    /// and at most [`PIECES_IN_FLIGHT`] of one part.
+    /// those of one part one after the other (with two at a time, 8 workers
+    /// got less throughput and their shard used more memory).
     async fn push_pieces<'a>(
         &self,
         name: &str,
@@ -994,25 +991,14 @@ impl Worker {
         Ok(())
     }
 
-    /// Pushes `pieces` (all on one shard) in order, at most
-    /// [`PIECES_IN_FLIGHT`] at a time.
+    /// Pushes `pieces` (all on one shard) one after the other.
     async fn push_shard_pieces(
         &self,
         name: &str,
         pieces: Vec<(Part, Outgoing<'_>)>,
     ) -> Result<(), WorkerError> {
-        use futures::StreamExt as _;
-        let mut in_flight = futures::stream::FuturesUnordered::new();
         for (piece, outgoing) in pieces {
-            if in_flight.len() >= PIECES_IN_FLIGHT
-                && let Some(done) = in_flight.next().await
-            {
-                done?;
-            }
-            in_flight.push(self.push_part(name, piece, outgoing));
-        }
-        while let Some(done) = in_flight.next().await {
-            done?;
+            self.push_part(name, piece, outgoing).await?;
         }
         Ok(())
     }
