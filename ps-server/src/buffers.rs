@@ -40,7 +40,8 @@ impl PieceBuffers {
     }
 
     /// Buffers kept now.
-    pub fn kept(&self) -> usize {
+    #[cfg(test)]
+    fn kept(&self) -> usize {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
