@@ -56,7 +56,7 @@ fn workers(shards: &str, dump: &Path) -> Vec<Child> {
             Command::new(env!("CARGO_BIN_EXE_ps-worker"))
                 .args(["--shards", shards, "--split-threshold", "64", "--worker", &id.to_string()])
                 .args(["--model", "mlp", "--hidden", "32", "--lr", "0.05", "--metrics-listen", "off"])
-                .args(["--checkpoint-every", "20", "--max-attempts", "40", "--max-steps", "400"])
+                .args(["--checkpoint-every", "20", "--max-attempts", "40", "--max-steps", "1200"])
                 .arg("--dump-dir")
                 .arg(dump.join(id.to_string()))
                 .env("RUST_LOG", "warn")
@@ -210,7 +210,7 @@ fn sync_job_survives_a_shard_restart_bit_identical_to_an_uninterrupted_run() {
     }
     for (r, x) in reference.iter().zip(&restarted) {
         assert_eq!(accuracy(&r.0), accuracy(&x.0));
-        assert!(x.0.contains("400 steps"), "{}", x.0);
+        assert!(x.0.contains("1200 steps"), "{}", x.0);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -223,13 +223,15 @@ fn async_job_survives_a_shard_restart_and_converges_as_usual() {
     let both = restarted.iter().all(|(_, stderr)| stderr.contains("every shard is back there"));
     for (r, x) in reference.iter().zip(&restarted) {
         let (a, b) = (accuracy(&r.0), accuracy(&x.0));
-        assert!(a > 0.6 && b > 0.6, "accuracy {b} after a restart, {a} without");
-        // Async runs vary with the interleaving: 0.78-0.80 on a quiet machine,
-        // down to 0.69-0.77 beside a build, so the bound is loose.
+        assert!(a > 0.65 && b > 0.65, "accuracy {b} after a restart, {a} without");
+        // Async runs vary with the interleaving. After 400 steps they ranged
+        // 0.59-0.80 (too early on the learning curve to compare); after 1200,
+        // 60 runs, some beside two busy loops, gave 0.72-0.83 with pairs at
+        // most 0.10 apart, so the bound leaves room.
         if both {
-            assert!((a - b).abs() < 0.1, "accuracy {b} after a restart vs {a} without");
+            assert!((a - b).abs() < 0.15, "accuracy {b} after a restart vs {a} without");
         }
-        assert!(x.0.contains("400 steps"), "{}", x.0);
+        assert!(x.0.contains("1200 steps"), "{}", x.0);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
