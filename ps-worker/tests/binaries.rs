@@ -45,7 +45,8 @@ fn two_worker_processes_train_against_a_shard_process() {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or_else(|| panic!("worker {id} printed no accuracy: {stdout}"));
         assert!(stdout.contains("200 steps"), "{stdout}");
-        assert!(accuracy > 0.6, "worker {id}: accuracy {accuracy}");
+        // 8 runs gave 0.70-0.78 (ssp interleavings vary); chance is 0.1.
+        assert!(accuracy > 0.5, "worker {id}: accuracy {accuracy}");
     }
 }
 
