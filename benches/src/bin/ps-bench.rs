@@ -10,7 +10,9 @@
 //! reports GB/s of f32 payload moved (push bytes + pull bytes, all
 //! workers), latency p50/p99 of one push+pull, the shards' peak RSS, and
 //! the ratios to the baselines. The TCP baseline is measured right before
-//! each configuration, as round trips of the tensor's size.
+//! each configuration, as round trips of the tensor's size. For f16 and
+//! bf16 a second pump, which encodes and decodes as every transport of that
+//! encoding must, shows the most the encoding can gain on the machine.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
@@ -148,41 +150,44 @@ fn start_shards(
     Ok((shards, ClusterSpec { shards: addrs, split_threshold: 1024 }))
 }
 
-/// Push+pull bytes per second of a tokio TCP pump on loopback, measured the
-/// way a step is: on one warmed-up connection, each round trip sends `bytes`
-/// in 1 MiB writes to an echo task that reads them all and sends them back.
-/// Round trips repeat for at least [`BASELINE_WINDOW`]; the best of 3 such
-/// windows counts, so a noisy moment makes the ratios stricter, not kinder.
-async fn tcp_baseline(bytes: usize) -> f64 {
+/// Push+pull bytes per second (counted as f32 payload) of a tokio TCP pump
+/// on loopback, measured the way a step is: on one warmed-up connection,
+/// each round trip sends a tensor of `bytes` bytes of f32 in 1 MiB writes to
+/// an echo task that reads it all and sends it back. Round trips repeat for
+/// at least [`BASELINE_WINDOW`]; the best of 3 such windows counts, so a
+/// noisy moment makes the ratios stricter, not kinder.
+///
+/// With `dtype` f32 the bytes are sent as they are: the issue's raw TCP
+/// baseline. With f16 or bf16 each end does the least any transport of
+/// that encoding must: it encodes each 1 MiB write from the tensor's f32
+/// values and decodes each 1 MiB read into them, with the same kernels the
+/// shards and workers use. That pump, against the f32 one, is the most an
+/// encoding can gain on this machine.
+async fn tcp_baseline(bytes: usize, dtype: WireDtype) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let echo = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
         s.set_nodelay(true).ok();
-        let mut buf = vec![0u8; 1 << 20];
-        let chunk = vec![7u8; 1 << 20];
-        loop {
-            if !pump_read(&mut s, &mut buf, bytes).await {
-                return;
-            }
-            pump_write(&mut s, &chunk, bytes).await;
+        let mut end = PumpEnd::new(bytes, dtype);
+        while end.receive(&mut s).await {
+            end.send(&mut s).await;
         }
     });
     let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
     c.set_nodelay(true).ok();
-    let chunk = vec![1u8; 1 << 20];
-    let mut buf = vec![0u8; 1 << 20];
+    let mut end = PumpEnd::new(bytes, dtype);
     for _ in 0..WARM_UP_STEPS {
-        pump_write(&mut c, &chunk, bytes).await;
-        assert!(pump_read(&mut c, &mut buf, bytes).await, "echo closed");
+        end.send(&mut c).await;
+        assert!(end.receive(&mut c).await, "echo closed");
     }
     let mut best: f64 = 0.0;
     for _ in 0..3 {
         let started = Instant::now();
         let mut trips = 0usize;
         while trips < 3 || started.elapsed() < BASELINE_WINDOW {
-            pump_write(&mut c, &chunk, bytes).await;
-            assert!(pump_read(&mut c, &mut buf, bytes).await, "echo closed");
+            end.send(&mut c).await;
+            assert!(end.receive(&mut c).await, "echo closed");
             trips += 1;
         }
         best = best.max(2.0 * (bytes * trips) as f64 / started.elapsed().as_secs_f64());
@@ -195,29 +200,69 @@ async fn tcp_baseline(bytes: usize) -> f64 {
 /// How long one window of the TCP baseline pumps.
 const BASELINE_WINDOW: Duration = Duration::from_millis(500);
 
-/// Writes `bytes` from `chunk`, 1 MiB at a time.
-async fn pump_write(s: &mut tokio::net::TcpStream, chunk: &[u8], bytes: usize) {
-    let mut sent = 0;
-    while sent < bytes {
-        let n = (bytes - sent).min(chunk.len());
-        s.write_all(&chunk[..n]).await.expect("write");
-        sent += n;
-    }
+/// Bytes of one write (and at most one read) of the TCP baselines.
+const PUMP_WRITE: usize = 1 << 20;
+
+/// One end of a TCP baseline pump: what it sends and where it receives.
+struct PumpEnd {
+    dtype: WireDtype,
+    /// The tensor's bytes of f32.
+    bytes: usize,
+    /// f16, bf16: the tensor, encoded from on send and decoded into on receive.
+    values: Vec<f32>,
+    /// f32: what every write sends.
+    chunk: Vec<u8>,
+    /// Where each read lands.
+    buf: Vec<u8>,
 }
 
-/// Reads `bytes` into `buf`, 1 MiB at a time; false if the peer closed
-/// before sending any.
-async fn pump_read(s: &mut tokio::net::TcpStream, buf: &mut [u8], bytes: usize) -> bool {
-    let mut got = 0;
-    while got < bytes {
-        let n = s.read(buf).await.expect("read");
-        if n == 0 {
-            assert_eq!(got, 0, "peer closed mid-transfer");
-            return false;
-        }
-        got += n;
+impl PumpEnd {
+    fn new(bytes: usize, dtype: WireDtype) -> Self {
+        let values = if dtype == WireDtype::F32 { Vec::new() } else { vec![1e-6; bytes / 4] };
+        Self { dtype, bytes, values, chunk: vec![1u8; PUMP_WRITE], buf: vec![0u8; PUMP_WRITE] }
     }
-    true
+
+    /// Sends the tensor in writes of [`PUMP_WRITE`] bytes.
+    async fn send(&mut self, s: &mut tokio::net::TcpStream) {
+        if self.dtype == WireDtype::F32 {
+            let mut sent = 0;
+            while sent < self.bytes {
+                let n = (self.bytes - sent).min(PUMP_WRITE);
+                s.write_all(&self.chunk[..n]).await.expect("write");
+                sent += n;
+            }
+            return;
+        }
+        for block in self.values.chunks(PUMP_WRITE / self.dtype.size()) {
+            s.write_all(&ps_proto::wire::encode(block, self.dtype)).await.expect("write");
+        }
+    }
+
+    /// Receives a whole tensor; false if the peer closed before sending any.
+    async fn receive(&mut self, s: &mut tokio::net::TcpStream) -> bool {
+        if self.dtype == WireDtype::F32 {
+            let mut got = 0;
+            while got < self.bytes {
+                let n = s.read(&mut self.buf).await.expect("read");
+                if n == 0 {
+                    assert_eq!(got, 0, "peer closed mid-transfer");
+                    return false;
+                }
+                got += n;
+            }
+            return true;
+        }
+        let size = self.dtype.size();
+        for (i, block) in self.values.chunks_mut(PUMP_WRITE / size).enumerate() {
+            let wire = &mut self.buf[..block.len() * size];
+            match s.read_exact(wire).await {
+                Err(e) if i == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => return false,
+                read => read.map(drop).expect("read"),
+            }
+            ps_proto::wire::decode_into(block, wire, self.dtype);
+        }
+        true
+    }
 }
 
 /// Bytes per second of copying `bytes` (read + write counted once each: 2x).
@@ -304,6 +349,8 @@ struct Row {
     p50: Duration,
     p99: Duration,
     tcp: f64,
+    /// The TCP pump that encodes and decodes `dtype` (for f32, `tcp`).
+    dtype_pump: f64,
     memcpy: f64,
     peak_rss: u64,
     /// Issue 7's memory bound for this tensor: 1.15 x (parameters + optimizer
@@ -452,10 +499,17 @@ fn print_median(runs: &[Row]) {
     };
     let (gb, gb_lo, gb_hi) = median_range(runs.iter().map(|r| r.throughput / 1e9).collect());
     let (x, x_lo, x_hi) = median_range(runs.iter().map(|r| r.throughput / r.tcp).collect());
-    println!(
+    print!(
         "          median of {} runs: {gb:.3} GB/s ({gb_lo:.3}-{gb_hi:.3}), {x:.2}x TCP ({x_lo:.2}-{x_hi:.2})",
         runs.len()
     );
+    match runs[0].dtype {
+        WireDtype::F32 => println!(),
+        dtype => {
+            let (p, p_lo, p_hi) = median_range(runs.iter().map(|r| r.dtype_pump / r.tcp).collect());
+            println!("; the {dtype} pump moves {p:.2}x TCP ({p_lo:.2}-{p_hi:.2})");
+        }
+    }
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -507,7 +561,11 @@ fn main() -> Result<(), String> {
                         // The baseline runs right before each configuration: this
                         // VM's loopback speed drifts by up to 2x over minutes, and
                         // a ratio should compare two measurements of one moment.
-                        let tcp = baseline_runtime.block_on(tcp_baseline(size));
+                        let tcp = baseline_runtime.block_on(tcp_baseline(size, WireDtype::F32));
+                        let dtype_pump = match dtype {
+                            WireDtype::F32 => tcp,
+                            _ => baseline_runtime.block_on(tcp_baseline(size, dtype)),
+                        };
                         let (servers, spec) = start_shards(
                             shards,
                             workers,
@@ -538,12 +596,13 @@ fn main() -> Result<(), String> {
                             p50: pct(&mut lat, 0.5),
                             p99: pct(&mut lat, 0.99),
                             tcp,
+                            dtype_pump,
                             memcpy,
                             peak_rss,
                             bound,
                         };
                         println!(
-                            "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<8} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
+                            "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<8} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>5.2}x {} pump  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
                             row.size,
                             row.shards,
                             row.workers,
@@ -553,6 +612,8 @@ fn main() -> Result<(), String> {
                             row.dtype.name(),
                             row.throughput / 1e9,
                             row.throughput / row.tcp,
+                            row.throughput / row.dtype_pump,
+                            row.dtype.name(),
                             row.throughput / row.memcpy,
                             row.p50.as_secs_f64() * 1e6,
                             row.p99.as_secs_f64() * 1e6,
@@ -572,12 +633,12 @@ fn main() -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     let mut f = std::fs::File::create(&args.csv).map_err(|e| format!("{}: {e}", args.csv.display()))?;
-    writeln!(f, "run,size_bytes,shards,workers,step,gradients,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes")
+    writeln!(f, "run,size_bytes,shards,workers,step,gradients,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes,dtype_pump_gb_per_s,vs_dtype_pump")
         .map_err(|e| e.to_string())?;
     for r in &rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{}",
+            "{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{},{:.4},{:.4}",
             r.run,
             r.size,
             r.shards,
@@ -594,7 +655,9 @@ fn main() -> Result<(), String> {
             r.tcp / 1e9,
             r.memcpy / 1e9,
             r.peak_rss,
-            r.bound
+            r.bound,
+            r.dtype_pump / 1e9,
+            r.throughput / r.dtype_pump
         )
         .map_err(|e| e.to_string())?;
     }
