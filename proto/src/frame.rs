@@ -309,17 +309,13 @@ pub fn decode_segments_into(dst: &mut [f32], data: &Segments, dtype: WireDtype) 
 
 /// Decodes `data` (whole elements of `dtype`, in any pieces) onto the end
 /// of `dst`, writing each new element once: f32 bytes are copied as they
-/// are, and f16/bf16 are converted a piece at a time, so nothing is zeroed
-/// first except a piece that is still in cache.
+/// are, and f16/bf16 are decoded through a small block on the stack
+/// ([`wire::decode_append`]), so nothing is zeroed first.
 pub fn decode_segments_append(dst: &mut Vec<f32>, data: &Segments, dtype: WireDtype) {
     dst.reserve(data.len() / dtype.size());
     for_each_run(data, dtype.size(), |run| match dtype {
         WireDtype::F32 => append_f32(dst, run),
-        WireDtype::F16 | WireDtype::Bf16 => {
-            let at = dst.len();
-            dst.resize(at + run.len() / dtype.size(), 0.0);
-            wire::decode_into(&mut dst[at..], run, dtype);
-        }
+        WireDtype::F16 | WireDtype::Bf16 => wire::decode_append(dst, run, dtype),
     });
 }
 

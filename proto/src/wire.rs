@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crate::pb;
 
 mod convert;
+mod f16c;
 mod scan;
 
 /// Element encoding of a payload.
@@ -125,6 +126,16 @@ pub fn decode_into(dst: &mut [f32], src: &[u8], dtype: WireDtype) {
         WireDtype::F16 => convert::decode_f16(dst, src),
         WireDtype::Bf16 => convert::decode_bf16(dst, src),
     }
+}
+
+/// Appends the decoded `src` to `dst`: the values [`decode_into`] gives,
+/// each written once (no zeroing pass first).
+///
+/// # Panics
+/// If `src` holds a partial element (a caller bug: chunks are validated first).
+pub fn decode_append(dst: &mut Vec<f32>, src: &[u8], dtype: WireDtype) {
+    assert!(src.len().is_multiple_of(dtype.size()), "decode_append: partial element");
+    convert::decode_append(dst, src, dtype);
 }
 
 /// Adds the decoded `src` into `dst` element-wise: `dst[i] += src[i]`.

@@ -161,6 +161,21 @@ fn all_lengths_match_reference() {
     }
 }
 
+/// The f16 kernels above take the F16C instructions where the CPU has them;
+/// `half`'s portable slice conversions, which the others take, match too.
+#[test]
+fn portable_f16_matches_reference_on_sweep_and_every_pattern() {
+    use super::convert::{decode_f16_portable, encode_f16_portable};
+    let mut values = sweep();
+    values.truncate(values.len() - 5); // a length that is no multiple of a block
+    let wire = encode_f16_portable(&values);
+    assert!(wire == reference::encode(&values, WireDtype::F16), "portable f16 encode");
+    let every: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+    let mut decoded = vec![0f32; 1 << 16];
+    decode_f16_portable(&mut decoded, &every);
+    assert_same_bits(&decoded, &reference::decode(&every, WireDtype::F16), "portable f16 decode");
+}
+
 /// The f16 and bf16 encodings of all 2^32 f32 bit patterns. Too slow for a
 /// debug build; `cargo test --release -p ps-proto -- --ignored` runs it
 /// (about 16 s).
