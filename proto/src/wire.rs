@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::pb;
 
+mod avx2;
 mod convert;
 mod f16c;
 mod scan;

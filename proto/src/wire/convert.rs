@@ -20,6 +20,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::avx2::Avx2;
 use super::f16c::F16c;
 use super::{WireDtype, word};
 
@@ -78,6 +79,15 @@ pub(super) fn encode_f16_portable(src: &[f32]) -> Vec<u8> {
 
 /// Little-endian bfloat16 wire bytes of `src`, rounded as `bf16::from_f32`.
 pub(super) fn encode_bf16(src: &[f32]) -> Vec<u8> {
+    match Avx2::detect() {
+        Some(avx2) => avx2.encode_bf16(src),
+        None => encode_bf16_portable(src),
+    }
+}
+
+/// [`encode_bf16`] as the baseline build compiles it; inlined into the AVX2 build.
+#[inline(always)]
+pub(super) fn encode_bf16_portable(src: &[f32]) -> Vec<u8> {
     encode_staged::<2>(src, |block, bytes| {
         for (b, x) in bytes.chunks_exact_mut(2).zip(block) {
             b.copy_from_slice(&bf16_from_f32_bits(x.to_bits()).to_le_bytes());
@@ -133,6 +143,15 @@ pub(super) fn decode_append(dst: &mut Vec<f32>, src: &[u8], dtype: WireDtype) {
 
 /// Decodes the bf16 payload `src` into `dst` (`src.len() == 2 * dst.len()`).
 pub(super) fn decode_bf16(dst: &mut [f32], src: &[u8]) {
+    match Avx2::detect() {
+        Some(avx2) => avx2.decode_bf16(dst, src),
+        None => decode_bf16_portable(dst, src),
+    }
+}
+
+/// [`decode_bf16`] as the baseline build compiles it; inlined into the AVX2 build.
+#[inline(always)]
+pub(super) fn decode_bf16_portable(dst: &mut [f32], src: &[u8]) {
     for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d = f32::from_bits(bf16_to_f32_bits(u16::from_le_bytes(word(b))));
     }
@@ -140,6 +159,15 @@ pub(super) fn decode_bf16(dst: &mut [f32], src: &[u8]) {
 
 /// `dst[i] += ` element `i` of the bf16 payload `src` (`src.len() == 2 * dst.len()`).
 pub(super) fn add_bf16(dst: &mut [f32], src: &[u8]) {
+    match Avx2::detect() {
+        Some(avx2) => avx2.add_bf16(dst, src),
+        None => add_bf16_portable(dst, src),
+    }
+}
+
+/// [`add_bf16`] as the baseline build compiles it; inlined into the AVX2 build.
+#[inline(always)]
+pub(super) fn add_bf16_portable(dst: &mut [f32], src: &[u8]) {
     for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d += f32::from_bits(bf16_to_f32_bits(u16::from_le_bytes(word(b))));
     }

@@ -161,19 +161,34 @@ fn all_lengths_match_reference() {
     }
 }
 
-/// The f16 kernels above take the F16C instructions where the CPU has them;
-/// `half`'s portable slice conversions, which the others take, match too.
+/// The tests above take the F16C and AVX2 kernels where the CPU has them;
+/// the portable builds other CPUs take match too.
 #[test]
-fn portable_f16_matches_reference_on_sweep_and_every_pattern() {
-    use super::convert::{decode_f16_portable, encode_f16_portable};
+fn portable_kernels_match_reference_on_sweep_and_every_pattern() {
+    use super::convert::*;
     let mut values = sweep();
     values.truncate(values.len() - 5); // a length that is no multiple of a block
-    let wire = encode_f16_portable(&values);
-    assert!(wire == reference::encode(&values, WireDtype::F16), "portable f16 encode");
     let every: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
-    let mut decoded = vec![0f32; 1 << 16];
-    decode_f16_portable(&mut decoded, &every);
-    assert_same_bits(&decoded, &reference::decode(&every, WireDtype::F16), "portable f16 decode");
+    type Kernels = (fn(&[f32]) -> Vec<u8>, fn(&mut [f32], &[u8]), Option<fn(&mut [f32], &[u8])>);
+    let kernels: [(WireDtype, Kernels); 2] = [
+        (WireDtype::F16, (encode_f16_portable, decode_f16_portable, None)),
+        (WireDtype::Bf16, (encode_bf16_portable, decode_bf16_portable, Some(add_bf16_portable))),
+    ];
+    for (dtype, (encode, decode, add)) in kernels {
+        assert!(encode(&values) == reference::encode(&values, dtype), "portable {dtype} encode");
+        let mut decoded = vec![0f32; 1 << 16];
+        decode(&mut decoded, &every);
+        assert_same_bits(&decoded, &reference::decode(&every, dtype), &format!("portable {dtype} decode"));
+        if let Some(add) = add {
+            let start: Vec<f32> =
+                (0..1u32 << 16).map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9))).collect();
+            let mut sum = start.clone();
+            add(&mut sum, &every);
+            let mut expected = start.clone();
+            reference::add_into(&mut expected, &every, dtype);
+            assert_same_sums(&sum, &expected, Some((&start, &decoded)), &format!("portable {dtype} add"));
+        }
+    }
 }
 
 /// The f16 and bf16 encodings of all 2^32 f32 bit patterns. Too slow for a
