@@ -2,9 +2,10 @@
 //!
 //! `half`'s slice conversions use these instructions too, but in a build
 //! for baseline x86-64 they check for them and make a call every 8
-//! elements, which held them to about 4.7 G elements/s on the benchmark
-//! machine; these loops issue the instructions back to back (about 13 G
-//! elements/s there). They are the same instructions with the same rounding
+//! elements, which held them to 4.4-5.2 G elements/s on the benchmark
+//! machine (criterion `encode/f16`, `decode/f16`); these loops issue the
+//! instructions back to back: 9.7 G elements/s encoding (staged into the
+//! output) and 16 G decoding there. They are the same instructions with the same rounding
 //! (to nearest, ties to even), so the bits are those of `half`'s F16C path,
 //! which `f16::from_f32` and `f16::to_f32` take on such a CPU;
 //! `super::equivalence` checks both against the per-element reference.
