@@ -29,6 +29,8 @@
 //! cargo bench -p ps-benches --bench kernels            # everything, about 70 s once built
 //! cargo bench -p ps-benches --bench kernels -- update_64m
 //! ```
+// `criterion_group!` defines a public function without a doc comment.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::time::Duration;

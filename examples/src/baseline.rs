@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::job::data::{Splits, worker_batches};
+use crate::job::model::Tensors;
+use crate::job::train::{JobOptimizer, TrainConfig};
 use indicatif::ProgressBar;
 use ps_server::optim::{Optimizer, OptimizerConfig};
-use ps_worker::job::data::{Splits, worker_batches};
-use ps_worker::job::model::Tensors;
-use ps_worker::job::train::{JobOptimizer, TrainConfig};
 
 use crate::run::Snapshot;
 

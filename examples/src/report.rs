@@ -6,9 +6,9 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use ps_worker::job::data::Dataset;
-use ps_worker::job::model::Model;
-use ps_worker::job::train::StepRecord;
+use crate::job::data::Dataset;
+use crate::job::model::Model;
+use crate::job::train::StepRecord;
 
 use crate::consistency::{self, Read, Report};
 use crate::run::Snapshot;

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::job::data::Splits;
+use crate::job::model::Tensors;
+use crate::job::train::{self, StepRecord, TrainConfig};
 use indicatif::ProgressBar;
 use ps_proto::{ClusterSpec, WireDtype};
-use ps_worker::job::data::Splits;
-use ps_worker::job::model::Tensors;
-use ps_worker::job::train::{self, StepRecord, TrainConfig};
 use ps_worker::metrics::WorkerMetrics;
 use ps_worker::{TensorDecl, Worker, WorkerConfig, WorkerError};
 use tokio::sync::watch;

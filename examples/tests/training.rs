@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use indicatif::ProgressBar;
 use ps_examples::consistency;
+use ps_examples::job::data;
+use ps_examples::job::model::{Model, ModelKind};
+use ps_examples::job::train::{JobOptimizer, Stragglers, TrainConfig};
 use ps_examples::report;
 use ps_examples::run::{self, PolicyChoice, RunSpec};
 use ps_proto::WireDtype;
 use ps_server::{LocalCluster, ShardConfig};
-use ps_worker::job::data;
-use ps_worker::job::model::{Model, ModelKind};
-use ps_worker::job::train::{JobOptimizer, Stragglers, TrainConfig};
 
 #[test]
 fn two_workers_learn_fashion_mnist_under_each_policy() {

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use crate::frame::Segments;
+use crate::rope::Segments;
 use crate::wire::WireDtype;
 
 /// Default largest chunk: 1 MiB, one HTTP/2 frame (the shard's frame size),
@@ -56,19 +56,48 @@ pub fn split(payload: &Bytes, chunk_bytes: usize, elem_size: usize) -> Vec<(u64,
 pub enum ChunkError {
     /// A chunk starts after the end of the bytes received so far.
     #[error("gap in chunk sequence: expected a chunk at byte offset {expected}, got offset {got}")]
-    Gap { expected: u64, got: u64 },
+    Gap {
+        /// Where the next chunk had to start.
+        expected: u64,
+        /// Where it started.
+        got: u64,
+    },
     /// A chunk starts before the end of the bytes received so far.
     #[error("overlapping chunk: expected a chunk at byte offset {expected}, got offset {got}")]
-    Overlap { expected: u64, got: u64 },
+    Overlap {
+        /// Where the next chunk had to start.
+        expected: u64,
+        /// Where it started.
+        got: u64,
+    },
     /// A chunk runs past the declared total.
     #[error("chunk at byte offset {offset} with {len} bytes runs past the payload's total of {total} bytes")]
-    TooLong { offset: u64, len: u64, total: u64 },
+    TooLong {
+        /// The chunk's byte offset.
+        offset: u64,
+        /// The chunk's length in bytes.
+        len: u64,
+        /// The payload's declared length in bytes.
+        total: u64,
+    },
     /// A chunk holds a partial element.
     #[error("chunk at byte offset {offset} has {len} bytes, not a multiple of the {elem_size}-byte element")]
-    PartialElement { offset: u64, len: u64, elem_size: usize },
+    PartialElement {
+        /// The chunk's byte offset.
+        offset: u64,
+        /// The chunk's length in bytes.
+        len: u64,
+        /// Bytes per element of the wire dtype.
+        elem_size: usize,
+    },
     /// The stream ended before the declared total arrived.
     #[error("payload ended after {got} of {total} bytes")]
-    Short { got: u64, total: u64 },
+    Short {
+        /// Bytes received.
+        got: u64,
+        /// The payload's declared length in bytes.
+        total: u64,
+    },
 }
 
 /// Checks a chunk sequence against its expected length and decodes each
@@ -141,7 +170,7 @@ impl Reassembly {
             // buffer: every element is written once, and no pass zeroes
             // the part first.
             let start = self.values.len();
-            crate::frame::decode_segments_append(&mut self.values, data, self.dtype);
+            crate::rope::decode_segments_append(&mut self.values, data, self.dtype);
             if self.first_non_finite.is_none() {
                 self.first_non_finite =
                     crate::wire::first_non_finite_f32(&self.values[start..]).map(|i| start + i);

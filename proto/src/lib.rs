@@ -3,19 +3,23 @@
 //!
 //! # Layout
 //! - [`pb`]: code generated from `proto/ps.proto` (messages, client, server traits).
+//! - [`auth`]: the bearer token workers send and shards check.
 //! - [`cluster`]: the cluster spec every process agrees on.
 //! - [`placement`]: which shard holds which element range of a tensor; a pure
 //!   function of the cluster spec, so servers and workers compute it identically.
 //! - [`wire`]: little-endian f32/f16/bf16 payload encoding and decoding.
 //! - [`chunk`]: splitting payloads into chunks and checking a chunk sequence.
-//! - [`frame`]: gRPC framing that sends and reads tensor bytes as their own frames.
+//! - [`rope`]: bytes held as the pieces they arrived in, and f32 decoding from them.
+//! - [`frame`]: gRPC framing and HTTP bodies that send and read tensor bytes as their own frames.
 //! - [`exposition`]: Prometheus text exposition and the `/metrics` endpoint.
 
+pub mod auth;
 pub mod chunk;
 pub mod cluster;
 pub mod exposition;
 pub mod frame;
 pub mod placement;
+pub mod rope;
 pub mod wire;
 
 /// Generated protocol types, client and server (package `ps.v1`).
@@ -31,6 +35,7 @@ pub const RESTART_CHECKPOINT: &str = "ps-restart-checkpoint";
 /// (16 hex digits), the `cause` of `Rewind`.
 pub const RESTART_CAUSE: &str = "ps-restart-cause";
 
+pub use auth::AuthToken;
 pub use cluster::ClusterSpec;
 pub use placement::{Part, place};
 pub use wire::WireDtype;

@@ -38,7 +38,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl TokenCheck {
     /// Accepts only requests bearing `token`; accepts everything when `None`.
     /// Refusals are counted in the shard's metrics.
-    pub fn new(token: Option<&ps_worker::AuthToken>, shard: Arc<Shard>) -> Self {
+    pub fn new(token: Option<&ps_proto::AuthToken>, shard: Arc<Shard>) -> Self {
         Self { expected: token.map(|t| digest(t.reveal().as_bytes())), shard }
     }
 }

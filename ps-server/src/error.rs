@@ -12,10 +12,20 @@ use crate::sync::ClockError;
 pub enum PsError {
     /// The tensor was never declared on this shard.
     #[error("unknown tensor {tensor:?}: declare it first")]
-    UnknownTensor { tensor: String },
+    UnknownTensor {
+        /// The tensor's name.
+        tensor: String,
+    },
     /// A re-declaration disagrees with the existing tensor.
     #[error("tensor {tensor:?} already exists with shape {existing:?}; got shape {requested:?}")]
-    ShapeConflict { tensor: String, existing: Vec<u64>, requested: Vec<u64> },
+    ShapeConflict {
+        /// The tensor's name.
+        tensor: String,
+        /// The shape declared first.
+        existing: Vec<u64>,
+        /// The shape requested now.
+        requested: Vec<u64>,
+    },
     /// A request's element range is neither the one placed on this shard
     /// nor, for a part that takes pushes in pieces, one of its pieces.
     #[error(
@@ -23,42 +33,78 @@ pub enum PsError {
         pieces_hint(*piece_len)
     )]
     WrongRange {
+        /// The tensor's name.
         tensor: String,
+        /// The shard's id.
         shard: u32,
+        /// Start of the element range this shard holds.
         expected_offset: u64,
+        /// End of the element range this shard holds.
         expected_end: u64,
         /// Elements per piece a push may cover instead (0: none).
         piece_len: u64,
+        /// Start of the element range the request named.
         got_offset: u64,
+        /// End of the element range the request named.
         got_end: u64,
     },
     /// Declared on a shard that holds no part of the tensor.
     #[error("tensor {tensor:?} ({len} elements) has no part on shard {shard}")]
-    NotPlacedHere { tensor: String, len: u64, shard: u32 },
+    NotPlacedHere {
+        /// The tensor's name.
+        tensor: String,
+        /// The tensor's length in elements.
+        len: u64,
+        /// The shard's id.
+        shard: u32,
+    },
     /// A gradient holds NaN or Inf and the tensor does not allow it.
     #[error(
         "tensor {tensor:?}, worker {worker}, clock {clock}: element {index} of the gradient is {value}; expected a finite value"
     )]
-    NonFinite { tensor: String, worker: u32, clock: u64, index: u64, value: f32 },
+    NonFinite {
+        /// The tensor's name.
+        tensor: String,
+        /// The worker's id.
+        worker: u32,
+        /// The clock concerned.
+        clock: u64,
+        /// Index of the first non-finite element.
+        index: u64,
+        /// The non-finite value.
+        value: f32,
+    },
     /// A request is malformed in a way the message explains.
     #[error("{0}")]
     InvalidArgument(String),
     /// A chunk sequence is malformed.
     #[error("tensor {tensor:?}, worker {worker}: {source}")]
     Chunk {
+        /// The tensor's name.
         tensor: String,
+        /// The worker's id.
         worker: u32,
         #[source]
+        /// The underlying error.
         source: ChunkError,
     },
     /// A message or tensor exceeds a configured limit.
     #[error("{what}: {got} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { what: String, got: u64, limit: u64 },
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// What was received.
+        got: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// A clock rule refused the request.
     #[error("tensor {tensor:?}: {source}")]
     Clock {
+        /// The tensor's name.
         tensor: String,
         #[source]
+        /// The underlying error.
         source: ClockError,
     },
     /// A worker-level clock rule refused the request (no tensor involved).
@@ -66,22 +112,47 @@ pub enum PsError {
     Worker(#[source] ClockError),
     /// The worker was evicted for silence and has not joined again.
     #[error("worker {worker} was evicted after {timeout_ms} ms without a request; join again to continue")]
-    Evicted { worker: u32, timeout_ms: u64 },
+    Evicted {
+        /// The worker's id.
+        worker: u32,
+        /// The silence, in ms, after which it was evicted.
+        timeout_ms: u64,
+    },
     /// The shard is shutting down.
     #[error("shard {shard} is shutting down")]
-    ShuttingDown { shard: u32 },
+    ShuttingDown {
+        /// The shard's id.
+        shard: u32,
+    },
     /// A checkpoint was requested at a clock some update has already passed.
     #[error(
         "tensor {tensor:?}: cannot checkpoint at clock {clock}: {}; request a later clock",
         if *sync { format!("{got} sync rounds are already applied") } else { format!("worker {worker} has already pushed clock {}", got - 1) }
     )]
-    CheckpointTooLate { tensor: String, clock: u64, worker: u32, got: u64, sync: bool },
+    CheckpointTooLate {
+        /// The tensor's name.
+        tensor: String,
+        /// The clock concerned.
+        clock: u64,
+        /// The worker's id.
+        worker: u32,
+        /// What was received.
+        got: u64,
+        /// Whether the tensor is under the sync policy.
+        sync: bool,
+    },
     /// The shard was started without a checkpoint directory.
     #[error("shard {shard} has no checkpoint directory; start ps-server with --checkpoint-dir DIR")]
-    NoCheckpointDir { shard: u32 },
+    NoCheckpointDir {
+        /// The shard's id.
+        shard: u32,
+    },
     /// The job was stopped (`--on-worker-loss fail`): nothing is served any more.
     #[error("the job has stopped: {reason}")]
-    JobFailed { reason: String },
+    JobFailed {
+        /// Why.
+        reason: String,
+    },
     /// The shard's state came back from a checkpoint (a shard restarted)
     /// since the worker last joined: it must rewind every shard to that
     /// checkpoint and join again. The status carries `checkpoint` and
@@ -90,7 +161,18 @@ pub enum PsError {
         "shard {shard} is back at checkpoint {checkpoint} (clock {clock}) because a shard restarted; {} must rewind every shard to it and join again",
         worker.map_or("an observer".to_string(), |w| format!("worker {w}"))
     )]
-    Restarted { shard: u32, worker: Option<u32>, checkpoint: String, clock: u64, cause: u64 },
+    Restarted {
+        /// The shard's id.
+        shard: u32,
+        /// The worker concerned, if the request named one.
+        worker: Option<u32>,
+        /// The checkpoint's directory name.
+        checkpoint: String,
+        /// The clock concerned.
+        clock: u64,
+        /// The restart's session, the `cause` to pass to `Rewind`.
+        cause: u64,
+    },
     /// Writing or restoring a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),

@@ -17,9 +17,23 @@ pub enum Init {
     /// All elements equal to the value.
     Constant(f32),
     /// Uniform in `[low, high)`.
-    Uniform { low: f32, high: f32, seed: u64 },
+    Uniform {
+        /// Lower bound.
+        low: f32,
+        /// Upper bound (exclusive).
+        high: f32,
+        /// Seed of the generator.
+        seed: u64,
+    },
     /// Normal with the given mean and standard deviation (Box-Muller).
-    Normal { mean: f32, std: f32, seed: u64 },
+    Normal {
+        /// Mean.
+        mean: f32,
+        /// Standard deviation.
+        std: f32,
+        /// Seed of the generator.
+        seed: u64,
+    },
 }
 
 fn unit(word: u32) -> f32 {

@@ -14,11 +14,36 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum OptimizerConfig {
     /// `v = momentum*v + g + wd*p; p -= lr*v` (plain SGD when momentum is 0).
-    Sgd { learning_rate: f32, momentum: f32, weight_decay: f32 },
+    Sgd {
+        /// Step size.
+        learning_rate: f32,
+        /// Momentum coefficient (0: plain SGD).
+        momentum: f32,
+        /// L2 weight decay.
+        weight_decay: f32,
+    },
     /// Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient.
-    Adam { learning_rate: f32, beta1: f32, beta2: f32, epsilon: f32, weight_decay: f32 },
+    Adam {
+        /// Step size.
+        learning_rate: f32,
+        /// Decay rate of the first-moment estimate.
+        beta1: f32,
+        /// Decay rate of the second-moment estimate.
+        beta2: f32,
+        /// Added to the denominator for numerical stability.
+        epsilon: f32,
+        /// L2 weight decay.
+        weight_decay: f32,
+    },
     /// AdaGrad: `acc += g^2; p -= lr*g/(sqrt(acc)+eps)`.
-    AdaGrad { learning_rate: f32, epsilon: f32, initial_accumulator: f32 },
+    AdaGrad {
+        /// Step size.
+        learning_rate: f32,
+        /// Added to the denominator for numerical stability.
+        epsilon: f32,
+        /// Starting value of every sum of squared gradients.
+        initial_accumulator: f32,
+    },
 }
 
 impl Default for OptimizerConfig {

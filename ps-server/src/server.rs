@@ -59,7 +59,7 @@ pub async fn serve_shard(
 ) -> Result<(), ServeError> {
     let max_message = shard.config().max_message_bytes;
     let token = match &shard.config().auth_token_file {
-        Some(path) => Some(ps_worker::AuthToken::from_file(path).map_err(ServeError::Config)?),
+        Some(path) => Some(ps_proto::AuthToken::from_file(path).map_err(ServeError::Config)?),
         None => None,
     };
     let service = DataPath::new(Service::new(Arc::clone(&shard)), max_message);

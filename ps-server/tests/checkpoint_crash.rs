@@ -259,10 +259,10 @@ async fn operator_commands_checkpoint_inspect_and_refuse_a_corrupt_restore() {
         worker.push(&grad_map(&w, b, 0, step)).await.expect("push");
     }
     let exe = env!("CARGO_BIN_EXE_ps-server");
-    let out = Command::new(exe)
+    let out = Command::new(common::ps_worker_bin())
         .args(["checkpoint", "--shards", &spec.shards.join(",")])
         .output()
-        .expect("run ps-server checkpoint");
+        .expect("run ps-worker checkpoint");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("checkpoint complete at clock 3: "), "{stdout}");

@@ -144,11 +144,11 @@ fn ps_server_serves_tls_with_a_token_and_the_operator_command_reaches_it() {
         ],
     );
     let run = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"))
+        std::process::Command::new(common::ps_worker_bin())
             .args(["checkpoint", "--shards", &spec.shards[0]])
             .args(extra)
             .output()
-            .expect("run ps-server checkpoint")
+            .expect("run ps-worker checkpoint")
     };
     let ok = run(&["--tls-ca", &path(&pki.path("ca.pem")), "--auth-token-file", &path(&token)]);
     let stdout = String::from_utf8_lossy(&ok.stdout);

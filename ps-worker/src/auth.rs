@@ -1,85 +1,11 @@
-//! The bearer token a worker sends with every request.
+//! How a worker proves itself to the shards: the bearer token it sends with
+//! every request, and the TLS settings it connects with.
+
+pub use ps_proto::AuthToken;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
-
-/// A cluster's shared secret. Its `Debug` output never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AuthToken(String);
-
-impl AuthToken {
-    /// A token; it must be printable ASCII without spaces (it travels in an HTTP/2 header).
-    pub fn new(token: impl Into<String>) -> Result<Self, String> {
-        let token = token.into();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("an auth token must be non-empty printable ASCII without spaces".into());
-        }
-        Ok(Self(token))
-    }
-
-    /// The token in a file (surrounding whitespace removed); the error names the path.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the auth token file {}: {e}", path.display()))?;
-        if text.trim().is_empty() {
-            return Err(format!("the auth token file {} is empty", path.display()));
-        }
-        Self::new(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    /// The secret itself, for the side that checks it. Never log it.
-    pub fn reveal(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Command-line flags for reaching a cluster that requires a token or TLS;
-/// shared by every binary that acts as a client.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct AccessArgs {
-    /// File holding the cluster's bearer token (the shards' --auth-token-file).
-    #[arg(long)]
-    pub auth_token_file: Option<std::path::PathBuf>,
-
-    /// Connect with TLS, trusting shard certificates signed by this PEM CA.
-    #[arg(long)]
-    pub tls_ca: Option<std::path::PathBuf>,
-
-    /// Name the shards' certificates are issued for.
-    #[arg(long, default_value = "localhost", requires = "tls_ca")]
-    pub tls_domain: String,
-
-    /// Client PEM certificate, for shards started with --tls-ca (with --tls-key).
-    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
-    pub tls_cert: Option<std::path::PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-}
-
-impl AccessArgs {
-    /// `cfg` with the token and TLS settings these flags name (files are read
-    /// now; errors name the path).
-    pub fn apply(&self, cfg: crate::WorkerConfig) -> Result<crate::WorkerConfig, String> {
-        let auth_token = self.auth_token_file.as_deref().map(AuthToken::from_file).transpose()?;
-        let tls = match &self.tls_ca {
-            Some(ca) => {
-                let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
-                Some(ClientTls::from_files(ca, &self.tls_domain, identity)?)
-            }
-            None => None,
-        };
-        Ok(crate::WorkerConfig { auth_token, tls, ..cfg })
-    }
-}
-
-impl std::fmt::Debug for AuthToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuthToken(<redacted>)")
-    }
-}
 
 /// How a worker verifies the shards over TLS (and, for mutual TLS, proves
 /// who it is). PEM contents, read at construction.
@@ -141,7 +67,7 @@ impl AddToken {
     /// Sends `token`, or nothing when `None`.
     pub fn new(token: Option<&AuthToken>) -> Self {
         // Checked printable ASCII at construction, so it is a valid header value.
-        let header = token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.0)).ok());
+        let header = token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.reveal())).ok());
         Self { header }
     }
 }
@@ -149,7 +75,7 @@ impl AddToken {
 impl Interceptor for AddToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(h) = &self.header {
-            req.metadata_mut().insert("authorization", h.clone());
+            req.metadata_mut().insert(ps_proto::auth::AUTHORIZATION, h.clone());
         }
         Ok(req)
     }
@@ -160,20 +86,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_are_validated_and_never_printed() {
-        assert!(AuthToken::new("has space").is_err());
-        assert!(AuthToken::new("").is_err());
-        let dir = std::env::temp_dir().join(format!("ps-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("good"), "s3cr3t\n").unwrap();
-        assert_eq!(AuthToken::from_file(&dir.join("good")).unwrap().reveal(), "s3cr3t");
-        std::fs::write(dir.join("empty"), "  \n").unwrap();
-        assert!(AuthToken::from_file(&dir.join("empty")).unwrap_err().contains("is empty"));
-        let missing = AuthToken::from_file(&dir.join("missing")).unwrap_err();
-        assert!(missing.contains("missing") && missing.contains("cannot read"), "{missing}");
-        let _ = std::fs::remove_dir_all(&dir);
+    fn the_token_is_sent_as_a_bearer_header_only_when_set() {
         let t = AuthToken::new("s3cr3t").unwrap();
-        assert_eq!(format!("{t:?}"), "AuthToken(<redacted>)");
         let mut add = AddToken::new(Some(&t));
         let req = add.call(Request::new(())).unwrap();
         assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer s3cr3t");

@@ -16,7 +16,7 @@ use ps_proto::frame::FramesBody;
 use ps_proto::pb::parameter_server_client::ParameterServerClient;
 use ps_proto::placement::{self, Part};
 use ps_proto::wire::WireDtype;
-use ps_proto::{ClusterSpec, chunk, frame, pb};
+use ps_proto::{ClusterSpec, chunk, frame, pb, rope};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -125,6 +125,9 @@ impl Pulled {
         pulled
     }
 }
+
+/// Shard restarts one [`Worker::step`] rides out before it returns the restart as an error.
+pub const MAX_STEP_RECOVERIES: u32 = 16;
 
 /// A worker connected to every shard of a cluster.
 #[derive(Clone, Debug)]
@@ -793,11 +796,11 @@ impl Worker {
                     )));
                 }
                 match dst {
-                    PartBuffer::Whole(values) => frame::decode_segments_append(values, &data, dtype),
+                    PartBuffer::Whole(values) => rope::decode_segments_append(values, &data, dtype),
                     PartBuffer::Slice(slice) => {
                         let start = (received / size) as usize;
                         let end = start + (n / size) as usize;
-                        frame::decode_segments_into(&mut slice[start..end], &data, dtype);
+                        rope::decode_segments_into(&mut slice[start..end], &data, dtype);
                     }
                 }
                 received += n;
@@ -832,6 +835,37 @@ impl Worker {
         .await?;
         self.clock += 1;
         Ok(Pulled::from_tensors(results))
+    }
+
+    /// One training step, the fast path: pushes `grads` (one gradient per
+    /// declared tensor) at this worker's clock, advances the clock, and
+    /// returns every tensor at the new clock, read in the same round trip
+    /// per part as the push ([`push_pull`](Self::push_pull)). A user's loop
+    /// is `let mut params = worker.pull().await?;` then, per step,
+    /// `params = worker.step(&grads).await?;`.
+    ///
+    /// Recovery is inside. When a shard came back from a checkpoint, every
+    /// shard is rewound to it ([`recover`](Self::recover)), `grads` are
+    /// dropped (they were computed from values the checkpoint undid), and
+    /// the values at the checkpoint's clock are returned:
+    /// [`clock`](Self::clock) then names the step that comes next. Every
+    /// other error is returned as it is; after [`MAX_STEP_RECOVERIES`]
+    /// restarts within one call, so is the restart.
+    pub async fn step<G: GradientData>(
+        &mut self,
+        grads: &BTreeMap<String, G>,
+    ) -> Result<Pulled, WorkerError> {
+        let mut result = self.push_pull(grads).await;
+        for _ in 0..MAX_STEP_RECOVERIES {
+            match result {
+                Err(WorkerError::ShardRestarted { restart, .. }) => {
+                    self.recover(&restart).await?;
+                    result = self.pull().await;
+                }
+                other => return other,
+            }
+        }
+        result
     }
 
     async fn push_pull_tensor(

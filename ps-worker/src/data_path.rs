@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as _;
-use ps_proto::frame::{Deframer, Segments};
+use ps_proto::frame::Deframer;
+use ps_proto::rope::Segments;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service as _;

@@ -9,44 +9,112 @@ use std::time::Duration;
 pub enum WorkerError {
     /// A shard address is not a valid URI.
     #[error("shard {shard}: invalid address {addr:?}: {reason}")]
-    InvalidAddress { shard: u32, addr: String, reason: String },
+    InvalidAddress {
+        /// The shard's id.
+        shard: u32,
+        /// The shard's address as given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// A shard could not be reached.
     #[error("shard {shard} at {addr}: cannot connect: {source}")]
     Connect {
+        /// The shard's id.
         shard: u32,
+        /// The shard's address as given.
         addr: String,
         #[source]
+        /// The underlying error.
         source: tonic::transport::Error,
     },
     /// A shard refused or failed a request (after retries for transient errors).
     #[error("{op}{} on shard {shard} failed after {attempts} attempt(s): {}: {}", tensor.as_ref().map(|t| format!(" of tensor {t:?}")).unwrap_or_default(), status.code(), status.message())]
-    Rpc { op: &'static str, shard: u32, tensor: Option<String>, attempts: u32, status: tonic::Status },
+    Rpc {
+        /// The operation that failed.
+        op: &'static str,
+        /// The shard's id.
+        shard: u32,
+        /// The tensor concerned, if the request named one.
+        tensor: Option<String>,
+        /// Attempts made.
+        attempts: u32,
+        /// The last status the shard returned.
+        status: tonic::Status,
+    },
     /// A request did not complete in time.
     #[error("{op}{} on shard {shard} timed out after {after:?}", tensor.as_ref().map(|t| format!(" of tensor {t:?}")).unwrap_or_default())]
-    Timeout { op: &'static str, shard: u32, tensor: Option<String>, after: Duration },
+    Timeout {
+        /// The operation that failed.
+        op: &'static str,
+        /// The shard's id.
+        shard: u32,
+        /// The tensor concerned, if the request named one.
+        tensor: Option<String>,
+        /// How long the worker waited.
+        after: Duration,
+    },
     /// The tensor was not declared through this worker.
     #[error("unknown tensor {tensor:?}: declare it on this worker first")]
-    UnknownTensor { tensor: String },
+    UnknownTensor {
+        /// The tensor's name.
+        tensor: String,
+    },
     /// A gradient or value has the wrong shape.
     #[error("tensor {tensor:?}: expected shape {expected:?}, got {got:?}")]
-    ShapeMismatch { tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        /// The tensor's name.
+        tensor: String,
+        /// What was expected.
+        expected: Vec<usize>,
+        /// What was received.
+        got: Vec<usize>,
+    },
     /// A push lacks the gradient of a declared tensor.
     #[error("push at clock {clock} has no gradient for tensor {tensor:?}")]
-    MissingGradient { tensor: String, clock: u64 },
+    MissingGradient {
+        /// The tensor's name.
+        tensor: String,
+        /// The clock concerned.
+        clock: u64,
+    },
     /// A shard's reply broke the protocol.
     #[error("shard {shard}, tensor {tensor:?}: malformed reply: {detail}")]
-    Protocol { shard: u32, tensor: String, detail: String },
+    Protocol {
+        /// The shard's id.
+        shard: u32,
+        /// The tensor's name.
+        tensor: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// The shards disagree about the job.
     #[error("cluster mismatch: {0}")]
     Cluster(String),
     /// A shard could not write its share of a checkpoint (training goes on).
     #[error("checkpoint {name} failed on shard {shard}: {error}")]
-    Checkpoint { name: String, shard: u32, error: String },
+    Checkpoint {
+        /// The checkpoint's name.
+        name: String,
+        /// The shard's id.
+        shard: u32,
+        /// The shard's message.
+        error: String,
+    },
     /// A shard came back from a checkpoint (it restarted, or was rewound
     /// after another one did): [`Worker::recover`](crate::Worker::recover)
     /// rewinds every shard to it and joins again.
     #[error("{op} on shard {shard}: {message}")]
-    ShardRestarted { op: &'static str, shard: u32, restart: Restart, message: String },
+    ShardRestarted {
+        /// The operation that failed.
+        op: &'static str,
+        /// The shard's id.
+        shard: u32,
+        /// Which checkpoint the shard came back from, to rewind to.
+        restart: Restart,
+        /// The shard's message.
+        message: String,
+    },
 }
 
 /// Which restart a worker must catch up with: the checkpoint the restarted

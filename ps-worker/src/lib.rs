@@ -23,14 +23,13 @@
 //! - [`tensor`] — [`TensorDecl`], what to declare.
 //! - [`retry`] — [`RetryPolicy`], backoff with jitter for transient failures.
 //! - [`error`] — [`WorkerError`].
-//! - [`job`]: the built-in training job (data, models, the training loop).
+//! - [`auth`] — [`AuthToken`] and [`ClientTls`], how a worker proves itself to the shards.
 //! - [`metrics`]: Prometheus metrics of a worker.
 
 pub mod auth;
 pub mod client;
 mod data_path;
 pub mod error;
-pub mod job;
 pub mod metrics;
 pub mod retry;
 pub mod tensor;
@@ -38,5 +37,6 @@ pub mod tensor;
 pub use auth::{AuthToken, ClientTls};
 pub use client::{CheckpointDone, GradientData, Pulled, Worker, WorkerConfig};
 pub use error::{Restart, WorkerError};
+pub use ps_proto::{ClusterSpec, WireDtype};
 pub use retry::RetryPolicy;
 pub use tensor::TensorDecl;

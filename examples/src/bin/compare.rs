@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ps_examples::job::data::{self, Splits};
+use ps_examples::job::model::{Model, ModelKind};
+use ps_examples::job::train::{JobOptimizer, Persistent, Stragglers, TrainConfig};
 use ps_examples::report::{self, Outcome};
 use ps_examples::run::{self, PolicyChoice, RunSpec};
 use ps_examples::{baseline, plot};
 use ps_proto::{ClusterSpec, WireDtype};
 use ps_server::{LocalCluster, ShardConfig};
-use ps_worker::job::data::{self, Splits};
-use ps_worker::job::model::{Model, ModelKind};
-use ps_worker::job::train::{JobOptimizer, Persistent, Stragglers, TrainConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

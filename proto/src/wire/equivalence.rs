@@ -19,7 +19,7 @@ const LENGTHS: [usize; 16] = [0, 1, 2, 3, 7, 63, 64, 65, 127, 255, 256, 257, 511
 mod reference {
     use super::*;
 
-    pub fn encode(src: &[f32], dtype: WireDtype) -> Vec<u8> {
+    pub(super) fn encode(src: &[f32], dtype: WireDtype) -> Vec<u8> {
         let mut out = Vec::new();
         for x in src {
             match dtype {
@@ -31,7 +31,7 @@ mod reference {
         out
     }
 
-    pub fn element(src: &[u8], i: usize, dtype: WireDtype) -> f32 {
+    pub(super) fn element(src: &[u8], i: usize, dtype: WireDtype) -> f32 {
         match dtype {
             WireDtype::F32 => {
                 let b = &src[i * 4..i * 4 + 4];
@@ -42,17 +42,17 @@ mod reference {
         }
     }
 
-    pub fn decode(src: &[u8], dtype: WireDtype) -> Vec<f32> {
+    pub(super) fn decode(src: &[u8], dtype: WireDtype) -> Vec<f32> {
         (0..src.len() / dtype.size()).map(|i| element(src, i, dtype)).collect()
     }
 
-    pub fn add_into(dst: &mut [f32], src: &[u8], dtype: WireDtype) {
+    pub(super) fn add_into(dst: &mut [f32], src: &[u8], dtype: WireDtype) {
         for (i, d) in dst.iter_mut().enumerate() {
             *d += element(src, i, dtype);
         }
     }
 
-    pub fn first_non_finite(src: &[u8], dtype: WireDtype) -> Option<usize> {
+    pub(super) fn first_non_finite(src: &[u8], dtype: WireDtype) -> Option<usize> {
         (0..src.len() / dtype.size()).find(|&i| !element(src, i, dtype).is_finite())
     }
 }

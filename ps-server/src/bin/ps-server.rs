@@ -39,7 +39,7 @@ enum LogFormat {
 ///
 /// Checkpoints: start every shard with the same --checkpoint-dir (a shared
 /// directory); workers request checkpoints (ps-worker --checkpoint-every K)
-/// or an operator does (`ps-server checkpoint --shards ...`). Restart every
+/// or an operator does (`ps-worker checkpoint --shards ...`). Restart every
 /// shard with --restore DIR to resume from the newest complete checkpoint,
 /// with the same or another shard count. `ps-server inspect DIR` verifies
 /// and describes one.
@@ -216,31 +216,9 @@ struct Args {
     threads: u16,
 }
 
-/// Operator commands against a running cluster or a checkpoint on disk.
+/// Operator commands on a checkpoint on disk (`ps-worker checkpoint` requests one from a running cluster).
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Take a consistent checkpoint of a running cluster and wait until it is complete.
-    ///
-    /// Without --clock, picks the highest clock any worker is at (in sync,
-    /// the round in progress), so the checkpoint completes as soon as the
-    /// slowest worker gets there. Every shard must have been started with
-    /// --checkpoint-dir. Prints the checkpoint's directory.
-    Checkpoint {
-        /// Comma-separated addresses of all shards, in shard-id order.
-        #[arg(long, value_delimiter = ',', required_unless_present = "cluster")]
-        shards: Option<Vec<String>>,
-        /// TOML cluster spec: `shards = ["host:port", ...]`.
-        #[arg(long, conflicts_with = "shards")]
-        cluster: Option<PathBuf>,
-        /// The checkpoint holds exactly the updates of clocks below this.
-        #[arg(long)]
-        clock: Option<u64>,
-        /// Return once every shard knows the checkpoint, without waiting for it to be written.
-        #[arg(long)]
-        no_wait: bool,
-        #[command(flatten)]
-        access: ps_worker::auth::AccessArgs,
-    },
     /// Verify a checkpoint (every file against its checksum) and describe it.
     ///
     /// PATH is a checkpoint directory or a root holding several (the one
@@ -345,7 +323,7 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         cfg.tls_client_ca = args.tls_ca.clone();
     }
     if let Some(f) = &cfg.auth_token_file {
-        ps_worker::AuthToken::from_file(f)?;
+        ps_proto::AuthToken::from_file(f)?;
     }
     if args.optimizer.is_some() || args.lr.is_some() {
         let (momentum, weight_decay) = (args.momentum, args.weight_decay);
@@ -399,57 +377,6 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// `ps-server checkpoint`: requests a checkpoint and waits for it.
-async fn checkpoint_command(
-    shards: Option<Vec<String>>,
-    cluster: Option<PathBuf>,
-    clock: Option<u64>,
-    no_wait: bool,
-    access: ps_worker::auth::AccessArgs,
-) -> Result<(), String> {
-    let spec: ClusterSpec = match (shards, cluster) {
-        (Some(list), _) => ClusterSpec::new(list),
-        (None, Some(path)) => read_toml(&path)?,
-        (None, None) => return Err("give --shards or --cluster".into()),
-    };
-    let config = access.apply(ps_worker::WorkerConfig::new(spec, 0))?;
-    let mut observer = ps_worker::Worker::observer(config).await.map_err(|e| e.to_string())?;
-    // Without a clock: the highest clock any worker is at (sync: the round in
-    // progress), which no update has passed yet; retried further ahead if the
-    // workers overtake the request.
-    let mut attempt = 0u32;
-    let name = loop {
-        let target = match clock {
-            Some(c) => c,
-            None => {
-                let statuses = observer.status().await.map_err(|e| e.to_string())?;
-                let highest = statuses
-                    .iter()
-                    .flat_map(|s| s.tensors.iter())
-                    .flat_map(|t| t.versions.iter().map(|v| (v + 1).max(0) as u64).chain([t.applied_clock]))
-                    .max()
-                    .unwrap_or(0);
-                highest + u64::from(attempt) * 4
-            }
-        };
-        match observer.checkpoint(target).await {
-            Ok(name) => break name,
-            Err(e) if clock.is_none() && attempt < 5 && e.code() == Some(tonic::Code::FailedPrecondition) => {
-                tracing::info!("workers overtook clock {target}, trying a later one: {e}");
-                attempt += 1;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    if no_wait {
-        announce(&format!("checkpoint {name} requested"));
-        return Ok(());
-    }
-    let done = observer.wait_checkpoint(&name).await.map_err(|e| e.to_string())?;
-    announce(&format!("checkpoint complete at clock {}: {} ({} bytes)", done.clock, done.dir, done.bytes));
-    Ok(())
-}
-
 /// `ps-server inspect`: verifies and describes a checkpoint.
 fn inspect_command(path: &std::path::Path) -> Result<(), String> {
     let loaded = ps_server::checkpoint::find_checkpoint(path).map_err(|e| e.to_string())?;
@@ -491,12 +418,6 @@ fn main() -> std::process::ExitCode {
     if let Some(command) = args.command {
         let result = match command {
             Command::Inspect { path } => inspect_command(&path),
-            Command::Checkpoint { shards, cluster, clock, no_wait, access } => {
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(checkpoint_command(shards, cluster, clock, no_wait, access)),
-                    Err(e) => Err(format!("cannot start the Tokio runtime: {e}")),
-                }
-            }
         };
         return match result {
             Ok(()) => std::process::ExitCode::SUCCESS,

@@ -61,26 +61,62 @@ pub struct RoundComplete {
 pub enum ClockError {
     /// The worker id is not part of the job.
     #[error("unknown worker {worker}: this job has workers 0..{num_workers}")]
-    UnknownWorker { worker: u32, num_workers: u32 },
+    UnknownWorker {
+        /// The worker's id.
+        worker: u32,
+        /// Worker ids are `0..num_workers`.
+        num_workers: u32,
+    },
     /// The worker left (or was removed) and has not joined again.
     #[error("worker {worker} has left the job; join again before pushing or pulling")]
-    NotLive { worker: u32 },
+    NotLive {
+        /// The worker's id.
+        worker: u32,
+    },
     /// A push skips clocks: monotonic writes require clock order.
     #[error("worker {worker} pushed clock {got} but its next clock is {expected}")]
-    PushGap { worker: u32, expected: u64, got: u64 },
+    PushGap {
+        /// The worker's id.
+        worker: u32,
+        /// What was expected.
+        expected: u64,
+        /// What was received.
+        got: u64,
+    },
     /// A sync push for a round that has not started yet.
     #[error(
         "worker {worker} pushed clock {got} but the sync round in progress is clock {round}; pull clock {got} first"
     )]
-    PushAhead { worker: u32, round: u64, got: u64 },
+    PushAhead {
+        /// The worker's id.
+        worker: u32,
+        /// The sync round in progress.
+        round: u64,
+        /// What was received.
+        got: u64,
+    },
     /// A pull for a clock the worker has not reached.
     #[error("worker {worker} pulled clock {got} but has completed only {completed} clocks")]
-    PullAhead { worker: u32, completed: u64, got: u64 },
+    PullAhead {
+        /// The worker's id.
+        worker: u32,
+        /// Clocks the worker has completed.
+        completed: u64,
+        /// What was received.
+        got: u64,
+    },
     /// A sync pull for a clock whose exact snapshot is gone.
     #[error(
         "worker {worker} pulled clock {got} in sync mode but has already pushed it; pull clock {expected}"
     )]
-    PullBehind { worker: u32, expected: u64, got: u64 },
+    PullBehind {
+        /// The worker's id.
+        worker: u32,
+        /// What was expected.
+        expected: u64,
+        /// What was received.
+        got: u64,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@
 //! ephemeral ports, and a small seeded linear-regression problem.
 #![allow(dead_code)]
 
-pub mod proxy;
+pub(crate) mod proxy;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 
 /// A `ps-server` child process, killed when dropped.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: Child,
     pub addr: String,
 }
@@ -31,7 +31,7 @@ impl Drop for ServerProcess {
 /// ephemeral ports and `args` in common, and returns them with the cluster
 /// spec (split threshold `split_threshold`). Waits for each to print its
 /// listening line, so they accept connections on return.
-pub fn spawn_cluster(
+pub(crate) fn spawn_cluster(
     num_shards: u32,
     split_threshold: u64,
     args: &[&str],
@@ -65,17 +65,17 @@ pub fn spawn_cluster(
 }
 
 /// Dimension of the linear model.
-pub const DIM: usize = 12;
+pub(crate) const DIM: usize = 12;
 /// Rows per minibatch.
-pub const BATCH: usize = 8;
+pub(crate) const BATCH: usize = 8;
 
 /// The true weights the data is generated from.
-pub fn true_weights() -> Array1<f32> {
+pub(crate) fn true_weights() -> Array1<f32> {
     Array1::from_iter((0..DIM).map(|i| (i as f32 * 0.37).sin()))
 }
 
 /// A deterministic minibatch for (worker, step): features and targets.
-pub fn batch(worker: u32, step: u64) -> (Array2<f32>, Array1<f32>) {
+pub(crate) fn batch(worker: u32, step: u64) -> (Array2<f32>, Array1<f32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(0x5eed ^ (u64::from(worker) << 32) ^ step);
     let x = Array2::from_shape_fn((BATCH, DIM), |_| rng.random_range(-1.0f32..1.0));
     let noise = Array1::from_shape_fn(BATCH, |_| rng.random_range(-0.01f32..0.01));
@@ -84,33 +84,33 @@ pub fn batch(worker: u32, step: u64) -> (Array2<f32>, Array1<f32>) {
 }
 
 /// Gradients of the mean squared error at (w, b) on (x, y).
-pub fn gradients(w: &Array1<f32>, b: f32, x: &Array2<f32>, y: &Array1<f32>) -> (Array1<f32>, f32) {
+pub(crate) fn gradients(w: &Array1<f32>, b: f32, x: &Array2<f32>, y: &Array1<f32>) -> (Array1<f32>, f32) {
     let residual = x.dot(w) + b - y;
     let scale = 2.0 / x.nrows() as f32;
     (x.t().dot(&residual) * scale, residual.sum() * scale)
 }
 
 /// The mean squared error at (w, b) on (x, y).
-pub fn loss(w: &Array1<f32>, b: f32, x: &Array2<f32>, y: &Array1<f32>) -> f32 {
+pub(crate) fn loss(w: &Array1<f32>, b: f32, x: &Array2<f32>, y: &Array1<f32>) -> f32 {
     let r = x.dot(w) + b - y;
     r.mapv(|v| v * v).mean().unwrap_or(f32::NAN)
 }
 
 /// The gradient map a worker pushes for the linear model.
-pub fn grad_map(w: &Array1<f32>, b: f32, worker: u32, step: u64) -> BTreeMap<String, ArrayD<f32>> {
+pub(crate) fn grad_map(w: &Array1<f32>, b: f32, worker: u32, step: u64) -> BTreeMap<String, ArrayD<f32>> {
     let (x, y) = batch(worker, step);
     let (gw, gb) = gradients(w, b, &x, &y);
     BTreeMap::from([("w".to_string(), gw.into_dyn()), ("b".to_string(), ndarray::arr1(&[gb]).into_dyn())])
 }
 
 /// `w` and `b` out of a pull.
-pub fn unpack(values: &BTreeMap<String, ArrayD<f32>>) -> (Array1<f32>, f32) {
+pub(crate) fn unpack(values: &BTreeMap<String, ArrayD<f32>>) -> (Array1<f32>, f32) {
     let w = values["w"].clone().into_dimensionality().expect("w is 1-D");
     (w, values["b"][[0]])
 }
 
 /// Mean over rows of a stack of per-worker gradients, summed in worker order.
-pub fn mean_rows(rows: &[Array1<f32>]) -> Array1<f32> {
+pub(crate) fn mean_rows(rows: &[Array1<f32>]) -> Array1<f32> {
     let stacked = ndarray::stack(Axis(0), &rows.iter().map(|r| r.view()).collect::<Vec<_>>()).expect("stack");
     stacked.sum_axis(Axis(0)) / rows.len() as f32
 }
@@ -118,7 +118,7 @@ pub fn mean_rows(rows: &[Array1<f32>]) -> Array1<f32> {
 /// Single-process SGD on the linear model from the initial values the tests
 /// declare (`w`: Normal(0, 0.1) seed 11, `b`: 0): at each step, the mean
 /// gradient of workers `0..present(step)`, at learning rate `lr`.
-pub fn reference_sgd(steps: u64, lr: f32, present: impl Fn(u64) -> u32) -> (Array1<f32>, f32) {
+pub(crate) fn reference_sgd(steps: u64, lr: f32, present: impl Fn(u64) -> u32) -> (Array1<f32>, f32) {
     let mut w: Array1<f32> =
         ps_server::init::Init::Normal { mean: 0.0, std: 0.1, seed: 11 }.fill(0, DIM).into();
     let mut b = 0.0f32;
@@ -134,4 +134,13 @@ pub fn reference_sgd(steps: u64, lr: f32, present: impl Fn(u64) -> u32) -> (Arra
         b -= lr * gbs.iter().sum::<f32>() / n as f32;
     }
     (w, b)
+}
+
+/// The `ps-worker` binary (the operator's `ps-worker checkpoint`), which
+/// the examples package builds next to `ps-server` when the workspace is
+/// built (`cargo test --workspace` builds every binary).
+pub(crate) fn ps_worker_bin() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ps-server")).with_file_name("ps-worker");
+    assert!(path.exists(), "{} is missing: run the tests with --workspace", path.display());
+    path
 }

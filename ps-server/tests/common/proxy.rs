@@ -35,7 +35,7 @@ impl Faults {
 
 /// A running proxy; stops when dropped.
 #[derive(Debug)]
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// The address clients connect to.
     pub addr: String,
     faults: Arc<Faults>,
@@ -51,7 +51,7 @@ impl Drop for Proxy {
 
 impl Proxy {
     /// Starts forwarding a new port of 127.0.0.1 to `target`, with faults drawn from `seed`.
-    pub async fn start(target: &str, seed: u64) -> Proxy {
+    pub(crate) async fn start(target: &str, seed: u64) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr").to_string();
         let faults = Arc::new(Faults {
@@ -78,12 +78,12 @@ impl Proxy {
     }
 
     /// Drops this fraction of server-to-client reads, cutting their connection.
-    pub fn drop_responses(&self, fraction: f64) {
+    pub(crate) fn drop_responses(&self, fraction: f64) {
         self.faults.drop_per_million.store((fraction * 1e6) as u32, Ordering::SeqCst);
     }
 
     /// Cuts every connection and refuses new ones (`true`), or heals (`false`).
-    pub fn partition(&self, on: bool) {
+    pub(crate) fn partition(&self, on: bool) {
         self.faults.partitioned.store(on, Ordering::SeqCst);
         if on {
             self.faults.cut.send_modify(|e| *e += 1);
@@ -91,12 +91,12 @@ impl Proxy {
     }
 
     /// Responses dropped so far.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.faults.dropped.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far.
-    pub fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         self.faults.connections.load(Ordering::Relaxed)
     }
 }

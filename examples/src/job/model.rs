@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis, Ix1, Ix2};
 
-use crate::tensor::TensorDecl;
+use ps_worker::TensorDecl;
 
 /// Parameters or gradients by tensor name.
 pub type Tensors = BTreeMap<String, ArrayD<f32>>;

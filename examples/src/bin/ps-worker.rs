@@ -1,14 +1,16 @@
 //! `ps-worker`: one worker of the built-in training job (Fashion-MNIST by
-//! default) against a running cluster of `ps-server` shards.
+//! default) against a running cluster of `ps-server` shards, and the
+//! operator's `ps-worker checkpoint`. Arguments and signals only.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ps_examples::access::AccessArgs;
+use ps_examples::job::data;
+use ps_examples::job::model::{Model, ModelKind};
+use ps_examples::job::train::{self, JobOptimizer, Persistent, Stragglers, TrainConfig};
 use ps_proto::{ClusterSpec, WireDtype};
-use ps_worker::job::data;
-use ps_worker::job::model::{Model, ModelKind};
-use ps_worker::job::train::{self, JobOptimizer, Persistent, Stragglers, TrainConfig};
 use ps_worker::{Worker, WorkerConfig, WorkerError};
 use tracing_subscriber::EnvFilter;
 
@@ -37,9 +39,20 @@ enum LogFormat {
 /// Example, worker 0 of a 2-shard cluster:
 ///
 ///   ps-worker --shards 127.0.0.1:7070,127.0.0.1:7071 --worker 0 --model mlp --epochs 2
+///
+/// `ps-worker checkpoint --shards ...` asks a running cluster for a
+/// checkpoint instead (see `ps-worker checkpoint --help`).
 #[derive(Debug, Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Comma-separated addresses of all shards, in shard-id order.
     #[arg(long, value_delimiter = ',', required_unless_present = "cluster")]
     shards: Option<Vec<String>>,
@@ -53,8 +66,8 @@ struct Args {
     split_threshold: u64,
 
     /// This worker's id, 0..W (W is the shards' --workers).
-    #[arg(long)]
-    worker: u32,
+    #[arg(long, required = true)]
+    worker: Option<u32>,
 
     /// Model to train.
     #[arg(long, value_enum, default_value = "mlp")]
@@ -120,7 +133,7 @@ struct Args {
     dump_dir: Option<PathBuf>,
 
     #[command(flatten)]
-    access: ps_worker::auth::AccessArgs,
+    access: AccessArgs,
 
     /// Attempts of a request that fails transiently (shard unreachable or
     /// restarting) before the worker gives up, with exponential backoff and
@@ -145,6 +158,33 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// Operator commands against a running cluster.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Take a consistent checkpoint of a running cluster and wait until it is complete.
+    ///
+    /// Without --clock, picks the highest clock any worker is at (in sync,
+    /// the round in progress), so the checkpoint completes as soon as the
+    /// slowest worker gets there. Every shard must have been started with
+    /// --checkpoint-dir. Prints the checkpoint's directory.
+    Checkpoint {
+        /// Comma-separated addresses of all shards, in shard-id order.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cluster")]
+        shards: Option<Vec<String>>,
+        /// TOML cluster spec: `shards = ["host:port", ...]`.
+        #[arg(long, conflicts_with = "shards")]
+        cluster: Option<PathBuf>,
+        /// The checkpoint holds exactly the updates of clocks below this.
+        #[arg(long)]
+        clock: Option<u64>,
+        /// Return once every shard knows the checkpoint, without waiting for it to be written.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        access: AccessArgs,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 enum Failure {
     #[error("{0}")]
@@ -155,27 +195,32 @@ enum Failure {
     Worker(#[from] WorkerError),
 }
 
-fn cluster(args: &Args) -> Result<ClusterSpec, Failure> {
-    if let Some(list) = &args.shards {
-        return Ok(ClusterSpec { shards: list.clone(), split_threshold: args.split_threshold });
+fn cluster_spec(
+    shards: Option<&Vec<String>>,
+    cluster: Option<&PathBuf>,
+    split_threshold: u64,
+) -> Result<ClusterSpec, Failure> {
+    if let Some(list) = shards {
+        return Ok(ClusterSpec { shards: list.clone(), split_threshold });
     }
-    let path = args.cluster.as_ref().ok_or_else(|| Failure::Usage("give --shards or --cluster".into()))?;
+    let path = cluster.ok_or_else(|| Failure::Usage("give --shards or --cluster".into()))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| Failure::Usage(format!("invalid cluster spec {}: {e}", path.display())))
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let spec = cluster(&args)?;
+    let spec = cluster_spec(args.shards.as_ref(), args.cluster.as_ref(), args.split_threshold)?;
+    let id = args.worker.ok_or_else(|| Failure::Usage("give --worker ID".into()))?;
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let splits = data::load(&dir)?;
-    let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(args.worker, None));
+    let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(id, None));
     if args.metrics_listen != "off" {
         let listener = tokio::net::TcpListener::bind(&args.metrics_listen).await.map_err(|e| {
             Failure::Usage(format!("cannot listen for metrics on {}: {e}", args.metrics_listen))
         })?;
         let addr = listener.local_addr().map_err(|e| Failure::Usage(e.to_string()))?;
-        announce(&format!("ps-worker {} metrics on http://{addr}/metrics", args.worker));
+        announce(&format!("ps-worker {} metrics on http://{addr}/metrics", id));
         let registry = metrics.registry().clone();
         tokio::spawn(async move {
             let served =
@@ -189,7 +234,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         wire_dtype: args.wire_dtype,
         metrics: Some(std::sync::Arc::clone(&metrics)),
         retry: ps_worker::RetryPolicy { max_attempts: args.max_attempts, ..Default::default() },
-        ..WorkerConfig::new(spec, args.worker)
+        ..WorkerConfig::new(spec, id)
     };
     let config = args.access.apply(config).map_err(Failure::Usage)?;
     let mut worker = Worker::connect(config).await?;
@@ -212,8 +257,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         stragglers: Stragglers {
             transient_probability: args.straggler_probability,
             transient_factor: args.straggler_factor,
-            persistent: (args.slowdown > 1.0)
-                .then_some(Persistent { worker: args.worker, slowdown: args.slowdown }),
+            persistent: (args.slowdown > 1.0).then_some(Persistent { worker: id, slowdown: args.slowdown }),
             seed: args.seed,
         },
         max_steps: args.max_steps,
@@ -221,13 +265,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     };
     train::declare(&mut worker, &cfg).await?;
     let total = cfg.total_steps(splits.train.len());
-    tracing::info!(
-        worker = args.worker,
-        workers = cfg.workers,
-        clock = worker.clock(),
-        steps = total,
-        "training"
-    );
+    tracing::info!(worker = id, workers = cfg.workers, clock = worker.clock(), steps = total, "training");
     let started = Instant::now();
     let log_every = args.log_every.max(1);
     let mut blocked = Duration::ZERO;
@@ -263,7 +301,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     let elapsed = started.elapsed();
     announce(&format!(
         "worker {} done: {} steps in {:.1}s ({:.1} steps/s), blocked {:.1}s, final loss {:.4}, test accuracy {:.4}",
-        args.worker,
+        id,
         records.len(),
         elapsed.as_secs_f64(),
         records.len() as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -271,6 +309,53 @@ async fn run(args: Args) -> Result<(), Failure> {
         records.last().map_or(f32::NAN, |r| r.loss),
         accuracy
     ));
+    Ok(())
+}
+
+/// `ps-worker checkpoint`: requests a checkpoint and waits for it.
+async fn checkpoint_command(
+    shards: Option<Vec<String>>,
+    cluster: Option<PathBuf>,
+    clock: Option<u64>,
+    no_wait: bool,
+    access: AccessArgs,
+) -> Result<(), Failure> {
+    let spec = cluster_spec(shards.as_ref(), cluster.as_ref(), ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD)?;
+    let config = access.apply(WorkerConfig::new(spec, 0)).map_err(Failure::Usage)?;
+    let mut observer = Worker::observer(config).await?;
+    // Without a clock: the highest clock any worker is at (sync: the round in
+    // progress), which no update has passed yet; retried further ahead if the
+    // workers overtake the request.
+    let mut attempt = 0u32;
+    let name = loop {
+        let target = match clock {
+            Some(c) => c,
+            None => {
+                let statuses = observer.status().await?;
+                let highest = statuses
+                    .iter()
+                    .flat_map(|s| s.tensors.iter())
+                    .flat_map(|t| t.versions.iter().map(|v| (v + 1).max(0) as u64).chain([t.applied_clock]))
+                    .max()
+                    .unwrap_or(0);
+                highest + u64::from(attempt) * 4
+            }
+        };
+        match observer.checkpoint(target).await {
+            Ok(name) => break name,
+            Err(e) if clock.is_none() && attempt < 5 && e.code() == Some(tonic::Code::FailedPrecondition) => {
+                tracing::info!("workers overtook clock {target}, trying a later one: {e}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if no_wait {
+        announce(&format!("checkpoint {name} requested"));
+        return Ok(());
+    }
+    let done = observer.wait_checkpoint(&name).await?;
+    announce(&format!("checkpoint complete at clock {}: {} ({} bytes)", done.clock, done.dir, done.bytes));
     Ok(())
 }
 
@@ -314,7 +399,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let done = match args.command {
+        Some(Command::Checkpoint { shards, cluster, clock, no_wait, access }) => {
+            runtime.block_on(checkpoint_command(shards, cluster, clock, no_wait, access))
+        }
+        None => runtime.block_on(run(args)),
+    };
+    match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ps-worker: {e}");

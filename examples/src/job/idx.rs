@@ -13,19 +13,38 @@ pub enum IdxError {
     /// The file could not be read (or decompressed).
     #[error("{path}: cannot read: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The magic number is wrong.
     #[error("{path}: not an IDX file of unsigned bytes: magic bytes {got:02x?}, expected [00, 00, 08, n]")]
-    Magic { path: PathBuf, got: Vec<u8> },
+    Magic {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What was received.
+        got: Vec<u8>,
+    },
     /// The file is shorter or longer than its header says.
     #[error("{path}: header promises {expected} bytes in all, the file has {got}")]
-    Length { path: PathBuf, expected: u64, got: u64 },
+    Length {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What was expected.
+        expected: u64,
+        /// What was received.
+        got: u64,
+    },
     /// The dimensions are not what the caller needs.
     #[error("{path}: {detail}")]
-    Shape { path: PathBuf, detail: String },
+    Shape {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
 }
 
 /// The contents of an IDX file: dimensions and row-major bytes.

@@ -27,10 +27,22 @@ pub enum DataError {
     Idx(#[from] IdxError),
     /// A file's contents do not match `SHA256SUMS`.
     #[error("{path}: SHA-256 of the decompressed contents is {got}, SHA256SUMS says {expected}")]
-    Checksum { path: PathBuf, expected: String, got: String },
+    Checksum {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What was expected.
+        expected: String,
+        /// What was received.
+        got: String,
+    },
     /// Neither the file nor its `.gz` exists.
     #[error("{dir}: no {name} (or {name}.gz) in the data directory")]
-    Missing { dir: PathBuf, name: String },
+    Missing {
+        /// The data directory.
+        dir: PathBuf,
+        /// The missing file's name.
+        name: String,
+    },
     /// The files disagree with each other.
     #[error("{0}")]
     Inconsistent(String),
@@ -84,7 +96,7 @@ pub struct Splits {
 
 /// Where the repository keeps Fashion-MNIST.
 pub fn default_data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/fashion-mnist")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")
 }
 
 fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {

@@ -11,17 +11,25 @@ use rand_chacha::rand_core::SeedableRng;
 
 use super::data::{Dataset, worker_batches};
 use super::model::Model;
-use crate::client::Worker;
-use crate::error::WorkerError;
-use crate::tensor::TensorDecl;
+use ps_worker::TensorDecl;
+use ps_worker::Worker;
+use ps_worker::WorkerError;
 
 /// The server-side optimizer the job declares its tensors with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum JobOptimizer {
     /// SGD with momentum.
-    Sgd { learning_rate: f32, momentum: f32 },
+    Sgd {
+        /// Step size.
+        learning_rate: f32,
+        /// Momentum coefficient (0: plain SGD).
+        momentum: f32,
+    },
     /// Adam with the usual betas.
-    Adam { learning_rate: f32 },
+    Adam {
+        /// Step size.
+        learning_rate: f32,
+    },
 }
 
 /// A persistent straggler: one worker always `slowdown` times slower.
@@ -188,7 +196,7 @@ pub async fn train(
     let mut recoveries = 0;
     // The read for the current clock, when the previous step's `push_pull`
     // already made it (with when that call started and ended).
-    let mut prefetched: Option<(crate::client::Pulled, Instant, Instant)> = None;
+    let mut prefetched: Option<(ps_worker::Pulled, Instant, Instant)> = None;
     while worker.clock() < total {
         let clock = worker.clock();
         let every = cfg.checkpoint_every.unwrap_or(0);

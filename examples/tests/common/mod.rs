@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Child;
 
 /// A child process killed (SIGKILL) when dropped.
-pub struct Killed(pub Child);
+pub(crate) struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -16,7 +16,7 @@ impl Drop for Killed {
 
 /// `ps-server` sits next to `ps-worker` in the target directory when the
 /// workspace is built (`cargo test --workspace` builds every binary).
-pub fn ps_server() -> PathBuf {
+pub(crate) fn ps_server() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_ps-worker")).with_file_name("ps-server");
     assert!(path.exists(), "{} is missing: run the tests with --workspace", path.display());
     path
