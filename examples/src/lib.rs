@@ -23,3 +23,9 @@ pub mod job;
 pub mod plot;
 pub mod report;
 pub mod run;
+
+/// The README, whose Rust example runs as a doctest, so the library example
+/// a newcomer copies always compiles and works.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
