@@ -2,17 +2,17 @@
 //! tensors, and run training steps of `pull` → compute → `push`.
 //!
 //! ```no_run
-//! # async fn demo(cluster: ps_proto::ClusterSpec) -> Result<(), ps_worker::WorkerError> {
+//! # async fn demo(cluster: ps_worker::ClusterSpec) -> Result<(), ps_worker::WorkerError> {
 //! use std::collections::BTreeMap;
 //! use ps_worker::{TensorDecl, Worker, WorkerConfig};
 //!
 //! let mut worker = Worker::connect(WorkerConfig::new(cluster, 0)).await?;
 //! worker.declare(&TensorDecl::new("w", &[10]).normal(0.0, 0.1, 7)).await?;
-//! for _ in 0..100 {
-//!     let params = worker.pull().await?;           // waits as the policy requires
-//!     let w = &params.values["w"];
-//!     let grad = w * 0.5;                            // your model's gradient here
-//!     worker.push(&BTreeMap::from([("w".to_string(), grad)])).await?; // clock += 1
+//! let mut params = worker.pull().await?;             // waits as the policy requires
+//! while worker.clock() < 100 {
+//!     let grad = &params.values["w"] * 0.5;            // your model's gradient here
+//!     // push at clock c, read clock c + 1: one round trip per part
+//!     params = worker.step(&BTreeMap::from([("w".to_string(), grad)])).await?;
 //! }
 //! worker.leave().await?;
 //! # Ok(()) }

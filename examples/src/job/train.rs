@@ -194,7 +194,7 @@ pub async fn train(
     let mut normal: Option<Duration> = None;
     let mut resumed_at = worker.clock();
     let mut recoveries = 0;
-    // The read for the current clock, when the previous step's `push_pull`
+    // The read for the current clock, when the previous step's `Worker::step`
     // already made it (with when that call started and ended).
     let mut prefetched: Option<(ps_worker::Pulled, Instant, Instant)> = None;
     while worker.clock() < total {
@@ -238,7 +238,13 @@ pub async fn train(
                 // Shared, the gradients go out from their own memory.
                 let shared: std::collections::BTreeMap<_, _> =
                     grads.into_iter().map(|(k, g)| (k, g.into_shared())).collect();
-                let next = worker.push_pull(&shared).await?;
+                let next = worker.step(&shared).await?;
+                if worker.clock() != clock + 1 {
+                    // A shard restarted: `step` rewound every shard to its
+                    // checkpoint and read the values there, the next read.
+                    prefetched = Some((next, t2, Instant::now()));
+                    return Ok(None);
+                }
                 next_wait = next.waited;
                 prefetched = Some((next, t2, Instant::now()));
             } else {
@@ -249,7 +255,7 @@ pub async fn train(
             // this step's pull or in the read its push_pull made.
             let step = (pull_time + (t3 - computing)).saturating_sub(extra + own_wait + next_wait);
             normal = Some(normal.map_or(step, |n| n.mul_f64(0.9) + step.mul_f64(0.1)));
-            Ok::<_, WorkerError>(StepRecord {
+            Ok::<_, WorkerError>(Some(StepRecord {
                 worker: id,
                 clock,
                 wall: t3 - started,
@@ -261,10 +267,21 @@ pub async fn train(
                 compute: t2 - computing,
                 push: t3 - t2,
                 versions: pulled.versions,
-            })
+            }))
         };
         let record = match step.await {
-            Ok(record) => record,
+            Ok(Some(record)) => record,
+            Ok(None) if recoveries < MAX_RECOVERIES => {
+                recoveries += 1;
+                resumed_at = worker.clock();
+                records.retain(|r: &StepRecord| r.clock < resumed_at);
+                continue;
+            }
+            Ok(None) => {
+                return Err(WorkerError::Cluster(format!(
+                    "worker {id}: gave up after {MAX_RECOVERIES} shard restarts in one run"
+                )));
+            }
             Err(WorkerError::ShardRestarted { restart, .. }) if recoveries < MAX_RECOVERIES => {
                 recoveries += 1;
                 prefetched = None;
