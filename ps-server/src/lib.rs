@@ -6,6 +6,7 @@
 //! - [`sync`]: the pure clock core — release rules, rounds, exactly-once (no I/O).
 //! - [`optim`]: SGD, Adam and AdaGrad update kernels.
 //! - [`init`]: seeded initializers independent of sharding.
+//! - [`meta`]: what a tensor part is, fixed at declaration.
 //! - [`tensor`]: one tensor part — values, optimizer state, clocks, aggregation buffer.
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
 //! - [`buffers`]: buffers of pushed pieces, kept for the next piece.
@@ -33,6 +34,7 @@ pub mod incarnation;
 pub mod init;
 pub mod liveness;
 pub mod local;
+pub mod meta;
 pub mod metrics;
 pub mod optim;
 pub mod readers;

@@ -9,9 +9,8 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::{CutId, CutInfo, PartSnapshot, write_shard_cut};
-use crate::error::PsError;
 use crate::metrics::CheckpointMetrics;
-use crate::tensor::TensorMeta;
+use crate::meta::TensorMeta;
 
 /// Where one checkpoint stands on this shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,12 +90,12 @@ impl Checkpoints {
     /// captured at once. It runs under this registry's lock, so a concurrent
     /// request for the same cut returns only once every part knows it.
     /// Registering a known cut again is a no-op that returns `false`.
-    pub fn register(
+    pub fn register<E>(
         self: &Arc<Self>,
         cut: CutId,
         expected: usize,
-        register_parts: impl FnOnce(&CutId) -> Result<Vec<(TensorMeta, PartSnapshot)>, PsError>,
-    ) -> Result<bool, PsError> {
+        register_parts: impl FnOnce(&CutId) -> Result<Vec<(TensorMeta, PartSnapshot)>, E>,
+    ) -> Result<bool, E> {
         let mut cuts = self.lock();
         if cuts.contains_key(&cut.name) {
             return Ok(false);

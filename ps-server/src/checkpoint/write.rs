@@ -24,7 +24,7 @@ use super::format::{
     parse_name, shard_file, slot_key, values_key,
 };
 use super::{CutId, PartSnapshot};
-use crate::tensor::TensorMeta;
+use crate::meta::TensorMeta;
 
 /// What a shard writes into every checkpoint besides its parts.
 #[derive(Clone, Debug)]
