@@ -1,27 +1,19 @@
 //! The `ps-worker` binary trains against real `ps-server` processes.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 mod common;
 
-use common::{Killed, ps_server};
+use common::ps_server;
+use ps_server::process::start_cluster;
 
 #[test]
 fn two_worker_processes_train_against_a_shard_process() {
-    let mut server = Command::new(ps_server())
-        .args(["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "ssp", "--staleness", "1"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn ps-server");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
-    stdout.read_line(&mut line).expect("read");
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let _server = Killed(server);
-    let addr = line.trim().rsplit(' ').next().expect("listening line").to_string();
-    assert!(line.contains("listening on"), "{line:?}");
+    let args = ["--workers", "2", "--policy", "ssp", "--staleness", "1"];
+    let split_threshold = ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD;
+    let (_server, spec) =
+        start_cluster(&ps_server(), 1, split_threshold, &args).unwrap_or_else(|e| panic!("{e}"));
+    let addr = spec.shards[0].clone();
 
     let workers: Vec<Child> = (0..2)
         .map(|id| {

@@ -4,48 +4,27 @@
 //! sync the final parameters are bit-identical to an uninterrupted run, so
 //! no update after the checkpoint was applied twice (or lost).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Killed, ps_server};
+use common::ps_server;
+use ps_server::process::{START_TIMEOUT, ShardProcess};
 
 /// Starts shard `id` of 2 listening on `listen`; returns it with its address
 /// once it printed its listening line (after a restored line, if any).
-fn shard(id: u32, listen: &str, args: &[&str]) -> (Killed, String, Option<String>) {
-    let mut child = Command::new(ps_server())
+fn shard(id: u32, listen: &str, args: &[&str]) -> (ShardProcess, String, Option<String>) {
+    let mut command = Command::new(ps_server());
+    command
         .args(["--listen", listen, "--shard-id", &id.to_string(), "--num-shards", "2"])
         .args(["--workers", "2", "--split-threshold", "64", "--metrics-listen", "off"])
         .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn ps-server");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let child = Killed(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut restored = None;
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("ps-server did not start within 60 s");
-        if line.contains("listening on") {
-            let addr = line.trim().rsplit(' ').next().expect("address").to_string();
-            return (child, addr, restored);
-        }
-        if line.contains("restored") {
-            restored = Some(line);
-        }
-    }
+        .env("RUST_LOG", "warn");
+    let shard = ShardProcess::start(command, START_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (addr, restored) = (shard.addr().to_string(), shard.restored().map(str::to_string));
+    (shard, addr, restored)
 }
 
 /// Starts the two workers of a job against `shards`, dumping their final

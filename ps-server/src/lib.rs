@@ -20,6 +20,7 @@
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
 //! - [`metrics`]: Prometheus metrics of a shard and the `/metrics` endpoint.
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
+//! - [`process`]: `ps-server` child processes for tests, benchmarks and tools.
 
 pub mod auth;
 pub mod budget;
@@ -37,6 +38,7 @@ pub mod local;
 pub mod meta;
 pub mod metrics;
 pub mod optim;
+pub mod process;
 pub mod readers;
 pub mod server;
 pub mod service;

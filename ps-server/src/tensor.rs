@@ -8,10 +8,10 @@ use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
 use crate::config::Aggregation;
 use crate::error::PsError;
 use crate::init::Init;
+pub use crate::meta::TensorMeta;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::readers::Readers;
 use crate::sync::{ClockTable, Delivered, Policy, PullDecision, PushDecision, RoundComplete};
-pub use crate::meta::TensorMeta;
 
 /// A gradient whose chunk sequence has been validated and decoded: exactly
 /// the part's elements, in order.

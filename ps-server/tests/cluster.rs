@@ -310,7 +310,7 @@ async fn ps_server_takes_the_shard_list_from_a_cluster_file() {
         &mut line,
     )
     .expect("read");
-    let _server = common::ServerProcess { addr: String::new(), child };
+    let _server = common::Killed(child);
     assert!(line.starts_with("ps-server shard 2/3 listening on "), "{line:?}");
     let addr = line.trim().rsplit(' ').next().expect("address").to_string();
     // A worker that knows only shard 2 as a one-shard cluster sees what that shard says of itself.

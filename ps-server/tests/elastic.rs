@@ -40,7 +40,7 @@ async fn train(mut worker: Worker, id: u32, until: u64, live: usize) -> (Worker,
 /// Runs workers 0 and 1 to `JOIN` (bounded: if worker 2 held them back this
 /// fails instead of hanging), lets worker 2 join, runs all three to `STEPS`,
 /// and returns the cluster (alive), an observer and the worst staleness read.
-async fn scale_out(args: &[&str]) -> (Vec<ServerProcess>, Worker, i64) {
+async fn scale_out(args: &[&str]) -> (Vec<ShardProcess>, Worker, i64) {
     let args = [&["--workers", "2", "--max-workers", "3", "--lr", "0.05"][..], args].concat();
     let (servers, spec) = spawn_cluster(2, 8, &args);
     let first: Vec<_> = (0..2)

@@ -42,7 +42,7 @@ async fn hostile_sizes_and_stream_floods_are_refused_without_memory_growth() {
             "64",
         ],
     );
-    let pid = servers[0].child.id();
+    let pid = servers[0].pid();
     let mut w = Worker::connect(WorkerConfig::new(spec.clone(), 0)).await.expect("connect");
     w.declare(&TensorDecl::new("big", &[1 << 20])).await.expect("declare a 4 MiB tensor");
     let before = rss(pid);
@@ -129,7 +129,7 @@ async fn floods_of_unfinished_pushes_carrying_data_stay_within_the_budget() {
             &BUDGET.to_string(),
         ],
     );
-    let pid = servers[0].child.id();
+    let pid = servers[0].pid();
     let mut w = Worker::connect(WorkerConfig::new(spec.clone(), 0)).await.expect("connect");
     let part: u64 = 16 << 20; // elements: 64 MiB
     w.declare(&TensorDecl::new("big", &[part as usize])).await.expect("declare a 64 MiB tensor");

@@ -15,9 +15,8 @@
 //! encoding must, shows the most the encoding can gain on the machine.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -109,7 +108,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
     num.parse::<usize>().map(|n| n * mult).map_err(|e| format!("size {s:?}: {e}"))
 }
 
-use ps_benches::ShardProcess as Shard;
+use ps_server::process::ShardProcess as Shard;
 
 fn start_shards(
     n: u32,
@@ -120,34 +119,16 @@ fn start_shards(
     threads: Option<u16>,
 ) -> Result<(Vec<Shard>, ClusterSpec), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("ps-server");
-    let mut shards = Vec::new();
-    let mut addrs = Vec::new();
-    for id in 0..n {
-        let mut child = Command::new(&exe)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--shard-id", &id.to_string()])
-            .args(["--num-shards", &n.to_string(), "--workers", &workers.to_string(), "--policy", policy])
-            .args(["--split-threshold", "1024", "--max-message-bytes", "67108864"])
-            .args(push_budget.map(|b| format!("--max-push-bytes-in-flight={b}")))
-            .args(sync_piece_bytes.map(|b| format!("--sync-piece-bytes={b}")))
-            .args(threads.map(|t| format!("--threads={t}")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e} (build the workspace first)", exe.display()))?;
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        out.read_line(&mut line).map_err(|e| e.to_string())?;
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|_| line.contains("listening on"))
-            .ok_or(format!("ps-server said {line:?}"))?;
-        addrs.push(addr.to_string());
-        shards.push(Shard(child));
-    }
-    Ok((shards, ClusterSpec { shards: addrs, split_threshold: 1024 }))
+    let (workers, push_budget, sync_piece_bytes, threads) = (
+        workers.to_string(),
+        push_budget.map(|b| format!("--max-push-bytes-in-flight={b}")),
+        sync_piece_bytes.map(|b| format!("--sync-piece-bytes={b}")),
+        threads.map(|t| format!("--threads={t}")),
+    );
+    let mut args = vec!["--metrics-listen", "off", "--workers", &workers, "--policy", policy];
+    args.extend(["--max-message-bytes", "67108864"]);
+    args.extend([&push_budget, &sync_piece_bytes, &threads].into_iter().flatten().map(String::as_str));
+    ps_server::process::start_cluster(&exe, n, 1024, &args)
 }
 
 /// Push+pull bytes per second (counted as f32 payload) of a tokio TCP pump

@@ -10,8 +10,6 @@
 //! error or a stalled interval (no step anywhere) is reported and fails it.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,7 +45,7 @@ struct Args {
     sample: u64,
 }
 
-use ps_benches::ShardProcess as Shard;
+use ps_server::process::ShardProcess as Shard;
 
 fn rss_mib(shard: &Shard) -> f64 {
     shard.rss().map_or(f64::NAN, |b| b as f64 / f64::from(1 << 20))
@@ -55,25 +53,11 @@ fn rss_mib(shard: &Shard) -> f64 {
 
 fn start(args: &Args) -> Result<(Vec<Shard>, ClusterSpec), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("ps-server");
-    let (mut shards, mut addrs) = (Vec::new(), Vec::new());
-    for id in 0..args.shards {
-        let mut child = Command::new(&exe)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--shard-id", &id.to_string()])
-            .args(["--num-shards", &args.shards.to_string(), "--workers", &args.workers.to_string()])
-            .args(["--policy", &args.policy, "--staleness", "3", "--worker-timeout", "30"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e} (build the workspace first)", exe.display()))?;
-        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        let mut line = String::new();
-        out.read_line(&mut line).map_err(|e| e.to_string())?;
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let addr = line.trim().rsplit(' ').next().filter(|_| line.contains("listening on"));
-        addrs.push(addr.ok_or(format!("ps-server said {line:?}"))?.to_string());
-        shards.push(Shard(child));
-    }
-    Ok((shards, ClusterSpec::new(addrs)))
+    let workers = args.workers.to_string();
+    let shard_args = ["--metrics-listen", "off", "--workers", &workers, "--policy", &args.policy];
+    let shard_args = [&shard_args[..], &["--staleness", "3", "--worker-timeout", "30"]].concat();
+    let split_threshold = ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD;
+    ps_server::process::start_cluster(&exe, args.shards, split_threshold, &shard_args)
 }
 
 fn main() -> std::process::ExitCode {

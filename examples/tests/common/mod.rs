@@ -2,17 +2,6 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Child;
-
-/// A child process killed (SIGKILL) when dropped.
-pub(crate) struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `ps-server` sits next to `ps-worker` in the target directory when the
 /// workspace is built (`cargo test --workspace` builds every binary).

@@ -9,8 +9,8 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::{CutId, CutInfo, PartSnapshot, write_shard_cut};
-use crate::metrics::CheckpointMetrics;
 use crate::meta::TensorMeta;
+use crate::metrics::CheckpointMetrics;
 
 /// Where one checkpoint stands on this shard.
 #[derive(Clone, Debug, PartialEq, Eq)]

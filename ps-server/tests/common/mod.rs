@@ -5,8 +5,7 @@
 pub(crate) mod proxy;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use ndarray::{Array1, Array2, ArrayD, Axis};
 use ps_proto::ClusterSpec;
@@ -14,54 +13,29 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 
-/// A `ps-server` child process, killed when dropped.
-pub(crate) struct ServerProcess {
-    pub child: Child,
-    pub addr: String,
-}
+pub(crate) use ps_server::process::ShardProcess;
 
-impl Drop for ServerProcess {
+/// A child process killed (SIGKILL) when dropped.
+pub(crate) struct Killed(pub(crate) Child);
+
+impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 /// Starts `num_shards` real `ps-server` processes on 127.0.0.1 with
 /// ephemeral ports and `args` in common, and returns them with the cluster
-/// spec (split threshold `split_threshold`). Waits for each to print its
-/// listening line, so they accept connections on return.
+/// spec (split threshold `split_threshold`), accepting connections.
 pub(crate) fn spawn_cluster(
     num_shards: u32,
     split_threshold: u64,
     args: &[&str],
-) -> (Vec<ServerProcess>, ClusterSpec) {
-    let mut servers = Vec::new();
-    for id in 0..num_shards {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ps-server"))
-            .args(["--listen", "127.0.0.1:0", "--shard-id", &id.to_string()])
-            .args(["--num-shards", &num_shards.to_string()])
-            .args(["--split-threshold", &split_threshold.to_string()])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ps-server");
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        stdout.read_line(&mut line).expect("read stdout");
-        // Keep draining what the server prints later (its metrics address).
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let Some(addr) = line.trim().rsplit(' ').next().filter(|_| line.contains("listening on")) else {
-            let mut err = String::new();
-            let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
-            panic!("ps-server did not start: stdout {line:?}, stderr {err}");
-        };
-        servers.push(ServerProcess { addr: addr.to_string(), child });
-    }
-    let spec = ClusterSpec { shards: servers.iter().map(|s| s.addr.clone()).collect(), split_threshold };
-    (servers, spec)
+) -> (Vec<ShardProcess>, ClusterSpec) {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_ps-server"));
+    ps_server::process::start_cluster(exe, num_shards, split_threshold, args)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Dimension of the linear model.
