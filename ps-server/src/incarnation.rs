@@ -1,5 +1,6 @@
-//! Which life of a shard's state this is: its session id, the checkpoint it
-//! was restored or rewound from, and which workers have joined it.
+//! Which life of a shard's state this is: its session id and the checkpoint
+//! it was restored or rewound from. (Which workers have joined it is in
+//! [`crate::membership`].)
 //!
 //! When a shard restarts from a checkpoint, every other shard must go back
 //! to the same checkpoint and every worker must join again before pushing
@@ -27,24 +28,18 @@ pub struct Incarnation {
     session: u64,
     origin: Option<Origin>,
     handled: BTreeSet<u64>,
-    joined: Vec<bool>,
 }
 
 impl Incarnation {
-    /// A fresh shard: every worker may push and pull without joining.
-    pub fn fresh(session: u64, num_workers: u32) -> Self {
-        Self { session, origin: None, handled: BTreeSet::new(), joined: vec![true; num_workers as usize] }
+    /// A fresh shard.
+    pub fn fresh(session: u64) -> Self {
+        Self { session, origin: None, handled: BTreeSet::new() }
     }
 
-    /// A shard started from `checkpoint` at `clock`: every worker must join first.
-    pub fn restored(session: u64, num_workers: u32, checkpoint: String, clock: u64) -> Self {
+    /// A shard started from `checkpoint` at `clock` (every worker must join first).
+    pub fn restored(session: u64, checkpoint: String, clock: u64) -> Self {
         let origin = Origin { checkpoint, clock, cause: session };
-        Self {
-            session,
-            origin: Some(origin),
-            handled: BTreeSet::from([session]),
-            joined: vec![false; num_workers as usize],
-        }
+        Self { session, origin: Some(origin), handled: BTreeSet::from([session]) }
     }
 
     /// This life's random id; shard 0's names the checkpoints.
@@ -63,26 +58,12 @@ impl Incarnation {
         self.handled.contains(&cause)
     }
 
-    /// Starts the next life, from `origin`, with a new `session`; every
-    /// worker must join again.
+    /// Starts the next life, from `origin`, with a new `session` (every
+    /// worker must join again).
     pub fn rewound(&mut self, session: u64, origin: Origin) {
         self.handled.insert(origin.cause);
         self.session = session;
         self.origin = Some(origin);
-        self.joined.iter_mut().for_each(|j| *j = false);
-    }
-
-    /// Records that `worker` joined this life.
-    pub fn join(&mut self, worker: u32) {
-        if let Some(j) = self.joined.get_mut(worker as usize) {
-            *j = true;
-        }
-    }
-
-    /// Whether `worker` may push and pull in this life. Unknown ids pass:
-    /// the clock rules refuse them with a better message.
-    pub fn has_joined(&self, worker: u32) -> bool {
-        self.joined.get(worker as usize).copied().unwrap_or(true)
     }
 }
 
@@ -90,24 +71,22 @@ impl Incarnation {
 mod tests {
     use super::*;
 
+    // Who must join is checked in `membership::tests::a_restored_shard_requires_a_join`
+    // and `a_rewind_starts_a_new_life_that_every_worker_must_join`.
     #[test]
     fn a_restored_shard_requires_a_join_and_knows_its_own_restart() {
-        let mut life = Incarnation::restored(7, 2, "ckpt-a".into(), 20);
-        assert!(!life.has_joined(0) && !life.has_joined(1));
+        let life = Incarnation::restored(7, "ckpt-a".into(), 20);
         assert!(life.has_handled(7) && !life.has_handled(8));
-        life.join(1);
-        assert!(!life.has_joined(0) && life.has_joined(1));
-        assert!(life.has_joined(5), "unknown ids are left to the clock rules");
+        assert_eq!(life.origin().map(|o| (o.clock, o.cause)), Some((20, 7)));
     }
 
     #[test]
     fn a_rewind_starts_a_new_life_that_every_worker_must_join() {
-        let mut life = Incarnation::fresh(1, 2);
-        assert!(life.has_joined(0) && life.origin().is_none());
+        let mut life = Incarnation::fresh(1);
+        assert!(life.origin().is_none());
         life.rewound(2, Origin { checkpoint: "ckpt-b".into(), clock: 30, cause: 9 });
         assert_eq!(life.session(), 2);
         assert_eq!(life.origin().map(|o| o.clock), Some(30));
         assert!(life.has_handled(9) && !life.has_handled(1));
-        assert!(!life.has_joined(0) && !life.has_joined(1));
     }
 }

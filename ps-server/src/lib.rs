@@ -11,7 +11,7 @@
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
 //! - [`buffers`]: buffers of pushed pieces, kept for the next piece.
 //! - [`readers`]: pull replies still reading a part, which updates wait for instead of copying it.
-//! - [`liveness`]: worker leases and eviction of silent workers.
+//! - [`membership`]: who takes part — live, evicted, joined, requests in flight, silence; decides evictions.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
 //! - [`data_path`]: the router that serves `Push` and `Pull` straight from and to HTTP/2 frames.
 //! - [`auth`]: bearer-token check of every RPC.
@@ -33,8 +33,8 @@ pub mod data_path;
 pub mod error;
 pub mod incarnation;
 pub mod init;
-pub mod liveness;
 pub mod local;
+pub mod membership;
 pub mod meta;
 pub mod metrics;
 pub mod optim;

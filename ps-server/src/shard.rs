@@ -1,4 +1,4 @@
-//! A shard: the tensor parts it holds, the live set of workers, and the
+//! A shard: the tensor parts it holds, its workers' membership, and the
 //! waiting of pulls and barriers on the sync core's release rules.
 //!
 //! Each tensor part sits behind its own `std::sync::Mutex`: no `.await` ever
@@ -6,10 +6,22 @@
 //! cheaper than an async one. Waiters subscribe to the part's `watch`
 //! channel *before* checking the rule, so no change between check and wait
 //! is missed.
+//!
+//! # Lock order
+//! Outermost first; a lock is taken only while holding locks above it:
+//! 1. `rewinding` (one rewind at a time);
+//! 2. the membership record ([`crate::membership`]);
+//! 3. the tensor map;
+//! 4. the checkpoint registry ([`crate::checkpoint::registry`]);
+//! 5. one tensor part, then its readers ([`crate::readers`]).
+//!
+//! The incarnation (session and origin) is taken last: nothing is locked
+//! while it is held. No lock is held across an `.await`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use ps_proto::placement;
 use tokio::sync::watch;
@@ -21,11 +33,11 @@ use crate::config::{ShardConfig, WorkerLoss};
 use crate::error::PsError;
 use crate::incarnation::{Incarnation, Origin};
 use crate::init::Init;
-use crate::liveness::{LeaseGuard, Leases};
+use crate::membership::{Decision, Membership, Refusal};
 use crate::metrics::ShardMetrics;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::readers::{ReadLease, UPDATE_WAIT, UpdateTurn};
-use crate::sync::{ClockError, Policy, PullDecision};
+use crate::sync::{Policy, PullDecision};
 use crate::tensor::{Gradient, Snapshot, TensorMeta, TensorPart};
 
 /// A request to create a tensor (or to check that it exists as described).
@@ -115,6 +127,21 @@ impl Drop for HeldPulls<'_> {
     }
 }
 
+/// Counts one request of a worker as in flight while it lives; when it
+/// drops, the request has ended and the worker was heard from.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    membership: Arc<Mutex<Membership>>,
+    worker: u32,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let mut members = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        members.end(self.worker, Instant::now());
+    }
+}
+
 /// The outcome of a rewind request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rewound {
@@ -144,21 +171,18 @@ pub struct TensorStatus {
 pub struct Shard {
     config: ShardConfig,
     tensors: RwLock<BTreeMap<String, Arc<TensorCell>>>,
-    live: Mutex<Vec<bool>>,
+    /// Who takes part: live, evicted, joined this life, requests in
+    /// flight, silence, and the job's stop reason.
+    membership: Arc<Mutex<Membership>>,
     closing: watch::Sender<bool>,
     metrics: ShardMetrics,
-    leases: Leases,
     /// This life of the shard's state: session (shard 0's names the
-    /// checkpoints), origin checkpoint, and who has joined it.
+    /// checkpoints) and origin checkpoint.
     incarnation: Mutex<Incarnation>,
     /// Held for a whole rewind, so concurrent requests load once.
     rewinding: Mutex<()>,
     /// Present when the shard has a checkpoint directory.
     checkpoints: Option<Arc<Checkpoints>>,
-    /// Set once the job is stopped (`--on-worker-loss fail`): why.
-    failure: Mutex<Option<String>>,
-    /// Per worker: silent past the timeout and already reported (`--on-worker-loss wait`).
-    silent: Mutex<Vec<bool>>,
     /// Buffers of pushed pieces, kept for the next piece.
     piece_buffers: PieceBuffers,
 }
@@ -185,17 +209,17 @@ impl Shard {
             };
             Checkpoints::new(info, metrics.checkpoint().clone())
         });
+        let timeout = (config.worker_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(config.worker_timeout_ms));
+        let membership = Membership::new(live, true, timeout, config.on_worker_loss, Instant::now());
         Self {
             tensors: RwLock::default(),
-            live: Mutex::new(live),
+            membership: Arc::new(Mutex::new(membership)),
             closing: watch::Sender::new(false),
             metrics,
-            leases: Leases::new(config.num_workers),
-            incarnation: Mutex::new(Incarnation::fresh(rand::random(), config.num_workers)),
+            incarnation: Mutex::new(Incarnation::fresh(rand::random())),
             rewinding: Mutex::new(()),
             checkpoints,
-            failure: Mutex::new(None),
-            silent: Mutex::new(vec![false; config.num_workers as usize]),
             piece_buffers: PieceBuffers::new(config.pieces_received_at_once()),
             config,
         }
@@ -209,15 +233,9 @@ impl Shard {
         let mut shard = Shard::new(config);
         let tensors = shard.load_cells(loaded)?;
         shard.tensors = RwLock::new(tensors);
-        let life = shard.life();
-        let restored = Incarnation::restored(
-            life.session(),
-            shard.config.num_workers,
-            loaded.name(),
-            loaded.manifest.clock,
-        );
-        drop(life);
+        let restored = Incarnation::restored(shard.life().session(), loaded.name(), loaded.manifest.clock);
         shard.incarnation = Mutex::new(restored);
+        shard.members().rewound(|w| shard.config.starts_live(w), Instant::now());
         Ok(shard)
     }
 
@@ -344,22 +362,17 @@ impl Shard {
         let clock = loaded.manifest.clock;
         let session = rand::random();
         let old = {
-            let mut live = self.live_set();
+            let mut members = self.members();
             let mut tensors = self.tensors.write().unwrap_or_else(|p| p.into_inner());
-            for (w, l) in live.iter_mut().enumerate() {
-                *l = self.config.starts_live(w as u32);
-            }
+            members.rewound(|w| self.config.starts_live(w), Instant::now());
             let old = std::mem::replace(&mut *tensors, cells);
             for cell in old.values() {
                 cell.retired.store(true, Ordering::Release);
             }
             self.life().rewound(session, Origin { checkpoint: checkpoint.to_string(), clock, cause });
-            self.metrics.rewound(live.iter().filter(|l| **l).count());
+            self.metrics.rewound(members.live_count());
             old
         };
-        for w in 0..self.config.num_workers {
-            self.leases.set_evicted(w, false);
-        }
         for cell in old.values() {
             self.count_tensor(&cell.lock(), false);
             cell.notify();
@@ -404,7 +417,7 @@ impl Shard {
     /// the shard came back from a checkpoint.
     pub fn checkpoint(&self, clock: u64, session: u64, worker: Option<u32>) -> Result<CutId, PsError> {
         if let Some(w) = worker
-            && !self.life().has_joined(w)
+            && !self.members().has_joined(w)
         {
             return Err(self.restarted(Some(w)));
         }
@@ -471,38 +484,39 @@ impl Shard {
         self.closing.send_replace(true);
     }
 
-    fn live_set(&self) -> MutexGuard<'_, Vec<bool>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    /// The membership record. Lock order: taken before the tensor map and
+    /// any part (see the module doc); never held across an `.await`.
+    fn members(&self) -> MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The live worker ids.
     pub fn live_workers(&self) -> Vec<u32> {
-        self.live_set().iter().enumerate().filter(|(_, l)| **l).map(|(w, _)| w as u32).collect()
+        let members = self.members();
+        members.live().iter().enumerate().filter(|(_, l)| **l).map(|(w, _)| w as u32).collect()
     }
 
     /// Checks that `worker` exists and is live (a cheap early check; the
     /// authoritative one happens under the tensor's lock).
     pub fn check_worker(&self, worker: u32) -> Result<(), PsError> {
-        if !self.life().has_joined(worker) {
-            return Err(self.restarted(Some(worker)));
-        }
-        match self.live_set().get(worker as usize) {
-            None => Err(PsError::Worker(ClockError::UnknownWorker {
-                worker,
-                num_workers: self.config.num_workers,
-            })),
-            Some(false) if self.leases.is_evicted(worker) => {
+        let refusal = self.members().check(worker);
+        match refusal {
+            Ok(()) => Ok(()),
+            Err(Refusal::NotJoined) => Err(self.restarted(Some(worker))),
+            Err(Refusal::Unknown(e) | Refusal::NotLive(e)) => Err(PsError::Worker(e)),
+            Err(Refusal::Evicted) => {
                 Err(PsError::Evicted { worker, timeout_ms: self.config.worker_timeout_ms })
             }
-            Some(false) => Err(PsError::Worker(ClockError::NotLive { worker })),
-            Some(true) => Ok(()),
         }
     }
 
-    /// Renews `worker`'s lease for as long as the returned guard lives (one
-    /// request); `None` for an unknown worker.
+    /// Counts one request of `worker` as in flight for as long as the
+    /// returned guard lives, so a worker blocked in a long pull is never
+    /// silent; `None` for an unknown worker.
     pub fn lease(&self, worker: u32) -> Option<LeaseGuard> {
-        self.leases.begin(worker)
+        self.members()
+            .begin(worker, Instant::now())
+            .then(|| LeaseGuard { membership: Arc::clone(&self.membership), worker })
     }
 
     /// Whether the shard is shutting down.
@@ -513,45 +527,29 @@ impl Shard {
     /// Deals with every live worker silent for longer than the worker
     /// timeout with nothing in flight, as `on_worker_loss` says: evicts it
     /// (it leaves, as if it had called `leave`), reports it and keeps
-    /// waiting, or stops the job. Returns the overdue workers.
-    pub fn handle_silent_workers(&self) -> Vec<u32> {
-        if self.config.worker_timeout_ms == 0 {
-            return Vec::new();
-        }
-        let timeout_ms = self.config.worker_timeout_ms;
-        let timeout = std::time::Duration::from_millis(timeout_ms);
-        let overdue = self.leases.overdue(&self.live_set(), timeout, std::time::Instant::now());
-        let shard = self.config.shard_id;
-        match self.config.on_worker_loss {
-            WorkerLoss::Evict => {
-                for &worker in &overdue {
-                    if self.leave(worker).is_ok() {
-                        self.leases.set_evicted(worker, true);
+    /// waiting, or stops the job. The membership record decides; this
+    /// carries the decisions out.
+    pub fn handle_silent_workers(&self) {
+        let decisions = self.members().tick(Instant::now());
+        let (shard, timeout_ms) = (self.config.shard_id, self.config.worker_timeout_ms);
+        for decision in decisions {
+            match decision {
+                Decision::Evict(worker) => {
+                    if self.leave_as(worker, true).is_ok() {
                         self.metrics.evicted();
                         tracing::warn!(shard, worker, timeout_ms, "evicted a silent worker");
                     }
                 }
-            }
-            WorkerLoss::Wait => {
-                let mut silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
-                for (worker, flag) in silent.iter_mut().enumerate() {
-                    let now_silent = overdue.contains(&(worker as u32));
-                    if now_silent && !*flag {
-                        tracing::warn!(
-                            shard,
-                            worker,
-                            timeout_ms,
-                            "worker is silent; waiting for it (--on-worker-loss wait)"
-                        );
-                    } else if !now_silent && *flag {
-                        tracing::info!(shard, worker, "silent worker is back");
-                    }
-                    *flag = now_silent;
+                Decision::Silent(worker) => {
+                    tracing::warn!(
+                        shard,
+                        worker,
+                        timeout_ms,
+                        "worker is silent; waiting for it (--on-worker-loss wait)"
+                    );
                 }
-                self.metrics.silent_workers(overdue.len());
-            }
-            WorkerLoss::Fail => {
-                if let Some(&worker) = overdue.first() {
+                Decision::Back(worker) => tracing::info!(shard, worker, "silent worker is back"),
+                Decision::Fail(worker) => {
                     let reason = format!(
                         "worker {worker} sent nothing for {timeout_ms} ms and ps-server runs with --on-worker-loss fail"
                     );
@@ -560,19 +558,21 @@ impl Shard {
                 }
             }
         }
-        overdue
+        if self.config.on_worker_loss == WorkerLoss::Wait {
+            self.metrics.silent_workers(self.members().silent_count());
+        }
     }
 
     /// Stops the job: waiting requests and every later one fail with `ABORTED` and `reason`.
     pub fn fail(&self, reason: String) {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+        self.members().fail(reason);
         self.closing.send_replace(true);
     }
 
     /// Fails if the job was stopped.
     pub fn check_running(&self) -> Result<(), PsError> {
-        match self.failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(reason) => Err(PsError::JobFailed { reason: reason.clone() }),
+        match self.members().failure() {
+            Some(reason) => Err(PsError::JobFailed { reason: reason.to_string() }),
             None => Ok(()),
         }
     }
@@ -618,8 +618,8 @@ impl Shard {
                 limit: cfg.max_tensor_bytes,
             });
         }
-        // Hold the live set while creating so a concurrent leave cannot be missed.
-        let live = self.live_set();
+        // Hold the membership while creating so a concurrent leave cannot be missed.
+        let members = self.members();
         let mut tensors = self.tensors.write().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = tensors.get(&decl.name) {
             if existing.meta().shape != decl.shape {
@@ -645,7 +645,7 @@ impl Shard {
         let piece_len = meta.piece_len;
         let optimizer = decl.optimizer.unwrap_or(cfg.optimizer);
         let mut tensor = TensorPart::new(meta, decl.init, optimizer, cfg.num_workers, cfg.aggregation);
-        for (w, _) in live.iter().enumerate().filter(|(_, l)| !**l) {
+        for (w, _) in members.live().iter().enumerate().filter(|(_, l)| !**l) {
             tensor.leave(w as u32)?;
         }
         self.count_tensor(&tensor, true);
@@ -720,7 +720,7 @@ impl Shard {
         }
         if applied {
             cell.notify();
-            self.metrics.push_applied(worker, clock, elapsed, completed_round, &self.live_set());
+            self.metrics.push_applied(worker, clock, elapsed, completed_round, self.members().live());
         } else {
             self.metrics.duplicate_push();
         }
@@ -815,12 +815,13 @@ impl Shard {
     /// Removes `worker` from the live set of every tensor, releasing waiters
     /// and completing sync rounds that only waited for it.
     pub fn leave(&self, worker: u32) -> Result<(), PsError> {
-        let mut live = self.live_set();
-        let slot = live.get_mut(worker as usize).ok_or(PsError::Worker(ClockError::UnknownWorker {
-            worker,
-            num_workers: self.config.num_workers,
-        }))?;
-        *slot = false;
+        self.leave_as(worker, false)
+    }
+
+    /// [`leave`](Self::leave); `evicted` records that the worker was made to, for silence.
+    fn leave_as(&self, worker: u32, evicted: bool) -> Result<(), PsError> {
+        let mut members = self.members();
+        members.leave(worker, evicted).map_err(PsError::Worker)?;
         for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
             let (copies, captured) = {
                 let mut part = cell.lock();
@@ -831,7 +832,7 @@ impl Shard {
             self.deliver(&cell.meta, captured);
             cell.notify();
         }
-        self.metrics.membership(false, live.iter().filter(|l| **l).count());
+        self.metrics.membership(false, members.live_count());
         tracing::info!(shard = self.config.shard_id, worker, "worker left");
         Ok(())
     }
@@ -840,13 +841,8 @@ impl Shard {
     /// at: the smallest of its per-tensor clocks, so a worker that crashed
     /// mid-step re-pushes what is missing (duplicates are ignored).
     pub fn join(&self, worker: u32) -> Result<u64, PsError> {
-        let mut live = self.live_set();
-        let slot = live.get_mut(worker as usize).ok_or(PsError::Worker(ClockError::UnknownWorker {
-            worker,
-            num_workers: self.config.num_workers,
-        }))?;
-        *slot = true;
-        self.leases.set_evicted(worker, false);
+        let mut members = self.members();
+        members.join(worker, Instant::now()).map_err(PsError::Worker)?;
         let mut resume: Option<u64> = None;
         let tensors = self.tensors.read().unwrap_or_else(|p| p.into_inner());
         for cell in tensors.values() {
@@ -854,11 +850,9 @@ impl Shard {
             cell.notify();
             resume = Some(resume.map_or(clock, |r| r.min(clock)));
         }
-        let mut life = self.life();
-        life.join(worker);
-        let resume = resume.or(life.origin().map(|o| o.clock)).unwrap_or(0);
-        drop((life, tensors));
-        self.metrics.membership(true, live.iter().filter(|l| **l).count());
+        let resume = resume.or(self.life().origin().map(|o| o.clock)).unwrap_or(0);
+        drop(tensors);
+        self.metrics.membership(true, members.live_count());
         tracing::info!(shard = self.config.shard_id, worker, clock = resume, "worker joined");
         Ok(resume)
     }
