@@ -1,0 +1,407 @@
+//! One tensor part held by a shard: its values, optimizer state, clocks and
+//! aggregation buffer, updated atomically under the caller's lock.
+
+use std::sync::Arc;
+
+use crate::checkpoint::cut::TooLate;
+use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
+use crate::config::Aggregation;
+use crate::error::PsError;
+use crate::init::Init;
+pub use crate::meta::TensorMeta;
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::readers::Readers;
+use crate::sync::{ClockTable, Delivered, Policy, PullDecision, PushDecision, RoundComplete};
+
+/// A gradient whose chunk sequence has been validated and decoded: exactly
+/// the part's elements, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradient {
+    /// The elements.
+    pub values: Vec<f32>,
+}
+
+/// A consistent read of a tensor part: values and the version vector that describes them.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The values; shared, never mutated after the snapshot is taken.
+    pub values: Arc<Vec<f32>>,
+    /// Per worker, the highest clock applied to `values` (-1 for none).
+    pub versions: Vec<i64>,
+    /// How long the reader waited for the release rule.
+    pub waited: std::time::Duration,
+}
+
+/// The state of one tensor part. Not synchronised: the shard wraps it in a lock.
+#[derive(Debug)]
+pub struct TensorPart {
+    meta: TensorMeta,
+    values: Arc<Vec<f32>>,
+    optimizer: Optimizer,
+    clocks: ClockTable,
+    aggregation: Aggregation,
+    /// Sync only: the sum of the round's gradients so far. A piece's first
+    /// gradient of the round is copied in and later ones added, so the sum
+    /// is not zeroed between rounds. A part taking whole pushes only moves the round's
+    /// first gradient in and frees the sum once the round is applied, so
+    /// between rounds it holds no gradient buffer; a part taking pieces
+    /// keeps it, rather than allocate it again every round.
+    round_sum: Vec<f32>,
+    /// Sync only, per piece: whether `round_sum` holds a gradient of this
+    /// round there.
+    round_filled: Vec<bool>,
+    /// Sync only: the pieces of unfinished pushes that have arrived.
+    delivered: Delivered,
+    /// Checkpoints waiting for this part to reach their clock.
+    cuts: PartCuts,
+    /// The pull replies reading `values` (this allocation of them).
+    readers: Arc<Readers>,
+    /// Updates that copied `values` since [`take_copies`](Self::take_copies).
+    copies: u64,
+}
+
+/// Pieces a push to a part described by `meta` may come in (1: whole pushes only).
+fn piece_count(meta: &TensorMeta) -> usize {
+    if meta.piece_len == 0 { 1 } else { meta.len.div_ceil(meta.piece_len).max(1) as usize }
+}
+
+/// `sum[i] += grad[i]`.
+fn add(sum: &mut [f32], grad: &[f32]) {
+    for (s, g) in sum.iter_mut().zip(grad) {
+        *s += g;
+    }
+}
+
+/// Applies `scale * grad` to `values` with `optimizer`, as one step.
+fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &[f32], scale: f32) {
+    optimizer.step(Arc::make_mut(values).as_mut_slice(), grad, scale);
+}
+
+/// The values to update in place: `values` itself when nothing else holds
+/// them, else a copy. A copy has no readers yet, so `readers` starts over
+/// for it, and the replies still reading the old values stop holding
+/// updates back.
+/// Counts the copy in `copies`.
+fn values_to_update<'a>(
+    values: &'a mut Arc<Vec<f32>>,
+    readers: &mut Arc<Readers>,
+    copies: &mut u64,
+) -> &'a mut Vec<f32> {
+    if Arc::get_mut(values).is_none() {
+        std::mem::take(readers).retire();
+        *copies += 1;
+    }
+    Arc::make_mut(values)
+}
+
+impl TensorPart {
+    /// A fresh part with initial values, optimizer state and all workers live at clock 0.
+    pub fn new(
+        meta: TensorMeta,
+        init: Init,
+        optimizer: OptimizerConfig,
+        num_workers: u32,
+        aggregation: Aggregation,
+    ) -> Self {
+        let len = meta.len as usize;
+        let round_filled = vec![false; piece_count(&meta)];
+        Self {
+            values: Arc::new(init.fill(meta.offset, len)),
+            optimizer: Optimizer::new(optimizer, len),
+            clocks: ClockTable::new(meta.policy, num_workers),
+            meta,
+            aggregation,
+            round_sum: Vec::new(),
+            round_filled,
+            delivered: Delivered::default(),
+            cuts: PartCuts::default(),
+            readers: Arc::default(),
+            copies: 0,
+        }
+    }
+
+    /// A part restored from a checkpoint at `clock`: every worker live and
+    /// resuming at `clock`.
+    pub fn restored(
+        meta: TensorMeta,
+        values: Vec<f32>,
+        optimizer: Optimizer,
+        num_workers: u32,
+        aggregation: Aggregation,
+        clock: u64,
+    ) -> Self {
+        let round_filled = vec![false; piece_count(&meta)];
+        Self {
+            values: Arc::new(values),
+            optimizer,
+            clocks: ClockTable::resumed(meta.policy, num_workers, clock),
+            meta,
+            aggregation,
+            round_sum: Vec::new(),
+            round_filled,
+            delivered: Delivered::default(),
+            cuts: PartCuts::default(),
+            readers: Arc::default(),
+            copies: 0,
+        }
+    }
+
+    /// Registers the checkpoint `cut`: the part will be captured exactly
+    /// when it holds the updates of clocks `< cut.clock` and no later ones.
+    /// Fails (changing nothing) when a later update is already applied.
+    pub fn register_cut(&mut self, cut: CutId) -> Result<(), PsError> {
+        let clock = cut.clock;
+        self.cuts.register(cut, &self.clocks, &self.values, &self.optimizer).map_err(
+            |TooLate { worker, clock: got }| PsError::CheckpointTooLate {
+                tensor: self.meta.name.clone(),
+                clock,
+                worker,
+                got,
+                sync: self.meta.policy == Policy::Sync,
+            },
+        )
+    }
+
+    /// Forgets checkpoint `name` on this part (undoes [`register_cut`](Self::register_cut)).
+    pub fn cancel_cut(&mut self, name: &str) {
+        self.cuts.cancel(name);
+    }
+
+    /// Snapshots captured for checkpoints since the last call.
+    pub fn take_captured(&mut self) -> Vec<PartSnapshot> {
+        self.cuts.take_captured()
+    }
+
+    /// Bytes held by copies kept for checkpoints not yet captured.
+    pub fn checkpoint_shadow_bytes(&self) -> usize {
+        self.cuts.shadow_bytes()
+    }
+
+    /// What this part is.
+    pub fn meta(&self) -> &TensorMeta {
+        &self.meta
+    }
+
+    /// Its clocks.
+    pub fn clocks(&self) -> &ClockTable {
+        &self.clocks
+    }
+
+    /// Its optimizer and state.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// Bytes held: values, optimizer state and the aggregation buffer.
+    pub fn bytes_held(&self) -> usize {
+        (self.values.len() + self.round_sum.capacity()) * 4 + self.optimizer.state_bytes()
+    }
+
+    fn clock_err(&self, source: crate::sync::ClockError) -> PsError {
+        PsError::Clock { tensor: self.meta.name.clone(), source }
+    }
+
+    /// Applies, accumulates or (for a retry) ignores a validated gradient of
+    /// `worker` for `clock`. Returns whether anything changed. On error
+    /// nothing changed.
+    pub fn push(&mut self, worker: u32, clock: u64, grad: Gradient) -> Result<bool, PsError> {
+        let decision = self.clocks.check_push(worker, clock).map_err(|e| self.clock_err(e))?;
+        match decision {
+            PushDecision::Duplicate => return Ok(false),
+            PushDecision::Apply => {
+                let scale = match self.aggregation {
+                    Aggregation::Mean => 1.0 / self.clocks.num_workers().max(1) as f32,
+                    Aggregation::Sum => 1.0,
+                };
+                self.cuts.before_apply(clock, &self.values, &self.optimizer);
+                let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
+                self.optimizer.step(values, &grad.values, scale);
+                for (values, optimizer) in self.cuts.shadows_for(clock) {
+                    apply_gradient(values, optimizer, &grad.values, scale);
+                }
+            }
+            PushDecision::Accumulate if self.round_sum.is_empty() && self.round_filled.len() == 1 => {
+                self.round_sum = grad.values;
+                self.round_filled[0] = true;
+            }
+            PushDecision::Accumulate => {
+                // When some pieces of this push came first, the rest come from this one.
+                for piece in self.delivered.missing(worker, clock, self.round_filled.len()) {
+                    let range = self.piece_range(piece);
+                    self.accumulate(piece, &grad.values[range]);
+                }
+                self.delivered.forget(worker);
+            }
+        }
+        if let Some(round) = self.clocks.commit_push(worker, clock) {
+            self.apply_round(round);
+        }
+        self.settle_cuts();
+        Ok(true)
+    }
+
+    /// Sync: accepts piece `piece` of `worker`'s push for `clock` (its
+    /// elements in `grad`, which the caller may reuse after), or ignores a
+    /// retry of one already accepted.
+    /// The push counts once all its pieces are in; the last piece of the
+    /// round's last push applies the round. Returns whether anything
+    /// changed. On error nothing changed.
+    pub fn push_piece(
+        &mut self,
+        worker: u32,
+        clock: u64,
+        piece: usize,
+        grad: &[f32],
+    ) -> Result<bool, PsError> {
+        let pieces = self.round_filled.len();
+        let decision = self.clocks.check_push(worker, clock).map_err(|e| self.clock_err(e))?;
+        if piece >= pieces || grad.len() != self.piece_range(piece).len() {
+            return Err(PsError::InvalidArgument(format!(
+                "tensor {:?}, worker {worker}: piece {piece} of {pieces} with {} elements",
+                self.meta.name,
+                grad.len()
+            )));
+        }
+        match decision {
+            PushDecision::Duplicate => return Ok(false),
+            PushDecision::Apply => {
+                return Err(PsError::InvalidArgument(format!(
+                    "tensor {:?}, worker {worker}: only sync parts take pushes in pieces",
+                    self.meta.name
+                )));
+            }
+            PushDecision::Accumulate if self.delivered.has(worker, clock, piece) => return Ok(false),
+            PushDecision::Accumulate => {}
+        }
+        self.accumulate(piece, grad);
+        if self.delivered.record(worker, clock, piece, pieces)
+            && let Some(round) = self.clocks.commit_push(worker, clock)
+        {
+            self.apply_round(round);
+        }
+        self.settle_cuts();
+        Ok(true)
+    }
+
+    /// Adds `grad`, the elements of piece `piece`, to the round's sum:
+    /// copied where the sum holds nothing of this round yet, added elsewhere.
+    fn accumulate(&mut self, piece: usize, grad: &[f32]) {
+        if self.round_sum.is_empty() {
+            self.round_sum = vec![0.0; self.meta.len as usize];
+        }
+        let range = self.piece_range(piece);
+        let sum = &mut self.round_sum[range];
+        if std::mem::replace(&mut self.round_filled[piece], true) {
+            add(sum, grad);
+        } else {
+            sum.copy_from_slice(grad);
+        }
+    }
+
+    /// The elements of piece `piece` (below the number of pieces), relative to the part.
+    fn piece_range(&self, piece: usize) -> std::ops::Range<usize> {
+        let (len, piece_len) = (self.meta.len as usize, self.meta.piece_len as usize);
+        if piece_len == 0 {
+            return 0..len;
+        }
+        let start = (piece * piece_len).min(len);
+        start..(start + piece_len).min(len)
+    }
+
+    /// Whether a push of `worker` for `clock` (the whole part, or piece
+    /// `piece` of it) would change the values now: an applied push, or the
+    /// last piece of the push that completes a sync round. Changes nothing.
+    pub fn push_changes_values(&self, worker: u32, clock: u64, piece: Option<usize>) -> bool {
+        match self.clocks.check_push(worker, clock) {
+            Ok(PushDecision::Apply) => true,
+            Ok(PushDecision::Accumulate) => {
+                self.clocks.push_completes_round(worker)
+                    && piece
+                        .is_none_or(|i| self.delivered.completes(worker, clock, i, self.round_filled.len()))
+            }
+            Ok(PushDecision::Duplicate) | Err(_) => false,
+        }
+    }
+
+    /// Applies a completed sync round's aggregate once and clears the buffer.
+    fn apply_round(&mut self, round: RoundComplete) {
+        let scale = match self.aggregation {
+            Aggregation::Mean => 1.0 / round.contributors as f32,
+            Aggregation::Sum => 1.0,
+        };
+        if self.round_sum.is_empty() {
+            // Only when every contributor left before any piece arrived.
+            self.round_sum = vec![0.0; self.meta.len as usize];
+        }
+        // Pieces that no contributor delivered (it left first) count as zeros.
+        for piece in 0..self.round_filled.len() {
+            if !std::mem::replace(&mut self.round_filled[piece], false) {
+                let range = self.piece_range(piece);
+                self.round_sum[range].fill(0.0);
+            }
+        }
+        let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
+        self.optimizer.step(values, &self.round_sum, scale);
+        if self.round_filled.len() == 1 {
+            self.round_sum = Vec::new();
+        }
+    }
+
+    /// The pull replies reading the current values: take a lease with each
+    /// snapshot a reply sends.
+    pub fn readers(&self) -> &Arc<Readers> {
+        &self.readers
+    }
+
+    /// How many updates copied the values (because something still held
+    /// them) since the last call.
+    pub fn take_copies(&mut self) -> u64 {
+        std::mem::take(&mut self.copies)
+    }
+
+    /// Whether a pull of `worker` (or an observer) for `clock` may read now.
+    pub fn check_pull(&self, worker: Option<u32>, clock: u64) -> Result<PullDecision, PsError> {
+        self.clocks.check_pull(worker, clock).map_err(|e| self.clock_err(e))
+    }
+
+    /// The current values and their version vector, read after waiting
+    /// `waited`. Cheap: shares the values.
+    pub fn snapshot(&self, waited: std::time::Duration) -> Snapshot {
+        Snapshot { values: Arc::clone(&self.values), versions: self.clocks.versions(), waited }
+    }
+
+    /// Removes `worker` from the live set, applying a sync round it completes.
+    ///
+    /// A sync push of `worker` of which only some pieces arrived counts as
+    /// its push for that round, with zeros for the missing pieces: the
+    /// pieces are in the round's sum already, and sums cannot be undone.
+    pub fn leave(&mut self, worker: u32) -> Result<(), PsError> {
+        if let Some(clock) = self.delivered.forget(worker)
+            && self.clocks.is_live(worker)
+            && matches!(self.clocks.check_push(worker, clock), Ok(PushDecision::Accumulate))
+            && let Some(round) = self.clocks.commit_push(worker, clock)
+        {
+            self.apply_round(round);
+        }
+        let round = self.clocks.leave(worker).map_err(|e| self.clock_err(e))?;
+        if let Some(round) = round {
+            self.apply_round(round);
+        }
+        self.settle_cuts();
+        Ok(())
+    }
+
+    fn settle_cuts(&mut self) {
+        if !self.cuts.is_empty() {
+            self.cuts.settle(&self.clocks, &self.values, &self.optimizer);
+        }
+    }
+
+    /// Makes `worker` live (again); returns the clock it resumes at.
+    pub fn join(&mut self, worker: u32) -> Result<u64, PsError> {
+        self.clocks.join(worker).map_err(|e| self.clock_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests;
