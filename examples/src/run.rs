@@ -10,64 +10,11 @@ use crate::job::data::Splits;
 use crate::job::model::Tensors;
 use crate::job::train::{self, StepRecord, TrainConfig};
 use indicatif::ProgressBar;
+use ps_proto::Policy;
 use ps_proto::{ClusterSpec, WireDtype};
 use ps_worker::metrics::WorkerMetrics;
 use ps_worker::{TensorDecl, Worker, WorkerConfig, WorkerError};
 use tokio::sync::watch;
-
-/// A synchronisation policy to compare.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PolicyChoice {
-    /// Strong.
-    Sync,
-    /// Bounded staleness s.
-    Ssp(u32),
-    /// Eventual.
-    Async,
-}
-
-impl PolicyChoice {
-    /// `sync`, `ssp(s)` or `async`.
-    pub fn label(&self) -> String {
-        match self {
-            PolicyChoice::Sync => "sync".into(),
-            PolicyChoice::Ssp(s) => format!("ssp({s})"),
-            PolicyChoice::Async => "async".into(),
-        }
-    }
-
-    /// The staleness bound the consistency checker holds the run to.
-    pub fn bound(&self) -> Option<u64> {
-        match self {
-            PolicyChoice::Sync => Some(0),
-            PolicyChoice::Ssp(s) => Some(u64::from(*s)),
-            PolicyChoice::Async => None,
-        }
-    }
-
-    fn apply(&self, t: TensorDecl) -> TensorDecl {
-        match self {
-            PolicyChoice::Sync => t.sync(),
-            PolicyChoice::Ssp(s) => t.ssp(*s),
-            PolicyChoice::Async => t.async_(),
-        }
-    }
-}
-
-impl std::str::FromStr for PolicyChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sync" => Ok(PolicyChoice::Sync),
-            "async" => Ok(PolicyChoice::Async),
-            _ => s
-                .strip_prefix("ssp:")
-                .and_then(|n| n.parse().ok())
-                .map(PolicyChoice::Ssp)
-                .ok_or_else(|| format!("unknown policy {s:?}: use sync, ssp:N or async")),
-        }
-    }
-}
 
 /// Parameters observed at one moment of a run.
 #[derive(Clone, Debug)]
@@ -84,7 +31,7 @@ pub struct Snapshot {
 #[derive(Clone, Debug)]
 pub struct RunResult {
     /// The policy.
-    pub policy: PolicyChoice,
+    pub policy: Policy,
     /// Every step of every worker.
     pub steps: Vec<StepRecord>,
     /// Parameter snapshots in time order; the last is the final model.
@@ -100,7 +47,7 @@ pub type MetricsBoard = Arc<std::sync::Mutex<Vec<prometheus::Registry>>>;
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     /// The policy, declared per tensor.
-    pub policy: PolicyChoice,
+    pub policy: Policy,
     /// The shards.
     pub cluster: ClusterSpec,
     /// Tensor-name prefix on the shards, unique per run.
@@ -121,7 +68,7 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
     let barrier = Barrier::new(workers as usize + 1);
     let started: OnceLock<Instant> = OnceLock::new();
     let (done, done_rx) = watch::channel(false);
-    let label = spec.policy.label();
+    let label = spec.policy.to_string();
     let metrics: Vec<Option<Arc<WorkerMetrics>>> = (0..workers)
         .map(|id| spec.board.as_ref().map(|_| Arc::new(WorkerMetrics::new(id, Some(&label)))))
         .collect();
@@ -135,7 +82,7 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
         metrics: metrics.get(id as usize).cloned().flatten(),
         ..WorkerConfig::new(spec.cluster.clone(), id)
     };
-    let tensors: Vec<TensorDecl> = spec.job.tensors().into_iter().map(|t| spec.policy.apply(t)).collect();
+    let tensors: Vec<TensorDecl> = spec.job.tensors().into_iter().map(|t| t.policy(spec.policy)).collect();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|id| {

@@ -10,7 +10,8 @@ use ps_examples::job::data;
 use ps_examples::job::model::{Model, ModelKind};
 use ps_examples::job::train::{JobOptimizer, Stragglers, TrainConfig};
 use ps_examples::report;
-use ps_examples::run::{self, PolicyChoice, RunSpec};
+use ps_examples::run::{self, RunSpec};
+use ps_proto::Policy;
 use ps_proto::WireDtype;
 use ps_server::{LocalCluster, ShardConfig};
 
@@ -30,7 +31,7 @@ fn two_workers_learn_fashion_mnist_under_each_policy() {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    for policy in [PolicyChoice::Sync, PolicyChoice::Ssp(2), PolicyChoice::Async] {
+    for policy in [Policy::Sync, Policy::Ssp { staleness: 2 }, Policy::Async] {
         let cluster = runtime
             .block_on(LocalCluster::start(2, ShardConfig { num_workers: 2, ..ShardConfig::default() }))
             .expect("cluster");
@@ -45,20 +46,20 @@ fn two_workers_learn_fashion_mnist_under_each_policy() {
         };
         let result = run::run(&spec, &splits, &ProgressBar::hidden()).expect("run");
         runtime.block_on(cluster.shutdown()).expect("shutdown");
-        assert_eq!(result.steps.len(), 600, "{}", policy.label());
+        assert_eq!(result.steps.len(), 600, "{}", policy);
         let mean = |range: std::ops::Range<u64>| {
             let l: Vec<f32> =
                 result.steps.iter().filter(|s| range.contains(&s.clock)).map(|s| s.loss).collect();
             l.iter().sum::<f32>() / l.len() as f32
         };
         let (first, last) = (mean(0..30), mean(270..300));
-        assert!(last < first * 0.6, "{}: loss {first} -> {last}", policy.label());
+        assert!(last < first * 0.6, "{}: loss {first} -> {last}", policy);
         let (_, accuracy) = report::evaluate(&job.model, &result.snapshots, &splits.test, &splits.test, 100);
-        assert!(accuracy > 0.6, "{}: test accuracy {accuracy} (chance is 0.1)", policy.label());
-        let check = consistency::check(&report::reads(&result.steps), policy.bound());
+        assert!(accuracy > 0.6, "{}: test accuracy {accuracy} (chance is 0.1)", policy);
+        let check = consistency::check(&report::reads(&result.steps), policy.staleness_bound());
         assert!(
             check.read_your_writes.held() && check.monotonic_reads.held() && check.monotonic_writes.held()
         );
-        assert!(check.bounded_staleness.held(), "{}: {check:?}", policy.label());
+        assert!(check.bounded_staleness.held(), "{}: {check:?}", policy);
     }
 }

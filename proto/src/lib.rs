@@ -5,6 +5,7 @@
 //! - [`pb`]: code generated from `proto/ps.proto` (messages, client, server traits).
 //! - [`auth`]: the bearer token workers send and shards check.
 //! - [`cluster`]: the cluster spec every process agrees on.
+//! - [`policy`]: a tensor's synchronisation policy, its text and protocol forms.
 //! - [`placement`]: which shard holds which element range of a tensor; a pure
 //!   function of the cluster spec, so servers and workers compute it identically.
 //! - [`wire`]: little-endian f32/f16/bf16 payload encoding and decoding.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod exposition;
 pub mod frame;
 pub mod placement;
+pub mod policy;
 pub mod rope;
 pub mod wire;
 
@@ -38,4 +40,5 @@ pub const RESTART_CAUSE: &str = "ps-restart-cause";
 pub use auth::AuthToken;
 pub use cluster::ClusterSpec;
 pub use placement::{Part, place};
+pub use policy::Policy;
 pub use wire::WireDtype;

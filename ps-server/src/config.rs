@@ -183,6 +183,17 @@ impl ShardConfig {
         self.policy.with_staleness(self.staleness)
     }
 
+    /// This config with `policy` as the cluster default: its name and, for
+    /// ssp, its staleness.
+    pub fn with_default_policy(self, policy: Policy) -> Self {
+        let (name, staleness) = match policy {
+            Policy::Sync => (PolicyName::Sync, self.staleness),
+            Policy::Ssp { staleness } => (PolicyName::Ssp, staleness),
+            Policy::Async => (PolicyName::Async, self.staleness),
+        };
+        Self { policy: name, staleness, ..self }
+    }
+
     /// The size of the pieces sync pushes go in (0: whole pushes only):
     /// the configured one, or by default [`AUTO_PIECES_BYTES`] over the
     /// number of workers, within [`MIN_PIECE_BYTES`]..=[`MAX_PIECE_BYTES`].

@@ -11,15 +11,8 @@ use crate::sync::Policy;
 
 /// The policy a declaration asks for; `None` means the shard default.
 pub fn policy(spec: &pb::TensorSpec, default_staleness: u32) -> Result<Option<Policy>, PsError> {
-    let policy = pb::Policy::try_from(spec.policy).map_err(|_| {
-        PsError::InvalidArgument(format!("tensor {:?}: unknown policy value {}", spec.name, spec.policy))
-    })?;
-    Ok(match policy {
-        pb::Policy::Unspecified => None,
-        pb::Policy::Sync => Some(Policy::Sync),
-        pb::Policy::Ssp => Some(Policy::Ssp { staleness: spec.staleness.unwrap_or(default_staleness) }),
-        pb::Policy::Async => Some(Policy::Async),
-    })
+    Policy::from_pb(spec.policy, spec.staleness, default_staleness)
+        .map_err(|e| PsError::InvalidArgument(format!("tensor {:?}: {e}", spec.name)))
 }
 
 /// The initializer of a declaration (zeros when absent).
@@ -77,13 +70,4 @@ pub fn declaration(spec: pb::TensorSpec, default_staleness: u32) -> Result<Decla
         shape: spec.shape,
         name: spec.name,
     })
-}
-
-/// The protocol form of a policy.
-pub fn policy_to_pb(p: Policy) -> (pb::Policy, u32) {
-    match p {
-        Policy::Sync => (pb::Policy::Sync, 0),
-        Policy::Ssp { staleness } => (pb::Policy::Ssp, staleness),
-        Policy::Async => (pb::Policy::Async, 0),
-    }
 }

@@ -178,8 +178,10 @@ impl ShardMetrics {
     /// When not `enabled`, the metrics exist but nothing is recorded (to
     /// measure what recording costs).
     pub fn new(shard: u32, num_workers: u32, policy: Policy, enabled: bool) -> Self {
-        let labels =
-            HashMap::from([("shard".to_string(), shard.to_string()), ("policy".to_string(), policy.label())]);
+        let labels = HashMap::from([
+            ("shard".to_string(), shard.to_string()),
+            ("policy".to_string(), policy.to_string()),
+        ]);
         let registry = Registry::new_custom(None, Some(labels)).expect("valid shard label");
         let r = &registry;
         let requests = register(

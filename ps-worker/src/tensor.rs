@@ -47,23 +47,27 @@ impl TensorDecl {
         self.init(pb::initializer::Kind::Normal(pb::Normal { mean, std, seed }))
     }
 
-    /// Strong consistency for this tensor.
-    pub fn sync(mut self) -> Self {
-        self.spec.policy = pb::Policy::Sync as i32;
+    /// This tensor's synchronisation policy (instead of the cluster's default).
+    pub fn policy(mut self, policy: ps_proto::Policy) -> Self {
+        let (kind, staleness) = policy.to_pb();
+        self.spec.policy = kind as i32;
+        self.spec.staleness = matches!(policy, ps_proto::Policy::Ssp { .. }).then_some(staleness);
         self
+    }
+
+    /// Strong consistency for this tensor.
+    pub fn sync(self) -> Self {
+        self.policy(ps_proto::Policy::Sync)
     }
 
     /// Bounded staleness `s` for this tensor.
-    pub fn ssp(mut self, staleness: u32) -> Self {
-        self.spec.policy = pb::Policy::Ssp as i32;
-        self.spec.staleness = Some(staleness);
-        self
+    pub fn ssp(self, staleness: u32) -> Self {
+        self.policy(ps_proto::Policy::Ssp { staleness })
     }
 
     /// Eventual consistency for this tensor.
-    pub fn async_(mut self) -> Self {
-        self.spec.policy = pb::Policy::Async as i32;
-        self
+    pub fn async_(self) -> Self {
+        self.policy(ps_proto::Policy::Async)
     }
 
     /// This tensor's optimizer: plain SGD.

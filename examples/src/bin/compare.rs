@@ -12,8 +12,9 @@ use ps_examples::job::data::{self, Splits};
 use ps_examples::job::model::{Model, ModelKind};
 use ps_examples::job::train::{JobOptimizer, Persistent, Stragglers, TrainConfig};
 use ps_examples::report::{self, Outcome};
-use ps_examples::run::{self, PolicyChoice, RunSpec};
+use ps_examples::run::{self, RunSpec};
 use ps_examples::{baseline, plot};
+use ps_proto::Policy;
 use ps_proto::{ClusterSpec, WireDtype};
 use ps_server::{LocalCluster, ShardConfig};
 
@@ -70,9 +71,9 @@ struct Args {
     #[arg(long, default_value_t = 128)]
     hidden: usize,
 
-    /// Policies to run, comma-separated: sync, ssp:N, async.
+    /// Policies to run, comma-separated: sync, ssp:N (or ssp(N), quoted), async.
     #[arg(long, value_delimiter = ',', default_value = "sync,ssp:1,ssp:3,ssp:10,async")]
-    policies: Vec<PolicyChoice>,
+    policies: Vec<Policy>,
 
     /// Workers W.
     #[arg(long, default_value_t = 4)]
@@ -170,10 +171,6 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
-}
-
-fn policy_label(policy: ps_server::PolicyName, staleness: u32) -> String {
-    policy.with_staleness(staleness).label()
 }
 
 /// A directory name for a policy label: `ssp(3)` becomes `ssp-3`.
@@ -298,7 +295,7 @@ fn run_all(args: &Args) -> Result<(), String> {
     let bars: Vec<ProgressBar> = args
         .policies
         .iter()
-        .map(|p| bar(&multi, &p.label(), steps * u64::from(args.workers)))
+        .map(|p| bar(&multi, &p.to_string(), steps * u64::from(args.workers)))
         .chain(std::iter::once(bar(&multi, "baseline", steps)))
         .collect();
     let mut outcomes = Vec::new();
@@ -306,22 +303,11 @@ fn run_all(args: &Args) -> Result<(), String> {
         let (cluster, local) = match &args.cluster {
             Some(list) => (ClusterSpec::new(list.clone()), None),
             None => {
-                let (policy, staleness) = match policy {
-                    PolicyChoice::Sync => (ps_server::PolicyName::Sync, 0),
-                    PolicyChoice::Ssp(s) => (ps_server::PolicyName::Ssp, *s),
-                    PolicyChoice::Async => (ps_server::PolicyName::Async, 0),
-                };
-                let checkpoint_dir = args
-                    .checkpoint_dir
-                    .as_ref()
-                    .map(|d| d.join(policy_label_dir(&policy_label(policy, staleness))));
-                let config = ShardConfig {
-                    num_workers: args.workers,
-                    policy,
-                    staleness,
-                    checkpoint_dir,
-                    ..ShardConfig::default()
-                };
+                let checkpoint_dir =
+                    args.checkpoint_dir.as_ref().map(|d| d.join(policy_label_dir(&policy.to_string())));
+                let config =
+                    ShardConfig { num_workers: args.workers, checkpoint_dir, ..ShardConfig::default() }
+                        .with_default_policy(*policy);
                 let local = runtime
                     .block_on(LocalCluster::start(args.shards, config))
                     .map_err(|e| format!("cannot start the embedded cluster: {e}"))?;
@@ -335,7 +321,7 @@ fn run_all(args: &Args) -> Result<(), String> {
             policy: *policy,
             cluster,
             namespace: if args.cluster.is_some() {
-                format!("compare-{}-{i}-{}", std::process::id(), policy.label())
+                format!("compare-{}-{i}-{}", std::process::id(), policy)
             } else {
                 String::new()
             },
@@ -344,17 +330,17 @@ fn run_all(args: &Args) -> Result<(), String> {
             snapshot_every,
             board: board.clone(),
         };
-        let result = run::run(&spec, &splits, &bars[i]).map_err(|e| format!("{}: {e}", policy.label()))?;
+        let result = run::run(&spec, &splits, &bars[i]).map_err(|e| format!("{}: {e}", policy))?;
         bars[i].finish();
         if let Some(local) = local {
             runtime.block_on(local.shutdown()).map_err(|e| format!("stopping the embedded cluster: {e}"))?;
         }
         let (curve, final_accuracy) =
             report::evaluate(&model, &result.snapshots, &splits.test, &splits.test, args.eval_examples);
-        tracing::info!(policy = %policy.label(), wall_s = result.wall.as_secs_f64(), final_accuracy, "run done");
+        tracing::info!(policy = %policy.to_string(), wall_s = result.wall.as_secs_f64(), final_accuracy, "run done");
         outcomes.push(Outcome {
-            label: policy.label(),
-            bound: policy.bound(),
+            label: policy.to_string(),
+            bound: policy.staleness_bound(),
             total_steps: result.steps.len() as u64,
             clocks: steps,
             steps: result.steps,

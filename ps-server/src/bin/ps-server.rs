@@ -496,7 +496,7 @@ fn main() -> std::process::ExitCode {
             shard = config.shard_id,
             shards = config.num_shards,
             workers = config.num_workers,
-            policy = %config.default_policy().label(),
+            policy = %config.default_policy(),
             optimizer = config.optimizer.name(),
             "serving"
         );

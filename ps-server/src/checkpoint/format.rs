@@ -60,18 +60,6 @@ pub fn slot_key(slot: &str, tensor: &str) -> String {
     format!("{slot}/{tensor}")
 }
 
-/// The policy written as its label: `sync`, `ssp(3)`, `async`.
-pub fn parse_policy(label: &str) -> Option<Policy> {
-    match label {
-        "sync" => Some(Policy::Sync),
-        "async" => Some(Policy::Async),
-        _ => {
-            let s = label.strip_prefix("ssp(")?.strip_suffix(')')?;
-            Some(Policy::Ssp { staleness: s.parse().ok()? })
-        }
-    }
-}
-
 /// One file of a checkpoint and its checksum.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -109,8 +97,8 @@ pub struct TensorEntry {
     pub name: String,
     /// Shape of the whole tensor (row-major).
     pub shape: Vec<u64>,
-    /// Its policy label.
-    pub policy: String,
+    /// Its policy, written as its text form (`sync`, `ssp(3)`, `async`).
+    pub policy: Policy,
     /// Whether NaN/Inf gradients are accepted.
     pub allow_non_finite: bool,
     /// Its optimizer's hyper-parameters.
@@ -157,8 +145,8 @@ pub struct JobEntry {
     pub split_threshold: u64,
     /// Workers in the job.
     pub num_workers: u32,
-    /// The cluster's default policy label.
-    pub policy: String,
+    /// The cluster's default policy (text form).
+    pub policy: Policy,
     /// How gradients are combined.
     pub aggregation: Aggregation,
 }
@@ -181,8 +169,8 @@ pub struct Manifest {
     pub name: String,
     /// Holds exactly the updates of clocks `< clock` of every worker.
     pub clock: u64,
-    /// The cluster's default policy label.
-    pub policy: String,
+    /// The cluster's default policy (text form).
+    pub policy: Policy,
     /// How gradients were combined.
     pub aggregation: Aggregation,
     /// Workers in the job.
@@ -260,7 +248,7 @@ impl Manifest {
             format: first.format,
             name: first.name.clone(),
             clock: first.clock,
-            policy: first.job.policy.clone(),
+            policy: first.job.policy,
             aggregation: first.job.aggregation,
             num_workers: first.job.num_workers,
             cluster: ClusterEntry {
@@ -288,7 +276,7 @@ mod tests {
                 num_shards: 2,
                 split_threshold: 8,
                 num_workers: 2,
-                policy: "sync".into(),
+                policy: Policy::Sync,
                 aggregation: Aggregation::Mean,
             },
             written_unix_ms: 100 + u64::from(shard),
@@ -298,7 +286,7 @@ mod tests {
                 .map(|&(offset, len)| TensorEntry {
                     name: "w".into(),
                     shape: vec![4, 4],
-                    policy: "sync".into(),
+                    policy: Policy::Sync,
                     allow_non_finite: false,
                     optimizer: OptimizerConfig::sgd(0.1),
                     parts: vec![PartEntry {
@@ -321,9 +309,11 @@ mod tests {
         assert_eq!(parse_name("ckpt-x-1"), None);
         assert_eq!(parse_name("other"), None);
         for p in [Policy::Sync, Policy::Async, Policy::Ssp { staleness: 3 }] {
-            assert_eq!(parse_policy(&p.label()), Some(p));
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{p}\""), "manifests hold the text form");
+            assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), p);
         }
-        assert_eq!(parse_policy("ssp(x)"), None);
+        assert!(serde_json::from_str::<Policy>("\"ssp(x)\"").is_err());
     }
 
     #[test]

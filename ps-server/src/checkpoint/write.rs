@@ -200,7 +200,7 @@ pub fn write_shard_cut(
         tensors.push(TensorEntry {
             name: meta.name.clone(),
             shape: meta.shape.clone(),
-            policy: meta.policy.label(),
+            policy: meta.policy,
             allow_non_finite: meta.allow_non_finite,
             optimizer: *snap.optimizer.config(),
             parts: vec![PartEntry {

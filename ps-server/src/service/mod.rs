@@ -143,7 +143,7 @@ impl Service {
             .status()
             .into_iter()
             .map(|t| {
-                let (policy, staleness) = convert::policy_to_pb(t.meta.policy);
+                let (policy, staleness) = t.meta.policy.to_pb();
                 pb::TensorStatus {
                     name: t.meta.name,
                     shape: t.meta.shape,
@@ -161,7 +161,7 @@ impl Service {
                 shard: cfg.shard_id,
                 num_shards: cfg.num_shards,
                 num_workers: cfg.num_workers,
-                default_policy: convert::policy_to_pb(cfg.default_policy()).0 as i32,
+                default_policy: cfg.default_policy().to_pb().0 as i32,
                 live_workers: self.shard.live_workers(),
                 tensors,
                 session: self.shard.session(),

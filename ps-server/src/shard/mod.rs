@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use crate::buffers::PieceBuffers;
 use crate::checkpoint::registry::Checkpoints;
-use crate::checkpoint::{CutInfo, Loaded, format::parse_policy};
+use crate::checkpoint::{CutInfo, Loaded};
 use crate::config::{ShardConfig, WorkerLoss};
 use crate::error::PsError;
 use crate::incarnation::Incarnation;
@@ -158,7 +158,7 @@ impl Shard {
                     num_shards: config.num_shards,
                     split_threshold: config.split_threshold,
                     num_workers: config.num_workers,
-                    policy: config.default_policy().label(),
+                    policy: config.default_policy(),
                     aggregation: config.aggregation,
                 },
                 keep: config.keep_checkpoints,
@@ -216,8 +216,7 @@ impl Shard {
             ) else {
                 continue;
             };
-            let policy =
-                parse_policy(&t.policy).ok_or_else(|| corrupt(format!("unknown policy {:?}", t.policy)))?;
+            let policy = t.policy;
             t.optimizer.validate().map_err(corrupt)?;
             let values = loaded.read_range(t, |p| Some(p.key.as_str()), part.offset, part.len)?;
             let mut slots = Vec::new();

@@ -1,31 +1,6 @@
 //! Per-tensor clocks, release rules and exactly-once bookkeeping.
 
-/// The synchronisation policy of one tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Policy {
-    /// Strong: the gradients of all live workers for clock `c` are aggregated
-    /// and applied once; `pull(c)` sees exactly the updates of clocks `< c`.
-    Sync,
-    /// Bounded staleness: `pull(c)` waits until every live worker has
-    /// completed clock `c - staleness - 1`, i.e. its clock is `>= c - staleness`.
-    Ssp {
-        /// The staleness bound `s`.
-        staleness: u32,
-    },
-    /// Eventual: pushes are applied on arrival and pulls never wait.
-    Async,
-}
-
-impl Policy {
-    /// CLI-style name: `sync`, `ssp(s)` or `async`.
-    pub fn label(&self) -> String {
-        match self {
-            Policy::Sync => "sync".to_string(),
-            Policy::Ssp { staleness } => format!("ssp({staleness})"),
-            Policy::Async => "async".to_string(),
-        }
-    }
-}
+use ps_proto::Policy;
 
 /// What to do with a push that passed the clock checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,5 +11,6 @@
 mod clock;
 mod pieces;
 
-pub use clock::{ClockError, ClockTable, Policy, PullDecision, PushDecision, RoundComplete};
+pub use clock::{ClockError, ClockTable, PullDecision, PushDecision, RoundComplete};
 pub use pieces::Delivered;
+pub use ps_proto::Policy;
