@@ -8,20 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::job::data::{Splits, worker_batches};
 use crate::job::model::Tensors;
-use crate::job::train::{JobOptimizer, TrainConfig};
+use crate::job::train::TrainConfig;
 use indicatif::ProgressBar;
-use ps_server::optim::{Optimizer, OptimizerConfig};
+use ps_server::optim::Optimizer;
 
 use crate::run::Snapshot;
-
-fn optimizer_config(o: JobOptimizer) -> OptimizerConfig {
-    match o {
-        JobOptimizer::Sgd { learning_rate, momentum } => {
-            OptimizerConfig::Sgd { learning_rate, momentum, weight_decay: 0.0 }
-        }
-        JobOptimizer::Adam { learning_rate } => OptimizerConfig::adam(learning_rate),
-    }
-}
 
 /// What the baseline recorded.
 #[derive(Clone, Debug)]
@@ -49,7 +40,7 @@ pub fn train(
         let values =
             ndarray::ArrayD::from_shape_vec(t.shape(), init.fill(0, len)).expect("shape matches length");
         params.insert(t.name().to_string(), values);
-        optimizers.insert(t.name().to_string(), Optimizer::new(optimizer_config(job.optimizer), len));
+        optimizers.insert(t.name().to_string(), Optimizer::new(job.optimizer, len));
     }
     let per_epoch = job.steps_per_epoch(data.train.len()).max(1);
     let total = job.total_steps(data.train.len());

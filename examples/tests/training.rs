@@ -8,12 +8,13 @@ use indicatif::ProgressBar;
 use ps_examples::consistency;
 use ps_examples::job::data;
 use ps_examples::job::model::{Model, ModelKind};
-use ps_examples::job::train::{JobOptimizer, Stragglers, TrainConfig};
+use ps_examples::job::train::{Stragglers, TrainConfig};
 use ps_examples::report;
 use ps_examples::run::{self, RunSpec};
 use ps_proto::Policy;
 use ps_proto::WireDtype;
 use ps_server::{LocalCluster, ShardConfig};
+use ps_worker::OptimizerConfig;
 
 #[test]
 fn two_workers_learn_fashion_mnist_under_each_policy() {
@@ -24,7 +25,7 @@ fn two_workers_learn_fashion_mnist_under_each_policy() {
         epochs: 1,
         seed: 3,
         workers: 2,
-        optimizer: JobOptimizer::Sgd { learning_rate: 0.3, momentum: 0.0 },
+        optimizer: OptimizerConfig::sgd(0.3),
         stragglers: Stragglers::none(),
         max_steps: Some(300),
         checkpoint_every: None,

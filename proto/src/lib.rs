@@ -5,6 +5,7 @@
 //! - [`pb`]: code generated from `proto/ps.proto` (messages, client, server traits).
 //! - [`auth`]: the bearer token workers send and shards check.
 //! - [`cluster`]: the cluster spec every process agrees on.
+//! - [`optimizer`]: the optimizer a tensor is declared with, its defaults and forms.
 //! - [`policy`]: a tensor's synchronisation policy, its text and protocol forms.
 //! - [`placement`]: which shard holds which element range of a tensor; a pure
 //!   function of the cluster spec, so servers and workers compute it identically.
@@ -19,6 +20,7 @@ pub mod chunk;
 pub mod cluster;
 pub mod exposition;
 pub mod frame;
+pub mod optimizer;
 pub mod placement;
 pub mod policy;
 pub mod rope;
@@ -39,6 +41,7 @@ pub const RESTART_CAUSE: &str = "ps-restart-cause";
 
 pub use auth::AuthToken;
 pub use cluster::ClusterSpec;
+pub use optimizer::{OptimizerConfig, OptimizerKind};
 pub use placement::{Part, place};
 pub use policy::Policy;
 pub use wire::WireDtype;

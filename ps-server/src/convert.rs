@@ -38,26 +38,7 @@ pub fn init(spec: &pb::TensorSpec) -> Result<Init, PsError> {
 
 /// The optimizer of a declaration; `None` means the shard default.
 pub fn optimizer(opt: Option<&pb::Optimizer>) -> Option<OptimizerConfig> {
-    use pb::optimizer::Kind;
-    Some(match opt?.kind.as_ref()? {
-        Kind::Sgd(s) => OptimizerConfig::Sgd {
-            learning_rate: s.learning_rate,
-            momentum: s.momentum,
-            weight_decay: s.weight_decay,
-        },
-        Kind::Adam(a) => OptimizerConfig::Adam {
-            learning_rate: a.learning_rate,
-            beta1: a.beta1,
-            beta2: a.beta2,
-            epsilon: a.epsilon,
-            weight_decay: a.weight_decay,
-        },
-        Kind::Adagrad(a) => OptimizerConfig::AdaGrad {
-            learning_rate: a.learning_rate,
-            epsilon: a.epsilon,
-            initial_accumulator: a.initial_accumulator,
-        },
-    })
+    OptimizerConfig::from_pb(opt?)
 }
 
 /// A declaration from its protocol form.

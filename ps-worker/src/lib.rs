@@ -37,6 +37,6 @@ pub mod tensor;
 pub use auth::{AuthToken, ClientTls};
 pub use client::{CheckpointDone, GradientData, Pulled, Worker, WorkerConfig};
 pub use error::{Restart, WorkerError};
-pub use ps_proto::{ClusterSpec, Policy, WireDtype};
+pub use ps_proto::{ClusterSpec, OptimizerConfig, Policy, WireDtype};
 pub use retry::RetryPolicy;
 pub use tensor::TensorDecl;

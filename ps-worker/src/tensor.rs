@@ -70,25 +70,25 @@ impl TensorDecl {
         self.policy(ps_proto::Policy::Async)
     }
 
-    /// This tensor's optimizer: plain SGD.
-    pub fn sgd(mut self, learning_rate: f32, momentum: f32) -> Self {
-        let sgd = pb::Sgd { learning_rate, momentum, weight_decay: 0.0 };
-        self.spec.optimizer = Some(pb::Optimizer { kind: Some(pb::optimizer::Kind::Sgd(sgd)) });
+    /// This tensor's optimizer (instead of the cluster's default).
+    pub fn optimizer(mut self, optimizer: ps_proto::OptimizerConfig) -> Self {
+        self.spec.optimizer = Some(optimizer.to_pb());
         self
+    }
+
+    /// This tensor's optimizer: SGD with `momentum` (0: plain SGD).
+    pub fn sgd(self, learning_rate: f32, momentum: f32) -> Self {
+        self.optimizer(ps_proto::OptimizerConfig::sgd(learning_rate).with_momentum(momentum))
     }
 
     /// This tensor's optimizer: Adam with β1 0.9, β2 0.999, ε 1e-8.
-    pub fn adam(mut self, learning_rate: f32) -> Self {
-        let adam = pb::Adam { learning_rate, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.0 };
-        self.spec.optimizer = Some(pb::Optimizer { kind: Some(pb::optimizer::Kind::Adam(adam)) });
-        self
+    pub fn adam(self, learning_rate: f32) -> Self {
+        self.optimizer(ps_proto::OptimizerConfig::adam(learning_rate))
     }
 
     /// This tensor's optimizer: AdaGrad with ε 1e-10 and initial accumulator 0.1.
-    pub fn adagrad(mut self, learning_rate: f32) -> Self {
-        let a = pb::AdaGrad { learning_rate, epsilon: 1e-10, initial_accumulator: 0.1 };
-        self.spec.optimizer = Some(pb::Optimizer { kind: Some(pb::optimizer::Kind::Adagrad(a)) });
-        self
+    pub fn adagrad(self, learning_rate: f32) -> Self {
+        self.optimizer(ps_proto::OptimizerConfig::adagrad(learning_rate))
     }
 
     /// Accept NaN and Inf in this tensor's gradients.

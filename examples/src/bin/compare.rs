@@ -10,22 +10,15 @@ use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ps_examples::job::data::{self, Splits};
 use ps_examples::job::model::{Model, ModelKind};
-use ps_examples::job::train::{JobOptimizer, Persistent, Stragglers, TrainConfig};
+use ps_examples::job::train::{Persistent, Stragglers, TrainConfig};
 use ps_examples::report::{self, Outcome};
 use ps_examples::run::{self, RunSpec};
 use ps_examples::{baseline, plot};
-use ps_proto::Policy;
-use ps_proto::{ClusterSpec, WireDtype};
+use ps_proto::{ClusterSpec, OptimizerKind, Policy, WireDtype};
 use ps_server::{LocalCluster, ShardConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum OptimizerName {
-    Sgd,
-    Adam,
-}
 
 /// A persistent straggler, written `worker=0,slowdown=3`.
 #[derive(Clone, Copy, Debug)]
@@ -99,9 +92,9 @@ struct Args {
     #[arg(long)]
     max_steps: Option<u64>,
 
-    /// Server-side optimizer.
-    #[arg(long, value_enum, default_value = "sgd")]
-    optimizer: OptimizerName,
+    /// Server-side optimizer: sgd, adam or adagrad.
+    #[arg(long, default_value = "sgd")]
+    optimizer: OptimizerKind,
 
     /// Learning rate.
     #[arg(long, default_value_t = 0.3)]
@@ -242,10 +235,7 @@ fn run_all(args: &Args) -> Result<(), String> {
         epochs: args.epochs,
         seed: args.seed,
         workers: args.workers,
-        optimizer: match args.optimizer {
-            OptimizerName::Sgd => JobOptimizer::Sgd { learning_rate: args.lr, momentum: args.momentum },
-            OptimizerName::Adam => JobOptimizer::Adam { learning_rate: args.lr },
-        },
+        optimizer: args.optimizer.with_defaults(Some(args.lr)).with_momentum(args.momentum),
         stragglers,
         max_steps: args.max_steps,
         checkpoint_every: args.checkpoint_every,

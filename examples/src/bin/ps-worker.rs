@@ -9,19 +9,13 @@ use clap::Parser;
 use ps_examples::access::AccessArgs;
 use ps_examples::job::data;
 use ps_examples::job::model::{Model, ModelKind};
-use ps_examples::job::train::{self, JobOptimizer, Persistent, Stragglers, TrainConfig};
-use ps_proto::{ClusterSpec, WireDtype};
+use ps_examples::job::train::{self, Persistent, Stragglers, TrainConfig};
+use ps_proto::{ClusterSpec, OptimizerKind, WireDtype};
 use ps_worker::{Worker, WorkerConfig, WorkerError};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum OptimizerName {
-    Sgd,
-    Adam,
-}
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum LogFormat {
@@ -89,9 +83,9 @@ struct Args {
     #[arg(long)]
     max_steps: Option<u64>,
 
-    /// Server-side optimizer the tensors are declared with.
-    #[arg(long, value_enum, default_value = "sgd")]
-    optimizer: OptimizerName,
+    /// Server-side optimizer the tensors are declared with: sgd, adam or adagrad.
+    #[arg(long, default_value = "sgd")]
+    optimizer: OptimizerKind,
 
     /// Learning rate.
     #[arg(long, default_value_t = 0.1)]
@@ -250,10 +244,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         epochs: args.epochs,
         seed: args.seed,
         workers: worker.num_workers(),
-        optimizer: match args.optimizer {
-            OptimizerName::Sgd => JobOptimizer::Sgd { learning_rate: args.lr, momentum: args.momentum },
-            OptimizerName::Adam => JobOptimizer::Adam { learning_rate: args.lr },
-        },
+        optimizer: args.optimizer.with_defaults(Some(args.lr)).with_momentum(args.momentum),
         stragglers: Stragglers {
             transient_probability: args.straggler_probability,
             transient_factor: args.straggler_factor,

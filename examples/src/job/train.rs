@@ -12,25 +12,8 @@ use rand_chacha::rand_core::SeedableRng;
 use super::data::{Dataset, worker_batches};
 use super::model::Model;
 use ps_worker::TensorDecl;
-use ps_worker::Worker;
 use ps_worker::WorkerError;
-
-/// The server-side optimizer the job declares its tensors with.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum JobOptimizer {
-    /// SGD with momentum.
-    Sgd {
-        /// Step size.
-        learning_rate: f32,
-        /// Momentum coefficient (0: plain SGD).
-        momentum: f32,
-    },
-    /// Adam with the usual betas.
-    Adam {
-        /// Step size.
-        learning_rate: f32,
-    },
-}
+use ps_worker::{OptimizerConfig, Worker};
 
 /// A persistent straggler: one worker always `slowdown` times slower.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,7 +71,7 @@ pub struct TrainConfig {
     /// Number of workers sharing the data.
     pub workers: u32,
     /// Server-side optimizer.
-    pub optimizer: JobOptimizer,
+    pub optimizer: OptimizerConfig,
     /// Injected slowness.
     pub stragglers: Stragglers,
     /// Stop after this many steps even if epochs remain.
@@ -101,14 +84,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The model's tensors with the job's optimizer.
     pub fn tensors(&self) -> Vec<TensorDecl> {
-        self.model
-            .tensors()
-            .into_iter()
-            .map(|t| match self.optimizer {
-                JobOptimizer::Sgd { learning_rate, momentum } => t.sgd(learning_rate, momentum),
-                JobOptimizer::Adam { learning_rate } => t.adam(learning_rate),
-            })
-            .collect()
+        self.model.tensors().into_iter().map(|t| t.optimizer(self.optimizer)).collect()
     }
 
     /// Steps each worker takes in one epoch over `train_len` examples.

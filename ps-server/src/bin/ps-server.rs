@@ -5,19 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use ps_proto::ClusterSpec;
-use ps_server::{Aggregation, OptimizerConfig, PolicyName, ShardConfig};
+use ps_proto::{ClusterSpec, OptimizerKind};
+use ps_server::{Aggregation, PolicyName, ShardConfig};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum OptimizerName {
-    Sgd,
-    Adam,
-    Adagrad,
-}
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum LogFormat {
@@ -95,9 +88,9 @@ struct Args {
     #[arg(long, value_enum)]
     aggregation: Option<Aggregation>,
 
-    /// Default server-side optimizer.
-    #[arg(long, value_enum)]
-    optimizer: Option<OptimizerName>,
+    /// Default server-side optimizer: sgd, adam or adagrad.
+    #[arg(long)]
+    optimizer: Option<OptimizerKind>,
 
     /// Learning rate [default: 0.1 for sgd, 0.001 for adam, 0.01 for adagrad].
     #[arg(long)]
@@ -326,24 +319,12 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         ps_proto::AuthToken::from_file(f)?;
     }
     if args.optimizer.is_some() || args.lr.is_some() {
-        let (momentum, weight_decay) = (args.momentum, args.weight_decay);
-        cfg.optimizer = match args.optimizer.unwrap_or(OptimizerName::Sgd) {
-            OptimizerName::Sgd => {
-                OptimizerConfig::Sgd { learning_rate: args.lr.unwrap_or(0.1), momentum, weight_decay }
-            }
-            OptimizerName::Adam => OptimizerConfig::Adam {
-                learning_rate: args.lr.unwrap_or(0.001),
-                beta1: 0.9,
-                beta2: 0.999,
-                epsilon: 1e-8,
-                weight_decay,
-            },
-            OptimizerName::Adagrad => OptimizerConfig::AdaGrad {
-                learning_rate: args.lr.unwrap_or(0.01),
-                epsilon: 1e-10,
-                initial_accumulator: 0.1,
-            },
-        };
+        cfg.optimizer = args
+            .optimizer
+            .unwrap_or(OptimizerKind::Sgd)
+            .with_defaults(args.lr)
+            .with_momentum(args.momentum)
+            .with_weight_decay(args.weight_decay);
     }
     cfg.validate()?;
     Ok(cfg)
