@@ -1,0 +1,267 @@
+//! Pulling: one data-path request per part of a tensor, whose reply is
+//! checked chunk by chunk against its header and decoded straight into the
+//! tensor's buffer; the parts' version vectors merge into the tensor's.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use ndarray::{ArrayD, IxDyn};
+use prost::Message as _;
+use ps_proto::placement::Part;
+use ps_proto::{frame, pb, rope};
+
+use crate::connection::{Shards, classify, is_server_timeout, rpc_err};
+use crate::data_path::Outgoing;
+use crate::declared::{Declared, TensorInfo};
+use crate::error::WorkerError;
+use crate::retry::RetryPolicy;
+
+/// The result of a pull: whole tensors and, per tensor, the version vector
+/// (per worker, the highest clock applied to the value in every part).
+#[derive(Clone, Debug, Default)]
+pub struct Pulled {
+    /// Values by tensor name.
+    pub values: BTreeMap<String, ArrayD<f32>>,
+    /// Version vectors by tensor name.
+    pub versions: BTreeMap<String, Vec<i64>>,
+    /// The longest time any part waited on a shard for the policy's release rule.
+    pub waited: Duration,
+}
+
+impl Pulled {
+    /// Whole tensors as `(name, values, versions, waited)`.
+    pub(crate) fn from_tensors(tensors: Vec<(String, ArrayD<f32>, Vec<i64>, Duration)>) -> Self {
+        let mut pulled = Pulled::default();
+        for (name, values, versions, waited) in tensors {
+            pulled.values.insert(name.clone(), values);
+            pulled.versions.insert(name, versions);
+            pulled.waited = pulled.waited.max(waited);
+        }
+        pulled
+    }
+}
+
+/// Pulls every declared tensor at `clock` as this worker (waiting as the
+/// policy requires).
+pub(crate) async fn pull(shards: &Shards, tensors: &Declared, clock: u64) -> Result<Pulled, WorkerError> {
+    let worker = Some(shards.config().worker);
+    let results = try_join_all(tensors.iter().map(|tensor| async move {
+        let (v, vv, waited) = pull_tensor(shards, tensor, clock, worker).await?;
+        Ok::<_, WorkerError>((tensor.name.clone(), v, vv, waited))
+    }))
+    .await?;
+    Ok(Pulled::from_tensors(results))
+}
+
+/// Pulls one tensor at `clock` as `worker`; `None` reads as an observer
+/// (never waits, takes no part in the clocks).
+pub(crate) async fn pull_tensor(
+    shards: &Shards,
+    tensor: &TensorInfo,
+    clock: u64,
+    worker: Option<u32>,
+) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
+    let dtype = pb::WireDtype::from(shards.config().wire_dtype) as i32;
+    pulled_tensor(shards, tensor, |_part| {
+        let req = pb::PullRequest { worker, clock, tensor: tensor.wire_name.clone(), dtype };
+        (frame::PULL_PATH, worker.is_some(), Outgoing::Message(frame::message(&req)))
+    })
+    .await
+}
+
+/// Where a pulled part's elements go.
+enum PartBuffer<'a> {
+    /// The part's slice of a buffer holding every part of the tensor.
+    Slice(&'a mut [f32]),
+    /// The tensor's own buffer, when this is its only part: the elements
+    /// are decoded onto its end, so it is never zeroed first.
+    Whole(&'a mut Vec<f32>),
+}
+
+/// The operation a data-path path is named by in errors and metrics.
+fn op_of(path: &str) -> &'static str {
+    match path {
+        frame::PUSH_PATH => "push",
+        frame::PUSH_PULL_PATH => "push_pull",
+        _ => "pull",
+    }
+}
+
+/// Sends one data-path request per part of `tensor` (what `request` says:
+/// path, whether it may wait on other workers, its frames per attempt)
+/// whose replies are the pulled parts, and puts the tensor together.
+pub(crate) async fn pulled_tensor<'a>(
+    shards: &Shards,
+    tensor: &TensorInfo,
+    mut request: impl FnMut(Part) -> (&'static str, bool, Outgoing<'a>),
+) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
+    let name = tensor.name.as_str();
+    let len = tensor.shape.iter().product::<usize>();
+    let mut values = Vec::new();
+    let (part_versions, waits): (Vec<_>, Vec<_>) = if let [part] = tensor.parts.as_slice() {
+        // One part: decoded straight onto the end of the tensor's buffer.
+        let (path, waits, outgoing) = request(*part);
+        let dst = PartBuffer::Whole(&mut values);
+        vec![pulled_part(shards, name, *part, path, waits, outgoing, dst).await?].into_iter().unzip()
+    } else {
+        // Several parts arrive at once, each into its own slice.
+        values = vec![0f32; len];
+        let mut rest: &mut [f32] = &mut values;
+        let mut pulls = Vec::new();
+        for part in &tensor.parts {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len as usize);
+            rest = tail;
+            let (path, waits, outgoing) = request(*part);
+            pulls.push(pulled_part(shards, name, *part, path, waits, outgoing, PartBuffer::Slice(dst)));
+        }
+        try_join_all(pulls).await?.into_iter().unzip()
+    };
+    let versions = merge_versions(&part_versions);
+    let waited = waits.into_iter().max().unwrap_or_default();
+    let array = ArrayD::from_shape_vec(IxDyn(&tensor.shape), values).map_err(|e| WorkerError::Protocol {
+        shard: 0,
+        tensor: name.into(),
+        detail: e.to_string(),
+    })?;
+    Ok((array, versions, waited))
+}
+
+/// Sends a request of the data path at `path` whose reply is a pulled
+/// part, retrying transient failures, and decodes the part into `dst`.
+async fn pulled_part(
+    shards: &Shards,
+    name: &str,
+    part: Part,
+    path: &'static str,
+    waits: bool,
+    outgoing: Outgoing<'_>,
+    mut dst: PartBuffer<'_>,
+) -> Result<(Vec<i64>, Duration), WorkerError> {
+    let op = op_of(path);
+    let cfg = shards.config();
+    let mut attempt = 1;
+    loop {
+        let result = pulled_part_once(shards, name, part, path, waits, &outgoing, &mut dst).await;
+        match result {
+            Ok(v) => return Ok(v),
+            Err(WorkerError::Rpc { status, .. })
+                if attempt < cfg.retry.max_attempts && RetryPolicy::is_transient(status.code(), waits) =>
+            {
+                if let Some(m) = &cfg.metrics {
+                    m.retry(op);
+                }
+                tokio::time::sleep(cfg.retry.backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(WorkerError::Rpc { op, shard, tensor, status, .. }) => {
+                if let Some(m) = &cfg.metrics {
+                    m.error(op, status.code());
+                }
+                return Err(WorkerError::Rpc { op, shard, tensor, attempts: attempt, status });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn pulled_part_once(
+    shards: &Shards,
+    name: &str,
+    part: Part,
+    path: &'static str,
+    waits: bool,
+    outgoing: &Outgoing<'_>,
+    dst: &mut PartBuffer<'_>,
+) -> Result<(Vec<i64>, Duration), WorkerError> {
+    if let PartBuffer::Whole(values) = dst {
+        // A retry starts the part over.
+        values.clear();
+        values.reserve_exact(part.len as usize);
+    }
+    let op = op_of(path);
+    let deadline = shards.deadline(waits);
+    let shard = part.shard;
+    let timeout = || WorkerError::Timeout { op, shard, tensor: Some(name.into()), after: deadline };
+    let rpc = |status: tonic::Status| {
+        if is_server_timeout(&status) {
+            timeout()
+        } else {
+            rpc_err(op, shard, Some(name), 1, classify(status))
+        }
+    };
+    let protocol = |detail: String| WorkerError::Protocol { shard, tensor: name.into(), detail };
+    let cfg = shards.config();
+    let channel = shards.data(shard);
+    let body = async {
+        let mut reply = outgoing.send(channel, path, deadline, cfg).await.map_err(rpc)?;
+        let dtype = cfg.wire_dtype;
+        let size = dtype.size() as u64;
+        let total = part.len * size;
+        let mut versions = None;
+        let mut received = 0u64;
+        while let Some(msg) = reply.message().await.map_err(rpc)? {
+            let (fields, data) =
+                frame::split_data(msg).map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
+            let chunk = pb::PullChunk::decode(&fields[..])
+                .map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
+            if let Some(h) = chunk.header {
+                if versions.is_some() {
+                    return Err(protocol("a second header in the reply".into()));
+                }
+                if (h.offset, h.len, h.total_bytes) != (part.offset, part.len, total) {
+                    return Err(protocol(format!(
+                        "expected elements {}..{} ({total} bytes), got {}..{} ({} bytes)",
+                        part.offset,
+                        part.offset + part.len,
+                        h.offset,
+                        h.offset + h.len,
+                        h.total_bytes
+                    )));
+                }
+                versions = Some((h.versions, Duration::from_micros(h.waited_us)));
+            } else if versions.is_none() {
+                return Err(protocol("the first chunk of the reply has no header".into()));
+            }
+            let n = data.len() as u64;
+            if chunk.offset != received || received + n > total || !n.is_multiple_of(size) {
+                return Err(protocol(format!(
+                    "chunk at byte {} with {n} bytes does not continue byte {received} of {total}",
+                    chunk.offset
+                )));
+            }
+            match dst {
+                PartBuffer::Whole(values) => rope::decode_segments_append(values, &data, dtype),
+                PartBuffer::Slice(slice) => {
+                    let start = (received / size) as usize;
+                    let end = start + (n / size) as usize;
+                    rope::decode_segments_into(&mut slice[start..end], &data, dtype);
+                }
+            }
+            received += n;
+        }
+        if received != total {
+            return Err(protocol(format!("reply ended after {received} of {total} bytes")));
+        }
+        versions.ok_or_else(|| protocol("empty reply".into()))
+    };
+    tokio::time::timeout(deadline + Duration::from_secs(1), body).await.map_err(|_| timeout())?
+}
+
+/// Combines the version vectors of a tensor's parts: per worker, the minimum,
+/// i.e. the clocks applied to every part.
+pub(crate) fn merge_versions(parts: &[Vec<i64>]) -> Vec<i64> {
+    let width = parts.iter().map(Vec::len).max().unwrap_or(0);
+    (0..width).map(|w| parts.iter().map(|p| p.get(w).copied().unwrap_or(-1)).min().unwrap_or(-1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_versions_take_the_minimum() {
+        assert_eq!(merge_versions(&[vec![3, 5, -1], vec![4, 2, 0]]), vec![3, 2, -1]);
+        assert_eq!(merge_versions(&[]), Vec::<i64>::new());
+    }
+}
