@@ -5,7 +5,7 @@
 //!
 //! [`Shards::retrying`] is that one way. [`Shards::call`] makes one control
 //! RPC through it, [`Shards::broadcast`] the same control RPC to every
-//! shard at once.
+//! shard at once; the data path's requests are [`Attempt`]s of their own.
 
 use std::future::Future;
 use std::time::Duration;
@@ -34,9 +34,46 @@ pub(crate) struct Shards {
     data: Vec<DataChannel>,
 }
 
+/// Why one attempt of a request failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The shard's or the transport's status: tried again if it is transient.
+    Status(tonic::Status),
+    /// The reply broke the protocol: never tried again.
+    Protocol(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Failure::Status(status)
+    }
+}
+
+/// One attempt of a request, which [`Shards::retrying`] makes again while
+/// it fails transiently. Any `FnMut(Duration) -> impl Future` is one.
+pub(crate) trait Attempt {
+    /// What a successful attempt returns.
+    type Output;
+
+    /// Makes the attempt; `deadline` is the one sent to the shard.
+    fn run(&mut self, deadline: Duration) -> impl Future<Output = Result<Self::Output, Failure>> + Send;
+}
+
+impl<F, Fut, T> Attempt for F
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, Failure>> + Send,
+{
+    type Output = T;
+
+    fn run(&mut self, deadline: Duration) -> impl Future<Output = Result<T, Failure>> + Send {
+        self(deadline)
+    }
+}
+
 /// Whether `status` says the deadline sent in `grpc-timeout` expired on the
 /// server (tonic reports that as `CANCELLED` "Timeout expired").
-pub(crate) fn is_server_timeout(status: &tonic::Status) -> bool {
+fn is_server_timeout(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired"
 }
 
@@ -44,7 +81,7 @@ pub(crate) fn is_server_timeout(status: &tonic::Status) -> bool {
 /// `UNKNOWN` "transport error" or "h2 protocol error") as the transient
 /// failure it is: `UNAVAILABLE`. Such statuses are made by the client from a
 /// local error, so they carry a cause; an `UNKNOWN` sent by a server does not.
-pub(crate) fn classify(status: tonic::Status) -> tonic::Status {
+fn classify(status: tonic::Status) -> tonic::Status {
     use std::error::Error;
     if status.code() != tonic::Code::Unknown || status.source().is_none() {
         return status;
@@ -58,7 +95,7 @@ pub(crate) fn classify(status: tonic::Status) -> tonic::Status {
     tonic::Status::unavailable(format!("connection lost: {}: {detail}", status.message()))
 }
 
-pub(crate) fn rpc_err(
+fn rpc_err(
     op: &'static str,
     shard: u32,
     tensor: Option<&str>,
@@ -153,34 +190,39 @@ impl Shards {
     }
 
     /// Makes `attempt` against `shard` until it succeeds, fails for good
-    /// (a status that is not transient, no reply within its deadline) or
-    /// the retry policy gives up. Retries and final
+    /// (a status that is not transient, a broken reply, no reply within
+    /// its deadline) or the retry policy gives up. Retries and final
     /// errors are recorded in the worker's metrics under `op`.
-    pub(crate) async fn retrying<T, F, Fut>(
+    pub(crate) async fn retrying<A: Attempt>(
         &self,
         op: &'static str,
         shard: u32,
         tensor: Option<&str>,
         waits_on_others: bool,
-        mut attempt: F,
-    ) -> Result<T, WorkerError>
-    where
-        F: FnMut(Duration) -> Fut,
-        Fut: Future<Output = Result<T, tonic::Status>>,
-    {
+        mut attempt: A,
+    ) -> Result<A::Output, WorkerError> {
         let deadline = self.deadline(waits_on_others);
         let timeout = || WorkerError::Timeout { op, shard, tensor: tensor.map(Into::into), after: deadline };
         let mut attempts = 1;
         loop {
             let status =
-                match tokio::time::timeout(deadline + Duration::from_secs(1), attempt(deadline)).await {
+                match tokio::time::timeout(deadline + Duration::from_secs(1), attempt.run(deadline)).await {
                     Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(Failure::Protocol(detail))) => {
+                        return Err(WorkerError::Protocol {
+                            shard,
+                            tensor: tensor.unwrap_or_default().into(),
+                            detail,
+                        });
+                    }
                     // The deadline sent in `grpc-timeout` expired on the server
                     // (tonic reports that as CANCELLED "Timeout expired").
-                    Ok(Err(status)) if is_server_timeout(&status) => tonic::Status::deadline_exceeded(
-                        format!("the deadline of {deadline:?} expired on the server"),
-                    ),
-                    Ok(Err(status)) => classify(status),
+                    Ok(Err(Failure::Status(status))) if is_server_timeout(&status) => {
+                        tonic::Status::deadline_exceeded(format!(
+                            "the deadline of {deadline:?} expired on the server"
+                        ))
+                    }
+                    Ok(Err(Failure::Status(status))) => classify(status),
                     Err(_) => return Err(timeout()),
                 };
             if attempts >= self.cfg.retry.max_attempts
@@ -226,7 +268,7 @@ impl Shards {
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(deadline);
             let reply = send(client.clone(), req);
-            async move { Ok(reply.await?.into_inner()) }
+            async move { Ok::<_, Failure>(reply.await?.into_inner()) }
         };
         self.retrying(op, shard, tensor, waits_on_others, attempt).await
     }

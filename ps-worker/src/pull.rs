@@ -11,11 +11,10 @@ use prost::Message as _;
 use ps_proto::placement::Part;
 use ps_proto::{frame, pb, rope};
 
-use crate::connection::{Shards, classify, is_server_timeout, rpc_err};
+use crate::connection::{Attempt, Failure, Shards};
 use crate::data_path::Outgoing;
 use crate::declared::{Declared, TensorInfo};
 use crate::error::WorkerError;
-use crate::retry::RetryPolicy;
 
 /// The result of a pull: whole tensors and, per tensor, the version vector
 /// (per worker, the highest clock applied to the value in every part).
@@ -138,69 +137,39 @@ async fn pulled_part(
     outgoing: Outgoing<'_>,
     mut dst: PartBuffer<'_>,
 ) -> Result<(Vec<i64>, Duration), WorkerError> {
-    let op = op_of(path);
-    let cfg = shards.config();
-    let mut attempt = 1;
-    loop {
-        let result = pulled_part_once(shards, name, part, path, waits, &outgoing, &mut dst).await;
-        match result {
-            Ok(v) => return Ok(v),
-            Err(WorkerError::Rpc { status, .. })
-                if attempt < cfg.retry.max_attempts && RetryPolicy::is_transient(status.code(), waits) =>
-            {
-                if let Some(m) = &cfg.metrics {
-                    m.retry(op);
-                }
-                tokio::time::sleep(cfg.retry.backoff(attempt)).await;
-                attempt += 1;
-            }
-            Err(WorkerError::Rpc { op, shard, tensor, status, .. }) => {
-                if let Some(m) = &cfg.metrics {
-                    m.error(op, status.code());
-                }
-                return Err(WorkerError::Rpc { op, shard, tensor, attempts: attempt, status });
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let read = ReadPart { shards, part, path, outgoing: &outgoing, dst: &mut dst };
+    shards.retrying(op_of(path), part.shard, Some(name), waits, read).await
 }
 
-async fn pulled_part_once(
-    shards: &Shards,
-    name: &str,
+/// One attempt at a pulled part: send the request, read the reply into `dst`.
+struct ReadPart<'a, 'b> {
+    shards: &'a Shards,
     part: Part,
     path: &'static str,
-    waits: bool,
-    outgoing: &Outgoing<'_>,
-    dst: &mut PartBuffer<'_>,
-) -> Result<(Vec<i64>, Duration), WorkerError> {
-    if let PartBuffer::Whole(values) = dst {
-        // A retry starts the part over.
-        values.clear();
-        values.reserve_exact(part.len as usize);
-    }
-    let op = op_of(path);
-    let deadline = shards.deadline(waits);
-    let shard = part.shard;
-    let timeout = || WorkerError::Timeout { op, shard, tensor: Some(name.into()), after: deadline };
-    let rpc = |status: tonic::Status| {
-        if is_server_timeout(&status) {
-            timeout()
-        } else {
-            rpc_err(op, shard, Some(name), 1, classify(status))
+    outgoing: &'a Outgoing<'b>,
+    dst: &'a mut PartBuffer<'b>,
+}
+
+impl Attempt for ReadPart<'_, '_> {
+    type Output = (Vec<i64>, Duration);
+
+    async fn run(&mut self, deadline: Duration) -> Result<(Vec<i64>, Duration), Failure> {
+        let part = self.part;
+        if let PartBuffer::Whole(values) = self.dst {
+            // A retry starts the part over.
+            values.clear();
+            values.reserve_exact(part.len as usize);
         }
-    };
-    let protocol = |detail: String| WorkerError::Protocol { shard, tensor: name.into(), detail };
-    let cfg = shards.config();
-    let channel = shards.data(shard);
-    let body = async {
-        let mut reply = outgoing.send(channel, path, deadline, cfg).await.map_err(rpc)?;
+        let protocol = Failure::Protocol;
+        let cfg = self.shards.config();
+        let channel = self.shards.data(part.shard);
+        let mut reply = self.outgoing.send(channel, self.path, deadline, cfg).await?;
         let dtype = cfg.wire_dtype;
         let size = dtype.size() as u64;
         let total = part.len * size;
         let mut versions = None;
         let mut received = 0u64;
-        while let Some(msg) = reply.message().await.map_err(rpc)? {
+        while let Some(msg) = reply.message().await? {
             let (fields, data) =
                 frame::split_data(msg).map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
             let chunk = pb::PullChunk::decode(&fields[..])
@@ -230,7 +199,7 @@ async fn pulled_part_once(
                     chunk.offset
                 )));
             }
-            match dst {
+            match &mut *self.dst {
                 PartBuffer::Whole(values) => rope::decode_segments_append(values, &data, dtype),
                 PartBuffer::Slice(slice) => {
                     let start = (received / size) as usize;
@@ -244,8 +213,7 @@ async fn pulled_part_once(
             return Err(protocol(format!("reply ended after {received} of {total} bytes")));
         }
         versions.ok_or_else(|| protocol("empty reply".into()))
-    };
-    tokio::time::timeout(deadline + Duration::from_secs(1), body).await.map_err(|_| timeout())?
+    }
 }
 
 /// Combines the version vectors of a tensor's parts: per worker, the minimum,

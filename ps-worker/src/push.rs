@@ -14,7 +14,7 @@ use ps_proto::placement::Part;
 use ps_proto::wire::WireDtype;
 use ps_proto::{frame, pb};
 
-use crate::connection::Shards;
+use crate::connection::{Failure, Shards};
 use crate::data_path::Outgoing;
 use crate::declared::{Declared, TensorInfo};
 use crate::error::WorkerError;
@@ -223,9 +223,9 @@ async fn push_part(
             .map_err(|e| tonic::Status::internal(format!("malformed push reply: {e}")))?
             .applied;
         if reply.message().await?.is_some() {
-            return Err(tonic::Status::internal("a push reply with more than one message"));
+            return Err(tonic::Status::internal("a push reply with more than one message").into());
         }
-        Ok(applied)
+        Ok::<_, Failure>(applied)
     };
     shards.retrying("push", part.shard, Some(&tensor.name), false, attempt).await
 }
