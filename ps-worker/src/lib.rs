@@ -24,8 +24,8 @@
 //!   clock, and the step with its recovery.
 //! - `membership` — join, recovery after a shard restart, leave, barrier.
 //! - `checkpoint` — request a checkpoint, its status per shard, wait for it
-//!   ([`CheckpointDone`]).
-//! - `status` — what each shard reports of itself.
+//!   ([`CheckpointDone`], [`CheckpointStatus`]).
+//! - `status` — what each shard reports of itself ([`ShardStatus`]).
 //! - `push` — push and push_pull: gradients split into parts and pieces
 //!   ([`GradientData`]).
 //! - `pull` — pull: one request per part, each reply checked chunk by chunk
@@ -59,12 +59,13 @@ pub mod tensor;
 mod worker;
 
 pub use auth::{AuthToken, ClientTls};
-pub use checkpoint::CheckpointDone;
+pub use checkpoint::{CheckpointDone, CheckpointState, CheckpointStatus};
 pub use config::WorkerConfig;
 pub use error::{Restart, WorkerError};
 pub use ps_proto::{ClusterSpec, WireDtype};
 pub use pull::Pulled;
 pub use push::GradientData;
 pub use retry::RetryPolicy;
+pub use status::{Policy, ShardStatus, TensorStatus};
 pub use tensor::TensorDecl;
 pub use worker::{MAX_STEP_RECOVERIES, Worker};

@@ -1,13 +1,112 @@
-//! What each shard reports of itself.
+//! What each shard reports of itself: [`ShardStatus`], for monitoring and
+//! operators' tools.
 
 use ps_proto::pb;
 
 use crate::connection::Shards;
 use crate::error::WorkerError;
 
+/// A synchronization policy, as a shard reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Lockstep: one aggregated update per clock (BSP).
+    Sync,
+    /// Bounded staleness (SSP); the bound is the tensor's `staleness`.
+    Ssp,
+    /// Eventual: every push applied on arrival.
+    Async,
+}
+
+impl Policy {
+    /// The policy a status reply names, if it names one this library knows.
+    fn from_pb(value: i32) -> Option<Self> {
+        match pb::Policy::try_from(value).ok()? {
+            pb::Policy::Sync => Some(Policy::Sync),
+            pb::Policy::Ssp => Some(Policy::Ssp),
+            pb::Policy::Async => Some(Policy::Async),
+            pb::Policy::Unspecified => None,
+        }
+    }
+}
+
+/// What one shard reports of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// The shard's id, as the shard knows it.
+    pub shard: u32,
+    /// The number of shards of its cluster, as the shard knows it.
+    pub num_shards: u32,
+    /// The number of workers of the job.
+    pub num_workers: u32,
+    /// The policy of tensors declared without one.
+    pub default_policy: Policy,
+    /// The workers the shard counts as live, in id order.
+    pub live_workers: Vec<u32>,
+    /// The tensor parts the shard holds.
+    pub tensors: Vec<TensorStatus>,
+}
+
+/// One tensor part a shard holds, as the shard reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorStatus {
+    /// The tensor's name on the shards (after the worker's namespace, if any).
+    pub name: String,
+    /// The part's first element.
+    pub offset: u64,
+    /// The part's number of elements.
+    pub len: u64,
+    /// The tensor's policy.
+    pub policy: Policy,
+    /// The staleness bound of an ssp tensor; 0 for the other policies.
+    pub staleness: u32,
+    /// Per worker, the highest clock applied to the part (-1: none).
+    pub versions: Vec<i64>,
+    /// Sync: rounds applied; ssp and async: the lowest clock of the live workers.
+    pub applied_clock: u64,
+}
+
+impl ShardStatus {
+    /// The status `reply` of shard `shard`, or why it is malformed.
+    fn from_pb(shard: u32, reply: pb::StatusReply) -> Result<Self, WorkerError> {
+        let policy = |value: i32, tensor: &str| {
+            Policy::from_pb(value).ok_or_else(|| WorkerError::Protocol {
+                shard,
+                tensor: tensor.into(),
+                detail: format!("unknown policy {value} in the status reply"),
+            })
+        };
+        let tensors = reply
+            .tensors
+            .into_iter()
+            .map(|t| {
+                Ok(TensorStatus {
+                    policy: policy(t.policy, &t.name)?,
+                    name: t.name,
+                    offset: t.offset,
+                    len: t.len,
+                    staleness: t.staleness,
+                    versions: t.versions,
+                    applied_clock: t.applied_clock,
+                })
+            })
+            .collect::<Result<_, WorkerError>>()?;
+        Ok(Self {
+            shard: reply.shard,
+            num_shards: reply.num_shards,
+            num_workers: reply.num_workers,
+            default_policy: policy(reply.default_policy, "")?,
+            live_workers: reply.live_workers,
+            tensors,
+        })
+    }
+}
+
 /// The status of every shard, in shard order.
-pub(crate) async fn status(shards: &Shards) -> Result<Vec<pb::StatusReply>, WorkerError> {
-    shards.broadcast("status", false, pb::StatusRequest {}, |mut c, r| async move { c.status(r).await }).await
+pub(crate) async fn status(shards: &Shards) -> Result<Vec<ShardStatus>, WorkerError> {
+    let replies = shards
+        .broadcast("status", false, pb::StatusRequest {}, |mut c, r| async move { c.status(r).await })
+        .await?;
+    replies.into_iter().enumerate().map(|(shard, r)| ShardStatus::from_pb(shard as u32, r)).collect()
 }
 
 /// Shard 0's session, which names checkpoints.

@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
-use ps_proto::{ClusterSpec, pb};
+use ps_proto::ClusterSpec;
 
-use crate::checkpoint::{self, CheckpointDone};
+use crate::checkpoint::{self, CheckpointDone, CheckpointStatus};
 use crate::config::WorkerConfig;
 use crate::connection::Shards;
 use crate::declared::Declared;
@@ -23,7 +23,7 @@ use crate::membership::{self, Joined};
 use crate::metrics::WorkerMetrics;
 use crate::pull::{self, Pulled};
 use crate::push::{self, GradientData};
-use crate::status;
+use crate::status::{self, ShardStatus};
 use crate::tensor::TensorDecl;
 
 mod testing;
@@ -245,13 +245,13 @@ impl Worker {
         checkpoint::request(&self.shards, clock, session, worker).await
     }
 
-    /// The state of checkpoint `name` on every shard; with `wait`, once each
-    /// shard's file is durable or its write failed.
+    /// How far checkpoint `name` has got on every shard, in shard order;
+    /// with `wait`, once each shard's file is durable or its write failed.
     pub async fn checkpoint_status(
         &self,
         name: &str,
         wait: bool,
-    ) -> Result<Vec<pb::CheckpointStatusReply>, WorkerError> {
+    ) -> Result<Vec<CheckpointStatus>, WorkerError> {
         checkpoint::status(&self.shards, name, wait).await
     }
 
@@ -262,8 +262,8 @@ impl Worker {
         checkpoint::wait(&self.shards, name).await
     }
 
-    /// The status of every shard.
-    pub async fn status(&self) -> Result<Vec<pb::StatusReply>, WorkerError> {
+    /// What every shard reports of itself, in shard order.
+    pub async fn status(&self) -> Result<Vec<ShardStatus>, WorkerError> {
         status::status(&self.shards).await
     }
 }
