@@ -180,6 +180,7 @@ impl Shards {
     }
 
     /// The control client of `shard`.
+    #[cfg(feature = "testing")]
     pub(crate) fn control(&self, shard: u32) -> Client {
         self.control[shard as usize].clone()
     }

@@ -41,6 +41,12 @@
 //! - [`error`] — [`WorkerError`].
 //! - [`auth`] — [`AuthToken`] and [`ClientTls`], how a worker proves itself to the shards.
 //! - [`metrics`] — Prometheus metrics of a worker.
+//!
+//! # Features
+//! - `testing` — for tests of the server; not a stable API. Adds to
+//!   [`Worker`] requests at any clock and as any worker (`pull_at`,
+//!   `push_at`, `pull_tensor`, `push_tensor`) and raw push streams
+//!   (`raw_push`).
 
 pub mod auth;
 mod checkpoint;

@@ -26,6 +26,7 @@ use crate::push::{self, GradientData};
 use crate::status::{self, ShardStatus};
 use crate::tensor::TensorDecl;
 
+#[cfg(feature = "testing")]
 mod testing;
 
 /// Shard restarts one [`Worker::step`] rides out before it returns the restart as an error.

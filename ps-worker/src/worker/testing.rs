@@ -1,5 +1,5 @@
-//! Requests at any clock, as any worker, and raw push streams: for tests
-//! of the server and custom loops.
+//! Hatches for the server's tests (feature `testing`): requests at any
+//! clock, as any worker, and raw push streams. Not a stable API.
 
 use std::collections::BTreeMap;
 
