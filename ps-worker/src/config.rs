@@ -22,9 +22,9 @@ pub struct WorkerConfig {
     pub wait_timeout: Duration,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
-    /// Largest payload bytes per push chunk; a part is sent in chunks of
-    /// about an eighth of it, at least 512 KiB unless this is smaller
-    /// ([`chunk::chunk_bytes_for`]).
+    /// Largest payload bytes per push chunk. A part goes in chunks of about
+    /// an eighth of its bytes, at least 512 KiB (unless this is smaller)
+    /// and at most this ([`chunk::chunk_bytes_for`]).
     pub chunk_bytes: usize,
     /// Encoding of pushed gradients and pulled values.
     pub wire_dtype: WireDtype,
@@ -43,7 +43,9 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Defaults for worker `worker` of `cluster`: 30 s RPC deadline, 10 min
-    /// wait deadline, 6 attempts, 4 MiB f32 chunks.
+    /// wait deadline, 6 attempts, f32 on the wire in chunks of at most
+    /// 1 MiB ([`chunk::DEFAULT_CHUNK_BYTES`]), 16 MiB messages; no
+    /// namespace, token, TLS or metrics.
     pub fn new(cluster: ClusterSpec, worker: u32) -> Self {
         Self {
             cluster,

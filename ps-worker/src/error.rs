@@ -83,7 +83,7 @@ pub enum WorkerError {
     Protocol {
         /// The shard's id.
         shard: u32,
-        /// The tensor's name.
+        /// The tensor's name (empty for a reply about no single tensor).
         tensor: String,
         /// What was wrong.
         detail: String,

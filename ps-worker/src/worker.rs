@@ -136,7 +136,8 @@ impl Worker {
         self.clock
     }
 
-    /// Leaves the job: barriers and sync rounds stop waiting for this worker.
+    /// Leaves the job: the shards stop counting this worker as live, so no
+    /// barrier, sync round or other worker's pull waits for it.
     pub async fn leave(&self) -> Result<(), WorkerError> {
         membership::leave(&self.shards).await
     }
