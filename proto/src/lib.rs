@@ -6,6 +6,7 @@
 //! - [`auth`]: the bearer token workers send and shards check.
 //! - [`cluster`]: the cluster spec every process agrees on.
 //! - [`optimizer`]: the optimizer a tensor is declared with, its defaults and forms.
+//! - [`restart`]: how a shard tells a worker it came back from a checkpoint.
 //! - [`policy`]: a tensor's synchronisation policy, its text and protocol forms.
 //! - [`placement`]: which shard holds which element range of a tensor; a pure
 //!   function of the cluster spec, so servers and workers compute it identically.
@@ -23,6 +24,7 @@ pub mod frame;
 pub mod optimizer;
 pub mod placement;
 pub mod policy;
+pub mod restart;
 pub mod rope;
 pub mod wire;
 
@@ -32,16 +34,10 @@ pub mod pb {
     tonic::include_proto!("ps.v1");
 }
 
-/// Status metadata key of a `FAILED_PRECONDITION` that says a shard came
-/// back from a checkpoint: the checkpoint's directory name, to pass to `Rewind`.
-pub const RESTART_CHECKPOINT: &str = "ps-restart-checkpoint";
-/// Status metadata key next to [`RESTART_CHECKPOINT`]: the restart's session
-/// (16 hex digits), the `cause` of `Rewind`.
-pub const RESTART_CAUSE: &str = "ps-restart-cause";
-
 pub use auth::AuthToken;
 pub use cluster::ClusterSpec;
 pub use optimizer::{OptimizerConfig, OptimizerKind};
 pub use placement::{Part, place};
 pub use policy::Policy;
+pub use restart::{RESTART_CAUSE, RESTART_CHECKPOINT, Restart};
 pub use wire::WireDtype;

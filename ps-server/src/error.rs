@@ -238,13 +238,8 @@ impl From<PsError> for Status {
     fn from(e: PsError) -> Self {
         let mut status = Status::new(e.code(), e.to_string());
         if let PsError::Restarted { checkpoint, cause, .. } = &e {
-            let meta = status.metadata_mut();
-            if let Ok(v) = checkpoint.parse() {
-                meta.insert(RESTART_CHECKPOINT, v);
-            }
-            if let Ok(v) = format!("{cause:016x}").parse() {
-                meta.insert(RESTART_CAUSE, v);
-            }
+            let restart = ps_proto::Restart { checkpoint: checkpoint.clone(), cause: *cause };
+            restart.write_to(status.metadata_mut());
         }
         status
     }

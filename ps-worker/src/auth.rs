@@ -59,13 +59,13 @@ impl ClientTls {
 
 /// Adds `authorization: Bearer <token>` to every request, when a token is set.
 #[derive(Clone, Debug, Default)]
-pub struct AddToken {
+pub(crate) struct AddToken {
     header: Option<MetadataValue<Ascii>>,
 }
 
 impl AddToken {
     /// Sends `token`, or nothing when `None`.
-    pub fn new(token: Option<&AuthToken>) -> Self {
+    pub(crate) fn new(token: Option<&AuthToken>) -> Self {
         // Checked printable ASCII at construction, so it is a valid header value.
         let header = token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.reveal())).ok());
         Self { header }

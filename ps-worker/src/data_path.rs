@@ -1,15 +1,18 @@
-//! The worker's side of the data path: `Push` and `Pull` sent as raw gRPC
-//! over the shard's channel, so tensor bytes go out as their own HTTP/2
-//! frames and are decoded straight from the frames they arrive in
-//! (see [`ps_proto::frame`]).
+//! The worker's side of the data path: `Push`, `Pull` and `PushPull` sent
+//! as raw gRPC over the shard's channel, so tensor bytes go out as their
+//! own HTTP/2 frames and are decoded straight from the frames they arrive
+//! in (see [`ps_proto::frame`]). [`Outgoing`] is what a request sends,
+//! [`Reply`] the reply being read.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as _;
-use ps_proto::frame::Deframer;
+use ps_proto::frame::{Deframer, FramesBody};
 use ps_proto::rope::Segments;
+use ps_proto::{chunk, frame, pb};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service as _;
@@ -17,9 +20,74 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::auth::AddToken;
+use crate::config::WorkerConfig;
 
 /// A shard's channel with the bearer token added to every request.
 pub(crate) type DataChannel = InterceptedService<Channel, AddToken>;
+
+/// What a data-path request sends.
+pub(crate) enum Outgoing<'a> {
+    /// One whole message (a pull request).
+    Message(Bytes),
+    /// A push of `values`, encoded chunk by chunk while earlier chunks are
+    /// on their way, so encoding overlaps sending.
+    Push { header: pb::PushHeader, values: &'a [f32] },
+    /// A push whose f32 wire bytes are already in memory the request may
+    /// keep (a shared gradient): sent from there, without a copy.
+    Shared { header: pb::PushHeader, data: Bytes },
+}
+
+impl Outgoing<'_> {
+    /// Sends this as the request of the RPC at `path`, encoded and chunked
+    /// as `cfg` says, and returns the reply once its headers are in.
+    pub(crate) async fn send(
+        &self,
+        channel: DataChannel,
+        path: &'static str,
+        deadline: Duration,
+        cfg: &WorkerConfig,
+    ) -> Result<Reply, Status> {
+        let max_message = cfg.max_message_bytes;
+        match self {
+            Outgoing::Message(msg) => {
+                let body = FramesBody::new(VecDeque::from([msg.clone()]), None);
+                call(channel, path, Body::new(body), deadline, max_message).await
+            }
+            Outgoing::Push { header, values } => {
+                let feed = |tx| feed_push(tx, header, values, cfg);
+                call_fed(channel, path, deadline, max_message, feed).await
+            }
+            Outgoing::Shared { header, data } => {
+                let mut header = Some(header.clone());
+                let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
+                let chunk_bytes = chunk::chunk_bytes_for(data.len(), cfg.chunk_bytes);
+                let frames = frame::data_frames(data, chunk_bytes, 4, fields);
+                let body = Body::new(FramesBody::new(frames, None));
+                call(channel, path, body, deadline, max_message).await
+            }
+        }
+    }
+}
+
+/// Encodes a push of `values` chunk by chunk into `tx` (each chunk's
+/// head, then its data), waiting whenever the channel is full; stops
+/// early if the request is gone.
+async fn feed_push(
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    header: &pb::PushHeader,
+    values: &[f32],
+    cfg: &WorkerConfig,
+) {
+    let dtype = cfg.wire_dtype;
+    let mut header = Some(header.clone());
+    let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
+    let chunk_bytes = chunk::chunk_bytes_for(values.len() * dtype.size(), cfg.chunk_bytes);
+    for (head, data) in frame::encoded_chunks(values, dtype, chunk_bytes, fields) {
+        if tx.send(head).await.is_err() || (!data.is_empty() && tx.send(data).await.is_err()) {
+            return;
+        }
+    }
+}
 
 /// The `grpc-timeout` value of `deadline`: the finest unit that fits the
 /// protocol's 8 digits.
@@ -45,7 +113,7 @@ pub(crate) struct Reply {
 /// Sends `body` as the request of the RPC at `path` (deadline `deadline`)
 /// and returns the reply once its headers are in. A reply that is only a
 /// status (the server refused the request) is returned as that status.
-pub(crate) async fn call(
+async fn call(
     mut channel: DataChannel,
     path: &'static str,
     body: Body,
@@ -98,7 +166,7 @@ impl http_body::Body for FedBody {
 /// it is given, made while earlier ones are sent. Returns once the reply's
 /// headers are in; a feed still running then (the server answered before
 /// reading everything) is dropped.
-pub(crate) async fn call_fed<F, Fut>(
+async fn call_fed<F, Fut>(
     channel: DataChannel,
     path: &'static str,
     deadline: Duration,

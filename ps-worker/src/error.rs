@@ -83,7 +83,7 @@ pub enum WorkerError {
     Protocol {
         /// The shard's id.
         shard: u32,
-        /// The tensor's name.
+        /// The tensor's name (empty for a reply about no single tensor).
         tensor: String,
         /// What was wrong.
         detail: String,
@@ -117,28 +117,7 @@ pub enum WorkerError {
     },
 }
 
-/// Which restart a worker must catch up with: the checkpoint the restarted
-/// shard came back from and the session that names the restart.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Restart {
-    /// The checkpoint's directory name.
-    pub checkpoint: String,
-    /// The restart's session, passed to `Rewind` as its cause.
-    pub cause: u64,
-}
-
-impl Restart {
-    /// The restart a status announces, if it announces one.
-    pub fn from_status(status: &tonic::Status) -> Option<Self> {
-        if status.code() != tonic::Code::FailedPrecondition {
-            return None;
-        }
-        let meta = status.metadata();
-        let checkpoint = meta.get(ps_proto::RESTART_CHECKPOINT)?.to_str().ok()?.to_string();
-        let cause = u64::from_str_radix(meta.get(ps_proto::RESTART_CAUSE)?.to_str().ok()?, 16).ok()?;
-        Some(Self { checkpoint, cause })
-    }
-}
+pub use ps_proto::Restart;
 
 impl WorkerError {
     /// The gRPC code of a refused request, if this is one.

@@ -19,24 +19,59 @@
 //! ```
 //!
 //! # Layout
-//! - [`client`] — [`Worker`], the sharded, retrying push/pull client.
+//! Each module has one job; a module knows only those below it in this list.
+//! - `worker` — [`Worker`], the façade: one short method per operation, the
+//!   clock, and the step with its recovery.
+//! - `membership` — join, recovery after a shard restart, leave, barrier.
+//! - `checkpoint` — request a checkpoint, its status per shard, wait for it
+//!   ([`CheckpointDone`], [`CheckpointStatus`]).
+//! - `status` — what each shard reports of itself ([`ShardStatus`]).
+//! - `push` — push and push_pull: gradients split into parts and pieces
+//!   ([`GradientData`]).
+//! - `pull` — pull: one request per part, each reply checked chunk by chunk
+//!   and decoded into the tensor ([`Pulled`]).
+//! - `declared` — the declared tensors: shape, parts, pieces, name on the shards.
+//! - `data_path` — `Push`/`Pull`/`PushPull` requests and replies as raw gRPC
+//!   on a shard's channel.
+//! - `connection` — the shard connections, the one retrying call every
+//!   request goes through, and the broadcast of one request to every shard.
+//! - `config` — [`WorkerConfig`], how a worker talks to the cluster.
 //! - [`tensor`] — [`TensorDecl`], what to declare.
 //! - [`retry`] — [`RetryPolicy`], backoff with jitter for transient failures.
 //! - [`error`] — [`WorkerError`].
 //! - [`auth`] — [`AuthToken`] and [`ClientTls`], how a worker proves itself to the shards.
-//! - [`metrics`]: Prometheus metrics of a worker.
+//! - [`metrics`] — Prometheus metrics of a worker.
+//!
+//! # Features
+//! - `testing` — for tests of the server; not a stable API. Adds to
+//!   [`Worker`] requests at any clock and as any worker (`pull_at`,
+//!   `push_at`, `pull_tensor`, `push_tensor`) and raw push streams
+//!   (`raw_push`).
 
 pub mod auth;
-pub mod client;
+mod checkpoint;
+mod config;
+mod connection;
 mod data_path;
+mod declared;
 pub mod error;
+mod membership;
 pub mod metrics;
+mod pull;
+mod push;
 pub mod retry;
+mod status;
 pub mod tensor;
+mod worker;
 
 pub use auth::{AuthToken, ClientTls};
-pub use client::{CheckpointDone, GradientData, Pulled, Worker, WorkerConfig};
+pub use checkpoint::{CheckpointDone, CheckpointState, CheckpointStatus};
+pub use config::WorkerConfig;
 pub use error::{Restart, WorkerError};
 pub use ps_proto::{ClusterSpec, OptimizerConfig, Policy, WireDtype};
+pub use pull::Pulled;
+pub use push::GradientData;
 pub use retry::RetryPolicy;
+pub use status::{ShardStatus, TensorStatus};
 pub use tensor::TensorDecl;
+pub use worker::{MAX_STEP_RECOVERIES, Worker};

@@ -97,7 +97,8 @@ impl TensorDecl {
         self
     }
 
-    /// The protocol form.
+    /// The declaration as the protocol's `TensorSpec`, for code that shares
+    /// the shards' reading of it (e.g. computing the initial values).
     pub fn spec(&self) -> &pb::TensorSpec {
         &self.spec
     }

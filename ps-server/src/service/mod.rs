@@ -162,6 +162,7 @@ impl Service {
                 num_shards: cfg.num_shards,
                 num_workers: cfg.num_workers,
                 default_policy: cfg.default_policy().to_pb().0 as i32,
+                default_staleness: cfg.default_policy().to_pb().1,
                 live_workers: self.shard.live_workers(),
                 tensors,
                 session: self.shard.session(),

@@ -1,0 +1,308 @@
+//! Pulling: one data-path request per part of a tensor, whose reply is
+//! checked chunk by chunk against its header and decoded straight into the
+//! tensor's buffer; the parts' version vectors merge into the tensor's.
+//!
+//! The reply's chunk sequence is checked by [`ChunkCursor`], which applies
+//! the rules of [`ps_proto::chunk::Reassembly`] (the shard's checker) and
+//! reports its [`ChunkError`]s, but leaves the decoding to the caller:
+//! `Reassembly` decodes into a buffer of its own and scans every chunk for
+//! NaN and infinity, which a pull needs neither of.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use ndarray::{ArrayD, IxDyn};
+use prost::Message as _;
+use ps_proto::chunk::ChunkError;
+use ps_proto::placement::Part;
+use ps_proto::{frame, pb, rope};
+
+use crate::connection::{Attempt, Failure, Shards};
+use crate::data_path::Outgoing;
+use crate::declared::{Declared, TensorInfo};
+use crate::error::WorkerError;
+
+/// The result of a pull: whole tensors and, per tensor, the version vector
+/// (per worker, the highest clock applied to the value in every part).
+#[derive(Clone, Debug, Default)]
+pub struct Pulled {
+    /// Values by tensor name.
+    pub values: BTreeMap<String, ArrayD<f32>>,
+    /// Version vectors by tensor name.
+    pub versions: BTreeMap<String, Vec<i64>>,
+    /// The longest time any part waited on a shard for the policy's release rule.
+    pub waited: Duration,
+}
+
+impl Pulled {
+    /// Whole tensors as `(name, values, versions, waited)`.
+    pub(crate) fn from_tensors(tensors: Vec<(String, ArrayD<f32>, Vec<i64>, Duration)>) -> Self {
+        let mut pulled = Pulled::default();
+        for (name, values, versions, waited) in tensors {
+            pulled.values.insert(name.clone(), values);
+            pulled.versions.insert(name, versions);
+            pulled.waited = pulled.waited.max(waited);
+        }
+        pulled
+    }
+}
+
+/// Pulls every declared tensor at `clock` as this worker (waiting as the
+/// policy requires).
+pub(crate) async fn pull(shards: &Shards, tensors: &Declared, clock: u64) -> Result<Pulled, WorkerError> {
+    let worker = Some(shards.config().worker);
+    let results = try_join_all(tensors.iter().map(|tensor| async move {
+        let (v, vv, waited) = pull_tensor(shards, tensor, clock, worker).await?;
+        Ok::<_, WorkerError>((tensor.name.clone(), v, vv, waited))
+    }))
+    .await?;
+    Ok(Pulled::from_tensors(results))
+}
+
+/// Pulls one tensor at `clock` as `worker`; `None` reads as an observer
+/// (never waits, takes no part in the clocks).
+pub(crate) async fn pull_tensor(
+    shards: &Shards,
+    tensor: &TensorInfo,
+    clock: u64,
+    worker: Option<u32>,
+) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
+    let dtype = pb::WireDtype::from(shards.config().wire_dtype) as i32;
+    pulled_tensor(shards, tensor, |_part| {
+        let req = pb::PullRequest { worker, clock, tensor: tensor.wire_name.clone(), dtype };
+        (frame::PULL_PATH, worker.is_some(), Outgoing::Message(frame::message(&req)))
+    })
+    .await
+}
+
+/// Where a pulled part's elements go.
+enum PartBuffer<'a> {
+    /// The part's slice of a buffer holding every part of the tensor.
+    Slice(&'a mut [f32]),
+    /// The tensor's own buffer, when this is its only part: the elements
+    /// are decoded onto its end, so it is never zeroed first.
+    Whole(&'a mut Vec<f32>),
+}
+
+/// The operation a data-path path is named by in errors and metrics.
+fn op_of(path: &str) -> &'static str {
+    match path {
+        frame::PUSH_PATH => "push",
+        frame::PUSH_PULL_PATH => "push_pull",
+        _ => "pull",
+    }
+}
+
+/// Sends one data-path request per part of `tensor` (what `request` says:
+/// path, whether it may wait on other workers, its frames per attempt)
+/// whose replies are the pulled parts, and puts the tensor together.
+pub(crate) async fn pulled_tensor<'a>(
+    shards: &Shards,
+    tensor: &TensorInfo,
+    mut request: impl FnMut(Part) -> (&'static str, bool, Outgoing<'a>),
+) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
+    let name = tensor.name.as_str();
+    let len = tensor.shape.iter().product::<usize>();
+    let mut values = Vec::new();
+    let (part_versions, waits): (Vec<_>, Vec<_>) = if let [part] = tensor.parts.as_slice() {
+        // One part: decoded straight onto the end of the tensor's buffer.
+        let (path, waits, outgoing) = request(*part);
+        let dst = PartBuffer::Whole(&mut values);
+        vec![pulled_part(shards, name, *part, path, waits, outgoing, dst).await?].into_iter().unzip()
+    } else {
+        // Several parts arrive at once, each into its own slice.
+        values = vec![0f32; len];
+        let mut rest: &mut [f32] = &mut values;
+        let mut pulls = Vec::new();
+        for part in &tensor.parts {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len as usize);
+            rest = tail;
+            let (path, waits, outgoing) = request(*part);
+            pulls.push(pulled_part(shards, name, *part, path, waits, outgoing, PartBuffer::Slice(dst)));
+        }
+        try_join_all(pulls).await?.into_iter().unzip()
+    };
+    let versions = merge_versions(&part_versions);
+    let waited = waits.into_iter().max().unwrap_or_default();
+    let array = ArrayD::from_shape_vec(IxDyn(&tensor.shape), values).map_err(|e| WorkerError::Protocol {
+        shard: 0,
+        tensor: name.into(),
+        detail: e.to_string(),
+    })?;
+    Ok((array, versions, waited))
+}
+
+/// Sends a request of the data path at `path` whose reply is a pulled
+/// part, retrying transient failures, and decodes the part into `dst`.
+async fn pulled_part(
+    shards: &Shards,
+    name: &str,
+    part: Part,
+    path: &'static str,
+    waits: bool,
+    outgoing: Outgoing<'_>,
+    mut dst: PartBuffer<'_>,
+) -> Result<(Vec<i64>, Duration), WorkerError> {
+    let read = ReadPart { shards, part, path, outgoing: &outgoing, dst: &mut dst };
+    shards.retrying(op_of(path), part.shard, Some(name), waits, read).await
+}
+
+/// One attempt at a pulled part: send the request, read the reply into `dst`.
+struct ReadPart<'a, 'b> {
+    shards: &'a Shards,
+    part: Part,
+    path: &'static str,
+    outgoing: &'a Outgoing<'b>,
+    dst: &'a mut PartBuffer<'b>,
+}
+
+impl Attempt for ReadPart<'_, '_> {
+    type Output = (Vec<i64>, Duration);
+
+    async fn run(&mut self, deadline: Duration) -> Result<(Vec<i64>, Duration), Failure> {
+        let part = self.part;
+        if let PartBuffer::Whole(values) = self.dst {
+            // A retry starts the part over.
+            values.clear();
+            values.reserve_exact(part.len as usize);
+        }
+        let protocol = Failure::Protocol;
+        let cfg = self.shards.config();
+        let channel = self.shards.data(part.shard);
+        let mut reply = self.outgoing.send(channel, self.path, deadline, cfg).await?;
+        let dtype = cfg.wire_dtype;
+        let mut chunks = ChunkCursor::new(part.len, dtype.size());
+        let mut versions = None;
+        while let Some(msg) = reply.message().await? {
+            let (fields, data) =
+                frame::split_data(msg).map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
+            let chunk = pb::PullChunk::decode(&fields[..])
+                .map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
+            if let Some(h) = chunk.header {
+                if versions.is_some() {
+                    return Err(protocol("a second header in the reply".into()));
+                }
+                let total = chunks.total();
+                if (h.offset, h.len, h.total_bytes) != (part.offset, part.len, total) {
+                    return Err(protocol(format!(
+                        "expected elements {}..{} ({total} bytes), got {}..{} ({} bytes)",
+                        part.offset,
+                        part.offset + part.len,
+                        h.offset,
+                        h.offset + h.len,
+                        h.total_bytes
+                    )));
+                }
+                versions = Some((h.versions, Duration::from_micros(h.waited_us)));
+            } else if versions.is_none() {
+                return Err(protocol("the first chunk of the reply has no header".into()));
+            }
+            let elements =
+                chunks.accept(chunk.offset, data.len() as u64).map_err(|e| protocol(e.to_string()))?;
+            match &mut *self.dst {
+                PartBuffer::Whole(values) => rope::decode_segments_append(values, &data, dtype),
+                PartBuffer::Slice(slice) => rope::decode_segments_into(&mut slice[elements], &data, dtype),
+            }
+        }
+        chunks.finish().map_err(|e| protocol(e.to_string()))?;
+        versions.ok_or_else(|| protocol("empty reply".into()))
+    }
+}
+
+/// How far a part's chunk sequence has got: the rules of
+/// [`ps_proto::chunk::Reassembly`] (chunks in order, without gaps or
+/// overlaps, of whole elements, adding up to exactly the part), checked in
+/// the same order and reported as the same [`ChunkError`]s, without its
+/// buffer. It goes once `ps_proto::chunk` offers the check on its own.
+#[derive(Debug)]
+struct ChunkCursor {
+    /// Bytes received so far.
+    received: u64,
+    /// Bytes of the whole part.
+    total: u64,
+    /// Bytes per element on the wire.
+    size: u64,
+}
+
+impl ChunkCursor {
+    /// Expects `len` elements of `size` bytes each.
+    fn new(len: u64, size: usize) -> Self {
+        Self { received: 0, total: len * size as u64, size: size as u64 }
+    }
+
+    /// Bytes of the whole part.
+    fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Accepts the chunk of `len` bytes at byte `offset`, and returns the
+    /// range of the part's elements it holds; a rejected chunk changes nothing.
+    fn accept(&mut self, offset: u64, len: u64) -> Result<Range<usize>, ChunkError> {
+        let expected = self.received;
+        if offset > expected {
+            return Err(ChunkError::Gap { expected, got: offset });
+        }
+        if offset < expected {
+            return Err(ChunkError::Overlap { expected, got: offset });
+        }
+        if offset + len > self.total {
+            return Err(ChunkError::TooLong { offset, len, total: self.total });
+        }
+        if !len.is_multiple_of(self.size) {
+            return Err(ChunkError::PartialElement { offset, len, elem_size: self.size as usize });
+        }
+        self.received += len;
+        Ok((offset / self.size) as usize..(self.received / self.size) as usize)
+    }
+
+    /// Whether exactly the whole part arrived.
+    fn finish(&self) -> Result<(), ChunkError> {
+        if self.received != self.total {
+            return Err(ChunkError::Short { got: self.received, total: self.total });
+        }
+        Ok(())
+    }
+}
+
+/// Combines the version vectors of a tensor's parts: per worker, the minimum,
+/// i.e. the clocks applied to every part.
+pub(crate) fn merge_versions(parts: &[Vec<i64>]) -> Vec<i64> {
+    let width = parts.iter().map(Vec::len).max().unwrap_or(0);
+    (0..width).map(|w| parts.iter().map(|p| p.get(w).copied().unwrap_or(-1)).min().unwrap_or(-1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_versions_take_the_minimum() {
+        assert_eq!(merge_versions(&[vec![3, 5, -1], vec![4, 2, 0]]), vec![3, 2, -1]);
+        assert_eq!(merge_versions(&[]), Vec::<i64>::new());
+    }
+
+    /// The cases of `ps_proto::chunk`'s `rejects_malformed_sequences`, with
+    /// the same errors.
+    #[test]
+    fn chunk_cursor_rejects_what_reassembly_rejects() {
+        let mut c = ChunkCursor::new(4, 4);
+        assert_eq!(c.accept(0, 8), Ok(0..2));
+        assert_eq!(c.accept(12, 4), Err(ChunkError::Gap { expected: 8, got: 12 }));
+        assert_eq!(c.accept(4, 4), Err(ChunkError::Overlap { expected: 8, got: 4 }));
+        assert_eq!(c.accept(8, 12), Err(ChunkError::TooLong { offset: 8, len: 12, total: 16 }));
+        assert_eq!(c.accept(8, 3), Err(ChunkError::PartialElement { offset: 8, len: 3, elem_size: 4 }));
+        assert_eq!(c.accept(8, 4), Ok(2..3));
+        assert_eq!(c.finish(), Err(ChunkError::Short { got: 12, total: 16 }));
+        assert_eq!(c.accept(12, 4), Ok(3..4));
+        assert_eq!(c.finish(), Ok(()));
+    }
+
+    #[test]
+    fn an_empty_part_is_one_empty_chunk() {
+        let mut c = ChunkCursor::new(0, 2);
+        assert_eq!(c.accept(0, 0), Ok(0..0));
+        assert_eq!(c.finish(), Ok(()));
+    }
+}
