@@ -19,6 +19,7 @@
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
 //! - [`metrics`]: Prometheus metrics of a shard and the `/metrics` endpoint.
+//! - [`logging`]: the binaries' logs (stderr, `RUST_LOG`, text or JSON).
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
 //! - [`process`]: `ps-server` child processes for tests, benchmarks and tools.
 
@@ -34,6 +35,7 @@ pub mod error;
 pub mod incarnation;
 pub mod init;
 pub mod local;
+pub mod logging;
 pub mod membership;
 pub mod meta;
 pub mod metrics;

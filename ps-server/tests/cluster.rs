@@ -336,3 +336,30 @@ async fn ps_server_takes_the_shard_list_from_a_cluster_file() {
     assert_eq!((reply.offset, reply.len), (8, 4));
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// A shard whose log goes to a file (not a terminal) writes it without ANSI
+/// colour codes.
+#[test]
+fn logs_written_to_a_file_are_plain_text() {
+    let dir = std::env::temp_dir().join(format!("ps-plain-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let log = dir.join("shard.log");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--metrics-listen", "off"])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let _shard = common::ShardProcess::start(command, ps_server::process::START_TIMEOUT).expect("shard starts");
+    // The "serving" line follows the listening line; wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).expect("read log");
+        if text.contains("serving") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no 'serving' log line within 30 s: {text:?}");
+        std::thread::yield_now();
+    };
+    assert!(!text.contains('\u{1b}'), "ANSI codes in a log file: {text:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -184,13 +184,7 @@ fn bar(multi: &MultiProgress, label: &str, len: u64) -> ProgressBar {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,compare=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ps_server::logging::init(ps_server::logging::LogFormat::Text, "warn,compare=info");
     match run_all(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

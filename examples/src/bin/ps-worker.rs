@@ -11,17 +11,11 @@ use ps_examples::job::data;
 use ps_examples::job::model::{Model, ModelKind};
 use ps_examples::job::train::{self, Persistent, Stragglers, TrainConfig};
 use ps_proto::{ClusterSpec, OptimizerKind, WireDtype};
+use ps_server::logging::{self, LogFormat};
 use ps_worker::{Worker, WorkerConfig, WorkerError};
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Run one worker of the built-in training job against a running cluster.
 ///
@@ -377,12 +371,7 @@ fn announce(line: &str) {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    logging::init(args.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -6,17 +6,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use ps_proto::{ClusterSpec, OptimizerKind};
+use ps_server::logging::{self, LogFormat};
 use ps_server::{Aggregation, PolicyName, ShardConfig};
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Run one shard of a parameter server.
 ///
@@ -390,12 +384,7 @@ fn inspect_command(path: &std::path::Path) -> Result<(), String> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    logging::init(args.log_format, "info");
     if let Some(command) = args.command {
         let result = match command {
             Command::Inspect { path } => inspect_command(&path),
