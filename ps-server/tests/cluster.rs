@@ -349,7 +349,8 @@ fn logs_written_to_a_file_are_plain_text() {
         .args(["--listen", "127.0.0.1:0", "--workers", "1", "--metrics-listen", "off"])
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&log).expect("log file"));
-    let _shard = common::ShardProcess::start(command, ps_server::process::START_TIMEOUT).expect("shard starts");
+    let _shard =
+        common::ShardProcess::start(command, ps_server::process::START_TIMEOUT).expect("shard starts");
     // The "serving" line follows the listening line; wait for it, bounded.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let text = loop {
