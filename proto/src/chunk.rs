@@ -100,6 +100,61 @@ pub enum ChunkError {
     },
 }
 
+/// Where a chunk sequence stands: chunks in order, without gaps or
+/// overlaps, of whole elements, adding up to exactly the part. Both sides
+/// check with it: [`Reassembly`] for pushes on a shard, a worker for pull
+/// replies (which it decodes into its own buffer).
+#[derive(Debug)]
+pub struct ChunkSequence {
+    /// Bytes received so far.
+    received: u64,
+    /// Bytes of the whole part.
+    total: u64,
+    /// Bytes per element on the wire.
+    size: u64,
+}
+
+impl ChunkSequence {
+    /// Expects `len` elements of `elem_size` bytes each.
+    pub fn new(len: u64, elem_size: usize) -> Self {
+        Self { received: 0, total: len * elem_size as u64, size: elem_size as u64 }
+    }
+
+    /// Bytes of the whole part.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Accepts the chunk of `len` bytes at byte `offset` and returns the
+    /// range of the part's elements it holds, or says why the sequence is
+    /// malformed; a rejected chunk changes nothing.
+    pub fn accept(&mut self, offset: u64, len: u64) -> Result<std::ops::Range<usize>, ChunkError> {
+        let expected = self.received;
+        if offset > expected {
+            return Err(ChunkError::Gap { expected, got: offset });
+        }
+        if offset < expected {
+            return Err(ChunkError::Overlap { expected, got: offset });
+        }
+        if offset + len > self.total {
+            return Err(ChunkError::TooLong { offset, len, total: self.total });
+        }
+        if !len.is_multiple_of(self.size) {
+            return Err(ChunkError::PartialElement { offset, len, elem_size: self.size as usize });
+        }
+        self.received += len;
+        Ok((offset / self.size) as usize..(self.received / self.size) as usize)
+    }
+
+    /// Whether exactly the whole part arrived.
+    pub fn finish(&self) -> Result<(), ChunkError> {
+        if self.received != self.total {
+            return Err(ChunkError::Short { got: self.received, total: self.total });
+        }
+        Ok(())
+    }
+}
+
 /// Checks a chunk sequence against its expected length and decodes each
 /// chunk, as it arrives, into one f32 buffer of exactly the part's length.
 /// Nothing of the received chunks is kept: each `Bytes` a transport hands
@@ -112,7 +167,7 @@ pub enum ChunkError {
 pub struct Reassembly {
     len: u64,
     dtype: WireDtype,
-    received: u64,
+    sequence: ChunkSequence,
     values: Vec<f32>,
     first_non_finite: Option<usize>,
 }
@@ -128,7 +183,13 @@ impl Reassembly {
     /// which allocates nothing if it has room for `len` elements.
     pub fn with_buffer(len: u64, dtype: WireDtype, mut buffer: Vec<f32>) -> Self {
         buffer.clear();
-        Self { len, dtype, received: 0, values: buffer, first_non_finite: None }
+        Self {
+            len,
+            dtype,
+            sequence: ChunkSequence::new(len, dtype.size()),
+            values: buffer,
+            first_non_finite: None,
+        }
     }
 
     /// The index and value of the first NaN or infinity among the elements
@@ -148,20 +209,7 @@ impl Reassembly {
     /// arrived in (elements may straddle pieces).
     pub fn push_segments(&mut self, offset: u64, data: &Segments) -> Result<(), ChunkError> {
         let len = data.len() as u64;
-        let size = self.dtype.size() as u64;
-        let total = self.len * size;
-        if offset > self.received {
-            return Err(ChunkError::Gap { expected: self.received, got: offset });
-        }
-        if offset < self.received {
-            return Err(ChunkError::Overlap { expected: self.received, got: offset });
-        }
-        if offset + len > total {
-            return Err(ChunkError::TooLong { offset, len, total });
-        }
-        if !len.is_multiple_of(size) {
-            return Err(ChunkError::PartialElement { offset, len, elem_size: size as usize });
-        }
+        self.sequence.accept(offset, len)?;
         if len > 0 {
             if self.values.capacity() < self.len as usize {
                 self.values.reserve_exact(self.len as usize);
@@ -176,16 +224,12 @@ impl Reassembly {
                     crate::wire::first_non_finite_f32(&self.values[start..]).map(|i| start + i);
             }
         }
-        self.received += len;
         Ok(())
     }
 
     /// The decoded elements, once exactly all of them have arrived.
     pub fn finish(self) -> Result<Vec<f32>, ChunkError> {
-        let total = self.len * self.dtype.size() as u64;
-        if self.received != total {
-            return Err(ChunkError::Short { got: self.received, total });
-        }
+        self.sequence.finish()?;
         Ok(self.values)
     }
 }
@@ -288,5 +332,28 @@ mod tests {
         let mut r = Reassembly::new(0, WireDtype::F32);
         r.push(0, parts[0].1.clone()).unwrap();
         assert!(r.finish().unwrap().is_empty());
+    }
+
+    /// The cases of `rejects_malformed_sequences` on the sequence alone, with
+    /// the same errors (a worker checks pull replies with it).
+    #[test]
+    fn chunk_cursor_rejects_what_reassembly_rejects() {
+        let mut c = ChunkSequence::new(4, 4);
+        assert_eq!(c.accept(0, 8), Ok(0..2));
+        assert_eq!(c.accept(12, 4), Err(ChunkError::Gap { expected: 8, got: 12 }));
+        assert_eq!(c.accept(4, 4), Err(ChunkError::Overlap { expected: 8, got: 4 }));
+        assert_eq!(c.accept(8, 12), Err(ChunkError::TooLong { offset: 8, len: 12, total: 16 }));
+        assert_eq!(c.accept(8, 3), Err(ChunkError::PartialElement { offset: 8, len: 3, elem_size: 4 }));
+        assert_eq!(c.accept(8, 4), Ok(2..3));
+        assert_eq!(c.finish(), Err(ChunkError::Short { got: 12, total: 16 }));
+        assert_eq!(c.accept(12, 4), Ok(3..4));
+        assert_eq!(c.finish(), Ok(()));
+    }
+
+    #[test]
+    fn an_empty_part_is_one_empty_chunk() {
+        let mut c = ChunkSequence::new(0, 2);
+        assert_eq!(c.accept(0, 0), Ok(0..0));
+        assert_eq!(c.finish(), Ok(()));
     }
 }

@@ -2,20 +2,18 @@
 //! checked chunk by chunk against its header and decoded straight into the
 //! tensor's buffer; the parts' version vectors merge into the tensor's.
 //!
-//! The reply's chunk sequence is checked by [`ChunkCursor`], which applies
-//! the rules of [`ps_proto::chunk::Reassembly`] (the shard's checker) and
-//! reports its [`ChunkError`]s, but leaves the decoding to the caller:
-//! `Reassembly` decodes into a buffer of its own and scans every chunk for
-//! NaN and infinity, which a pull needs neither of.
+//! The reply's chunk sequence is checked by [`ps_proto::chunk::ChunkSequence`],
+//! the same checker the shard's [`ps_proto::chunk::Reassembly`] uses, while
+//! the decoding stays here: `Reassembly` decodes into a buffer of its own
+//! and scans every chunk for NaN and infinity, which a pull needs neither of.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::time::Duration;
 
 use futures::future::try_join_all;
 use ndarray::{ArrayD, IxDyn};
 use prost::Message as _;
-use ps_proto::chunk::ChunkError;
+use ps_proto::chunk::ChunkSequence;
 use ps_proto::placement::Part;
 use ps_proto::{frame, pb, rope};
 
@@ -173,7 +171,7 @@ impl Attempt for ReadPart<'_, '_> {
         let channel = self.shards.data(part.shard);
         let mut reply = self.outgoing.send(channel, self.path, deadline, cfg).await?;
         let dtype = cfg.wire_dtype;
-        let mut chunks = ChunkCursor::new(part.len, dtype.size());
+        let mut chunks = ChunkSequence::new(part.len, dtype.size());
         let mut versions = None;
         while let Some(msg) = reply.message().await? {
             let (fields, data) =
@@ -211,61 +209,6 @@ impl Attempt for ReadPart<'_, '_> {
     }
 }
 
-/// How far a part's chunk sequence has got: the rules of
-/// [`ps_proto::chunk::Reassembly`] (chunks in order, without gaps or
-/// overlaps, of whole elements, adding up to exactly the part), checked in
-/// the same order and reported as the same [`ChunkError`]s, without its
-/// buffer. It goes once `ps_proto::chunk` offers the check on its own.
-#[derive(Debug)]
-struct ChunkCursor {
-    /// Bytes received so far.
-    received: u64,
-    /// Bytes of the whole part.
-    total: u64,
-    /// Bytes per element on the wire.
-    size: u64,
-}
-
-impl ChunkCursor {
-    /// Expects `len` elements of `size` bytes each.
-    fn new(len: u64, size: usize) -> Self {
-        Self { received: 0, total: len * size as u64, size: size as u64 }
-    }
-
-    /// Bytes of the whole part.
-    fn total(&self) -> u64 {
-        self.total
-    }
-
-    /// Accepts the chunk of `len` bytes at byte `offset`, and returns the
-    /// range of the part's elements it holds; a rejected chunk changes nothing.
-    fn accept(&mut self, offset: u64, len: u64) -> Result<Range<usize>, ChunkError> {
-        let expected = self.received;
-        if offset > expected {
-            return Err(ChunkError::Gap { expected, got: offset });
-        }
-        if offset < expected {
-            return Err(ChunkError::Overlap { expected, got: offset });
-        }
-        if offset + len > self.total {
-            return Err(ChunkError::TooLong { offset, len, total: self.total });
-        }
-        if !len.is_multiple_of(self.size) {
-            return Err(ChunkError::PartialElement { offset, len, elem_size: self.size as usize });
-        }
-        self.received += len;
-        Ok((offset / self.size) as usize..(self.received / self.size) as usize)
-    }
-
-    /// Whether exactly the whole part arrived.
-    fn finish(&self) -> Result<(), ChunkError> {
-        if self.received != self.total {
-            return Err(ChunkError::Short { got: self.received, total: self.total });
-        }
-        Ok(())
-    }
-}
-
 /// Combines the version vectors of a tensor's parts: per worker, the minimum,
 /// i.e. the clocks applied to every part.
 pub(crate) fn merge_versions(parts: &[Vec<i64>]) -> Vec<i64> {
@@ -281,28 +224,5 @@ mod tests {
     fn merged_versions_take_the_minimum() {
         assert_eq!(merge_versions(&[vec![3, 5, -1], vec![4, 2, 0]]), vec![3, 2, -1]);
         assert_eq!(merge_versions(&[]), Vec::<i64>::new());
-    }
-
-    /// The cases of `ps_proto::chunk`'s `rejects_malformed_sequences`, with
-    /// the same errors.
-    #[test]
-    fn chunk_cursor_rejects_what_reassembly_rejects() {
-        let mut c = ChunkCursor::new(4, 4);
-        assert_eq!(c.accept(0, 8), Ok(0..2));
-        assert_eq!(c.accept(12, 4), Err(ChunkError::Gap { expected: 8, got: 12 }));
-        assert_eq!(c.accept(4, 4), Err(ChunkError::Overlap { expected: 8, got: 4 }));
-        assert_eq!(c.accept(8, 12), Err(ChunkError::TooLong { offset: 8, len: 12, total: 16 }));
-        assert_eq!(c.accept(8, 3), Err(ChunkError::PartialElement { offset: 8, len: 3, elem_size: 4 }));
-        assert_eq!(c.accept(8, 4), Ok(2..3));
-        assert_eq!(c.finish(), Err(ChunkError::Short { got: 12, total: 16 }));
-        assert_eq!(c.accept(12, 4), Ok(3..4));
-        assert_eq!(c.finish(), Ok(()));
-    }
-
-    #[test]
-    fn an_empty_part_is_one_empty_chunk() {
-        let mut c = ChunkCursor::new(0, 2);
-        assert_eq!(c.accept(0, 0), Ok(0..0));
-        assert_eq!(c.finish(), Ok(()));
     }
 }
