@@ -22,6 +22,15 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    /// Its name in flags, config files and manifests: `sgd`, `adam` or `adagrad`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdaGrad => "adagrad",
+        }
+    }
+
     /// The learning rate a kind gets when none is given: 0.1 for SGD, 0.001
     /// for Adam, 0.01 for AdaGrad.
     pub fn default_learning_rate(self) -> f32 {
@@ -45,11 +54,7 @@ impl OptimizerKind {
 
 impl fmt::Display for OptimizerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::AdaGrad => "adagrad",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -155,11 +160,7 @@ impl OptimizerConfig {
 
     /// Short name: `sgd`, `adam` or `adagrad`.
     pub fn name(&self) -> &'static str {
-        match self.kind() {
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::AdaGrad => "adagrad",
-        }
+        self.kind().name()
     }
 
     /// The step size.
