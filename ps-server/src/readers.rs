@@ -7,12 +7,12 @@
 //! part first, and with many workers pulling, each reply in flight could
 //! keep another copy alive. An update now waits until no reply holds the
 //! values (for at most [`UPDATE_WAIT`]), and pulls that find an update
-//! waiting let it go first, so the values exist once. An update that gives
+//! waiting let it go first (the sync core holds them while an update is
+//! pending), so the values exist once. An update that gives
 //! up copies the values, and the copy is counted afresh: a reply that is
 //! never read holds back one update, not every later one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -22,19 +22,16 @@ use tokio::sync::watch;
 /// this long.
 pub const UPDATE_WAIT: Duration = Duration::from_secs(2);
 
-/// Counts the pull replies reading a part's values and the updates waiting
-/// for them.
+/// Counts the pull replies reading a part's values.
 #[derive(Debug)]
 pub struct Readers {
     /// Replies holding the values.
     reading: watch::Sender<usize>,
-    /// Updates waiting for those replies.
-    waiting_updates: AtomicUsize,
 }
 
 impl Default for Readers {
     fn default() -> Self {
-        Self { reading: watch::Sender::new(0), waiting_updates: AtomicUsize::new(0) }
+        Self { reading: watch::Sender::new(0) }
     }
 }
 
@@ -49,18 +46,6 @@ impl Readers {
     /// Replies reading the values now.
     pub fn reading(&self) -> usize {
         *self.reading.borrow()
-    }
-
-    /// Whether an update is waiting for the replies to finish; a pull that
-    /// could read now should wait for it instead.
-    pub fn update_waiting(&self) -> bool {
-        self.waiting_updates.load(Ordering::Acquire) > 0
-    }
-
-    /// Marks an update as waiting until the returned turn drops.
-    pub fn wait_turn(self: &Arc<Self>) -> UpdateTurn {
-        self.waiting_updates.fetch_add(1, Ordering::AcqRel);
-        UpdateTurn(Arc::clone(self))
     }
 
     /// Returns once no reply reads the values, or at `deadline`, or once
@@ -89,16 +74,6 @@ impl Drop for ReadLease {
     }
 }
 
-/// An update waiting for the replies; dropping it ends the wait.
-#[derive(Debug)]
-pub struct UpdateTurn(Arc<Readers>);
-
-impl Drop for UpdateTurn {
-    fn drop(&mut self) {
-        self.0.waiting_updates.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,16 +88,6 @@ mod tests {
         assert_eq!(readers.reading(), 1);
         drop(b);
         assert_eq!(readers.reading(), 0);
-    }
-
-    #[test]
-    fn a_turn_marks_an_update_waiting_until_it_drops() {
-        let readers = Arc::new(Readers::default());
-        assert!(!readers.update_waiting());
-        let turn = readers.wait_turn();
-        assert!(readers.update_waiting());
-        drop(turn);
-        assert!(!readers.update_waiting());
     }
 
     #[tokio::test(start_paused = true)]

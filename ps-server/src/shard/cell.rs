@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use crate::readers::UpdateTurn;
+use crate::sync::PullId;
 use crate::tensor::{TensorMeta, TensorPart};
 
 /// One tensor part and the channel that announces its changes.
@@ -51,17 +51,30 @@ impl TensorCell {
     }
 }
 
-/// An update waiting for a part's pull replies, which holds back new pulls
-/// of the part. However it ends, those pulls then look again.
-pub(super) struct HeldPulls<'a> {
+/// Applies a part's pending update when dropped: a push whose request
+/// ends while it waits for the pull replies still leaves its update applied.
+pub(super) struct FinishUpdate<'a> {
+    pub(super) shard: &'a super::Shard,
     pub(super) cell: &'a TensorCell,
-    pub(super) turn: Option<UpdateTurn>,
 }
 
-impl Drop for HeldPulls<'_> {
+impl Drop for FinishUpdate<'_> {
     fn drop(&mut self) {
-        // The turn ends first, so a woken pull finds no update waiting.
-        self.turn.take();
-        self.cell.notify();
+        self.shard.finish_update(self.cell);
+    }
+}
+
+/// Takes a waiting pull off its part when dropped armed (`id` set): its
+/// request ended before it was released.
+pub(super) struct CancelPull<'a> {
+    pub(super) cell: &'a TensorCell,
+    pub(super) id: Option<PullId>,
+}
+
+impl Drop for CancelPull<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.cell.lock().cancel_pull(id);
+        }
     }
 }

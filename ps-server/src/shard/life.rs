@@ -76,7 +76,10 @@ impl Shard {
             old
         };
         for cell in old.values() {
-            self.count_tensor(&cell.lock(), false);
+            let mut part = cell.lock();
+            part.drop_waiters();
+            self.count_tensor(&part, false);
+            drop(part);
             cell.notify();
         }
         if let Some(checkpoints) = &self.checkpoints {

@@ -3,9 +3,11 @@
 //!
 //! Each tensor part sits behind its own `std::sync::Mutex`: no `.await` ever
 //! happens while one is held, and updates are short, so a blocking mutex is
-//! cheaper than an async one. Waiters subscribe to the part's `watch`
-//! channel *before* checking the rule, so no change between check and wait
-//! is missed.
+//! cheaper than an async one. A pull that must wait registers, under the
+//! part's lock, a channel of its own that the step releasing it sends on,
+//! so it is woken once and no release is missed. Pushes waiting for an
+//! update and barriers subscribe to the part's `watch` channel *before*
+//! checking, for the same reason.
 //!
 //! # Lock order
 //! Outermost first; a lock is taken only while holding locks above it:
@@ -24,6 +26,7 @@
 //! while it is held. No lock is held across an `.await`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -50,7 +53,6 @@ mod wait;
 #[cfg(test)]
 mod tests;
 
-use cell::HeldPulls;
 pub use cell::TensorCell;
 
 /// A request to create a tensor (or to check that it exists as described).
@@ -141,6 +143,8 @@ pub struct Shard {
     checkpoints: Option<Arc<Checkpoints>>,
     /// Buffers of pushed pieces, kept for the next piece.
     piece_buffers: PieceBuffers,
+    /// The id of the next pull, by which its release names it.
+    next_pull: AtomicU64,
 }
 
 impl Shard {
@@ -177,6 +181,7 @@ impl Shard {
             rewinding: Mutex::new(()),
             checkpoints,
             piece_buffers: PieceBuffers::new(config.pieces_received_at_once()),
+            next_pull: AtomicU64::new(0),
             config,
         }
     }

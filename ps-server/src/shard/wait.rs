@@ -1,24 +1,31 @@
 //! Applying pushes and releasing pulls and barriers: the waits of a shard,
 //! on the parts' release rules and on the replies still reading a part.
+//! A pull waits on its own channel, woken by the step that releases it;
+//! pushes and barriers watch the part's change channel.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{HeldPulls, Shard, TensorCell};
+use std::sync::atomic::Ordering;
+
+use super::cell::{CancelPull, FinishUpdate};
+use super::{Shard, TensorCell};
 use crate::error::PsError;
 use crate::readers::{ReadLease, UPDATE_WAIT};
-use crate::sync::{Policy, PullDecision};
-use crate::tensor::{Gradient, Snapshot};
+use crate::tensor::{Gradient, PullStart, Snapshot, TensorPart};
 
 impl Shard {
     /// Applies (or, for a retry, ignores) a validated gradient: of the whole
     /// part, or of piece `piece` of it ([`TensorPart::push_piece`]).
-    /// Returns whether anything changed.
+    /// Returns whether it was counted.
     ///
-    /// A push that changes the values first waits (at most [`UPDATE_WAIT`])
-    /// for the pull replies still being sent from them, so that it changes
-    /// them in place rather than copying them.
+    /// A push waits first for an update of the part that is still being
+    /// applied. An update that pull replies still read from waits (at most
+    /// [`UPDATE_WAIT`]) for them to be sent, so that it changes the values
+    /// in place rather than copying them; pulls of the part wait for it.
+    ///
+    /// [`TensorPart::push_piece`]: crate::tensor::TensorPart::push_piece
     pub async fn push(
         &self,
         cell: &TensorCell,
@@ -28,64 +35,71 @@ impl Shard {
         grad: Gradient,
     ) -> Result<bool, PsError> {
         let deadline = tokio::time::Instant::now() + UPDATE_WAIT;
-        let mut held = None;
-        let (started, applied, completed_round, copies, captured) = loop {
-            let readers = {
+        let mut changed = cell.changed.subscribe();
+        let mut closing = self.closing.subscribe();
+        let mut grad = Some(grad);
+        let (started, pushed, readers) = loop {
+            {
                 let mut part = cell.lock();
                 if cell.is_retired() {
                     drop(part);
                     return Err(self.restarted(Some(worker)));
                 }
-                // Leases are taken under this lock, so none appears between this check and the update.
-                let wait = part.readers().reading() > 0
-                    && part.push_changes_values(worker, clock, piece)
-                    && tokio::time::Instant::now() < deadline;
-                if !wait {
+                if let Some(grad) = grad.take_if(|_| !part.update_pending()) {
                     let _apply = tracing::trace_span!("apply").entered();
                     let started = std::time::Instant::now();
-                    let rounds = part.clocks().applied_clock();
-                    let applied = match piece {
+                    let pushed = match piece {
                         None => part.push(worker, clock, grad)?,
                         Some(piece) => {
-                            let applied = part.push_piece(worker, clock, piece, &grad.values);
+                            let pushed = part.push_piece(worker, clock, piece, &grad.values);
                             self.piece_buffers.give(grad.values);
-                            applied?
+                            pushed?
                         }
                     };
-                    let completed =
-                        part.meta().policy == Policy::Sync && part.clocks().applied_clock() > rounds;
-                    break (started, applied, completed, part.take_copies(), part.take_captured());
+                    let readers = pushed.pending.then(|| Arc::clone(part.readers()));
+                    break (started, pushed, readers);
                 }
-                Arc::clone(part.readers())
-            };
-            held.get_or_insert_with(|| {
-                self.metrics.update_waited();
-                HeldPulls { cell, turn: Some(readers.wait_turn()) }
-            });
-            readers.finished(deadline).await;
+            }
+            self.wait_for_change(&mut changed, &mut closing).await?;
         };
-        drop(held);
-        self.metrics.update_copied(copies);
-        self.deliver(&cell.meta, captured);
+        // However this future ends from here, the update gets applied.
+        let finish = FinishUpdate { shard: self, cell };
+        if let Some(readers) = readers {
+            self.metrics.update_waited();
+            readers.finished(deadline).await;
+        }
+        drop(finish);
         let elapsed = started.elapsed();
-        if completed_round {
+        if pushed.round.is_some() {
             tracing::debug!(worker, clock, elapsed_us = elapsed.as_micros() as u64, "aggregate applied");
         }
-        if applied {
-            cell.notify();
-            self.metrics.push_applied(worker, clock, elapsed, completed_round, self.members().live());
+        if pushed.counted {
+            self.metrics.push_applied(worker, clock, elapsed, pushed.round.is_some(), self.members().live());
         } else {
             self.metrics.duplicate_push();
         }
-        Ok(applied)
+        Ok(pushed.counted)
+    }
+
+    /// Applies `cell`'s pending update, if any, and hands on what it
+    /// produced: copies counted, checkpoint snapshots delivered, pushes
+    /// and barriers waiting on the part told.
+    pub(super) fn finish_update(&self, cell: &TensorCell) {
+        let (copies, captured) = {
+            let mut part = cell.lock();
+            part.finish_update();
+            (part.take_copies(), part.take_captured())
+        };
+        self.metrics.update_copied(copies);
+        self.deliver(&cell.meta, captured);
+        cell.notify();
     }
 
     /// Waits until the policy lets `worker` (or an observer) read `tensor` at
     /// `clock`, then returns a snapshot and the lease that counts the reply
-    /// as reading the values until it drops. A pull that could read while
-    /// an update waits for the replies lets the update go first. Fails at
-    /// once on a clock error and with `Unavailable` if the shard shuts down
-    /// while waiting.
+    /// as reading the values until it drops. A waiting pull is woken once,
+    /// by the step that releases it. Fails at once on a clock error and with
+    /// `Unavailable` if the shard shuts down while waiting.
     pub async fn pull(
         &self,
         cell: &TensorCell,
@@ -93,35 +107,67 @@ impl Shard {
         clock: u64,
     ) -> Result<(Snapshot, ReadLease), PsError> {
         let started = std::time::Instant::now();
-        let mut changed = cell.changed.subscribe();
-        let mut closing = self.closing.subscribe();
-        // Counted as waiting from the first Wait until this future ends, however it ends.
-        let mut waiting = None;
-        loop {
+        let id = self.next_pull.fetch_add(1, Ordering::Relaxed);
+        let released = {
+            let mut part = cell.lock();
             if cell.is_retired() {
+                drop(part);
                 return Err(self.restarted(worker));
             }
-            {
-                let part = cell.lock();
-                if part.check_pull(worker, clock)? == PullDecision::Ready && !part.readers().update_waiting()
-                {
-                    let snapshot = part.snapshot(started.elapsed());
-                    let lease = part.readers().lease();
-                    let staleness = worker.map(|_| {
-                        let clocks = part.clocks();
-                        (0..clocks.num_workers())
-                            .filter(|w| clocks.is_live(*w))
-                            .map(|w| (clock as i64 - 1 - snapshot.versions[w as usize]).max(0) as u64)
-                            .max()
-                            .unwrap_or(0)
-                    });
-                    drop(part);
-                    self.metrics.pulled(staleness, snapshot.waited);
-                    return Ok((snapshot, lease));
-                }
+            match part.pull(id, worker, clock)? {
+                PullStart::Read => return Ok(self.read(&part, worker, clock, started)),
+                PullStart::Wait(released) => released,
             }
-            waiting.get_or_insert_with(|| self.metrics.pull_waiting());
-            self.wait_for_change(&mut changed, &mut closing).await?;
+        };
+        // Counted as waiting until this future ends, however it ends.
+        let _waiting = self.metrics.pull_waiting();
+        let mut cancel = CancelPull { cell, id: Some(id) };
+        let mut closing = self.closing.subscribe();
+        let outcome = tokio::select! {
+            outcome = released => outcome,
+            e = self.closed(&mut closing) => return Err(e),
+        };
+        cancel.id = None;
+        let part = cell.lock();
+        match outcome {
+            _ if cell.is_retired() => {
+                drop(part);
+                Err(self.restarted(worker))
+            }
+            Ok(Ok(())) => Ok(self.read(&part, worker, clock, started)),
+            Ok(Err(source)) => Err(PsError::Clock { tensor: cell.meta.name.clone(), source }),
+            Err(_) => Err(PsError::ShuttingDown { shard: self.config.shard_id }),
+        }
+    }
+
+    /// A released pull's read: the snapshot, its lease, and its metrics.
+    fn read(
+        &self,
+        part: &TensorPart,
+        worker: Option<u32>,
+        clock: u64,
+        started: std::time::Instant,
+    ) -> (Snapshot, ReadLease) {
+        let snapshot = part.snapshot(started.elapsed());
+        let lease = part.readers().lease();
+        let staleness = worker.map(|_| {
+            let clocks = part.clocks();
+            (0..clocks.num_workers())
+                .filter(|w| clocks.is_live(*w))
+                .map(|w| (clock as i64 - 1 - snapshot.versions[w as usize]).max(0) as u64)
+                .max()
+                .unwrap_or(0)
+        });
+        self.metrics.pulled(staleness, snapshot.waited);
+        (snapshot, lease)
+    }
+
+    /// Resolves once the shard is closing, with the error that says why.
+    async fn closed(&self, closing: &mut watch::Receiver<bool>) -> PsError {
+        let _ = closing.wait_for(|closing| *closing).await;
+        match self.check_running() {
+            Err(e) => e,
+            Ok(()) => PsError::ShuttingDown { shard: self.config.shard_id },
         }
     }
 

@@ -1,6 +1,54 @@
-//! Per-tensor clocks, release rules and exactly-once bookkeeping.
+//! Per-tensor clocks, release rules and exactly-once bookkeeping, as a
+//! state machine: [`ClockTable::step`] takes one [`Event`] and returns the
+//! [`Ready`] that follows from it.
 
 use ps_proto::Policy;
+
+/// Names one waiting pull, so that it is released by name rather than by
+/// waking every waiter to look again.
+pub type PullId = u64;
+
+/// What happened to a tensor part, as the table sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `worker` pushed its gradient of `clock`. `complete` is false for a
+    /// piece of a sync push whose other pieces have not all arrived: the
+    /// push is checked but not counted yet.
+    Push {
+        /// The pushing worker.
+        worker: u32,
+        /// The clock of the gradient.
+        clock: u64,
+        /// Whether the whole push is now in.
+        complete: bool,
+    },
+    /// The update the last [`Ready::update`] asked for is in the values now.
+    Applied,
+    /// Pull `id` of `worker` (`None`: an observer) wants to read at `clock`.
+    Pull {
+        /// The pull's name, for its release.
+        id: PullId,
+        /// The reader, `None` for an observer that never waits.
+        worker: Option<u32>,
+        /// The clock it reads at.
+        clock: u64,
+    },
+    /// Pull `id` no longer waits (its request ended).
+    Cancel {
+        /// The pull.
+        id: PullId,
+    },
+    /// `worker` joins (again).
+    Join {
+        /// The worker.
+        worker: u32,
+    },
+    /// `worker` leaves, or is made to.
+    Leave {
+        /// The worker.
+        worker: u32,
+    },
+}
 
 /// What to do with a push that passed the clock checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,7 +57,7 @@ pub enum PushDecision {
     Apply,
     /// Add the gradient to the round's aggregation buffer (sync).
     Accumulate,
-    /// The push was already applied (a client retry): change nothing, acknowledge.
+    /// The push was already counted (a client retry): change nothing, acknowledge.
     Duplicate,
 }
 
@@ -18,7 +66,7 @@ pub enum PushDecision {
 pub enum PullDecision {
     /// The release rule holds: read the current value.
     Ready,
-    /// Wait for another push, leave or join, then ask again.
+    /// The pull waits; a later [`Ready::release`] or [`Ready::refuse`] names it.
     Wait,
 }
 
@@ -29,6 +77,43 @@ pub struct RoundComplete {
     pub clock: u64,
     /// How many workers contributed (the divisor of a mean).
     pub contributors: u32,
+}
+
+/// An update of the values that the table has counted and readers must not
+/// see before it is applied: apply it, then step [`Event::Applied`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Apply `worker`'s gradient of `clock` (ssp, async).
+    Push {
+        /// The pushing worker.
+        worker: u32,
+        /// The gradient's clock.
+        clock: u64,
+    },
+    /// Apply the aggregate of a completed sync round.
+    Round(RoundComplete),
+}
+
+/// What follows from one event. Every field is decided once, by the step
+/// that returns it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// For a push: what to do with its gradient.
+    pub push: Option<PushDecision>,
+    /// An update to apply to the values, then step [`Event::Applied`].
+    /// Until then pulls wait and no push, join or leave is taken.
+    pub update: Option<Update>,
+    /// For a pull: read now, or wait to be released.
+    pub pull: Option<PullDecision>,
+    /// For a join: the clock the worker resumes at.
+    pub resumed_at: Option<u64>,
+    /// Waiting pulls whose rule holds now: each reads the current value.
+    pub release: Vec<PullId>,
+    /// Waiting pulls that can never be released, with the reason.
+    pub refuse: Vec<(PullId, ClockError)>,
+    /// The readable frontier ([`ClockTable::applied_clock`]) if this step
+    /// may have moved it: checkpoint cuts at or below it are due.
+    pub frontier: Option<u64>,
 }
 
 /// Why the table refused an event. State is unchanged after an error.
@@ -92,12 +177,16 @@ pub enum ClockError {
         /// What was received.
         got: u64,
     },
+    /// A push, join or leave arrived while an update was still to be
+    /// applied: the caller must step [`Event::Applied`] first.
+    #[error("an update of this tensor part is still being applied")]
+    UpdatePending,
 }
 
 #[derive(Clone, Debug)]
 struct Slot {
     live: bool,
-    /// Clocks pushed and accepted so far: the worker's clock.
+    /// Clocks pushed and counted so far: the worker's clock.
     next: u64,
     /// Highest clock of this worker applied to the value, -1 for none.
     applied: i64,
@@ -105,25 +194,37 @@ struct Slot {
     in_round: bool,
 }
 
+/// A pull waiting for its release rule.
+#[derive(Clone, Debug)]
+struct Waiter {
+    id: PullId,
+    worker: u32,
+    clock: u64,
+}
+
 /// Clocks of one tensor part under one policy.
 ///
-/// Invariants: a worker's pushes are accepted only in clock order (`next`);
+/// Invariants: a worker's pushes are counted only in clock order (`next`);
 /// a push for a clock below `next` is a duplicate; in sync, `round` is the
 /// number of applied clocks and every live worker's `next` is `round` or
-/// `round + 1`.
+/// `round + 1`. While an [`Update`] is pending, the version vector and the
+/// release rules still describe the values without it.
 #[derive(Clone, Debug)]
 pub struct ClockTable {
     policy: Policy,
     slots: Vec<Slot>,
     /// Sync: number of rounds applied. Others: unused (0).
     round: u64,
+    /// The update counted but not yet in the values.
+    pending: Option<Update>,
+    /// Pulls waiting for their release rule, in arrival order.
+    waiting: Vec<Waiter>,
 }
 
 impl ClockTable {
     /// A table for workers `0..num_workers`, all live at clock 0.
     pub fn new(policy: Policy, num_workers: u32) -> Self {
-        let slot = Slot { live: true, next: 0, applied: -1, in_round: false };
-        Self { policy, slots: vec![slot; num_workers as usize], round: 0 }
+        Self::resumed(policy, num_workers, 0)
     }
 
     /// A table restored from a checkpoint at `clock`: every worker live, at
@@ -131,7 +232,23 @@ impl ClockTable {
     pub fn resumed(policy: Policy, num_workers: u32, clock: u64) -> Self {
         let slot = Slot { live: true, next: clock, applied: clock as i64 - 1, in_round: false };
         let round = if policy == Policy::Sync { clock } else { 0 };
-        Self { policy, slots: vec![slot; num_workers as usize], round }
+        Self { policy, slots: vec![slot; num_workers as usize], round, pending: None, waiting: Vec::new() }
+    }
+
+    /// Takes one event and returns what follows from it. On error nothing
+    /// changed.
+    pub fn step(&mut self, event: Event) -> Result<Ready, ClockError> {
+        match event {
+            Event::Push { worker, clock, complete } => self.push(worker, clock, complete),
+            Event::Applied => Ok(self.applied()),
+            Event::Pull { id, worker, clock } => self.pull(id, worker, clock),
+            Event::Cancel { id } => {
+                self.waiting.retain(|w| w.id != id);
+                Ok(Ready::default())
+            }
+            Event::Join { worker } => self.join(worker),
+            Event::Leave { worker } => self.leave(worker),
+        }
     }
 
     /// The largest clock of any worker, live or not, and that worker.
@@ -189,6 +306,25 @@ impl ClockTable {
         self.slots.iter().map(|s| s.applied).collect()
     }
 
+    /// The update counted but not yet applied, if any.
+    pub fn pending(&self) -> Option<Update> {
+        self.pending
+    }
+
+    /// The pulls waiting for their release rule.
+    pub fn waiting(&self) -> impl Iterator<Item = PullId> + '_ {
+        self.waiting.iter().map(|w| w.id)
+    }
+
+    /// Whether every live worker has completed `clock` clocks and their
+    /// updates are in the values.
+    pub fn reached(&self, clock: u64) -> bool {
+        match self.policy {
+            Policy::Sync => self.round >= clock,
+            _ => self.pending.is_none() && self.min_live_clock().is_none_or(|m| m >= clock),
+        }
+    }
+
     fn slot(&self, worker: u32) -> Result<&Slot, ClockError> {
         let slot = self
             .slots
@@ -200,79 +336,83 @@ impl ClockTable {
         Ok(slot)
     }
 
-    /// Decides what a push of `worker` for `clock` does, without changing state.
-    ///
-    /// A clock below the worker's clock is a [`PushDecision::Duplicate`]: it
-    /// was accepted before, so a retried push is applied exactly once.
-    pub fn check_push(&self, worker: u32, clock: u64) -> Result<PushDecision, ClockError> {
+    fn idle(&self) -> Result<(), ClockError> {
+        match self.pending {
+            Some(_) => Err(ClockError::UpdatePending),
+            None => Ok(()),
+        }
+    }
+
+    /// A push of `worker` for `clock`. A clock below the worker's clock is
+    /// a [`PushDecision::Duplicate`]: it was counted before, so a retried
+    /// push is applied exactly once.
+    fn push(&mut self, worker: u32, clock: u64, complete: bool) -> Result<Ready, ClockError> {
+        self.idle()?;
         let slot = self.slot(worker)?;
         if clock < slot.next {
-            return Ok(PushDecision::Duplicate);
+            return Ok(Ready { push: Some(PushDecision::Duplicate), ..Ready::default() });
         }
         if clock > slot.next {
             return Err(ClockError::PushGap { worker, expected: slot.next, got: clock });
         }
-        match self.policy {
+        let decision = match self.policy {
             Policy::Sync if clock != self.round => {
-                Err(ClockError::PushAhead { worker, round: self.round, got: clock })
+                return Err(ClockError::PushAhead { worker, round: self.round, got: clock });
             }
-            Policy::Sync => Ok(PushDecision::Accumulate),
-            Policy::Ssp { .. } | Policy::Async => Ok(PushDecision::Apply),
+            Policy::Sync => PushDecision::Accumulate,
+            Policy::Ssp { .. } | Policy::Async => PushDecision::Apply,
+        };
+        let mut ready = Ready { push: Some(decision), ..Ready::default() };
+        if !complete {
+            return Ok(ready);
         }
-    }
-
-    /// Records a push that [`check_push`](Self::check_push) accepted and whose
-    /// data the caller has applied or accumulated. In sync, returns the round
-    /// that this push completed, which the caller must apply before releasing
-    /// the lock that guards this table.
-    ///
-    /// # Panics
-    /// If the push was not accepted by `check_push` in the current state.
-    pub fn commit_push(&mut self, worker: u32, clock: u64) -> Option<RoundComplete> {
-        let decision = self.check_push(worker, clock);
-        assert!(
-            matches!(decision, Ok(PushDecision::Apply | PushDecision::Accumulate)),
-            "commit_push without an accepted check_push: {decision:?}"
-        );
         let slot = &mut self.slots[worker as usize];
         slot.next = clock + 1;
-        match self.policy {
+        ready.update = match self.policy {
             Policy::Sync => {
                 slot.in_round = true;
-                self.complete_round()
+                self.close_round()
             }
-            _ => {
-                slot.applied = clock as i64;
-                None
-            }
-        }
+            _ => Some(Update::Push { worker, clock }),
+        };
+        self.pending = ready.update;
+        Ok(ready)
     }
 
-    /// Sync: whether an accepted push of `worker` would complete the round,
-    /// that is, every other live worker has contributed. Changes nothing.
-    pub fn push_completes_round(&self, worker: u32) -> bool {
-        self.policy == Policy::Sync
-            && self.slots.iter().enumerate().all(|(i, s)| i == worker as usize || !s.live || s.in_round)
-    }
-
-    /// Sync: closes the round if every live worker has contributed.
-    fn complete_round(&mut self) -> Option<RoundComplete> {
+    /// Sync: the round to apply if every live worker has contributed.
+    fn close_round(&self) -> Option<Update> {
         let contributors = self.slots.iter().filter(|s| s.in_round).count() as u32;
         let waiting = self.slots.iter().any(|s| s.live && !s.in_round);
         if contributors == 0 || waiting {
             return None;
         }
-        let clock = self.round;
-        for s in self.slots.iter_mut().filter(|s| s.in_round) {
-            s.applied = clock as i64;
-            s.in_round = false;
-        }
-        self.round += 1;
-        Some(RoundComplete { clock, contributors })
+        Some(Update::Round(RoundComplete { clock: self.round, contributors }))
     }
 
-    /// Decides whether a pull of `worker` (or of an observer, `None`) for
-    /// `clock` may read the current value now.
+    /// The pending update is in the values: versions show it, and waiting
+    /// pulls whose rule now holds are released.
+    fn applied(&mut self) -> Ready {
+        match self.pending.take() {
+            None => return Ready::default(),
+            Some(Update::Push { worker, clock }) => {
+                if let Some(slot) = self.slots.get_mut(worker as usize) {
+                    slot.applied = slot.applied.max(clock as i64);
+                }
+            }
+            Some(Update::Round(RoundComplete { clock, .. })) => {
+                for s in self.slots.iter_mut().filter(|s| s.in_round) {
+                    s.applied = clock as i64;
+                    s.in_round = false;
+                }
+                self.round += 1;
+            }
+        }
+        let mut ready = Ready { frontier: Some(self.applied_clock()), ..Ready::default() };
+        self.release_into(&mut ready);
+        ready
+    }
+
+    /// Whether `worker` may read at `clock` now, `Err` when it never will.
     ///
     /// Release rules, with `c` the pull's clock:
     /// - sync: the worker must pull exactly its own clock, and reads once
@@ -280,15 +420,16 @@ impl ClockTable {
     /// - ssp(s): reads once every live worker's clock is `>= c - s`;
     /// - async: always reads.
     ///
+    /// And under every policy, not while an update is pending: it goes first.
+    ///
     /// Example, ssp(2) with live clocks `[5, 3, 4]`: pull(5) may read
     /// (`3 >= 5 - 2`), pull(6) waits for the worker at clock 3.
-    pub fn check_pull(&self, worker: Option<u32>, clock: u64) -> Result<PullDecision, ClockError> {
-        let Some(worker) = worker else { return Ok(PullDecision::Ready) };
+    fn may_read(&self, worker: u32, clock: u64) -> Result<bool, ClockError> {
         let slot = self.slot(worker)?;
         if clock > slot.next {
             return Err(ClockError::PullAhead { worker, completed: slot.next, got: clock });
         }
-        let ready = match self.policy {
+        let rule = match self.policy {
             Policy::Sync if clock < slot.next => {
                 return Err(ClockError::PullBehind { worker, expected: slot.next, got: clock });
             }
@@ -298,42 +439,64 @@ impl ClockTable {
             }
             Policy::Async => true,
         };
-        Ok(if ready { PullDecision::Ready } else { PullDecision::Wait })
+        Ok(rule && self.pending.is_none())
     }
 
-    /// Whether every live worker has completed `clock` clocks (and, in sync,
-    /// those rounds are applied).
-    pub fn reached(&self, clock: u64) -> bool {
-        match self.policy {
-            Policy::Sync => self.round >= clock,
-            _ => self.min_live_clock().is_none_or(|m| m >= clock),
+    fn pull(&mut self, id: PullId, worker: Option<u32>, clock: u64) -> Result<Ready, ClockError> {
+        let Some(worker) = worker else {
+            return Ok(Ready { pull: Some(PullDecision::Ready), ..Ready::default() });
+        };
+        if self.may_read(worker, clock)? {
+            return Ok(Ready { pull: Some(PullDecision::Ready), ..Ready::default() });
+        }
+        self.waiting.push(Waiter { id, worker, clock });
+        Ok(Ready { pull: Some(PullDecision::Wait), ..Ready::default() })
+    }
+
+    /// Moves the waiting pulls whose rule now holds, or never will, into `ready`.
+    fn release_into(&mut self, ready: &mut Ready) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let w = &self.waiting[i];
+            match self.may_read(w.worker, w.clock) {
+                Ok(false) => i += 1,
+                Ok(true) => ready.release.push(self.waiting.remove(i).id),
+                Err(e) => ready.refuse.push((self.waiting.remove(i).id, e)),
+            }
         }
     }
 
     /// Removes `worker` from the live set: no release rule waits for it any
-    /// more. Its accepted pushes stay applied (or, in sync, stay in the
-    /// round). Returns the sync round this completes, if any. Leaving twice is
-    /// a no-op.
-    pub fn leave(&mut self, worker: u32) -> Result<Option<RoundComplete>, ClockError> {
+    /// more, and its own waiting pulls are refused. Its counted pushes stay
+    /// applied (or, in sync, stay in the round). May complete the sync
+    /// round. Leaving twice is a no-op.
+    fn leave(&mut self, worker: u32) -> Result<Ready, ClockError> {
+        self.idle()?;
         let num_workers = self.num_workers();
         let slot =
             self.slots.get_mut(worker as usize).ok_or(ClockError::UnknownWorker { worker, num_workers })?;
         if !slot.live {
-            return Ok(None);
+            return Ok(Ready::default());
         }
         slot.live = false;
-        Ok(match self.policy {
-            Policy::Sync => self.complete_round(),
-            _ => None,
-        })
+        let mut ready = Ready::default();
+        if self.policy == Policy::Sync {
+            ready.update = self.close_round();
+            self.pending = ready.update;
+        }
+        ready.frontier = Some(self.applied_clock());
+        self.release_into(&mut ready);
+        Ok(ready)
     }
 
-    /// Makes `worker` live again and returns the clock it resumes at. A live
-    /// worker keeps its clock; a worker that had left resumes at the current
-    /// frontier (sync: the round in progress; others: the smallest live
-    /// clock), or at its own clock if that is larger, so it never blocks
-    /// others for clocks it missed and never pushes a clock twice.
-    pub fn join(&mut self, worker: u32) -> Result<u64, ClockError> {
+    /// Makes `worker` live again; [`Ready::resumed_at`] is the clock it
+    /// resumes at. A live worker keeps its clock; a worker that had left
+    /// resumes at the current frontier (sync: the round in progress;
+    /// others: the smallest live clock), or at its own clock if that is
+    /// larger, so it never blocks others for clocks it missed and never
+    /// pushes a clock twice.
+    fn join(&mut self, worker: u32) -> Result<Ready, ClockError> {
+        self.idle()?;
         let num_workers = self.num_workers();
         let frontier = match self.policy {
             Policy::Sync => self.round,
@@ -354,125 +517,9 @@ impl ClockTable {
             };
             slot.applied = slot.applied.max(settled as i64 - 1);
         }
-        Ok(slot.next)
+        Ok(Ready { resumed_at: Some(slot.next), ..Ready::default() })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use PullDecision::*;
-    use PushDecision::*;
-
-    #[test]
-    fn sync_round_completes_when_all_live_workers_pushed() {
-        let mut t = ClockTable::new(Policy::Sync, 3);
-        assert_eq!(t.check_pull(Some(0), 0), Ok(Ready));
-        assert_eq!(t.check_push(0, 0), Ok(Accumulate));
-        assert_eq!(t.commit_push(0, 0), None);
-        assert_eq!(t.check_pull(Some(0), 1), Ok(Wait));
-        assert_eq!(t.commit_push(1, 0), None);
-        assert_eq!(t.versions(), vec![-1, -1, -1]);
-        assert_eq!(t.commit_push(2, 0), Some(RoundComplete { clock: 0, contributors: 3 }));
-        assert_eq!(t.versions(), vec![0, 0, 0]);
-        assert_eq!(t.check_pull(Some(0), 1), Ok(Ready));
-        assert_eq!(t.applied_clock(), 1);
-    }
-
-    #[test]
-    fn sync_rejects_out_of_order_clocks() {
-        let mut t = ClockTable::new(Policy::Sync, 2);
-        assert_eq!(t.check_push(0, 1), Err(ClockError::PushGap { worker: 0, expected: 0, got: 1 }));
-        t.commit_push(0, 0);
-        assert_eq!(t.check_push(0, 0), Ok(Duplicate));
-        assert_eq!(t.check_push(0, 1), Err(ClockError::PushAhead { worker: 0, round: 0, got: 1 }));
-        assert_eq!(t.check_pull(Some(0), 0), Err(ClockError::PullBehind { worker: 0, expected: 1, got: 0 }));
-        assert_eq!(t.check_pull(Some(1), 1), Err(ClockError::PullAhead { worker: 1, completed: 0, got: 1 }));
-        assert_eq!(t.check_push(2, 0), Err(ClockError::UnknownWorker { worker: 2, num_workers: 2 }));
-    }
-
-    #[test]
-    fn sync_leave_completes_round_with_remaining_contributors() {
-        let mut t = ClockTable::new(Policy::Sync, 3);
-        t.commit_push(0, 0);
-        t.commit_push(1, 0);
-        assert_eq!(t.leave(2), Ok(Some(RoundComplete { clock: 0, contributors: 2 })));
-        assert_eq!(t.versions(), vec![0, 0, -1]);
-        assert_eq!(t.check_push(2, 1), Err(ClockError::NotLive { worker: 2 }));
-        // Later rounds need only the two live workers.
-        t.commit_push(0, 1);
-        assert_eq!(t.commit_push(1, 1), Some(RoundComplete { clock: 1, contributors: 2 }));
-        // A worker that contributed and then left still counts for its round.
-        t.commit_push(0, 2);
-        assert_eq!(t.leave(0), Ok(None));
-        assert_eq!(t.commit_push(1, 2), Some(RoundComplete { clock: 2, contributors: 2 }));
-        // Rejoin resumes at the round in progress.
-        assert_eq!(t.join(2), Ok(3));
-        assert_eq!(t.check_push(2, 3), Ok(Accumulate));
-    }
-
-    #[test]
-    fn sync_rejoin_keeps_a_pending_contribution() {
-        let mut t = ClockTable::new(Policy::Sync, 2);
-        t.commit_push(0, 0);
-        assert_eq!(t.leave(0), Ok(None), "worker 1 has not pushed round 0");
-        assert_eq!(t.join(0), Ok(1), "worker 0 already pushed clock 0");
-        assert_eq!(t.check_push(0, 0), Ok(Duplicate));
-        assert_eq!(t.commit_push(1, 0), Some(RoundComplete { clock: 0, contributors: 2 }));
-    }
-
-    #[test]
-    fn ssp_bounds_staleness() {
-        let mut t = ClockTable::new(Policy::Ssp { staleness: 2 }, 2);
-        for c in 0..3 {
-            assert_eq!(t.check_pull(Some(0), c), Ok(Ready));
-            assert_eq!(t.check_push(0, c), Ok(Apply));
-            t.commit_push(0, c);
-        }
-        // Worker 0 at clock 3, worker 1 at 0: pull(3) needs min >= 1.
-        assert_eq!(t.check_pull(Some(0), 3), Ok(Wait));
-        assert_eq!(t.check_pull(Some(0), 2), Ok(Ready));
-        t.commit_push(1, 0);
-        assert_eq!(t.check_pull(Some(0), 3), Ok(Ready));
-        assert_eq!(t.versions(), vec![2, 0]);
-    }
-
-    #[test]
-    fn ssp_zero_is_lockstep() {
-        let mut t = ClockTable::new(Policy::Ssp { staleness: 0 }, 2);
-        t.commit_push(0, 0);
-        assert_eq!(t.check_pull(Some(0), 1), Ok(Wait));
-        t.commit_push(1, 0);
-        assert_eq!(t.check_pull(Some(0), 1), Ok(Ready));
-    }
-
-    #[test]
-    fn async_never_waits() {
-        let mut t = ClockTable::new(Policy::Async, 2);
-        for c in 0..100 {
-            assert_eq!(t.check_pull(Some(0), c), Ok(Ready));
-            t.commit_push(0, c);
-        }
-        assert_eq!(t.versions(), vec![99, -1]);
-        assert_eq!(t.check_push(0, 5), Ok(Duplicate));
-    }
-
-    #[test]
-    fn observers_never_wait() {
-        let t = ClockTable::new(Policy::Sync, 2);
-        assert_eq!(t.check_pull(None, 1000), Ok(Ready));
-    }
-
-    #[test]
-    fn ssp_leave_releases_waiters_and_rejoin_starts_at_frontier() {
-        let mut t = ClockTable::new(Policy::Ssp { staleness: 1 }, 2);
-        for c in 0..4 {
-            t.commit_push(0, c);
-        }
-        assert_eq!(t.check_pull(Some(0), 4), Ok(Wait));
-        assert_eq!(t.leave(1), Ok(None));
-        assert_eq!(t.check_pull(Some(0), 4), Ok(Ready));
-        assert_eq!(t.join(1), Ok(4));
-        assert_eq!(t.check_push(1, 4), Ok(Apply));
-    }
-}
+mod tests;

@@ -3,10 +3,10 @@
 //!
 //! A sync part larger than the shard's piece size also takes a push as
 //! several requests, one per piece, each all or nothing. The worker's push
-//! for a clock is complete, and goes to [`ClockTable::commit_push`], once
+//! for a clock is complete, and is counted by [`ClockTable::step`], once
 //! every piece has arrived; a piece that arrives twice is a duplicate.
 //!
-//! [`ClockTable::commit_push`]: super::ClockTable::commit_push
+//! [`ClockTable::step`]: super::ClockTable::step
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,10 @@
 //! One tensor part held by a shard: its values, optimizer state, clocks and
 //! aggregation buffer, updated atomically under the caller's lock.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use tokio::sync::oneshot;
 
 use crate::checkpoint::cut::TooLate;
 use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
@@ -11,7 +14,10 @@ use crate::init::Init;
 pub use crate::meta::TensorMeta;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::readers::Readers;
-use crate::sync::{ClockTable, Delivered, Policy, PullDecision, PushDecision, RoundComplete};
+use crate::sync::{
+    ClockError, ClockTable, Delivered, Event, Policy, PullDecision, PullId, PushDecision, Ready,
+    RoundComplete, Update,
+};
 
 /// A gradient whose chunk sequence has been validated and decoded: exactly
 /// the part's elements, in order.
@@ -58,6 +64,10 @@ pub struct TensorPart {
     readers: Arc<Readers>,
     /// Updates that copied `values` since [`take_copies`](Self::take_copies).
     copies: u64,
+    /// The gradient of the pending ssp/async update ([`ClockTable::pending`]).
+    pending_grad: Option<Vec<f32>>,
+    /// Wakes each waiting pull when a step releases or refuses it.
+    wakers: HashMap<PullId, oneshot::Sender<Result<(), ClockError>>>,
 }
 
 /// Pieces a push to a part described by `meta` may come in (1: whole pushes only).
@@ -117,6 +127,8 @@ impl TensorPart {
             cuts: PartCuts::default(),
             readers: Arc::default(),
             copies: 0,
+            pending_grad: None,
+            wakers: HashMap::new(),
         }
     }
 
@@ -143,6 +155,8 @@ impl TensorPart {
             cuts: PartCuts::default(),
             readers: Arc::default(),
             copies: 0,
+            pending_grad: None,
+            wakers: HashMap::new(),
         }
     }
 
@@ -150,6 +164,7 @@ impl TensorPart {
     /// when it holds the updates of clocks `< cut.clock` and no later ones.
     /// Fails (changing nothing) when a later update is already applied.
     pub fn register_cut(&mut self, cut: CutId) -> Result<(), PsError> {
+        self.finish_update();
         let clock = cut.clock;
         self.cuts.register(cut, &self.clocks, &self.values, &self.optimizer).map_err(
             |TooLate { worker, clock: got }| PsError::CheckpointTooLate {
@@ -194,37 +209,29 @@ impl TensorPart {
 
     /// Bytes held: values, optimizer state and the aggregation buffer.
     pub fn bytes_held(&self) -> usize {
-        (self.values.len() + self.round_sum.capacity()) * 4 + self.optimizer.state_bytes()
+        let pending = self.pending_grad.as_ref().map_or(0, Vec::capacity);
+        (self.values.len() + self.round_sum.capacity() + pending) * 4 + self.optimizer.state_bytes()
     }
 
-    fn clock_err(&self, source: crate::sync::ClockError) -> PsError {
+    fn clock_err(&self, source: ClockError) -> PsError {
         PsError::Clock { tensor: self.meta.name.clone(), source }
     }
 
-    /// Applies, accumulates or (for a retry) ignores a validated gradient of
-    /// `worker` for `clock`. Returns whether anything changed. On error
+    /// Counts, accumulates or (for a retry) ignores a validated gradient of
+    /// `worker` for `clock`, and applies the update it completes unless
+    /// pull replies still read the values ([`Pushed::pending`]). On error
     /// nothing changed.
-    pub fn push(&mut self, worker: u32, clock: u64, grad: Gradient) -> Result<bool, PsError> {
-        let decision = self.clocks.check_push(worker, clock).map_err(|e| self.clock_err(e))?;
-        match decision {
-            PushDecision::Duplicate => return Ok(false),
-            PushDecision::Apply => {
-                let scale = match self.aggregation {
-                    Aggregation::Mean => 1.0 / self.clocks.num_workers().max(1) as f32,
-                    Aggregation::Sum => 1.0,
-                };
-                self.cuts.before_apply(clock, &self.values, &self.optimizer);
-                let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
-                self.optimizer.step(values, &grad.values, scale);
-                for (values, optimizer) in self.cuts.shadows_for(clock) {
-                    apply_gradient(values, optimizer, &grad.values, scale);
-                }
-            }
-            PushDecision::Accumulate if self.round_sum.is_empty() && self.round_filled.len() == 1 => {
+    pub fn push(&mut self, worker: u32, clock: u64, grad: Gradient) -> Result<Pushed, PsError> {
+        let ready =
+            self.clocks.step(Event::Push { worker, clock, complete: true }).map_err(|e| self.clock_err(e))?;
+        match ready.push {
+            None | Some(PushDecision::Duplicate) => return Ok(Pushed::DUPLICATE),
+            Some(PushDecision::Apply) => self.pending_grad = Some(grad.values),
+            Some(PushDecision::Accumulate) if self.round_sum.is_empty() && self.round_filled.len() == 1 => {
                 self.round_sum = grad.values;
                 self.round_filled[0] = true;
             }
-            PushDecision::Accumulate => {
+            Some(PushDecision::Accumulate) => {
                 // When some pieces of this push came first, the rest come from this one.
                 for piece in self.delivered.missing(worker, clock, self.round_filled.len()) {
                     let range = self.piece_range(piece);
@@ -233,28 +240,28 @@ impl TensorPart {
                 self.delivered.forget(worker);
             }
         }
-        if let Some(round) = self.clocks.commit_push(worker, clock) {
-            self.apply_round(round);
-        }
-        self.settle_cuts();
-        Ok(true)
+        Ok(self.counted(ready))
     }
 
     /// Sync: accepts piece `piece` of `worker`'s push for `clock` (its
     /// elements in `grad`, which the caller may reuse after), or ignores a
     /// retry of one already accepted.
     /// The push counts once all its pieces are in; the last piece of the
-    /// round's last push applies the round. Returns whether anything
-    /// changed. On error nothing changed.
+    /// round's last push completes the round. On error nothing changed.
     pub fn push_piece(
         &mut self,
         worker: u32,
         clock: u64,
         piece: usize,
         grad: &[f32],
-    ) -> Result<bool, PsError> {
+    ) -> Result<Pushed, PsError> {
         let pieces = self.round_filled.len();
-        let decision = self.clocks.check_push(worker, clock).map_err(|e| self.clock_err(e))?;
+        if self.meta.policy != Policy::Sync {
+            return Err(PsError::InvalidArgument(format!(
+                "tensor {:?}, worker {worker}: only sync parts take pushes in pieces",
+                self.meta.name
+            )));
+        }
         if piece >= pieces || grad.len() != self.piece_range(piece).len() {
             return Err(PsError::InvalidArgument(format!(
                 "tensor {:?}, worker {worker}: piece {piece} of {pieces} with {} elements",
@@ -262,25 +269,33 @@ impl TensorPart {
                 grad.len()
             )));
         }
-        match decision {
-            PushDecision::Duplicate => return Ok(false),
-            PushDecision::Apply => {
-                return Err(PsError::InvalidArgument(format!(
-                    "tensor {:?}, worker {worker}: only sync parts take pushes in pieces",
-                    self.meta.name
-                )));
-            }
-            PushDecision::Accumulate if self.delivered.has(worker, clock, piece) => return Ok(false),
-            PushDecision::Accumulate => {}
+        if self.delivered.has(worker, clock, piece) {
+            return Ok(Pushed::DUPLICATE);
+        }
+        let complete = self.delivered.completes(worker, clock, piece, pieces);
+        let ready =
+            self.clocks.step(Event::Push { worker, clock, complete }).map_err(|e| self.clock_err(e))?;
+        if ready.push != Some(PushDecision::Accumulate) {
+            return Ok(Pushed::DUPLICATE);
         }
         self.accumulate(piece, grad);
-        if self.delivered.record(worker, clock, piece, pieces)
-            && let Some(round) = self.clocks.commit_push(worker, clock)
-        {
-            self.apply_round(round);
+        self.delivered.record(worker, clock, piece, pieces);
+        Ok(self.counted(ready))
+    }
+
+    /// After a counted push: applies the update it completed, unless pull
+    /// replies still read the values, and acts on the rest of `ready`.
+    fn counted(&mut self, ready: Ready) -> Pushed {
+        let round = match ready.update {
+            Some(Update::Round(round)) => Some(round),
+            _ => None,
+        };
+        let pending = ready.update.is_some() && self.readers.reading() > 0;
+        if ready.update.is_some() && !pending {
+            self.finish_update();
         }
-        self.settle_cuts();
-        Ok(true)
+        self.settle(ready);
+        Pushed { counted: true, round, pending }
     }
 
     /// Adds `grad`, the elements of piece `piece`, to the round's sum:
@@ -308,18 +323,41 @@ impl TensorPart {
         start..(start + piece_len).min(len)
     }
 
-    /// Whether a push of `worker` for `clock` (the whole part, or piece
-    /// `piece` of it) would change the values now: an applied push, or the
-    /// last piece of the push that completes a sync round. Changes nothing.
-    pub fn push_changes_values(&self, worker: u32, clock: u64, piece: Option<usize>) -> bool {
-        match self.clocks.check_push(worker, clock) {
-            Ok(PushDecision::Apply) => true,
-            Ok(PushDecision::Accumulate) => {
-                self.clocks.push_completes_round(worker)
-                    && piece
-                        .is_none_or(|i| self.delivered.completes(worker, clock, i, self.round_filled.len()))
+    /// Whether an update is counted but not yet in the values: pulls wait
+    /// for it, and the next push, join or leave applies it first.
+    pub fn update_pending(&self) -> bool {
+        self.clocks.pending().is_some()
+    }
+
+    /// Applies the pending update, if any (copying the values if pull
+    /// replies still read them), and releases the pulls it lets read.
+    pub fn finish_update(&mut self) {
+        let Some(update) = self.clocks.pending() else { return };
+        match update {
+            Update::Push { clock, .. } => {
+                let grad = self.pending_grad.take().unwrap_or_default();
+                self.apply_push(clock, &grad);
             }
-            Ok(PushDecision::Duplicate) | Err(_) => false,
+            Update::Round(round) => self.apply_round(round),
+        }
+        // Stepping `Applied` with an update pending cannot fail.
+        if let Ok(ready) = self.clocks.step(Event::Applied) {
+            self.settle(ready);
+        }
+    }
+
+    /// Applies one ssp/async gradient of `clock`, to the values and to the
+    /// copies kept for checkpoint cuts above `clock`.
+    fn apply_push(&mut self, clock: u64, grad: &[f32]) {
+        let scale = match self.aggregation {
+            Aggregation::Mean => 1.0 / self.clocks.num_workers().max(1) as f32,
+            Aggregation::Sum => 1.0,
+        };
+        self.cuts.before_apply(clock, &self.values, &self.optimizer);
+        let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
+        self.optimizer.step(values, grad, scale);
+        for (values, optimizer) in self.cuts.shadows_for(clock) {
+            apply_gradient(values, optimizer, grad, scale);
         }
     }
 
@@ -347,6 +385,24 @@ impl TensorPart {
         }
     }
 
+    /// Acts on what a step decided: wakes the released and refused pulls,
+    /// and captures the checkpoint cuts that became complete.
+    fn settle(&mut self, ready: Ready) {
+        for id in ready.release {
+            if let Some(waker) = self.wakers.remove(&id) {
+                let _ = waker.send(Ok(()));
+            }
+        }
+        for (id, e) in ready.refuse {
+            if let Some(waker) = self.wakers.remove(&id) {
+                let _ = waker.send(Err(e));
+            }
+        }
+        if ready.frontier.is_some() && !self.cuts.is_empty() {
+            self.cuts.settle(&self.clocks, &self.values, &self.optimizer);
+        }
+    }
+
     /// The pull replies reading the current values: take a lease with each
     /// snapshot a reply sends.
     pub fn readers(&self) -> &Arc<Readers> {
@@ -359,9 +415,28 @@ impl TensorPart {
         std::mem::take(&mut self.copies)
     }
 
-    /// Whether a pull of `worker` (or an observer) for `clock` may read now.
-    pub fn check_pull(&self, worker: Option<u32>, clock: u64) -> Result<PullDecision, PsError> {
-        self.clocks.check_pull(worker, clock).map_err(|e| self.clock_err(e))
+    /// Pull `id` of `worker` (or an observer) at `clock`: read now, or wait
+    /// for the receiver to say the rule holds (`Ok`) or never will (`Err`).
+    pub fn pull(&mut self, id: PullId, worker: Option<u32>, clock: u64) -> Result<PullStart, PsError> {
+        let ready = self.clocks.step(Event::Pull { id, worker, clock }).map_err(|e| self.clock_err(e))?;
+        if ready.pull == Some(PullDecision::Ready) {
+            return Ok(PullStart::Read);
+        }
+        let (waker, released) = oneshot::channel();
+        self.wakers.insert(id, waker);
+        Ok(PullStart::Wait(released))
+    }
+
+    /// Pull `id` stopped waiting; nothing if it was released already.
+    pub fn cancel_pull(&mut self, id: PullId) {
+        if self.wakers.remove(&id).is_some() {
+            let _ = self.clocks.step(Event::Cancel { id });
+        }
+    }
+
+    /// Drops every waiting pull's receiver: they see the part is gone.
+    pub fn drop_waiters(&mut self) {
+        self.wakers.clear();
     }
 
     /// The current values and their version vector, read after waiting
@@ -376,31 +451,59 @@ impl TensorPart {
     /// its push for that round, with zeros for the missing pieces: the
     /// pieces are in the round's sum already, and sums cannot be undone.
     pub fn leave(&mut self, worker: u32) -> Result<(), PsError> {
+        self.finish_update();
         if let Some(clock) = self.delivered.forget(worker)
             && self.clocks.is_live(worker)
-            && matches!(self.clocks.check_push(worker, clock), Ok(PushDecision::Accumulate))
-            && let Some(round) = self.clocks.commit_push(worker, clock)
+            && let Ok(ready) = self.clocks.step(Event::Push { worker, clock, complete: true })
         {
-            self.apply_round(round);
+            if ready.update.is_some() {
+                self.finish_update();
+            }
+            self.settle(ready);
         }
-        let round = self.clocks.leave(worker).map_err(|e| self.clock_err(e))?;
-        if let Some(round) = round {
-            self.apply_round(round);
+        let ready = self.clocks.step(Event::Leave { worker }).map_err(|e| self.clock_err(e))?;
+        if ready.update.is_some() {
+            self.finish_update();
         }
-        self.settle_cuts();
+        self.settle(ready);
         Ok(())
-    }
-
-    fn settle_cuts(&mut self) {
-        if !self.cuts.is_empty() {
-            self.cuts.settle(&self.clocks, &self.values, &self.optimizer);
-        }
     }
 
     /// Makes `worker` live (again); returns the clock it resumes at.
     pub fn join(&mut self, worker: u32) -> Result<u64, PsError> {
-        self.clocks.join(worker).map_err(|e| self.clock_err(e))
+        self.finish_update();
+        let ready = self.clocks.step(Event::Join { worker }).map_err(|e| self.clock_err(e))?;
+        let resumed_at = ready.resumed_at.unwrap_or(0);
+        self.settle(ready);
+        Ok(resumed_at)
     }
+}
+
+/// What a push did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// Whether it was counted: false for a retry of a counted push.
+    pub counted: bool,
+    /// The sync round it completed.
+    pub round: Option<RoundComplete>,
+    /// Whether the update it completed waits for the pull replies still
+    /// reading the values: wait for them (or not), then
+    /// [`finish_update`](TensorPart::finish_update).
+    pub pending: bool,
+}
+
+impl Pushed {
+    const DUPLICATE: Self = Self { counted: false, round: None, pending: false };
+}
+
+/// How a pull goes on.
+#[derive(Debug)]
+pub enum PullStart {
+    /// Read the current values now.
+    Read,
+    /// Wait: `Ok` once the release rule holds, `Err` when it never will;
+    /// a closed channel means the part was replaced.
+    Wait(oneshot::Receiver<Result<(), ClockError>>),
 }
 
 #[cfg(test)]

@@ -20,14 +20,14 @@ fn grad(v: &[f32]) -> Gradient {
 #[test]
 fn sync_applies_the_mean_once_per_round() {
     let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(0.5));
-    assert!(p.push(0, 0, grad(&[1.0, 2.0, 3.0])).unwrap());
+    assert!(p.push(0, 0, grad(&[1.0, 2.0, 3.0])).unwrap().counted);
     assert_eq!(*p.snapshot(Default::default()).values, vec![1.0; 3], "no update before the round completes");
-    assert!(p.push(1, 0, grad(&[3.0, 2.0, 1.0])).unwrap());
+    assert!(p.push(1, 0, grad(&[3.0, 2.0, 1.0])).unwrap().counted);
     // mean = [2, 2, 2]; 1 - 0.5 * 2 = 0
     assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
     assert_eq!(p.snapshot(Default::default()).versions, vec![0, 0]);
     // A retry changes nothing.
-    assert!(!p.push(1, 0, grad(&[100.0, 100.0, 100.0])).unwrap());
+    assert!(!p.push(1, 0, grad(&[100.0, 100.0, 100.0])).unwrap().counted);
     assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
 }
 
@@ -204,17 +204,19 @@ fn a_push_in_pieces_counts_once_all_its_pieces_are_in_and_sums_like_a_whole_push
     let g0 = [1.0, 2.0, 3.0, 4.0, 5.0];
     let g1 = [0.5, -2.0, 1.5, -0.0, 3.0];
     // Worker 0 in pieces, out of order; worker 1 whole.
-    assert!(p.push_piece(0, 0, 2, &g0[4..]).unwrap());
-    assert!(p.push_piece(0, 0, 0, &g0[..2]).unwrap());
-    assert!(!p.push_piece(0, 0, 0, &g0[..2]).unwrap(), "a retried piece changes nothing");
+    assert!(p.push_piece(0, 0, 2, &g0[4..]).unwrap().counted);
+    assert!(p.push_piece(0, 0, 0, &g0[..2]).unwrap().counted);
+    assert!(!p.push_piece(0, 0, 0, &g0[..2]).unwrap().counted, "a retried piece changes nothing");
     assert_eq!(p.clocks().worker_clock(0), Some(0), "the push is not complete yet");
-    assert!(!p.push_changes_values(0, 0, Some(1)), "worker 1 has not pushed: no update yet");
-    assert!(p.push_piece(0, 0, 1, &g0[2..4]).unwrap());
+    let pushed = p.push_piece(0, 0, 1, &g0[2..4]).unwrap();
+    assert!(pushed.counted);
+    assert_eq!(pushed.round, None, "worker 1 has not pushed: no update yet");
     assert_eq!(p.clocks().worker_clock(0), Some(1), "complete with its last piece");
-    assert!(!p.push_piece(0, 0, 1, &g0[2..4]).unwrap(), "a piece of a complete push is a duplicate");
+    assert!(!p.push_piece(0, 0, 1, &g0[2..4]).unwrap().counted, "a piece of a complete push is a duplicate");
     assert_eq!(values(&p), vec![0.0; 5], "no update before the round completes");
-    assert!(p.push_changes_values(1, 0, None));
-    assert!(p.push(1, 0, grad(&g1)).unwrap());
+    let pushed = p.push(1, 0, grad(&g1)).unwrap();
+    assert!(pushed.counted);
+    assert_eq!(pushed.round.map(|r| (r.clock, r.contributors)), Some((0, 2)));
     let mean: Vec<f32> = g0.iter().zip(&g1).map(|(a, b)| -(a + b) * 0.5).collect();
     assert_eq!(values(&p), mean);
 
@@ -232,14 +234,15 @@ fn a_push_in_pieces_counts_once_all_its_pieces_are_in_and_sums_like_a_whole_push
 fn only_the_last_piece_of_the_rounds_last_push_changes_the_values() {
     let mut p = pieced(2);
     p.push(1, 0, grad(&[1.0; 5])).unwrap();
-    assert!(!p.push_changes_values(0, 0, Some(0)));
-    p.push_piece(0, 0, 0, &[1.0; 2]).unwrap();
-    p.push_piece(0, 0, 2, &[1.0; 1]).unwrap();
-    assert!(!p.push_changes_values(0, 0, Some(0)), "an arrived piece changes nothing");
-    assert!(p.push_changes_values(0, 0, Some(1)));
-    assert!(p.push_changes_values(0, 0, None), "a whole push brings the missing piece too");
-    // A whole push after some pieces adds only the pieces still missing.
-    p.push(0, 0, grad(&[1.0, 1.0, 7.0, 7.0, 1.0])).unwrap();
+    assert_eq!(p.push_piece(0, 0, 0, &[1.0; 2]).unwrap().round, None);
+    assert_eq!(p.push_piece(0, 0, 2, &[1.0; 1]).unwrap().round, None);
+    let again = p.push_piece(0, 0, 0, &[1.0; 2]).unwrap();
+    assert!(!again.counted && again.round.is_none(), "an arrived piece changes nothing");
+    assert_eq!(values(&p), vec![0.0; 5]);
+    // A whole push after some pieces adds only the pieces still missing,
+    // and brings the round's last one.
+    let pushed = p.push(0, 0, grad(&[1.0, 1.0, 7.0, 7.0, 1.0])).unwrap();
+    assert_eq!(pushed.round.map(|r| r.clock), Some(0), "a whole push brings the missing piece too");
     assert_eq!(values(&p), vec![-1.0, -1.0, -4.0, -4.0, -1.0]);
     // The next round starts from an empty sum, though the part keeps its buffer.
     p.push_piece(0, 1, 0, &[2.0; 2]).unwrap();
@@ -341,9 +344,9 @@ fn any_interleaving_of_pieces_retries_and_whole_pushes_applies_each_push_once() 
                     }
                     None => p.push(w, round, Gradient { values: g(w) }),
                 };
-                assert!(push(&mut pieced).unwrap(), "seed {seed}: the first arrival counts");
+                assert!(push(&mut pieced).unwrap().counted, "seed {seed}: the first arrival counts");
                 if rng.random_bool(0.25) {
-                    assert!(!push(&mut pieced).unwrap(), "seed {seed}: a retry changes nothing");
+                    assert!(!push(&mut pieced).unwrap().counted, "seed {seed}: a retry changes nothing");
                 }
                 let last = n + 1 == events.len();
                 assert_eq!(pieced.clocks().applied_clock(), round + u64::from(last), "seed {seed}");
@@ -355,4 +358,45 @@ fn any_interleaving_of_pieces_retries_and_whole_pushes_applies_each_push_once() 
             assert_eq!(bits(&pieced), bits(&whole), "seed {seed}, round {round}");
         }
     }
+}
+
+#[test]
+fn an_update_read_by_a_reply_waits_and_holds_pulls_until_finished() {
+    let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(1.0));
+    let lease = p.readers().lease();
+    let pushed = p.push(0, 0, grad(&[2.0, 2.0, 2.0])).unwrap();
+    assert!(pushed.counted && pushed.pending, "a reply reads the values: the update waits");
+    assert_eq!(values(&p), vec![1.0; 3], "not applied yet");
+    assert_eq!(p.snapshot(Default::default()).versions, vec![-1, -1], "versions match the values");
+    let PullStart::Wait(mut released) = p.pull(1, Some(1), 0).unwrap() else {
+        panic!("a pull waits for the pending update")
+    };
+    assert!(released.try_recv().is_err(), "not released yet");
+    drop(lease);
+    p.finish_update();
+    assert_eq!(released.try_recv().unwrap(), Ok(()), "released by the update's end");
+    assert_eq!(values(&p), vec![0.0; 3]);
+    assert_eq!(p.take_copies(), 0, "the reply had finished: updated in place");
+    assert!(matches!(p.pull(2, Some(1), 0).unwrap(), PullStart::Read));
+}
+
+#[test]
+fn an_update_finished_while_a_reply_still_reads_copies_the_values_once() {
+    let mut p = part(Policy::Sync, 1, OptimizerConfig::sgd(1.0));
+    let held = p.snapshot(Default::default());
+    let _lease = p.readers().lease();
+    assert!(p.push(0, 0, grad(&[1.0; 3])).unwrap().pending);
+    p.finish_update();
+    assert_eq!(p.take_copies(), 1);
+    assert_eq!(*held.values, vec![1.0; 3], "the reply's values are untouched");
+    assert_eq!(values(&p), vec![0.0; 3]);
+}
+
+#[test]
+fn a_worker_leaving_refuses_its_waiting_pull() {
+    let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(1.0));
+    p.push(0, 0, grad(&[1.0; 3])).unwrap();
+    let PullStart::Wait(mut released) = p.pull(5, Some(0), 1).unwrap() else { panic!("waits for worker 1") };
+    p.leave(0).unwrap();
+    assert_eq!(released.try_recv().unwrap(), Err(crate::sync::ClockError::NotLive { worker: 0 }));
 }
