@@ -136,3 +136,49 @@ async fn on_worker_loss_fail_stops_the_job_with_a_clear_error() {
     assert_eq!(err.code(), Some(tonic::Code::Aborted), "{err}");
     cluster.shutdown().await.expect("shutdown");
 }
+
+/// With default flags (no `--worker-timeout`), a sync pull waiting for a
+/// worker that stopped pushing is not silent: the shard process logs the
+/// wait, naming the worker it waits for, within `WAIT_LOG_EVERY` (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_waiting_on_a_silent_worker_is_logged_naming_it() {
+    let dir = std::env::temp_dir().join(format!("ps-wait-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let log = dir.join("shard.log");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "sync", "--metrics-listen", "off"])
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let shard = ps_server::process::ShardProcess::start(command, ps_server::process::START_TIMEOUT)
+        .expect("shard starts");
+    let spec = ps_proto::ClusterSpec::new(vec![shard.addr().to_string()]);
+    let grads = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())]);
+    let mut workers = Vec::new();
+    for id in 0..2 {
+        let mut w = Worker::connect(WorkerConfig::new(spec.clone(), id)).await.expect("connect");
+        w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
+        w.pull().await.expect("pull");
+        workers.push(w);
+    }
+    // Worker 0 pushes clock 0 and waits for round 0; worker 1 never pushes.
+    let mut waiting = workers.remove(0);
+    waiting.push(&grads).await.expect("push");
+    let started = std::time::Instant::now();
+    let blocked = tokio::spawn(async move { waiting.pull().await });
+    let line = loop {
+        let text = std::fs::read_to_string(&log).expect("read log");
+        if let Some(line) = text.lines().find(|l| l.contains("a pull has waited")) {
+            break line.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no wait logged within 30 s: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(started.elapsed() < Duration::from_secs(10), "logged after {:?}", started.elapsed());
+    assert!(line.contains("for workers [1] to push"), "names worker 1: {line}");
+    assert!(line.contains("--worker-timeout"), "says what to do: {line}");
+    assert!(!blocked.is_finished(), "the pull still waits");
+    blocked.abort();
+    drop(workers);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -50,6 +50,8 @@ mod cell;
 mod life;
 mod wait;
 
+pub use wait::WAIT_LOG_EVERY;
+
 #[cfg(test)]
 mod tests;
 
@@ -145,6 +147,8 @@ pub struct Shard {
     piece_buffers: PieceBuffers,
     /// The id of the next pull, by which its release names it.
     next_pull: AtomicU64,
+    /// When a waiting pull was last logged ([`WAIT_LOG_EVERY`]).
+    wait_logged: Mutex<Option<Instant>>,
 }
 
 impl Shard {
@@ -182,6 +186,7 @@ impl Shard {
             checkpoints,
             piece_buffers: PieceBuffers::new(config.pieces_received_at_once()),
             next_pull: AtomicU64::new(0),
+            wait_logged: Mutex::new(None),
             config,
         }
     }

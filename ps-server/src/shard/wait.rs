@@ -13,6 +13,9 @@ use super::cell::{CancelPull, FinishUpdate};
 use super::{Shard, TensorCell};
 use crate::error::PsError;
 use crate::readers::{ReadLease, UPDATE_WAIT};
+
+/// How often a shard says that a pull is still waiting, and for whom.
+pub const WAIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::tensor::{Gradient, PullStart, Snapshot, TensorPart};
 
 impl Shard {
@@ -123,9 +126,13 @@ impl Shard {
         let _waiting = self.metrics.pull_waiting();
         let mut cancel = CancelPull { cell, id: Some(id) };
         let mut closing = self.closing.subscribe();
-        let outcome = tokio::select! {
-            outcome = released => outcome,
-            e = self.closed(&mut closing) => return Err(e),
+        let mut released = released;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut released => break outcome,
+                e = self.closed(&mut closing) => return Err(e),
+                () = tokio::time::sleep(WAIT_LOG_EVERY) => self.log_wait(cell, worker, clock, started),
+            }
         };
         cancel.id = None;
         let part = cell.lock();
@@ -138,6 +145,31 @@ impl Shard {
             Ok(Err(source)) => Err(PsError::Clock { tensor: cell.meta.name.clone(), source }),
             Err(_) => Err(PsError::ShuttingDown { shard: self.config.shard_id }),
         }
+    }
+
+    /// Says, at most once per [`WAIT_LOG_EVERY`] for the whole shard, that
+    /// a pull is still waiting and for which workers.
+    fn log_wait(&self, cell: &TensorCell, worker: Option<u32>, clock: u64, started: std::time::Instant) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.wait_logged.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| now.duration_since(at) < WAIT_LOG_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let waiting_for = cell.lock().clocks().holding_back(clock);
+        let waited = started.elapsed().as_secs();
+        tracing::warn!(
+            shard = self.config.shard_id,
+            tensor = %cell.meta.name,
+            worker,
+            clock,
+            waited_s = waited,
+            ?waiting_for,
+            "a pull has waited {waited} s for workers {waiting_for:?} to push; if one has stopped, \
+             restart it (it joins again) or start the shards with --worker-timeout SECONDS"
+        );
     }
 
     /// A released pull's read: the snapshot, its lease, and its metrics.

@@ -325,6 +325,24 @@ impl ClockTable {
         }
     }
 
+    /// The live workers whose pushes a pull at `clock` still waits for:
+    /// sync, those that have not pushed the round in progress; ssp(s),
+    /// those whose clock is below `clock - s`; async, none. Empty while an
+    /// update is pending (the pull waits for that alone).
+    pub fn holding_back(&self, clock: u64) -> Vec<u32> {
+        if self.pending.is_some() {
+            return Vec::new();
+        }
+        let waits_for = |s: &Slot| match self.policy {
+            Policy::Sync => self.round < clock && !s.in_round,
+            Policy::Ssp { staleness } => s.next < clock.saturating_sub(u64::from(staleness)),
+            Policy::Async => false,
+        };
+        (0..self.num_workers())
+            .filter(|w| self.slots[*w as usize].live && waits_for(&self.slots[*w as usize]))
+            .collect()
+    }
+
     fn slot(&self, worker: u32) -> Result<&Slot, ClockError> {
         let slot = self
             .slots

@@ -225,3 +225,24 @@ fn a_piece_is_checked_but_not_counted_until_the_push_is_complete() {
     let ready = t.step(Event::Push { worker: 0, clock: 0, complete: true }).unwrap();
     assert_eq!(ready.update, Some(Update::Round(RoundComplete { clock: 0, contributors: 1 })));
 }
+
+#[test]
+fn holding_back_names_the_workers_a_pull_waits_for() {
+    let mut t = ClockTable::new(Policy::Sync, 3);
+    commit(&mut t, 0, 0);
+    assert_eq!(t.holding_back(1), vec![1, 2]);
+    commit(&mut t, 2, 0);
+    assert_eq!(t.holding_back(1), vec![1]);
+    assert_eq!(t.holding_back(0), Vec::<u32>::new(), "round 0 needs nothing");
+    leave(&mut t, 1).unwrap();
+    assert_eq!(t.holding_back(1), Vec::<u32>::new());
+
+    let mut t = ClockTable::new(Policy::Ssp { staleness: 1 }, 3);
+    for c in 0..3 {
+        commit(&mut t, 0, c);
+    }
+    commit(&mut t, 1, 0);
+    assert_eq!(t.holding_back(3), vec![1, 2], "pull(3) needs clocks >= 2: workers 1 (at 1) and 2 (at 0)");
+    assert_eq!(t.holding_back(2), vec![2]);
+    assert_eq!(ClockTable::new(Policy::Async, 2).holding_back(9), Vec::<u32>::new());
+}
