@@ -52,3 +52,34 @@ fn a_bad_shard_address_fails_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shard 0") && err.contains("invalid address"), "{err}");
 }
+
+/// Job settings that make no sense are refused before the worker connects:
+/// one line naming the flag, a non-zero exit, no panic.
+#[test]
+fn nonsensical_job_settings_are_refused_with_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--shards", "127.0.0.1:18500,,foo"], "shard 1 of the shard list is \"\", expected host:port"),
+        (&["--lr=-1"], "sgd learning rate must be a positive number, got -1; check --lr and --momentum"),
+        (&["--momentum", "5"], "sgd momentum must be in [0, 1), got 5"),
+        (
+            &["--optimizer", "adam", "--momentum", "0.5"],
+            "--momentum applies only to --optimizer sgd, not adam",
+        ),
+        (&["--batch", "0"], "--batch must be at least 1, got 0"),
+        (&["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (&["--checkpoint-every", "0"], "--checkpoint-every must be at least 1"),
+        (&["--slowdown", "0.5"], "--slowdown must be a factor of at least 1, got 0.5"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_ps-worker"))
+            .args(["--worker", "0"])
+            .args(if args.contains(&"--shards") { &[][..] } else { &["--shards", "127.0.0.1:1"][..] })
+            .args(*args)
+            .output()
+            .expect("run ps-worker");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "ps-worker {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "ps-worker {args:?}: one line, got {err:?}");
+        assert!(err.contains(expected), "ps-worker {args:?}: expected {expected:?} in {err:?}");
+    }
+}

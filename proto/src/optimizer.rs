@@ -172,24 +172,51 @@ impl OptimizerConfig {
         }
     }
 
-    /// Checks that hyper-parameters are finite and in range.
+    /// Checks that hyper-parameters are finite and in range: a positive
+    /// learning rate and epsilon, momentum and betas in [0, 1), no negative
+    /// weight decay. The error names the first that is not, with its value.
     pub fn validate(&self) -> Result<(), String> {
-        let ok = match *self {
-            OptimizerConfig::Sgd { learning_rate, momentum, weight_decay } => {
-                learning_rate.is_finite() && (0.0..1.0).contains(&momentum) && weight_decay.is_finite()
-            }
-            OptimizerConfig::Adam { learning_rate, beta1, beta2, epsilon, weight_decay } => {
-                learning_rate.is_finite()
-                    && (0.0..1.0).contains(&beta1)
-                    && (0.0..1.0).contains(&beta2)
-                    && epsilon > 0.0
-                    && weight_decay.is_finite()
-            }
-            OptimizerConfig::AdaGrad { learning_rate, epsilon, initial_accumulator } => {
-                learning_rate.is_finite() && epsilon > 0.0 && initial_accumulator >= 0.0
+        let name = self.name();
+        let positive = |what: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} {what} must be a positive number, got {v}"))
             }
         };
-        if ok { Ok(()) } else { Err(format!("invalid {} hyper-parameters: {self}", self.name())) }
+        let non_negative = |what: &str, v: f32| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} {what} must be zero or a positive number, got {v}"))
+            }
+        };
+        let fraction = |what: &str, v: f32| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} {what} must be in [0, 1), got {v}"))
+            }
+        };
+        match *self {
+            OptimizerConfig::Sgd { learning_rate, momentum, weight_decay } => {
+                positive("learning rate", learning_rate)?;
+                fraction("momentum", momentum)?;
+                non_negative("weight decay", weight_decay)
+            }
+            OptimizerConfig::Adam { learning_rate, beta1, beta2, epsilon, weight_decay } => {
+                positive("learning rate", learning_rate)?;
+                fraction("beta1", beta1)?;
+                fraction("beta2", beta2)?;
+                positive("epsilon", epsilon)?;
+                non_negative("weight decay", weight_decay)
+            }
+            OptimizerConfig::AdaGrad { learning_rate, epsilon, initial_accumulator } => {
+                positive("learning rate", learning_rate)?;
+                positive("epsilon", epsilon)?;
+                non_negative("initial accumulator", initial_accumulator)
+            }
+        }
     }
 
     /// The protocol form.
@@ -291,6 +318,12 @@ mod tests {
         assert_eq!(OptimizerConfig::from_pb(&pb::Optimizer { kind: None }), None);
         assert_eq!(OptimizerConfig::adagrad(0.1).with_momentum(0.9), OptimizerConfig::adagrad(0.1));
         let bad = OptimizerConfig::sgd(0.1).with_momentum(5.0);
-        assert!(bad.validate().unwrap_err().contains("momentum=5"), "{:?}", bad.validate());
+        assert_eq!(bad.validate(), Err("sgd momentum must be in [0, 1), got 5".to_string()));
+        let backwards = OptimizerConfig::sgd(-1.0);
+        assert_eq!(
+            backwards.validate(),
+            Err("sgd learning rate must be a positive number, got -1".to_string())
+        );
+        assert!(OptimizerConfig::adam(1e-3).with_weight_decay(-0.1).validate().is_err());
     }
 }

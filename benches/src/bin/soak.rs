@@ -55,7 +55,8 @@ fn start(args: &Args) -> Result<(Vec<Shard>, ClusterSpec), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("ps-server");
     let workers = args.workers.to_string();
     let shard_args = ["--metrics-listen", "off", "--workers", &workers, "--policy", &args.policy];
-    let shard_args = [&shard_args[..], &["--staleness", "3", "--worker-timeout", "30"]].concat();
+    let staleness: &[&str] = if args.policy == "ssp" { &["--staleness", "3"] } else { &[] };
+    let shard_args = [&shard_args[..], staleness, &["--worker-timeout", "30"]].concat();
     let split_threshold = ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD;
     ps_server::process::start_cluster(&exe, args.shards, split_threshold, &shard_args)
 }

@@ -10,7 +10,7 @@ use ps_examples::access::AccessArgs;
 use ps_examples::job::data;
 use ps_examples::job::model::{Model, ModelKind};
 use ps_examples::job::train::{self, Persistent, Stragglers, TrainConfig};
-use ps_proto::{ClusterSpec, OptimizerKind, WireDtype};
+use ps_proto::{ClusterSpec, OptimizerConfig, OptimizerKind, WireDtype};
 use ps_server::logging::{self, LogFormat};
 use ps_worker::{Worker, WorkerConfig, WorkerError};
 
@@ -30,6 +30,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// `ps-worker checkpoint --shards ...` asks a running cluster for a
 /// checkpoint instead (see `ps-worker checkpoint --help`).
+/// `--momentum` when none is given (sgd only).
+const DEFAULT_MOMENTUM: f32 = 0.9;
+
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -85,9 +88,9 @@ struct Args {
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
 
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
+    /// SGD momentum, in [0, 1) [default: 0.9]; only with --optimizer sgd.
+    #[arg(long)]
+    momentum: Option<f32>,
 
     /// Seed of the weights and the data shuffle (the same on every worker).
     #[arg(long, default_value_t = 1)]
@@ -197,9 +200,51 @@ fn cluster_spec(
     toml::from_str(&text).map_err(|e| Failure::Usage(format!("invalid cluster spec {}: {e}", path.display())))
 }
 
+/// The optimizer the tensors are declared with, refused (naming the flag)
+/// when a setting makes no sense.
+fn optimizer(args: &Args) -> Result<OptimizerConfig, String> {
+    let mut optimizer = args.optimizer.with_defaults(Some(args.lr));
+    match (args.momentum, args.optimizer) {
+        (Some(m), OptimizerKind::Sgd) => optimizer = optimizer.with_momentum(m),
+        (None, OptimizerKind::Sgd) => optimizer = optimizer.with_momentum(DEFAULT_MOMENTUM),
+        (Some(_), other) => {
+            return Err(format!("--momentum applies only to --optimizer sgd, not {}", other.name()));
+        }
+        (None, _) => {}
+    }
+    optimizer.validate().map_err(|e| format!("{e}; check --lr and --momentum"))?;
+    Ok(optimizer)
+}
+
+/// Refuses job settings that make no sense, naming the flag.
+fn check_job(args: &Args) -> Result<(), String> {
+    let at_least_one =
+        [("--batch", args.batch as u64), ("--hidden", args.hidden as u64), ("--epochs", args.epochs)];
+    for (flag, value) in at_least_one {
+        if value == 0 {
+            return Err(format!("{flag} must be at least 1, got 0"));
+        }
+    }
+    if args.checkpoint_every == Some(0) {
+        return Err("--checkpoint-every must be at least 1 (or left out for no checkpoints)".into());
+    }
+    if !(0.0..=1.0).contains(&args.straggler_probability) {
+        return Err(format!("--straggler-probability must be in [0, 1], got {}", args.straggler_probability));
+    }
+    for (flag, value) in [("--straggler-factor", args.straggler_factor), ("--slowdown", args.slowdown)] {
+        if !(value.is_finite() && value >= 1.0) {
+            return Err(format!("{flag} must be a factor of at least 1, got {value}"));
+        }
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), Failure> {
     let spec = cluster_spec(args.shards.as_ref(), args.cluster.as_ref(), args.split_threshold)?;
+    spec.validate().map_err(Failure::Usage)?;
     let id = args.worker.ok_or_else(|| Failure::Usage("give --worker ID".into()))?;
+    check_job(&args).map_err(Failure::Usage)?;
+    let optimizer = optimizer(&args).map_err(Failure::Usage)?;
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let splits = data::load(&dir)?;
     let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(id, None));
@@ -238,7 +283,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         epochs: args.epochs,
         seed: args.seed,
         workers: worker.num_workers(),
-        optimizer: args.optimizer.with_defaults(Some(args.lr)).with_momentum(args.momentum),
+        optimizer,
         stragglers: Stragglers {
             transient_probability: args.straggler_probability,
             transient_factor: args.straggler_factor,

@@ -74,7 +74,8 @@ struct Args {
     #[arg(long, value_enum)]
     policy: Option<PolicyName>,
 
-    /// Staleness bound s for --policy ssp: pull(c) waits until every worker has clock >= c - s.
+    /// Staleness bound s for --policy ssp (only): pull(c) waits until every
+    /// worker has clock >= c - s [default: 2].
     #[arg(long)]
     staleness: Option<u32>,
 
@@ -90,13 +91,13 @@ struct Args {
     #[arg(long)]
     lr: Option<f32>,
 
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f32,
+    /// SGD momentum, in [0, 1) [default: 0].
+    #[arg(long)]
+    momentum: Option<f32>,
 
-    /// L2 weight decay (sgd, adam).
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
+    /// L2 weight decay (sgd, adam) [default: 0].
+    #[arg(long)]
+    weight_decay: Option<f32>,
 
     /// Tensors with at least this many elements are split over all shards.
     #[arg(long)]
@@ -231,10 +232,8 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         (None, Some(path)) => Some(read_toml(path)?),
         (None, None) => None,
     };
-    if let Some(spec) = spec {
-        if spec.shards.is_empty() {
-            return Err("the shard list is empty".into());
-        }
+    if let Some(spec) = &spec {
+        spec.validate()?;
         cfg.num_shards = spec.num_shards();
         cfg.split_threshold = spec.split_threshold;
     }
@@ -261,6 +260,12 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         cfg.policy = p;
     }
     if let Some(s) = args.staleness {
+        if cfg.policy != PolicyName::Ssp {
+            return Err(format!(
+                "--staleness {s} applies only to --policy ssp, and the policy is {}: drop --staleness or add --policy ssp",
+                cfg.policy.with_staleness(0)
+            ));
+        }
         cfg.staleness = s;
     }
     if let Some(a) = args.aggregation {
@@ -313,15 +318,42 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         ps_proto::AuthToken::from_file(f)?;
     }
     if args.optimizer.is_some() || args.lr.is_some() {
-        cfg.optimizer = args
-            .optimizer
-            .unwrap_or(OptimizerKind::Sgd)
-            .with_defaults(args.lr)
-            .with_momentum(args.momentum)
-            .with_weight_decay(args.weight_decay);
+        cfg.optimizer = args.optimizer.unwrap_or(OptimizerKind::Sgd).with_defaults(args.lr);
+    }
+    if let Some(m) = args.momentum {
+        if cfg.optimizer.kind() != OptimizerKind::Sgd {
+            return Err(format!(
+                "--momentum applies only to sgd, and the optimizer is {}",
+                cfg.optimizer.name()
+            ));
+        }
+        cfg.optimizer = cfg.optimizer.with_momentum(m);
+    }
+    if let Some(d) = args.weight_decay {
+        cfg.optimizer = cfg.optimizer.with_weight_decay(d);
+    }
+    if let (Some(spec), Some(entry)) =
+        (&spec, spec.as_ref().and_then(|s| s.shards.get(cfg.shard_id as usize)))
+    {
+        check_listen_matches(args.listen, cfg.shard_id, entry, spec.num_shards())?;
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Refuses a `--listen` port that differs from this shard's entry in the
+/// shard list: workers would look for the shard at the entry. (The host may
+/// differ, as when listening on 0.0.0.0 behind a name.)
+fn check_listen_matches(listen: SocketAddr, id: u32, entry: &str, shards: u32) -> Result<(), String> {
+    let port = entry.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    if port == Some(listen.port()) {
+        return Ok(());
+    }
+    Err(format!(
+        "--listen {listen} but the shard list gives shard {id} of {shards} the address {entry}: \
+         listen on port {} or fix the list",
+        port.map_or_else(|| "?".to_string(), |p| p.to_string())
+    ))
 }
 
 /// Prints a line to stdout for whoever started the shard; a closed stdout
