@@ -37,7 +37,7 @@ pub(super) struct PullReply {
 }
 
 /// A pull reply's values and its lease, which ends with the last frame
-/// that shares them.
+/// (f32) or the encoding body (f16, bf16) that shares them.
 pub(super) struct LeasedValues {
     values: Arc<Vec<f32>>,
     _lease: ReadLease,
@@ -237,10 +237,8 @@ impl Service {
             let payload = wire::shared_f32_bytes(LeasedValues { values, _lease: lease });
             grpc_reply(frame::data_frames(&payload, chunk_bytes, dtype.size(), fields))
         } else {
-            let fields = move |offset| {
-                let _reading = &lease;
-                pb::PullChunk { header: header.take(), offset, data: Bytes::new() }
-            };
+            let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
+            let values = LeasedValues { values, _lease: lease };
             let body = EncodingBody::new(values, dtype, chunk_bytes, fields, Some(ok_trailers()));
             grpc_response(tonic::body::Body::new(body))
         }
