@@ -22,6 +22,12 @@
 //! - `checksum`: the checkpoint SHA-256 (`checkpoint::write::sha256_hex`).
 //! - `update_64m`: SGD-with-momentum and Adam steps on a 64M-element tensor
 //!   next to a memcpy of the same bytes (issue 7's target: at least 0.6x).
+//! - `tensor_push`: `TensorPart::push` of a whole 1M-element gradient with
+//!   SGD with momentum, the path a push takes on the shard under its lock:
+//!   `async` applies each push; `sync_round_2_workers` is one round (the
+//!   first push taken as the round's sum, the second added, then applied).
+//!   Nothing else holds the values, so no update copies them. Reported per
+//!   gradient byte pushed; making each gradient is not timed.
 //!
 //! The small kernels work on 1M elements (4 MiB of f32, one default chunk).
 //!
@@ -37,11 +43,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use ps_proto::chunk::{Reassembly, split};
 use ps_proto::wire::{self, WireDtype};
+use ps_server::Aggregation;
 use ps_server::checkpoint::write::sha256_hex;
+use ps_server::init::Init;
 use ps_server::optim::{Optimizer, OptimizerConfig};
+use ps_server::sync::Policy;
+use ps_server::tensor::{Gradient, TensorMeta, TensorPart};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -215,5 +227,68 @@ fn update_64m(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(kernels, accumulate, non_finite_scan, encode_decode, optimizer, chunk, checksum, update_64m);
+/// A part of `N` elements under `policy` with SGD with momentum, for `workers` workers.
+fn part(policy: Policy, workers: u32) -> TensorPart {
+    let meta = TensorMeta {
+        name: "w".into(),
+        shape: vec![N as u64],
+        offset: 0,
+        len: N as u64,
+        policy,
+        allow_non_finite: false,
+        piece_len: 0,
+    };
+    let config = OptimizerConfig::Sgd { learning_rate: 1e-3, momentum: 0.9, weight_decay: 1e-4 };
+    TensorPart::new(meta, Init::Constant(0.5), config, workers, Aggregation::Mean)
+}
+
+fn tensor_push(c: &mut Criterion) {
+    let grad = values(N);
+    let mut group = c.benchmark_group("tensor_push");
+    quick(&mut group);
+
+    group.throughput(bytes(N * 4));
+    let mut part_async = part(Policy::Async, 1);
+    let mut clock = 0;
+    group.bench_function("async", |b| {
+        b.iter_batched(
+            || Gradient { values: grad.clone() },
+            |g| {
+                let applied = part_async.push(0, clock, g).expect("a push at the next clock");
+                clock += 1;
+                applied
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    group.throughput(bytes(2 * N * 4));
+    let mut part_sync = part(Policy::Sync, 2);
+    let mut clock = 0;
+    group.bench_function("sync_round_2_workers", |b| {
+        b.iter_batched(
+            || (Gradient { values: grad.clone() }, Gradient { values: grad.clone() }),
+            |(g0, g1)| {
+                part_sync.push(0, clock, g0).expect("worker 0's push");
+                let applied = part_sync.push(1, clock, g1).expect("worker 1's push");
+                clock += 1;
+                applied
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    kernels,
+    accumulate,
+    non_finite_scan,
+    encode_decode,
+    optimizer,
+    chunk,
+    checksum,
+    update_64m,
+    tensor_push
+);
 criterion_main!(kernels);

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`sync`]: the pure clock core — release rules, rounds, exactly-once (no I/O).
+//! - [`array`]: the shard's f32 arrays — ndarray, shared copy-on-write, always contiguous.
 //! - [`optim`]: SGD, Adam and AdaGrad update kernels.
 //! - [`init`]: seeded initializers independent of sharding.
 //! - [`meta`]: what a tensor part is, fixed at declaration.
@@ -23,6 +24,7 @@
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
 //! - [`process`]: `ps-server` child processes for tests, benchmarks and tools.
 
+pub mod array;
 pub mod auth;
 pub mod budget;
 pub mod buffers;

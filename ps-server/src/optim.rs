@@ -3,11 +3,13 @@
 //! A step is applied block by block: call [`Optimizer::begin_step`] once, then
 //! [`Optimizer::update`] for consecutive or arbitrary element ranges. The
 //! kernels are fused single loops over plain slices, which the compiler
-//! vectorises; they never allocate.
+//! vectorises; they never allocate. The state lives in shared arrays
+//! ([`crate::array`]) and the kernels see it as slices.
 
-use std::sync::Arc;
-
+use ndarray::ArcArray1;
 pub use ps_proto::OptimizerConfig;
+
+use crate::array;
 
 /// An optimizer and its state for one tensor part of `len` elements.
 #[derive(Clone, Debug)]
@@ -15,9 +17,9 @@ pub struct Optimizer {
     config: OptimizerConfig,
     /// Momentum (SGD), first moment (Adam) or accumulator (AdaGrad); empty
     /// when unused. Shared copy-on-write, so a checkpoint's copy is free.
-    slot_a: Arc<Vec<f32>>,
+    slot_a: ArcArray1<f32>,
     /// Second moment (Adam); empty otherwise.
-    slot_b: Arc<Vec<f32>>,
+    slot_b: ArcArray1<f32>,
     /// Steps begun so far.
     step: u64,
     /// Adam's bias corrections for the current step: `1 - β^t`.
@@ -35,7 +37,13 @@ impl Optimizer {
                 (vec![initial_accumulator; len], Vec::new())
             }
         };
-        Self { config, slot_a: Arc::new(slot_a), slot_b: Arc::new(slot_b), step: 0, correction: (1.0, 1.0) }
+        Self {
+            config,
+            slot_a: array::shared(slot_a),
+            slot_b: array::shared(slot_b),
+            step: 0,
+            correction: (1.0, 1.0),
+        }
     }
 
     /// Names of the state slots `config` keeps for a part, in order.
@@ -70,8 +78,8 @@ impl Optimizer {
         }
         let mut slots = slots.into_iter();
         let mut opt = Self::new(config, 0);
-        opt.slot_a = Arc::new(slots.next().unwrap_or_default());
-        opt.slot_b = Arc::new(slots.next().unwrap_or_default());
+        opt.slot_a = array::shared(slots.next().unwrap_or_default());
+        opt.slot_b = array::shared(slots.next().unwrap_or_default());
         opt.step = steps;
         if steps > 0 {
             // Recompute the current step's bias corrections.
@@ -101,13 +109,14 @@ impl Optimizer {
     pub fn slots(&self) -> Vec<(&'static str, &[f32])> {
         Self::slot_names(&self.config)
             .iter()
-            .zip([self.slot_a.as_slice(), self.slot_b.as_slice()])
+            .zip([array::as_slice(&self.slot_a), array::as_slice(&self.slot_b)])
             .map(|(n, s)| (*n, s))
             .collect()
     }
 
-    /// The state slots as shared buffers, in the order of [`slot_names`](Self::slot_names).
-    pub fn shared_slots(&self) -> Vec<Arc<Vec<f32>>> {
+    /// The state slots as shared arrays (not copied), in the order of
+    /// [`slot_names`](Self::slot_names).
+    pub fn shared_slots(&self) -> Vec<ArcArray1<f32>> {
         [&self.slot_a, &self.slot_b].into_iter().take(Self::slot_names(&self.config).len()).cloned().collect()
     }
 
@@ -133,10 +142,10 @@ impl Optimizer {
         let kernel = Kernel { config: self.config, correction: self.correction, scale };
         let (a, b): (&mut [f32], &mut [f32]) = match Self::slot_names(&self.config).len() {
             0 => (&mut [], &mut []),
-            1 => (&mut Arc::make_mut(&mut self.slot_a)[range], &mut []),
+            1 => (&mut array::make_mut(&mut self.slot_a)[range], &mut []),
             _ => (
-                &mut Arc::make_mut(&mut self.slot_a)[range.clone()],
-                &mut Arc::make_mut(&mut self.slot_b)[range],
+                &mut array::make_mut(&mut self.slot_a)[range.clone()],
+                &mut array::make_mut(&mut self.slot_b)[range],
             ),
         };
         let threads = parallelism(params.len());
@@ -389,7 +398,7 @@ mod tests {
                 parallel.step(&mut p, &grad, 0.5);
                 serial.begin_step();
                 let kernel = Kernel { config, correction: serial.correction, scale: 0.5 };
-                let (a, b) = (Arc::make_mut(&mut serial.slot_a), Arc::make_mut(&mut serial.slot_b));
+                let (a, b) = (array::make_mut(&mut serial.slot_a), array::make_mut(&mut serial.slot_b));
                 kernel.run(&mut q, &grad, a, b);
             }
             assert!(p.iter().zip(&q).all(|(x, y)| x.to_bits() == y.to_bits()), "{config:?}");

@@ -96,8 +96,12 @@ pub fn encoded_chunks<'a, M: Message>(
 /// at a time, when the transport asks for the next frame: encoding the
 /// next chunk overlaps sending the previous ones, and at most one encoded
 /// chunk exists at a time. Then the `trailers`.
-pub struct EncodingBody<F> {
-    values: std::sync::Arc<Vec<f32>>,
+///
+/// `values` is any owner of the f32 elements (`V: AsRef<[f32]>`), such as a
+/// shared array: the body reads them in place and drops the owner with
+/// itself.
+pub struct EncodingBody<V, F> {
+    values: V,
     dtype: WireDtype,
     chunk_elems: usize,
     /// Where the next chunk starts; `None` once every chunk is out.
@@ -107,18 +111,18 @@ pub struct EncodingBody<F> {
     trailers: Option<http::HeaderMap>,
 }
 
-impl<F> std::fmt::Debug for EncodingBody<F> {
+impl<V, F> std::fmt::Debug for EncodingBody<V, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EncodingBody").field("dtype", &self.dtype).field("next", &self.next).finish()
     }
 }
 
-impl<M: Message, F: FnMut(u64) -> M> EncodingBody<F> {
+impl<V: AsRef<[f32]>, M: Message, F: FnMut(u64) -> M> EncodingBody<V, F> {
     /// `values` encoded as `dtype` in chunks of at most `chunk_bytes`
     /// (whole elements), each message's other fields from `fields(byte_offset)`;
     /// an empty `values` still sends one message.
     pub fn new(
-        values: std::sync::Arc<Vec<f32>>,
+        values: V,
         dtype: WireDtype,
         chunk_bytes: usize,
         fields: F,
@@ -129,7 +133,7 @@ impl<M: Message, F: FnMut(u64) -> M> EncodingBody<F> {
     }
 }
 
-impl<M: Message, F: FnMut(u64) -> M + Unpin> http_body::Body for EncodingBody<F> {
+impl<V: AsRef<[f32]> + Unpin, M: Message, F: FnMut(u64) -> M + Unpin> http_body::Body for EncodingBody<V, F> {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -143,7 +147,7 @@ impl<M: Message, F: FnMut(u64) -> M + Unpin> http_body::Body for EncodingBody<F>
         if let Some(start) = self.next {
             let this = &mut *self;
             let (head, data, next) =
-                encode_chunk(&this.values, start, this.chunk_elems, this.dtype, &mut this.fields);
+                encode_chunk(this.values.as_ref(), start, this.chunk_elems, this.dtype, &mut this.fields);
             this.next = next;
             this.data = (!data.is_empty()).then_some(data);
             return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
@@ -187,7 +191,7 @@ mod tests {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         for n in [0, 1, 9, 1000] {
-            let values = std::sync::Arc::new((0..n).map(|i| i as f32 * 0.75 - 5.0).collect::<Vec<f32>>());
+            let values: std::sync::Arc<[f32]> = (0..n).map(|i| i as f32 * 0.75 - 5.0).collect();
             for dtype in [WireDtype::F32, WireDtype::F16, WireDtype::Bf16] {
                 let fields = |offset| pb::PullChunk { header: None, offset, data: Bytes::new() };
                 let payload = wire::encode(&values, dtype);

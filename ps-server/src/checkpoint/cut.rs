@@ -12,10 +12,11 @@
 //!   live copy. Once every live worker has pushed clock `c - 1` the shadow is
 //!   the snapshot.
 //!
-//! Copies are copy-on-write (`Arc`): capturing is O(1) under the part's lock;
-//! the first update after it pays for one copy of what it changes.
+//! Copies are copy-on-write (shared arrays, [`crate::array`]): capturing is
+//! O(1) under the part's lock; the first update after it pays for one copy
+//! of what it changes.
 
-use std::sync::Arc;
+use ndarray::ArcArray1;
 
 use crate::optim::Optimizer;
 use crate::sync::{ClockTable, Policy};
@@ -34,8 +35,8 @@ pub struct CutId {
 pub struct PartSnapshot {
     /// The cut.
     pub cut: CutId,
-    /// The part's values.
-    pub values: Arc<Vec<f32>>,
+    /// The part's values, shared with the part until it next changes them.
+    pub values: ArcArray1<f32>,
     /// The part's optimizer (hyper-parameters, state, step count).
     pub optimizer: Optimizer,
 }
@@ -54,7 +55,7 @@ struct Pending {
     cut: CutId,
     /// Values and optimizer without any update of clock `>= cut.clock`;
     /// forked at the first such update (ssp and async only).
-    shadow: Option<(Arc<Vec<f32>>, Optimizer)>,
+    shadow: Option<(ArcArray1<f32>, Optimizer)>,
 }
 
 /// The cuts of one tensor part that are not yet captured, and the snapshots
@@ -73,7 +74,7 @@ impl PartCuts {
         &mut self,
         cut: CutId,
         clocks: &ClockTable,
-        values: &Arc<Vec<f32>>,
+        values: &ArcArray1<f32>,
         optimizer: &Optimizer,
     ) -> Result<(), TooLate> {
         match clocks.policy() {
@@ -100,15 +101,15 @@ impl PartCuts {
 
     /// Call before applying an update of `clock` to the live copy (ssp,
     /// async): forks a shadow for every cut this update must not reach.
-    pub fn before_apply(&mut self, clock: u64, values: &Arc<Vec<f32>>, optimizer: &Optimizer) {
+    pub fn before_apply(&mut self, clock: u64, values: &ArcArray1<f32>, optimizer: &Optimizer) {
         for p in self.pending.iter_mut().filter(|p| clock >= p.cut.clock && p.shadow.is_none()) {
-            p.shadow = Some((Arc::clone(values), optimizer.clone()));
+            p.shadow = Some((values.clone(), optimizer.clone()));
         }
     }
 
     /// The shadows an update of `clock` must also be applied to: those of
     /// cuts above `clock`.
-    pub fn shadows_for(&mut self, clock: u64) -> impl Iterator<Item = (&mut Arc<Vec<f32>>, &mut Optimizer)> {
+    pub fn shadows_for(&mut self, clock: u64) -> impl Iterator<Item = (&mut ArcArray1<f32>, &mut Optimizer)> {
         self.pending
             .iter_mut()
             .filter(move |p| clock < p.cut.clock)
@@ -117,7 +118,7 @@ impl PartCuts {
 
     /// Call after every change of the part's clocks: captures each cut the
     /// part has now completed.
-    pub fn settle(&mut self, clocks: &ClockTable, values: &Arc<Vec<f32>>, optimizer: &Optimizer) {
+    pub fn settle(&mut self, clocks: &ClockTable, values: &ArcArray1<f32>, optimizer: &Optimizer) {
         let mut i = 0;
         while i < self.pending.len() {
             let clock = self.pending[i].cut.clock;
@@ -128,7 +129,7 @@ impl PartCuts {
             };
             if complete {
                 let p = self.pending.remove(i);
-                let (values, optimizer) = p.shadow.unwrap_or_else(|| (Arc::clone(values), optimizer.clone()));
+                let (values, optimizer) = p.shadow.unwrap_or_else(|| (values.clone(), optimizer.clone()));
                 self.captured.push(PartSnapshot { cut: p.cut, values, optimizer });
             } else {
                 i += 1;

@@ -190,7 +190,7 @@ pub fn write_shard_cut(
     let mut views: Vec<(String, F32View<'_>)> = Vec::new();
     let mut tensors = Vec::new();
     for (meta, snap) in parts {
-        views.push((values_key(&meta.name), F32View::new(&snap.values)));
+        views.push((values_key(&meta.name), F32View::new(crate::array::as_slice(&snap.values))));
         let mut slots = BTreeMap::new();
         for (slot, data) in snap.optimizer.slots() {
             let key = slot_key(slot, &meta.name);

@@ -4,9 +4,9 @@
 //! a pull reply is encoded chunk by chunk from the shard's snapshot.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::Bytes;
+use ndarray::ArcArray1;
 use ps_proto::chunk::Reassembly;
 use ps_proto::frame::{self, EncodingBody};
 use ps_proto::pb;
@@ -30,22 +30,22 @@ pub(super) fn dtype(raw: i32) -> Result<WireDtype, PsError> {
 /// A pull's answer before framing: its header and the snapshot it encodes.
 pub(super) struct PullReply {
     header: pb::PullHeader,
-    values: Arc<Vec<f32>>,
+    values: ArcArray1<f32>,
     /// Counts the reply as reading `values` until all of it is sent.
     lease: ReadLease,
     dtype: WireDtype,
 }
 
 /// A pull reply's values and its lease, which ends with the last frame
-/// that shares them.
+/// (f32) or the encoding body (f16, bf16) that shares them.
 pub(super) struct LeasedValues {
-    values: Arc<Vec<f32>>,
+    values: ArcArray1<f32>,
     _lease: ReadLease,
 }
 
 impl AsRef<[f32]> for LeasedValues {
     fn as_ref(&self) -> &[f32] {
-        &self.values
+        crate::array::as_slice(&self.values)
     }
 }
 
@@ -237,10 +237,8 @@ impl Service {
             let payload = wire::shared_f32_bytes(LeasedValues { values, _lease: lease });
             grpc_reply(frame::data_frames(&payload, chunk_bytes, dtype.size(), fields))
         } else {
-            let fields = move |offset| {
-                let _reading = &lease;
-                pb::PullChunk { header: header.take(), offset, data: Bytes::new() }
-            };
+            let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
+            let values = LeasedValues { values, _lease: lease };
             let body = EncodingBody::new(values, dtype, chunk_bytes, fields, Some(ok_trailers()));
             grpc_response(tonic::body::Body::new(body))
         }

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ndarray::ArcArray1;
 use tokio::sync::oneshot;
 
+use crate::array;
 use crate::checkpoint::cut::TooLate;
 use crate::checkpoint::{CutId, PartCuts, PartSnapshot};
 use crate::config::Aggregation;
@@ -30,8 +32,9 @@ pub struct Gradient {
 /// A consistent read of a tensor part: values and the version vector that describes them.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    /// The values; shared, never mutated after the snapshot is taken.
-    pub values: Arc<Vec<f32>>,
+    /// The values; shared with the part (not copied), never mutated after
+    /// the snapshot is taken: an update of the part copies them first.
+    pub values: ArcArray1<f32>,
     /// Per worker, the highest clock applied to `values` (-1 for none).
     pub versions: Vec<i64>,
     /// How long the reader waited for the release rule.
@@ -42,7 +45,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct TensorPart {
     meta: TensorMeta,
-    values: Arc<Vec<f32>>,
+    /// Shared copy-on-write with snapshots, shadows and pull replies.
+    values: ArcArray1<f32>,
     optimizer: Optimizer,
     clocks: ClockTable,
     aggregation: Aggregation,
@@ -83,8 +87,8 @@ fn add(sum: &mut [f32], grad: &[f32]) {
 }
 
 /// Applies `scale * grad` to `values` with `optimizer`, as one step.
-fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &[f32], scale: f32) {
-    optimizer.step(Arc::make_mut(values).as_mut_slice(), grad, scale);
+fn apply_gradient(values: &mut ArcArray1<f32>, optimizer: &mut Optimizer, grad: &[f32], scale: f32) {
+    optimizer.step(array::make_mut(values), grad, scale);
 }
 
 /// The values to update in place: `values` itself when nothing else holds
@@ -93,15 +97,15 @@ fn apply_gradient(values: &mut Arc<Vec<f32>>, optimizer: &mut Optimizer, grad: &
 /// updates back.
 /// Counts the copy in `copies`.
 fn values_to_update<'a>(
-    values: &'a mut Arc<Vec<f32>>,
+    values: &'a mut ArcArray1<f32>,
     readers: &mut Arc<Readers>,
     copies: &mut u64,
-) -> &'a mut Vec<f32> {
-    if Arc::get_mut(values).is_none() {
+) -> &'a mut [f32] {
+    if !values.is_unique() {
         std::mem::take(readers).retire();
         *copies += 1;
     }
-    Arc::make_mut(values)
+    array::make_mut(values)
 }
 
 impl TensorPart {
@@ -116,7 +120,7 @@ impl TensorPart {
         let len = meta.len as usize;
         let round_filled = vec![false; piece_count(&meta)];
         Self {
-            values: Arc::new(init.fill(meta.offset, len)),
+            values: array::shared(init.fill(meta.offset, len)),
             optimizer: Optimizer::new(optimizer, len),
             clocks: ClockTable::new(meta.policy, num_workers),
             meta,
@@ -144,7 +148,7 @@ impl TensorPart {
     ) -> Self {
         let round_filled = vec![false; piece_count(&meta)];
         Self {
-            values: Arc::new(values),
+            values: array::shared(values),
             optimizer,
             clocks: ClockTable::resumed(meta.policy, num_workers, clock),
             meta,
@@ -442,7 +446,7 @@ impl TensorPart {
     /// The current values and their version vector, read after waiting
     /// `waited`. Cheap: shares the values.
     pub fn snapshot(&self, waited: std::time::Duration) -> Snapshot {
-        Snapshot { values: Arc::clone(&self.values), versions: self.clocks.versions(), waited }
+        Snapshot { values: self.values.clone(), versions: self.clocks.versions(), waited }
     }
 
     /// Removes `worker` from the live set, applying a sync round it completes.

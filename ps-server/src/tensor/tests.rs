@@ -21,26 +21,30 @@ fn grad(v: &[f32]) -> Gradient {
 fn sync_applies_the_mean_once_per_round() {
     let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(0.5));
     assert!(p.push(0, 0, grad(&[1.0, 2.0, 3.0])).unwrap().counted);
-    assert_eq!(*p.snapshot(Default::default()).values, vec![1.0; 3], "no update before the round completes");
+    assert_eq!(
+        p.snapshot(Default::default()).values.to_vec(),
+        vec![1.0; 3],
+        "no update before the round completes"
+    );
     assert!(p.push(1, 0, grad(&[3.0, 2.0, 1.0])).unwrap().counted);
     // mean = [2, 2, 2]; 1 - 0.5 * 2 = 0
-    assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
+    assert_eq!(p.snapshot(Default::default()).values.to_vec(), vec![0.0; 3]);
     assert_eq!(p.snapshot(Default::default()).versions, vec![0, 0]);
     // A retry changes nothing.
     assert!(!p.push(1, 0, grad(&[100.0, 100.0, 100.0])).unwrap().counted);
-    assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
+    assert_eq!(p.snapshot(Default::default()).values.to_vec(), vec![0.0; 3]);
 }
 
 #[test]
 fn async_applies_each_push_scaled_by_the_job_size() {
     let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(1.0));
     p.push(0, 0, grad(&[1.0, 1.0, 1.0])).unwrap();
-    assert_eq!(*p.snapshot(Default::default()).values, vec![0.5; 3]);
+    assert_eq!(p.snapshot(Default::default()).values.to_vec(), vec![0.5; 3]);
     assert_eq!(p.snapshot(Default::default()).versions, vec![0, -1]);
     // A worker leaving does not enlarge the others' steps.
     p.leave(1).unwrap();
     p.push(0, 1, grad(&[1.0, 1.0, 1.0])).unwrap();
-    assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
+    assert_eq!(p.snapshot(Default::default()).values.to_vec(), vec![0.0; 3]);
 }
 
 #[test]
@@ -48,8 +52,41 @@ fn snapshot_is_not_changed_by_later_updates() {
     let mut p = part(Policy::Async, 1, OptimizerConfig::sgd(1.0));
     let before = p.snapshot(Default::default());
     p.push(0, 0, grad(&[1.0, 1.0, 1.0])).unwrap();
-    assert_eq!(*before.values, vec![1.0; 3]);
-    assert_eq!(*p.snapshot(Default::default()).values, vec![0.0; 3]);
+    assert_eq!(before.values.to_vec(), vec![1.0; 3]);
+    assert_eq!(p.snapshot(Default::default()).values.to_vec(), vec![0.0; 3]);
+}
+
+/// The values are shared copy-on-write: a snapshot shares them without a
+/// copy; an update changes them in place while nothing else holds them and
+/// copies them exactly once while a snapshot does, leaving the snapshot as
+/// it was and giving the copy readers of its own.
+#[test]
+fn a_held_snapshot_makes_exactly_one_update_copy_the_values() {
+    for policy in [Policy::Async, Policy::Sync] {
+        let mut p = part(policy, 1, OptimizerConfig::sgd(1.0));
+        let at = p.snapshot(Default::default()).values.as_ptr();
+        p.push(0, 0, grad(&[1.0; 3])).unwrap();
+        assert_eq!(p.take_copies(), 0, "{policy}: nothing held the values");
+        assert_eq!(p.snapshot(Default::default()).values.as_ptr(), at, "{policy}: unshared values moved");
+
+        let held = p.snapshot(Default::default());
+        assert_eq!(held.values.as_ptr(), at, "{policy}: the snapshot copied the values");
+        let readers = Arc::clone(p.readers());
+        p.push(0, 1, grad(&[1.0; 3])).unwrap();
+        assert_eq!(p.take_copies(), 1, "{policy}: one copy while a snapshot is held");
+        assert_eq!(held.values.to_vec(), vec![0.0; 3], "{policy}: the held snapshot changed");
+        assert_eq!(held.values.as_ptr(), at);
+        let copy = p.snapshot(Default::default()).values.as_ptr();
+        assert_ne!(copy, at, "{policy}: the update did not copy shared values");
+        assert!(!Arc::ptr_eq(&readers, p.readers()), "{policy}: the copy kept the old values' readers");
+
+        // The copy is the part's own: changed in place, the old snapshot still held.
+        p.push(0, 2, grad(&[1.0; 3])).unwrap();
+        assert_eq!(p.take_copies(), 0, "{policy}: a second copy");
+        assert_eq!(p.snapshot(Default::default()).values.as_ptr(), copy);
+        assert_eq!(p.snapshot(Default::default()).values.to_vec(), vec![-2.0; 3]);
+        assert_eq!(held.values.to_vec(), vec![0.0; 3]);
+    }
 }
 
 fn cut(clock: u64) -> CutId {
@@ -147,11 +184,7 @@ fn ssp_and_async_cuts_equal_a_replay_of_the_earlier_clocks() {
             let snaps = p.take_captured();
             assert_eq!(snaps.len(), 1, "seed {seed}: cut at {c} not captured exactly once");
             let expected = replay(policy, opt, &history, c);
-            assert_eq!(
-                *snaps[0].values,
-                *expected.snapshot(Default::default()).values,
-                "seed {seed}, cut {c}"
-            );
+            assert_eq!(snaps[0].values, expected.snapshot(Default::default()).values, "seed {seed}, cut {c}");
             assert_eq!(snaps[0].optimizer.slots(), expected.optimizer().slots(), "seed {seed}");
             assert_eq!(snaps[0].optimizer.steps(), expected.optimizer().steps());
             let live = replay(policy, opt, &history, u64::MAX);
@@ -388,7 +421,7 @@ fn an_update_finished_while_a_reply_still_reads_copies_the_values_once() {
     assert!(p.push(0, 0, grad(&[1.0; 3])).unwrap().pending);
     p.finish_update();
     assert_eq!(p.take_copies(), 1);
-    assert_eq!(*held.values, vec![1.0; 3], "the reply's values are untouched");
+    assert_eq!(held.values.to_vec(), vec![1.0; 3], "the reply's values are untouched");
     assert_eq!(values(&p), vec![0.0; 3]);
 }
 
