@@ -137,7 +137,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
-    /// IDX data directory [default: the Fashion-MNIST shipped in examples/data].
+    /// Directory with train-/t10k- images and labels in IDX format (optionally
+    /// .gz, with SHA256SUMS) [default: the shipped Fashion-MNIST,
+    /// examples/data/fashion-mnist under the working directory, or
+    /// data/fashion-mnist when run from examples/].
     #[arg(long)]
     data_dir: Option<PathBuf>,
 

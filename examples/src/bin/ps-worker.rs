@@ -96,7 +96,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
-    /// Directory with train-/t10k- images and labels in IDX format (optionally .gz, with SHA256SUMS).
+    /// Directory with train-/t10k- images and labels in IDX format (optionally
+    /// .gz, with SHA256SUMS) [default: the shipped Fashion-MNIST,
+    /// examples/data/fashion-mnist under the working directory, or
+    /// data/fashion-mnist when run from examples/].
     #[arg(long)]
     data_dir: Option<PathBuf>,
 

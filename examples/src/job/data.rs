@@ -36,7 +36,7 @@ pub enum DataError {
         got: String,
     },
     /// Neither the file nor its `.gz` exists.
-    #[error("{dir}: no {name} (or {name}.gz) in the data directory")]
+    #[error("{dir}: no {name} (or {name}.gz) in the data directory; give the directory with --data-dir")]
     Missing {
         /// The data directory.
         dir: PathBuf,
@@ -94,9 +94,20 @@ pub struct Splits {
     pub test: Dataset,
 }
 
-/// Where the repository keeps Fashion-MNIST.
+/// Where the data is looked for when no directory is given, relative to the
+/// working directory: the repository root, or `examples/` (where `cargo
+/// test` runs this crate's tests).
+pub const DEFAULT_DATA_DIRS: [&str; 2] = ["examples/data/fashion-mnist", "data/fashion-mnist"];
+
+/// The shipped Fashion-MNIST: the first of [`DEFAULT_DATA_DIRS`] that is a
+/// directory (the first if none is, so the error names it). Never a path
+/// fixed when the binary was built.
 pub fn default_data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")
+    DEFAULT_DATA_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIRS[0]))
 }
 
 fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
