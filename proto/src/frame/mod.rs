@@ -6,14 +6,21 @@
 //! - [`framing`]: the message prefix, a data message's head, and cutting
 //!   received frames into messages ([`Deframer`], [`split_data`]).
 //! - [`body`]: the HTTP bodies that send frames ([`FramesBody`], [`EncodingBody`]).
+//! - [`messages`]: reading the messages of a received body ([`MessageReader`]),
+//!   as the shard reads a request and the worker a reply.
 //!
 //! The bytes received stay in the pieces they arrived in: [`crate::rope`].
 
 pub mod body;
 pub mod framing;
+pub mod messages;
 
 pub use body::{EncodingBody, FramesBody, data_frames, encoded_chunks};
 pub use framing::{DATA_FIELD, Deframer, FrameError, data_message_head, message, split_data};
+pub use messages::{MessageReader, ReadError};
+
+/// The content type of every gRPC request and reply.
+pub const GRPC_CONTENT_TYPE: &str = "application/grpc";
 
 /// Path of the `Push` RPC.
 pub const PUSH_PATH: &str = "/ps.v1.ParameterServer/Push";
