@@ -10,16 +10,18 @@ use bytes::Bytes;
 use ps_proto::chunk::Reassembly;
 use ps_proto::frame::{self, EncodingBody};
 use ps_proto::pb;
-use ps_proto::placement::{self, Part};
+use ps_proto::rope::Segments;
 use ps_proto::wire::{self, WireDtype};
 use tonic::Status;
 use tracing::Instrument;
 
 use super::Service;
 use super::messages::{PushFrames, Rejected, grpc_reply, grpc_response, ok_trailers, unary_request};
+use crate::budget::Reserved;
 use crate::error::PsError;
 use crate::metrics::Rpc;
 use crate::readers::ReadLease;
+use crate::shard::{PushHead, PushTarget};
 use crate::tensor::Gradient;
 
 pub(super) fn dtype(raw: i32) -> Result<WireDtype, PsError> {
@@ -66,41 +68,50 @@ impl Service {
             .header
             .ok_or_else(|| PsError::InvalidArgument("the first push chunk has no header".into()))?;
         let dtype = dtype(header.dtype)?;
-        let cell = self.shard.tensor(&header.tensor)?;
-        let meta = cell.meta();
-        let whole = Part { shard: self.shard.config().shard_id, offset: meta.offset, len: meta.len };
-        let piece = if (header.offset, header.len) == (meta.offset, meta.len) {
-            None
-        } else {
-            let index = placement::piece_index(whole, meta.piece_len, header.offset, header.len);
-            Some(index.ok_or_else(|| PsError::WrongRange {
-                tensor: meta.name.clone(),
-                shard: self.shard.config().shard_id,
-                expected_offset: meta.offset,
-                expected_end: meta.offset + meta.len,
-                piece_len: meta.piece_len,
-                got_offset: header.offset,
-                got_end: header.offset.saturating_add(header.len),
-            })?)
+        let head = PushHead {
+            tensor: &header.tensor,
+            worker: header.worker,
+            clock: header.clock,
+            offset: header.offset,
+            len: header.len,
         };
-        let _lease = self.shard.lease(header.worker);
-        self.shard.check_worker(header.worker)?;
+        let received = |target| self.receive(target, &header, dtype, (first.offset, first_data), stream);
+        let applied = self.shard.push_with(head, received).await?;
+        let grad_bytes = header.len * dtype.size() as u64;
+        Ok(((pb::PushReply { applied }, header), grad_bytes))
+    }
+
+    /// Reads the gradient of an accepted push into one f32 buffer, once the
+    /// shard's push budget has room for it: its first chunk `first` (offset
+    /// and data) is in, the rest of its chunks come from `stream`. Checks
+    /// the chunk sequence and, unless the part allows them, refuses
+    /// non-finite values. Returns the gradient and its share of the budget,
+    /// to be held until it is applied.
+    async fn receive(
+        &self,
+        target: PushTarget,
+        header: &pb::PushHeader,
+        dtype: WireDtype,
+        first: (u64, Segments),
+        mut stream: PushFrames,
+    ) -> Result<(Gradient, Reserved), Rejected> {
+        let meta = target.meta();
         // Read nothing more until the decoded gradient (f32, whatever the
         // wire dtype) fits the shard's budget: that buffer is what the push holds.
-        let _reserved = self
+        let reserved = self
             .push_budget
             .reserve(header.len * 4)
             .await
             .ok_or(PsError::ShuttingDown { shard: self.shard.config().shard_id })?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
-        let mut payload = match piece {
+        let mut payload = match target.piece() {
             Some(_) => {
                 let buffer = self.shard.piece_buffers().take(meta.piece_len as usize);
                 Reassembly::with_buffer(header.len, dtype, buffer)
             }
             None => Reassembly::new(header.len, dtype),
         };
-        payload.push_segments(first.offset, &first_data).map_err(chunk_err)?;
+        payload.push_segments(first.0, &first.1).map_err(chunk_err)?;
         // A push that stops sending gives its share of the budget back.
         let idle = |_| Rejected {
             status: Status::deadline_exceeded(format!(
@@ -123,7 +134,6 @@ impl Service {
         }
         let non_finite = payload.first_non_finite();
         let grad = Gradient { values: payload.finish().map_err(chunk_err)? };
-        let grad_bytes = header.len * dtype.size() as u64;
         if !meta.allow_non_finite
             && let Some((index, value)) = non_finite
         {
@@ -136,11 +146,7 @@ impl Service {
             }
             .into());
         }
-        let span =
-            tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
-        let applied =
-            self.shard.push(&cell, header.worker, header.clock, piece, grad).instrument(span).await?;
-        Ok(((pb::PushReply { applied }, header), grad_bytes))
+        Ok((grad, reserved))
     }
 
     pub(super) async fn pull_inner(&self, req: pb::PullRequest) -> Result<(PullReply, u64), Rejected> {
