@@ -22,9 +22,25 @@ pub use messages::{MessageReader, ReadError};
 /// The content type of every gRPC request and reply.
 pub const GRPC_CONTENT_TYPE: &str = "application/grpc";
 
-/// Path of the `Push` RPC.
-pub const PUSH_PATH: &str = "/ps.v1.ParameterServer/Push";
-/// Path of the `Pull` RPC.
-pub const PULL_PATH: &str = "/ps.v1.ParameterServer/Pull";
-/// Path of the `PushPull` RPC.
-pub const PUSH_PULL_PATH: &str = "/ps.v1.ParameterServer/PushPull";
+/// Name of the data service (`proto/data.proto`), whose RPCs carry tensor
+/// bytes as their own frames.
+pub const DATA_SERVICE: &str = "ps.v1.Data";
+/// Path of the `Push` RPC of the data service.
+pub const PUSH_PATH: &str = "/ps.v1.Data/Push";
+/// Path of the `Pull` RPC of the data service.
+pub const PULL_PATH: &str = "/ps.v1.Data/Pull";
+/// Path of the `PushPull` RPC of the data service.
+pub const PUSH_PULL_PATH: &str = "/ps.v1.Data/PushPull";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paths are the data service's methods, as its generated client calls them.
+    #[test]
+    fn paths_name_the_data_service() {
+        for (path, method) in [(PUSH_PATH, "Push"), (PULL_PATH, "Pull"), (PUSH_PULL_PATH, "PushPull")] {
+            assert_eq!(path, format!("/{DATA_SERVICE}/{method}"));
+        }
+    }
+}

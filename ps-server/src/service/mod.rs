@@ -5,14 +5,12 @@
 //! checkpoints); `data.rs` the frame-level `Push`, `Pull` and `PushPull`;
 //! `messages.rs` reading and writing gRPC messages on HTTP/2 bodies.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::Stream;
 use ps_proto::pb;
 use ps_proto::pb::parameter_server_server::ParameterServer;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::budget::PushBudget;
@@ -27,7 +25,9 @@ mod messages;
 pub use data::PUSH_IDLE_TIMEOUT;
 use messages::Rejected;
 
-/// The `ParameterServer` gRPC service over one shard.
+/// The gRPC handlers of one shard: the `ParameterServer` service, and the
+/// frame-level handlers of the data service that
+/// [`DataPath`](crate::data_path::DataPath) routes to.
 #[derive(Clone, Debug)]
 pub struct Service {
     shard: Arc<Shard>,
@@ -41,10 +41,6 @@ impl Service {
         Self { shard, push_budget }
     }
 }
-
-/// The generated `Pull` and `PushPull` stream type; never produced, as
-/// [`DataPath`](crate::data_path::DataPath) serves both.
-type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Send>>;
 
 impl Service {
     /// Records a finished request in the metrics and hands out its result.
@@ -272,25 +268,6 @@ impl ParameterServer for Service {
 
     async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
         self.serve(Rpc::Declare, self.declare_inner(req)).await
-    }
-
-    async fn push(&self, _req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
-        Err(Status::unimplemented("Push is served by the data path (ps_server::data_path::DataPath)"))
-    }
-
-    type PullStream = PullStream;
-
-    async fn pull(&self, _req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
-        Err(Status::unimplemented("Pull is served by the data path (ps_server::data_path::DataPath)"))
-    }
-
-    type PushPullStream = PullStream;
-
-    async fn push_pull(
-        &self,
-        _req: Request<Streaming<pb::PushChunk>>,
-    ) -> Result<Response<PullStream>, Status> {
-        Err(Status::unimplemented("PushPull is served by the data path (ps_server::data_path::DataPath)"))
     }
 
     async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
