@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::ShardConfig;
 use crate::data_path::DataPath;
+use crate::metrics::RpcMetricsLayer;
 use crate::service::Service;
 use crate::shard::Shard;
 
@@ -70,6 +71,7 @@ pub async fn serve_shard(
         .max_encoding_message_size(max_message);
     let data = DataPath::new(service);
     let auth = InterceptorLayer::new(crate::auth::TokenCheck::new(token.as_ref(), Arc::clone(&shard)));
+    let metrics = RpcMetricsLayer::new(Arc::clone(shard.metrics().rpcs()));
     if shard.config().worker_timeout_ms > 0 {
         tokio::spawn(evict_silent_workers(Arc::downgrade(&shard)));
     }
@@ -87,7 +89,9 @@ pub async fn serve_shard(
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        // The token check first: a request it refuses is not an RPC the shard served.
         .layer(auth)
+        .layer(metrics)
         .add_service(control)
         .add_service(data)
         .serve_with_incoming_shutdown(incoming, async move {

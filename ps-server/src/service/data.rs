@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use ps_proto::chunk::Reassembly;
@@ -16,10 +17,12 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::Service;
-use super::messages::{PushFrames, Rejected, grpc_reply, grpc_response, ok_trailers, unary_request};
+use super::messages::{
+    PushFrames, Rejected, grpc_reply, grpc_response, ok_trailers, refused, served, unary_request,
+};
 use crate::budget::Reserved;
 use crate::error::PsError;
-use crate::metrics::Rpc;
+use crate::metrics::FirstRpc;
 use crate::readers::ReadLease;
 use crate::shard::{PushHead, PushTarget};
 use crate::tensor::Gradient;
@@ -179,9 +182,9 @@ impl Service {
     /// connection: every error becomes the reply's status.
     pub(crate) async fn push_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
         let stream = PushFrames::new(body, self.shard.config().max_message_bytes);
-        match self.serve(Rpc::Push, self.push_inner(stream)).await {
-            Ok((reply, _)) => grpc_reply(VecDeque::from([frame::message(&reply)])),
-            Err(status) => status.into_http(),
+        match self.unless_stopped(self.push_inner(stream)).await {
+            Ok(((reply, _), bytes)) => served(grpc_reply(VecDeque::from([frame::message(&reply)])), bytes),
+            Err(r) => refused(r),
         }
     }
 
@@ -190,39 +193,42 @@ impl Service {
     pub(crate) async fn pull_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
         let limit = self.shard.config().max_message_bytes;
         let pulled = self
-            .serve(Rpc::Pull, async {
+            .unless_stopped(async {
                 let req = unary_request::<pb::PullRequest>(body, "pull request", limit).await?;
                 self.pull_inner(req).await
             })
             .await;
         match pulled {
-            Ok(reply) => self.pull_reply(reply),
-            Err(status) => status.into_http(),
+            Ok((reply, bytes)) => served(self.pull_reply(reply), bytes),
+            Err(r) => refused(r),
         }
     }
 
     /// Serves one `PushPull`: the push, then, if it succeeded, the pull of
     /// the same part at the next clock, as [`pull_frames`](Self::pull_frames)
-    /// would serve it. Recorded as one push and one pull.
+    /// would serve it. Recorded as one push and one pull ([`FirstRpc`]).
     pub(crate) async fn push_pull_frames(
         &self,
         body: tonic::body::Body,
     ) -> http::Response<tonic::body::Body> {
         let stream = PushFrames::new(body, self.shard.config().max_message_bytes);
-        let header = match self.serve(Rpc::Push, self.push_inner(stream)).await {
-            Ok((_, header)) => header,
-            Err(status) => return status.into_http(),
+        let (header, push_bytes) = match self.unless_stopped(self.push_inner(stream)).await {
+            Ok(((_, header), bytes)) => (header, bytes),
+            Err(r) => return refused(r),
         };
+        let pushed = FirstRpc { payload_bytes: push_bytes, ended: Instant::now() };
         let req = pb::PullRequest {
             worker: Some(header.worker),
             clock: header.clock.saturating_add(1),
             tensor: header.tensor,
             dtype: header.dtype,
         };
-        match self.serve(Rpc::Pull, self.pull_inner(req)).await {
-            Ok(reply) => self.pull_reply(reply),
-            Err(status) => status.into_http(),
-        }
+        let mut reply = match self.unless_stopped(self.pull_inner(req)).await {
+            Ok((reply, bytes)) => served(self.pull_reply(reply), bytes),
+            Err(r) => refused(r),
+        };
+        reply.extensions_mut().insert(pushed);
+        reply
     }
 
     /// A pull's reply: chunks whose data are their own frames. f32 data is

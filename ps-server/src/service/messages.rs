@@ -4,6 +4,7 @@
 //! precise status with a reason for the metrics.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ps_proto::frame::{FrameError, FramesBody, GRPC_CONTENT_TYPE, MessageReader, ReadError};
@@ -12,6 +13,7 @@ use ps_proto::rope::Segments;
 use tonic::Status;
 
 use crate::error::PsError;
+use crate::metrics::{Refused, Served};
 
 /// A refused request: the status the client gets and the reason metrics count.
 #[derive(Debug)]
@@ -29,6 +31,16 @@ impl From<PsError> for Rejected {
 impl From<Status> for Rejected {
     fn from(status: Status) -> Self {
         Self { status, reason: "transport" }
+    }
+}
+
+impl From<Rejected> for Status {
+    /// The status the client gets, with the reason as its source, where
+    /// the metrics layer finds it ([`Refused`]).
+    fn from(r: Rejected) -> Self {
+        let mut status = r.status;
+        status.set_source(Arc::new(Refused(r.reason)));
+        status
     }
 }
 
@@ -112,6 +124,22 @@ pub(super) fn ok_trailers() -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     trailers
+}
+
+/// The reply to a refused request: its status alone, with its reason for
+/// the metrics layer.
+pub(super) fn refused(r: Rejected) -> http::Response<tonic::body::Body> {
+    Status::from(r).into_http()
+}
+
+/// Marks `reply` as served, moving `payload_bytes` of tensor payload (for
+/// the metrics layer).
+pub(super) fn served(
+    mut reply: http::Response<tonic::body::Body>,
+    payload_bytes: u64,
+) -> http::Response<tonic::body::Body> {
+    reply.extensions_mut().insert(Served { payload_bytes });
+    reply
 }
 
 /// A gRPC reply of `frames` and an OK status.
