@@ -1,7 +1,9 @@
-//! The data path's handlers: `Push`, `Pull` and `PushPull` read from and
-//! written to HTTP/2 frames directly. A push is reassembled and checked
-//! (range, chunk sequence, non-finite values) before the shard applies it;
-//! a pull reply is encoded chunk by chunk from the shard's snapshot.
+//! The data service's handlers: `Push`, `Pull` and `PushPull` read from
+//! and written to HTTP/2 frames directly. A push is one call into the shard
+//! ([`Shard::push_with`](crate::shard::Shard::push_with)), which accepts its
+//! header and range; the chunks are then reassembled and checked here (chunk
+//! sequence, non-finite values) before the shard applies them. A pull reply
+//! is encoded chunk by chunk from the shard's snapshot.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -1,9 +1,12 @@
-//! The gRPC service: thin glue that decodes a request, asks the shard, and
-//! encodes the answer. Every error leaves through `From<PsError> for Status`.
+//! The gRPC handlers: thin glue that decodes a request, asks the shard, and
+//! encodes the answer. Every error leaves through `From<PsError> for Status`,
+//! its reason attached for the metrics layer ([`crate::metrics::RpcMetricsLayer`]),
+//! which times and counts every RPC; handlers do neither.
 //!
-//! This file holds the control RPCs (join, leave, declare, barrier, status,
-//! checkpoints); `data.rs` the frame-level `Push`, `Pull` and `PushPull`;
-//! `messages.rs` reading and writing gRPC messages on HTTP/2 bodies.
+//! This file holds the control RPCs of `ParameterServer` (join, leave,
+//! declare, barrier, status, checkpoints); `data.rs` the frame-level
+//! handlers of the data service (`Push`, `Pull`, `PushPull`); `messages.rs`
+//! reading and writing gRPC messages on HTTP/2 bodies.
 
 use std::sync::Arc;
 
