@@ -2,7 +2,7 @@
 //! spec, tensor placement and the wire encoding of tensor payloads.
 //!
 //! # Layout
-//! - [`pb`]: code generated from `proto/ps.proto` (messages, client, server traits).
+//! - [`pb`]: code generated from `proto/ps.proto` and `proto/data.proto` (messages, clients, server trait).
 //! - [`auth`]: the bearer token workers send and shards check.
 //! - [`cluster`]: the cluster spec every process agrees on.
 //! - [`optimizer`]: the optimizer a tensor is declared with, its defaults and forms.
@@ -28,10 +28,13 @@ pub mod restart;
 pub mod rope;
 pub mod wire;
 
-/// Generated protocol types, client and server (package `ps.v1`).
+/// Generated protocol types (package `ps.v1`): the messages, the
+/// `ParameterServer` client and server, and the `Data` client
+/// ([`data_client`](pb::data_client)); shards serve `Data` by hand (see [`frame`]).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("ps.v1");
+    include!(concat!(env!("OUT_DIR"), "/data/ps.v1.rs"));
 }
 
 pub use auth::AuthToken;

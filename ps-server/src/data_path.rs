@@ -1,43 +1,35 @@
-//! The shard's gRPC router: `Push`, `Pull` and `PushPull` go to the data path, where
-//! tensor bytes are read from and written to HTTP/2 frames directly
-//! (see [`ps_proto::frame`]); every other RPC goes to the generated service.
-//! On the wire both are the same `ps.v1.ParameterServer` service, so any
-//! gRPC client works with either.
+//! The shard's side of the data service (`ps.v1.Data`: `Push`, `Pull`,
+//! `PushPull`), written by hand: tensor bytes are read from and written to
+//! HTTP/2 frames directly (see [`ps_proto::frame`]). On the wire it is plain
+//! gRPC, so the generated client (`ps_proto::pb::data_client`) works with it.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ps_proto::frame::{PULL_PATH, PUSH_PATH, PUSH_PULL_PATH};
-use ps_proto::pb::parameter_server_server::{ParameterServerServer, SERVICE_NAME};
+use ps_proto::frame::{DATA_SERVICE, PULL_PATH, PUSH_PATH, PUSH_PULL_PATH};
 use tonic::body::Body;
 use tonic::codegen::Service as TowerService;
 use tonic::server::NamedService;
 
 use crate::service::Service;
 
-/// The `ps.v1.ParameterServer` service of one shard, with `Push`, `Pull`
-/// and `PushPull` on the data path. Cloning shares the shard.
+/// The `ps.v1.Data` service of one shard. Cloning shares the shard.
 #[derive(Clone, Debug)]
 pub struct DataPath {
     service: Service,
-    generated: ParameterServerServer<Service>,
 }
 
 impl DataPath {
-    /// Routes to `service`; messages of the generated RPCs are limited to
-    /// `max_message` bytes (the data path reads the limit from the shard).
-    pub fn new(service: Service, max_message: usize) -> Self {
-        let generated = ParameterServerServer::new(service.clone())
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
-        Self { service, generated }
+    /// Serves the data RPCs of `service`'s shard.
+    pub fn new(service: Service) -> Self {
+        Self { service }
     }
 }
 
 impl NamedService for DataPath {
-    const NAME: &'static str = SERVICE_NAME;
+    const NAME: &'static str = DATA_SERVICE;
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
@@ -57,7 +49,10 @@ impl TowerService<http::Request<Body>> for DataPath {
             PUSH_PATH => Box::pin(async move { Ok(service.push_frames(req.into_body()).await) }),
             PULL_PATH => Box::pin(async move { Ok(service.pull_frames(req.into_body()).await) }),
             PUSH_PULL_PATH => Box::pin(async move { Ok(service.push_pull_frames(req.into_body()).await) }),
-            _ => Box::pin(self.generated.call(req)),
+            path => {
+                let status = tonic::Status::unimplemented(format!("{DATA_SERVICE} has no method at {path}"));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }

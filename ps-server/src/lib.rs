@@ -14,12 +14,12 @@
 //! - [`readers`]: pull replies still reading a part, which updates wait for instead of copying it.
 //! - [`membership`]: who takes part — live, evicted, joined, requests in flight, silence; decides evictions.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
-//! - [`data_path`]: the router that serves `Push` and `Pull` straight from and to HTTP/2 frames.
+//! - [`data_path`]: the data service (`Push`, `Pull`, `PushPull`), served straight from and to HTTP/2 frames.
 //! - [`auth`]: bearer-token check of every RPC.
 //! - [`checkpoint`]: consistent checkpoints — capture at a clock, safetensors files, manifest, restore.
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
-//! - [`metrics`]: Prometheus metrics of a shard and the `/metrics` endpoint.
+//! - [`metrics`]: Prometheus metrics of a shard, the tower layer recording every RPC, and the `/metrics` endpoint.
 //! - [`logging`]: the binaries' logs (stderr, `RUST_LOG`, text or JSON).
 //! - [`local`]: an embedded cluster of shards on 127.0.0.1 for examples and tests.
 //! - [`process`]: `ps-server` child processes for tests, benchmarks and tools.

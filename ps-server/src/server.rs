@@ -4,11 +4,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use ps_proto::pb::parameter_server_server::ParameterServerServer;
 use tokio::net::TcpListener;
+use tonic::service::InterceptorLayer;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::ShardConfig;
 use crate::data_path::DataPath;
+use crate::metrics::RpcMetricsLayer;
 use crate::service::Service;
 use crate::shard::Shard;
 
@@ -62,11 +65,13 @@ pub async fn serve_shard(
         Some(path) => Some(ps_proto::AuthToken::from_file(path).map_err(ServeError::Config)?),
         None => None,
     };
-    let service = DataPath::new(Service::new(Arc::clone(&shard)), max_message);
-    let service = tonic::service::interceptor::InterceptedService::new(
-        service,
-        crate::auth::TokenCheck::new(token.as_ref(), Arc::clone(&shard)),
-    );
+    let service = Service::new(Arc::clone(&shard));
+    let control = ParameterServerServer::new(service.clone())
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let data = DataPath::new(service);
+    let auth = InterceptorLayer::new(crate::auth::TokenCheck::new(token.as_ref(), Arc::clone(&shard)));
+    let metrics = RpcMetricsLayer::new(Arc::clone(shard.metrics().rpcs()));
     if shard.config().worker_timeout_ms > 0 {
         tokio::spawn(evict_silent_workers(Arc::downgrade(&shard)));
     }
@@ -84,7 +89,11 @@ pub async fn serve_shard(
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .add_service(service)
+        // The token check first: a request it refuses is not an RPC the shard served.
+        .layer(auth)
+        .layer(metrics)
+        .add_service(control)
+        .add_service(data)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             shard.close();

@@ -122,13 +122,14 @@ async fn restore_repartitions_values_and_adam_state_onto_another_shard_count() {
     // from, for pulls and for checkpoint requests alike (a stale session
     // must not name a checkpoint).
     let addr = format!("http://{}", restored.spec().shards[0]);
-    let mut raw = ps_proto::pb::parameter_server_client::ParameterServerClient::connect(addr)
+    let mut raw = ps_proto::pb::parameter_server_client::ParameterServerClient::connect(addr.clone())
         .await
         .expect("raw client");
+    let mut raw_data = ps_proto::pb::data_client::DataClient::connect(addr).await.expect("raw data client");
     let pull = ps_proto::pb::PullRequest { worker: Some(0), clock: 3, tensor: "big".into(), dtype: 0 };
     let ckpt = ps_proto::pb::CheckpointRequest { clock: 5, session: 1, worker: Some(0) };
     for status in [
-        raw.pull(pull).await.expect_err("pull before joining"),
+        raw_data.pull(pull).await.expect_err("pull before joining"),
         raw.checkpoint(ckpt).await.expect_err("checkpoint before joining"),
     ] {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");

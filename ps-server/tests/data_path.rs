@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 use ps_proto::pb;
-use ps_proto::pb::parameter_server_client::ParameterServerClient;
+use ps_proto::pb::data_client::DataClient;
 use ps_proto::wire::{self, WireDtype};
 use ps_server::{LocalCluster, PolicyName, ShardConfig};
 use ps_worker::{TensorDecl, Worker, WorkerConfig, WorkerError};
@@ -36,7 +36,7 @@ async fn generated_grpc_clients_interoperate_with_the_data_path() {
     let n = 10_000;
     worker.declare(&TensorDecl::new("w", &[n]).constant(0.0).sgd(1.0, 0.0)).await.expect("declare");
     let addr = format!("http://{}", cluster.spec().shards[0]);
-    let mut client = ParameterServerClient::connect(addr).await.expect("tonic client");
+    let mut client = DataClient::connect(addr).await.expect("tonic client");
 
     // A push in f16, in chunks of 3, 4097 and the rest elements.
     let grad = values(n, 7);

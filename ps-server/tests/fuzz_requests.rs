@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ps_proto::pb;
+use ps_proto::pb::data_client::DataClient;
 use ps_proto::pb::parameter_server_client::ParameterServerClient;
 use ps_server::{LocalCluster, PolicyName, ShardConfig};
 use ps_worker::{TensorDecl, Worker, WorkerConfig};
@@ -132,19 +133,26 @@ fn request() -> impl Strategy<Value = Req> {
 }
 
 /// What a refused request must leave untouched.
+/// Raw clients of both services of one shard, on one channel.
+#[derive(Clone)]
+struct Client {
+    control: ParameterServerClient<Channel>,
+    data: DataClient<Channel>,
+}
+
 #[derive(Debug, PartialEq)]
 struct State {
     status: pb::StatusReply,
     values: Vec<(String, Vec<u32>)>,
 }
 
-async fn state(client: &mut ParameterServerClient<Channel>) -> State {
-    let mut status = client.status(pb::StatusRequest {}).await.expect("status answers").into_inner();
+async fn state(client: &mut Client) -> State {
+    let mut status = client.control.status(pb::StatusRequest {}).await.expect("status answers").into_inner();
     status.session = 0;
     let mut values = Vec::new();
     for t in &status.tensors {
         let req = pb::PullRequest { worker: None, clock: 0, tensor: t.name.clone(), dtype: 0 };
-        let mut stream = client.pull(req).await.expect("observer pull").into_inner();
+        let mut stream = client.data.pull(req).await.expect("observer pull").into_inner();
         let mut bits = Vec::new();
         while let Some(chunk) = stream.message().await.expect("pull chunk") {
             bits.extend(chunk.data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
@@ -156,14 +164,16 @@ async fn state(client: &mut ParameterServerClient<Channel>) -> State {
 
 /// Sends one request; `Ok(true)` if the shard accepted it, `Ok(false)` if it
 /// refused it, `Err` if it did not answer within the bound (waits only).
-async fn send(client: &mut ParameterServerClient<Channel>, req: Req) -> Result<bool, ()> {
+async fn send(client: &mut Client, req: Req) -> Result<bool, ()> {
     let bounded = Duration::from_millis(100);
     let outcome = match req {
-        Req::Join(worker) => client.join(pb::JoinRequest { worker }).await.map(|_| ()),
-        Req::Leave(worker) => client.leave(pb::LeaveRequest { worker }).await.map(|_| ()),
-        Req::Declare(spec) => client.declare(pb::DeclareRequest { spec: Some(spec) }).await.map(|_| ()),
-        Req::Push(chunks) => client.push(futures::stream::iter(chunks)).await.map(|_| ()),
-        Req::Pull(req) => match tokio::time::timeout(bounded, client.pull(req)).await {
+        Req::Join(worker) => client.control.join(pb::JoinRequest { worker }).await.map(|_| ()),
+        Req::Leave(worker) => client.control.leave(pb::LeaveRequest { worker }).await.map(|_| ()),
+        Req::Declare(spec) => {
+            client.control.declare(pb::DeclareRequest { spec: Some(spec) }).await.map(|_| ())
+        }
+        Req::Push(chunks) => client.data.push(futures::stream::iter(chunks)).await.map(|_| ()),
+        Req::Pull(req) => match tokio::time::timeout(bounded, client.data.pull(req)).await {
             Err(_) => return Err(()),
             Ok(Err(status)) => Err(status),
             Ok(Ok(reply)) => {
@@ -178,21 +188,25 @@ async fn send(client: &mut ParameterServerClient<Channel>, req: Req) -> Result<b
             }
         },
         Req::Barrier(worker, clock) => {
-            match tokio::time::timeout(bounded, client.barrier(pb::BarrierRequest { worker, clock })).await {
+            match tokio::time::timeout(bounded, client.control.barrier(pb::BarrierRequest { worker, clock }))
+                .await
+            {
                 Err(_) => return Err(()),
                 Ok(r) => r.map(|_| ()),
             }
         }
         Req::Checkpoint(clock, session, worker) => {
-            client.checkpoint(pb::CheckpointRequest { clock, session, worker }).await.map(|_| ())
+            client.control.checkpoint(pb::CheckpointRequest { clock, session, worker }).await.map(|_| ())
         }
-        Req::CheckpointStatus(name) => {
-            client.checkpoint_status(pb::CheckpointStatusRequest { name, wait: false }).await.map(|_| ())
-        }
+        Req::CheckpointStatus(name) => client
+            .control
+            .checkpoint_status(pb::CheckpointStatusRequest { name, wait: false })
+            .await
+            .map(|_| ()),
         Req::Rewind(checkpoint, cause, worker) => {
-            client.rewind(pb::RewindRequest { checkpoint, cause, worker }).await.map(|_| ())
+            client.control.rewind(pb::RewindRequest { checkpoint, cause, worker }).await.map(|_| ())
         }
-        Req::Status => client.status(pb::StatusRequest {}).await.map(|_| ()),
+        Req::Status => client.control.status(pb::StatusRequest {}).await.map(|_| ()),
     };
     Ok(outcome.is_ok())
 }
@@ -218,9 +232,13 @@ fn arbitrary_requests_never_panic_and_refused_ones_change_nothing() {
         let mut w = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
         w.declare(&TensorDecl::new("a", &[4]).constant(0.5)).await.expect("declare a");
         w.declare(&TensorDecl::new("b", &[3, 3]).normal(0.0, 1.0, 3).adam(0.01)).await.expect("declare b");
-        let client = ParameterServerClient::connect(format!("http://{}", cluster.spec().shards[0]))
+        let channel = Channel::from_shared(format!("http://{}", cluster.spec().shards[0]))
+            .expect("shard address")
+            .connect()
             .await
             .expect("raw client");
+        let client =
+            Client { control: ParameterServerClient::new(channel.clone()), data: DataClient::new(channel) };
         (cluster, client)
     });
     let config = ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() };

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use ps_proto::pb;
+use ps_proto::pb::data_client::DataClient;
 use ps_proto::pb::parameter_server_client::ParameterServerClient;
 use ps_worker::{TensorDecl, Worker, WorkerConfig};
 
@@ -69,7 +70,7 @@ async fn hostile_sizes_and_stream_floods_are_refused_without_memory_growth() {
     // other clients are still served. This does not show the stream limit
     // bounding buffered data: streams carrying 1 MiB each did not reach the
     // shard's memory either (tried), so that bound is untested here.
-    let flood = ParameterServerClient::connect(format!("http://{}", spec.shards[0])).await.expect("connect");
+    let flood = DataClient::connect(format!("http://{}", spec.shards[0])).await.expect("connect");
     let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<()>(4096);
     let mut open = Vec::new();
     for _ in 0..2000 {
@@ -138,7 +139,7 @@ async fn floods_of_unfinished_pushes_carrying_data_stay_within_the_budget() {
     let addr = format!("http://{}", spec.shards[0]);
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        clients.push(ParameterServerClient::connect(addr.clone()).await.expect("connect"));
+        clients.push(DataClient::connect(addr.clone()).await.expect("connect"));
     }
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);

@@ -85,3 +85,45 @@ async fn scraped_metrics_count_exactly_what_happened() {
     assert_eq!(get(r#"ps_server_info{kind="ssp",policy="ssp(1)",shard="0",staleness="1"}"#), 1.0);
     cluster.shutdown().await.expect("shutdown");
 }
+
+/// Control RPCs, refusals and combined steps are recorded by RPC, code and
+/// reason: a `PushPull` as one push and one pull, each with its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_is_recorded_once_with_its_code_and_reason() {
+    let config = ShardConfig { num_workers: 1, policy: PolicyName::Async, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let mut w = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
+    w.declare(&TensorDecl::new("w", &[4])).await.expect("declare");
+    let conflict = w.declare(&TensorDecl::new("w", &[5])).await.expect_err("another shape");
+    assert_eq!(conflict.code(), Some(tonic::Code::AlreadyExists));
+    let grad = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32; 4]).into_dyn())]);
+    w.step(&grad).await.expect("a step");
+    w.status().await.expect("status");
+
+    let s = parse(&ps_server::metrics::encode(cluster.registries()));
+    let get = |k: &str| s.get(&key(k)).copied().unwrap_or(0.0);
+    let labels = r#"policy="async",shard="0""#;
+    let requests = |rpc: &str, code: &str| {
+        get(&format!(r#"ps_server_requests_total{{code="{code}",rpc="{rpc}",{labels}}}"#))
+    };
+    assert_eq!(requests("join", "ok"), 1.0);
+    assert_eq!(requests("declare", "ok"), 1.0);
+    assert_eq!(requests("declare", "already_exists"), 1.0);
+    assert_eq!(
+        get(&format!(r#"ps_server_rejected_requests_total{{reason="shape_conflict",{labels}}}"#)),
+        1.0
+    );
+    assert_eq!(requests("push", "ok"), 1.0, "the step's push");
+    assert_eq!(requests("pull", "ok"), 1.0, "the step's pull");
+    assert_eq!(requests("status", "ok"), 1.0);
+    for rpc in ["push", "pull"] {
+        assert_eq!(get(&format!(r#"ps_server_payload_bytes_total{{rpc="{rpc}",{labels}}}"#)), 16.0, "{rpc}");
+        assert_eq!(
+            get(&format!(r#"ps_server_rpc_duration_seconds_count{{rpc="{rpc}",{labels}}}"#)),
+            1.0,
+            "{rpc}"
+        );
+    }
+    assert_eq!(get(&format!(r#"ps_server_rpc_duration_seconds_count{{rpc="declare",{labels}}}"#)), 2.0);
+    cluster.shutdown().await.expect("shutdown");
+}

@@ -179,12 +179,6 @@ impl Shards {
         self.data[shard as usize].clone()
     }
 
-    /// The control client of `shard`.
-    #[cfg(feature = "testing")]
-    pub(crate) fn control(&self, shard: u32) -> Client {
-        self.control[shard as usize].clone()
-    }
-
     /// The deadline of a request, by whether it may wait on other workers.
     pub(crate) fn deadline(&self, waits_on_others: bool) -> Duration {
         if waits_on_others { self.cfg.wait_timeout } else { self.cfg.rpc_timeout }

@@ -9,8 +9,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::Body as _;
-use ps_proto::frame::{Deframer, FramesBody};
+use ps_proto::frame::{FramesBody, GRPC_CONTENT_TYPE, MessageReader, ReadError};
 use ps_proto::rope::Segments;
 use ps_proto::{chunk, frame, pb};
 use tonic::Status;
@@ -105,9 +104,10 @@ fn grpc_timeout(deadline: Duration) -> String {
 
 /// A reply being read: its messages as they arrive, then its status.
 pub(crate) struct Reply {
-    body: Body,
-    deframer: Deframer,
-    done: bool,
+    messages: MessageReader<Body>,
+    /// The status came with the headers (an OK reply without messages):
+    /// the body carries no trailers to check.
+    status_in_headers: bool,
 }
 
 /// Sends `body` as the request of the RPC at `path` (deadline `deadline`)
@@ -125,7 +125,7 @@ async fn call(
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE)
         .header(http::header::TE, "trailers")
         .header("grpc-timeout", timeout)
         .body(body)
@@ -137,9 +137,13 @@ async fn call(
         if status.code() != tonic::Code::Ok {
             return Err(status);
         }
-        return Ok(Reply { body: Body::empty(), deframer: Deframer::new(max_message), done: true });
+        return Ok(Reply {
+            messages: MessageReader::new(Body::empty(), max_message),
+            status_in_headers: true,
+        });
     }
-    Ok(Reply { body: Body::new(response.into_body()), deframer: Deframer::new(max_message), done: false })
+    let messages = MessageReader::new(Body::new(response.into_body()), max_message);
+    Ok(Reply { messages, status_in_headers: false })
 }
 
 /// Frames a fed request body holds before the feeder waits.
@@ -188,39 +192,27 @@ where
 
 impl Reply {
     /// The next message, `None` once the reply ended with an OK status; the
-    /// reply's status if it is not OK.
+    /// reply's status if it is not OK, which comes before any complaint
+    /// about the messages that preceded it.
     pub(crate) async fn message(&mut self) -> Result<Option<Segments>, Status> {
-        loop {
-            let malformed = |e| Status::internal(format!("malformed reply: {e}"));
-            if let Some(msg) = self.deframer.next_message().map_err(malformed)? {
-                return Ok(Some(msg));
-            }
-            if self.done {
-                self.deframer.finish().map_err(malformed)?;
-                return Ok(None);
-            }
-            let frame = std::future::poll_fn(|cx| Pin::new(&mut self.body).poll_frame(cx)).await;
-            match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.deframer.push(data),
-                    Err(frame) => {
-                        let status = frame
-                            .trailers_ref()
-                            .and_then(Status::from_header_map)
-                            .unwrap_or_else(|| Status::internal("the reply's trailers carry no grpc-status"));
-                        if status.code() != tonic::Code::Ok {
-                            return Err(status);
-                        }
-                        self.done = true;
-                    }
-                },
-                Some(Err(status)) => return Err(status),
-                None => {
-                    self.done = true;
-                    return Err(Status::internal("the reply ended without a grpc-status"));
-                }
+        let next = self.messages.next().await;
+        if self.messages.is_ended() && !self.status_in_headers {
+            let status = self
+                .messages
+                .trailers()
+                .map(|t| {
+                    Status::from_header_map(t)
+                        .unwrap_or_else(|| Status::internal("the reply's trailers carry no grpc-status"))
+                })
+                .unwrap_or_else(|| Status::internal("the reply ended without a grpc-status"));
+            if status.code() != tonic::Code::Ok {
+                return Err(status);
             }
         }
+        next.map_err(|e| match e {
+            ReadError::Frame(e) => Status::internal(format!("malformed reply: {e}")),
+            ReadError::Body(status) => status,
+        })
     }
 }
 

@@ -31,8 +31,8 @@
 //! - `pull` — pull: one request per part, each reply checked chunk by chunk
 //!   and decoded into the tensor ([`Pulled`]).
 //! - `declared` — the declared tensors: shape, parts, pieces, name on the shards.
-//! - `data_path` — `Push`/`Pull`/`PushPull` requests and replies as raw gRPC
-//!   on a shard's channel.
+//! - `data_path` — `Push`/`Pull`/`PushPull` requests of the data service
+//!   as raw gRPC on a shard's channel, and their replies' messages.
 //! - `connection` — the shard connections, the one retrying call every
 //!   request goes through, and the broadcast of one request to every shard.
 //! - `config` — [`WorkerConfig`], how a worker talks to the cluster.

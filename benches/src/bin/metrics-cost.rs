@@ -79,9 +79,9 @@ fn main() {
     let n = 1_000_000u64;
     let started = Instant::now();
     for i in 0..n {
-        metrics.request(Rpc::Push, Duration::from_micros(50), 4096, Ok(()));
+        metrics.rpcs().record(Rpc::Push, Duration::from_micros(50), 4096, Ok(()));
         metrics.push_applied(0, i, Duration::from_micros(5), false, &live);
-        metrics.request(Rpc::Pull, Duration::from_micros(50), 4096, Ok(()));
+        metrics.rpcs().record(Rpc::Pull, Duration::from_micros(50), 4096, Ok(()));
         metrics.pulled(Some(0), Duration::ZERO);
     }
     let recorder = started.elapsed() / n as u32;

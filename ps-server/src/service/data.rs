@@ -1,25 +1,32 @@
-//! The data path's handlers: `Push`, `Pull` and `PushPull` read from and
-//! written to HTTP/2 frames directly. A push is reassembled and checked
-//! (range, chunk sequence, non-finite values) before the shard applies it;
-//! a pull reply is encoded chunk by chunk from the shard's snapshot.
+//! The data service's handlers: `Push`, `Pull` and `PushPull` read from
+//! and written to HTTP/2 frames directly. A push is one call into the shard
+//! ([`Shard::push_with`](crate::shard::Shard::push_with)), which accepts its
+//! header and range; the chunks are then reassembled and checked here (chunk
+//! sequence, non-finite values) before the shard applies them. A pull reply
+//! is encoded chunk by chunk from the shard's snapshot.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
 use ndarray::ArcArray1;
 use ps_proto::chunk::Reassembly;
 use ps_proto::frame::{self, EncodingBody};
 use ps_proto::pb;
-use ps_proto::placement::{self, Part};
+use ps_proto::rope::Segments;
 use ps_proto::wire::{self, WireDtype};
 use tonic::Status;
 use tracing::Instrument;
 
 use super::Service;
-use super::messages::{PushFrames, Rejected, grpc_reply, grpc_response, ok_trailers, unary_request};
+use super::messages::{
+    PushFrames, Rejected, grpc_reply, grpc_response, ok_trailers, refused, served, unary_request,
+};
+use crate::budget::Reserved;
 use crate::error::PsError;
-use crate::metrics::Rpc;
+use crate::metrics::FirstRpc;
 use crate::readers::ReadLease;
+use crate::shard::{PushHead, PushTarget};
 use crate::tensor::Gradient;
 
 pub(super) fn dtype(raw: i32) -> Result<WireDtype, PsError> {
@@ -66,41 +73,50 @@ impl Service {
             .header
             .ok_or_else(|| PsError::InvalidArgument("the first push chunk has no header".into()))?;
         let dtype = dtype(header.dtype)?;
-        let cell = self.shard.tensor(&header.tensor)?;
-        let meta = cell.meta();
-        let whole = Part { shard: self.shard.config().shard_id, offset: meta.offset, len: meta.len };
-        let piece = if (header.offset, header.len) == (meta.offset, meta.len) {
-            None
-        } else {
-            let index = placement::piece_index(whole, meta.piece_len, header.offset, header.len);
-            Some(index.ok_or_else(|| PsError::WrongRange {
-                tensor: meta.name.clone(),
-                shard: self.shard.config().shard_id,
-                expected_offset: meta.offset,
-                expected_end: meta.offset + meta.len,
-                piece_len: meta.piece_len,
-                got_offset: header.offset,
-                got_end: header.offset.saturating_add(header.len),
-            })?)
+        let head = PushHead {
+            tensor: &header.tensor,
+            worker: header.worker,
+            clock: header.clock,
+            offset: header.offset,
+            len: header.len,
         };
-        let _lease = self.shard.lease(header.worker);
-        self.shard.check_worker(header.worker)?;
+        let received = |target| self.receive(target, &header, dtype, (first.offset, first_data), stream);
+        let applied = self.shard.push_with(head, received).await?;
+        let grad_bytes = header.len * dtype.size() as u64;
+        Ok(((pb::PushReply { applied }, header), grad_bytes))
+    }
+
+    /// Reads the gradient of an accepted push into one f32 buffer, once the
+    /// shard's push budget has room for it: its first chunk `first` (offset
+    /// and data) is in, the rest of its chunks come from `stream`. Checks
+    /// the chunk sequence and, unless the part allows them, refuses
+    /// non-finite values. Returns the gradient and its share of the budget,
+    /// to be held until it is applied.
+    async fn receive(
+        &self,
+        target: PushTarget,
+        header: &pb::PushHeader,
+        dtype: WireDtype,
+        first: (u64, Segments),
+        mut stream: PushFrames,
+    ) -> Result<(Gradient, Reserved), Rejected> {
+        let meta = target.meta();
         // Read nothing more until the decoded gradient (f32, whatever the
         // wire dtype) fits the shard's budget: that buffer is what the push holds.
-        let _reserved = self
+        let reserved = self
             .push_budget
             .reserve(header.len * 4)
             .await
             .ok_or(PsError::ShuttingDown { shard: self.shard.config().shard_id })?;
         let chunk_err = |source| PsError::Chunk { tensor: meta.name.clone(), worker: header.worker, source };
-        let mut payload = match piece {
+        let mut payload = match target.piece() {
             Some(_) => {
                 let buffer = self.shard.piece_buffers().take(meta.piece_len as usize);
                 Reassembly::with_buffer(header.len, dtype, buffer)
             }
             None => Reassembly::new(header.len, dtype),
         };
-        payload.push_segments(first.offset, &first_data).map_err(chunk_err)?;
+        payload.push_segments(first.0, &first.1).map_err(chunk_err)?;
         // A push that stops sending gives its share of the budget back.
         let idle = |_| Rejected {
             status: Status::deadline_exceeded(format!(
@@ -123,7 +139,6 @@ impl Service {
         }
         let non_finite = payload.first_non_finite();
         let grad = Gradient { values: payload.finish().map_err(chunk_err)? };
-        let grad_bytes = header.len * dtype.size() as u64;
         if !meta.allow_non_finite
             && let Some((index, value)) = non_finite
         {
@@ -136,11 +151,7 @@ impl Service {
             }
             .into());
         }
-        let span =
-            tracing::debug_span!("push", tensor = %meta.name, worker = header.worker, clock = header.clock);
-        let applied =
-            self.shard.push(&cell, header.worker, header.clock, piece, grad).instrument(span).await?;
-        Ok(((pb::PushReply { applied }, header), grad_bytes))
+        Ok((grad, reserved))
     }
 
     pub(super) async fn pull_inner(&self, req: pb::PullRequest) -> Result<(PullReply, u64), Rejected> {
@@ -173,9 +184,9 @@ impl Service {
     /// connection: every error becomes the reply's status.
     pub(crate) async fn push_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
         let stream = PushFrames::new(body, self.shard.config().max_message_bytes);
-        match self.serve(Rpc::Push, self.push_inner(stream)).await {
-            Ok((reply, _)) => grpc_reply(VecDeque::from([frame::message(&reply)])),
-            Err(status) => status.into_http(),
+        match self.unless_stopped(self.push_inner(stream)).await {
+            Ok(((reply, _), bytes)) => served(grpc_reply(VecDeque::from([frame::message(&reply)])), bytes),
+            Err(r) => refused(r),
         }
     }
 
@@ -184,39 +195,42 @@ impl Service {
     pub(crate) async fn pull_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
         let limit = self.shard.config().max_message_bytes;
         let pulled = self
-            .serve(Rpc::Pull, async {
+            .unless_stopped(async {
                 let req = unary_request::<pb::PullRequest>(body, "pull request", limit).await?;
                 self.pull_inner(req).await
             })
             .await;
         match pulled {
-            Ok(reply) => self.pull_reply(reply),
-            Err(status) => status.into_http(),
+            Ok((reply, bytes)) => served(self.pull_reply(reply), bytes),
+            Err(r) => refused(r),
         }
     }
 
     /// Serves one `PushPull`: the push, then, if it succeeded, the pull of
     /// the same part at the next clock, as [`pull_frames`](Self::pull_frames)
-    /// would serve it. Recorded as one push and one pull.
+    /// would serve it. Recorded as one push and one pull ([`FirstRpc`]).
     pub(crate) async fn push_pull_frames(
         &self,
         body: tonic::body::Body,
     ) -> http::Response<tonic::body::Body> {
         let stream = PushFrames::new(body, self.shard.config().max_message_bytes);
-        let header = match self.serve(Rpc::Push, self.push_inner(stream)).await {
-            Ok((_, header)) => header,
-            Err(status) => return status.into_http(),
+        let (header, push_bytes) = match self.unless_stopped(self.push_inner(stream)).await {
+            Ok(((_, header), bytes)) => (header, bytes),
+            Err(r) => return refused(r),
         };
+        let pushed = FirstRpc { payload_bytes: push_bytes, ended: Instant::now() };
         let req = pb::PullRequest {
             worker: Some(header.worker),
             clock: header.clock.saturating_add(1),
             tensor: header.tensor,
             dtype: header.dtype,
         };
-        match self.serve(Rpc::Pull, self.pull_inner(req)).await {
-            Ok(reply) => self.pull_reply(reply),
-            Err(status) => status.into_http(),
-        }
+        let mut reply = match self.unless_stopped(self.pull_inner(req)).await {
+            Ok((reply, bytes)) => served(self.pull_reply(reply), bytes),
+            Err(r) => refused(r),
+        };
+        reply.extensions_mut().insert(pushed);
+        reply
     }
 
     /// A pull's reply: chunks whose data are their own frames. f32 data is

@@ -1,18 +1,19 @@
 //! Reading and writing gRPC messages on the HTTP/2 bodies of the shard's
-//! frame-level handlers: request messages cut without copying, bounded in
-//! size, every refusal a precise status with a reason for the metrics.
+//! frame-level handlers: requests are read by [`ps_proto::frame::MessageReader`]
+//! (cut without copying, bounded in size); here every refusal becomes a
+//! precise status with a reason for the metrics.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use prost::Message as _;
-use ps_proto::frame::{self, Deframer, FrameError, FramesBody};
+use ps_proto::frame::{FrameError, FramesBody, GRPC_CONTENT_TYPE, MessageReader, ReadError};
 use ps_proto::pb;
 use ps_proto::rope::Segments;
 use tonic::Status;
 
 use crate::error::PsError;
+use crate::metrics::{Refused, Served};
 
 /// A refused request: the status the client gets and the reason metrics count.
 #[derive(Debug)]
@@ -33,47 +34,43 @@ impl From<Status> for Rejected {
     }
 }
 
+impl From<Rejected> for Status {
+    /// The status the client gets, with the reason as its source, where
+    /// the metrics layer finds it ([`Refused`]).
+    fn from(r: Rejected) -> Self {
+        let mut status = r.status;
+        status.set_source(Arc::new(Refused(r.reason)));
+        status
+    }
+}
+
 /// The gRPC messages of a request body, cut from its frames without
 /// copying; `what` names them in refusals.
 pub(super) struct RequestMessages {
-    body: tonic::body::Body,
-    deframer: Deframer,
+    reader: MessageReader<tonic::body::Body>,
     what: &'static str,
-    limit: usize,
 }
 
 impl RequestMessages {
     /// The messages of `body`, each at most `limit` bytes.
     pub(super) fn new(body: tonic::body::Body, what: &'static str, limit: usize) -> Self {
-        Self { body, deframer: Deframer::new(limit), what, limit }
+        Self { reader: MessageReader::new(body, limit), what }
     }
 
-    /// The next message, `None` at the end of the body. A message above the
-    /// limit is `ResourceExhausted`; a malformed stream `InvalidArgument`.
-    pub(super) async fn next(&mut self) -> Result<Option<Segments>, Rejected> {
-        loop {
-            if let Some(msg) = self.deframer.next_message().map_err(|e| self.refused(e))? {
-                return Ok(Some(msg));
-            }
-            match next_frame(&mut self.body).await {
-                Some(Ok(data)) => self.deframer.push(data),
-                Some(Err(status)) => return Err(status.into()),
-                None => {
-                    self.deframer.finish().map_err(|e| self.refused(e))?;
-                    return Ok(None);
-                }
-            }
-        }
-    }
-
-    /// The status a malformed request stream gets.
-    fn refused(&self, e: FrameError) -> Rejected {
+    /// The status a request that cannot be read gets: a message above the
+    /// limit is `ResourceExhausted`, a compressed one `Unimplemented`, a
+    /// malformed stream `InvalidArgument`, a failed body its own status.
+    fn refused(&self, e: ReadError<Status>) -> Rejected {
         let what = self.what;
+        let e = match e {
+            ReadError::Frame(e) => e,
+            ReadError::Body(status) => return status.into(),
+        };
         match e {
             FrameError::TooLarge { .. } => Rejected {
                 status: Status::resource_exhausted(format!(
                     "{what} exceeds the message limit of {} bytes: {e}",
-                    self.limit
+                    self.reader.limit()
                 )),
                 reason: "too_large",
             },
@@ -100,25 +97,8 @@ impl PushFrames {
     /// The next chunk (its fields, with `data` empty, and its data), `None`
     /// at the end of the stream.
     pub(super) async fn next(&mut self) -> Result<Option<(pb::PushChunk, Segments)>, Rejected> {
-        let Some(msg) = self.0.next().await? else { return Ok(None) };
-        let (fields, data) = frame::split_data(msg).map_err(|e| self.0.refused(e))?;
-        let chunk = pb::PushChunk::decode(&fields[..]).map_err(|e| self.0.refused(e.into()))?;
-        Ok(Some((chunk, data)))
-    }
-}
-
-/// The next data frame of `body` (trailers are skipped), `None` at its end.
-pub(super) async fn next_frame(body: &mut tonic::body::Body) -> Option<Result<Bytes, Status>> {
-    use http_body::Body as _;
-    loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await?;
-        match frame {
-            Ok(frame) => match frame.into_data() {
-                Ok(data) => return Some(Ok(data)),
-                Err(_trailers) => continue,
-            },
-            Err(status) => return Some(Err(status)),
-        }
+        let next = self.0.reader.next_data().await;
+        next.map_err(|e| self.0.refused(e))
     }
 }
 
@@ -129,12 +109,13 @@ pub(super) async fn unary_request<M: prost::Message + Default>(
     limit: usize,
 ) -> Result<M, Rejected> {
     let mut messages = RequestMessages::new(body, what, limit);
-    match messages.next().await? {
-        Some(msg) => M::decode(msg).map_err(|e| messages.refused(e.into())),
-        None => Err(Rejected {
+    match messages.reader.next_decoded().await {
+        Ok(Some(msg)) => Ok(msg),
+        Ok(None) => Err(Rejected {
             status: Status::invalid_argument(format!("{what}: the request has no message")),
             reason: "malformed",
         }),
+        Err(e) => Err(messages.refused(e)),
     }
 }
 
@@ -145,6 +126,22 @@ pub(super) fn ok_trailers() -> http::HeaderMap {
     trailers
 }
 
+/// The reply to a refused request: its status alone, with its reason for
+/// the metrics layer.
+pub(super) fn refused(r: Rejected) -> http::Response<tonic::body::Body> {
+    Status::from(r).into_http()
+}
+
+/// Marks `reply` as served, moving `payload_bytes` of tensor payload (for
+/// the metrics layer).
+pub(super) fn served(
+    mut reply: http::Response<tonic::body::Body>,
+    payload_bytes: u64,
+) -> http::Response<tonic::body::Body> {
+    reply.extensions_mut().insert(Served { payload_bytes });
+    reply
+}
+
 /// A gRPC reply of `frames` and an OK status.
 pub(super) fn grpc_reply(frames: VecDeque<Bytes>) -> http::Response<tonic::body::Body> {
     grpc_response(tonic::body::Body::new(FramesBody::new(frames, Some(ok_trailers()))))
@@ -153,8 +150,6 @@ pub(super) fn grpc_reply(frames: VecDeque<Bytes>) -> http::Response<tonic::body:
 /// A gRPC reply with `body` (messages, then trailers).
 pub(super) fn grpc_response(body: tonic::body::Body) -> http::Response<tonic::body::Body> {
     let mut reply = http::Response::new(body);
-    reply
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    reply.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(GRPC_CONTENT_TYPE));
     reply
 }

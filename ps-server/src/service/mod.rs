@@ -1,24 +1,24 @@
-//! The gRPC service: thin glue that decodes a request, asks the shard, and
-//! encodes the answer. Every error leaves through `From<PsError> for Status`.
+//! The gRPC handlers: thin glue that decodes a request, asks the shard, and
+//! encodes the answer. Every error leaves through `From<PsError> for Status`,
+//! its reason attached for the metrics layer ([`crate::metrics::RpcMetricsLayer`]),
+//! which times and counts every RPC; handlers do neither.
 //!
-//! This file holds the control RPCs (join, leave, declare, barrier, status,
-//! checkpoints); `data.rs` the frame-level `Push`, `Pull` and `PushPull`;
-//! `messages.rs` reading and writing gRPC messages on HTTP/2 bodies.
+//! This file holds the control RPCs of `ParameterServer` (join, leave,
+//! declare, barrier, status, checkpoints); `data.rs` the frame-level
+//! handlers of the data service (`Push`, `Pull`, `PushPull`); `messages.rs`
+//! reading and writing gRPC messages on HTTP/2 bodies.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
-use futures::Stream;
 use ps_proto::pb;
 use ps_proto::pb::parameter_server_server::ParameterServer;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::budget::PushBudget;
 use crate::convert;
 use crate::error::PsError;
-use crate::metrics::Rpc;
+use crate::metrics::Served;
 use crate::shard::Shard;
 
 mod data;
@@ -27,7 +27,9 @@ mod messages;
 pub use data::PUSH_IDLE_TIMEOUT;
 use messages::Rejected;
 
-/// The `ParameterServer` gRPC service over one shard.
+/// The gRPC handlers of one shard: the `ParameterServer` service, and the
+/// frame-level handlers of the data service that
+/// [`DataPath`](crate::data_path::DataPath) routes to.
 #[derive(Clone, Debug)]
 pub struct Service {
     shard: Arc<Shard>,
@@ -42,74 +44,38 @@ impl Service {
     }
 }
 
-/// The generated `Pull` and `PushPull` stream type; never produced, as
-/// [`DataPath`](crate::data_path::DataPath) serves both.
-type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullChunk, Status>> + Send>>;
-
 impl Service {
-    /// Records a finished request in the metrics and hands out its result.
-    /// Runs `inner` unless the job has stopped (then `ABORTED`), and records the outcome.
-    async fn serve<T>(
+    /// Runs `inner` unless the job has stopped (then `ABORTED`).
+    async fn unless_stopped<T>(
         &self,
-        rpc: Rpc,
-        inner: impl std::future::Future<Output = Result<(T, u64), Rejected>>,
-    ) -> Result<T, Status> {
-        let started = Instant::now();
-        let result = match self.shard.check_running() {
-            Ok(()) => inner.await,
-            Err(e) => Err(e.into()),
-        };
-        self.finish(rpc, started, result)
+        inner: impl std::future::Future<Output = Result<T, Rejected>>,
+    ) -> Result<T, Rejected> {
+        self.shard.check_running()?;
+        inner.await
     }
 
-    fn finish<T>(&self, rpc: Rpc, started: Instant, result: Result<(T, u64), Rejected>) -> Result<T, Status> {
-        let metrics = self.shard.metrics();
-        match result {
-            Ok((value, bytes)) => {
-                metrics.request(rpc, started.elapsed(), bytes, Ok(()));
-                Ok(value)
-            }
-            Err(r) => {
-                metrics.request(rpc, started.elapsed(), 0, Err((r.status.code(), r.reason)));
-                Err(r.status)
-            }
-        }
-    }
-
-    async fn join_inner(
-        &self,
-        req: Request<pb::JoinRequest>,
-    ) -> Result<(Response<pb::JoinReply>, u64), Rejected> {
+    async fn join_inner(&self, req: Request<pb::JoinRequest>) -> Result<pb::JoinReply, Rejected> {
         let worker = req.into_inner().worker;
         let _lease = self.shard.lease(worker);
         let clock = self.shard.join(worker)?;
         let cfg = self.shard.config();
-        Ok((
-            Response::new(pb::JoinReply {
-                clock,
-                shard: cfg.shard_id,
-                num_shards: cfg.num_shards,
-                num_workers: cfg.num_workers,
-                session: self.shard.session(),
-            }),
-            0,
-        ))
+        Ok(pb::JoinReply {
+            clock,
+            shard: cfg.shard_id,
+            num_shards: cfg.num_shards,
+            num_workers: cfg.num_workers,
+            session: self.shard.session(),
+        })
     }
 
-    async fn leave_inner(
-        &self,
-        req: Request<pb::LeaveRequest>,
-    ) -> Result<(Response<pb::LeaveReply>, u64), Rejected> {
+    async fn leave_inner(&self, req: Request<pb::LeaveRequest>) -> Result<pb::LeaveReply, Rejected> {
         let worker = req.into_inner().worker;
         let _lease = self.shard.lease(worker);
         self.shard.leave(worker)?;
-        Ok((Response::new(pb::LeaveReply {}), 0))
+        Ok(pb::LeaveReply {})
     }
 
-    async fn declare_inner(
-        &self,
-        req: Request<pb::DeclareRequest>,
-    ) -> Result<(Response<pb::DeclareReply>, u64), Rejected> {
+    async fn declare_inner(&self, req: Request<pb::DeclareRequest>) -> Result<pb::DeclareReply, Rejected> {
         let spec = req
             .into_inner()
             .spec
@@ -118,24 +84,18 @@ impl Service {
         let d = self.shard.declare(decl)?;
         let reply =
             pb::DeclareReply { offset: d.offset, len: d.len, created: d.created, piece_len: d.piece_len };
-        Ok((Response::new(reply), 0))
+        Ok(reply)
     }
 
-    async fn barrier_inner(
-        &self,
-        req: Request<pb::BarrierRequest>,
-    ) -> Result<(Response<pb::BarrierReply>, u64), Rejected> {
+    async fn barrier_inner(&self, req: Request<pb::BarrierRequest>) -> Result<pb::BarrierReply, Rejected> {
         let req = req.into_inner();
         let _lease = self.shard.lease(req.worker);
         let span = tracing::debug_span!("barrier", worker = req.worker, clock = req.clock);
         self.shard.barrier(req.worker, req.clock).instrument(span).await?;
-        Ok((Response::new(pb::BarrierReply {}), 0))
+        Ok(pb::BarrierReply {})
     }
 
-    async fn status_inner(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<(Response<pb::StatusReply>, u64), Rejected> {
+    async fn status_inner(&self, _req: Request<pb::StatusRequest>) -> Result<pb::StatusReply, Rejected> {
         let cfg = self.shard.config();
         let origin = self.shard.origin();
         let tensors = self
@@ -156,21 +116,18 @@ impl Service {
                 }
             })
             .collect();
-        Ok((
-            Response::new(pb::StatusReply {
-                shard: cfg.shard_id,
-                num_shards: cfg.num_shards,
-                num_workers: cfg.num_workers,
-                default_policy: cfg.default_policy().to_pb().0 as i32,
-                default_staleness: cfg.default_policy().to_pb().1,
-                live_workers: self.shard.live_workers(),
-                tensors,
-                session: self.shard.session(),
-                restored_clock: origin.as_ref().map(|o| o.clock),
-                restored_from: origin.map(|o| o.checkpoint).unwrap_or_default(),
-            }),
-            0,
-        ))
+        Ok(pb::StatusReply {
+            shard: cfg.shard_id,
+            num_shards: cfg.num_shards,
+            num_workers: cfg.num_workers,
+            default_policy: cfg.default_policy().to_pb().0 as i32,
+            default_staleness: cfg.default_policy().to_pb().1,
+            live_workers: self.shard.live_workers(),
+            tensors,
+            session: self.shard.session(),
+            restored_clock: origin.as_ref().map(|o| o.clock),
+            restored_from: origin.map(|o| o.checkpoint).unwrap_or_default(),
+        })
     }
 }
 
@@ -178,19 +135,16 @@ impl Service {
     async fn checkpoint_inner(
         &self,
         req: Request<pb::CheckpointRequest>,
-    ) -> Result<(Response<pb::CheckpointReply>, u64), Rejected> {
+    ) -> Result<pb::CheckpointReply, Rejected> {
         let req = req.into_inner();
         let _span = tracing::info_span!("checkpoint", clock = req.clock, session = req.session).entered();
         let cut = self.shard.checkpoint(req.clock, req.session, req.worker)?;
         let dir = self.shard.config().checkpoint_dir.as_ref().map(|d| d.join(&cut.name));
         let dir = dir.map(|d| d.display().to_string()).unwrap_or_default();
-        Ok((Response::new(pb::CheckpointReply { name: cut.name, dir }), 0))
+        Ok(pb::CheckpointReply { name: cut.name, dir })
     }
 
-    async fn rewind_inner(
-        &self,
-        req: Request<pb::RewindRequest>,
-    ) -> Result<(Response<pb::RewindReply>, u64), Rejected> {
+    async fn rewind_inner(&self, req: Request<pb::RewindRequest>) -> Result<pb::RewindReply, Rejected> {
         let req = req.into_inner();
         let shard = Arc::clone(&self.shard);
         // Loading reads and verifies files: keep it off the async workers.
@@ -198,20 +152,13 @@ impl Service {
             tokio::task::spawn_blocking(move || shard.rewind(&req.checkpoint, req.cause, req.worker))
                 .await
                 .map_err(|e| Status::internal(format!("rewind task failed: {e}")))??;
-        Ok((
-            Response::new(pb::RewindReply {
-                clock: rewound.clock,
-                session: rewound.session,
-                rewound: rewound.rewound,
-            }),
-            0,
-        ))
+        Ok(pb::RewindReply { clock: rewound.clock, session: rewound.session, rewound: rewound.rewound })
     }
 
     async fn checkpoint_status_inner(
         &self,
         req: Request<pb::CheckpointStatusRequest>,
-    ) -> Result<(Response<pb::CheckpointStatusReply>, u64), Rejected> {
+    ) -> Result<pb::CheckpointStatusReply, Rejected> {
         use crate::checkpoint::registry::CutState;
         let req = req.into_inner();
         let status = self.shard.checkpoint_status(&req.name, req.wait).await?;
@@ -238,8 +185,16 @@ impl Service {
             }
         };
         reply.state = state as i32;
-        Ok((Response::new(reply), 0))
+        Ok(reply)
     }
+}
+
+/// A control RPC's answer as tonic sends it: a success marked [`Served`]
+/// (no payload) and a refusal with its reason, for the metrics layer.
+fn answer<T>(result: Result<T, Rejected>) -> Result<Response<T>, Status> {
+    let mut reply = Response::new(result?);
+    reply.extensions_mut().insert(Served::default());
+    Ok(reply)
 }
 
 #[tonic::async_trait]
@@ -248,57 +203,38 @@ impl ParameterServer for Service {
         &self,
         req: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointReply>, Status> {
-        self.serve(Rpc::Checkpoint, self.checkpoint_inner(req)).await
+        answer(self.unless_stopped(self.checkpoint_inner(req)).await)
     }
 
     async fn checkpoint_status(
         &self,
         req: Request<pb::CheckpointStatusRequest>,
     ) -> Result<Response<pb::CheckpointStatusReply>, Status> {
-        self.serve(Rpc::CheckpointStatus, self.checkpoint_status_inner(req)).await
+        answer(self.unless_stopped(self.checkpoint_status_inner(req)).await)
     }
 
     async fn rewind(&self, req: Request<pb::RewindRequest>) -> Result<Response<pb::RewindReply>, Status> {
-        self.serve(Rpc::Rewind, self.rewind_inner(req)).await
+        answer(self.unless_stopped(self.rewind_inner(req)).await)
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
-        self.serve(Rpc::Join, self.join_inner(req)).await
+        answer(self.unless_stopped(self.join_inner(req)).await)
     }
 
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
-        self.serve(Rpc::Leave, self.leave_inner(req)).await
+        answer(self.unless_stopped(self.leave_inner(req)).await)
     }
 
     async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
-        self.serve(Rpc::Declare, self.declare_inner(req)).await
-    }
-
-    async fn push(&self, _req: Request<Streaming<pb::PushChunk>>) -> Result<Response<pb::PushReply>, Status> {
-        Err(Status::unimplemented("Push is served by the data path (ps_server::data_path::DataPath)"))
-    }
-
-    type PullStream = PullStream;
-
-    async fn pull(&self, _req: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
-        Err(Status::unimplemented("Pull is served by the data path (ps_server::data_path::DataPath)"))
-    }
-
-    type PushPullStream = PullStream;
-
-    async fn push_pull(
-        &self,
-        _req: Request<Streaming<pb::PushChunk>>,
-    ) -> Result<Response<PullStream>, Status> {
-        Err(Status::unimplemented("PushPull is served by the data path (ps_server::data_path::DataPath)"))
+        answer(self.unless_stopped(self.declare_inner(req)).await)
     }
 
     async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
-        self.serve(Rpc::Barrier, self.barrier_inner(req)).await
+        answer(self.unless_stopped(self.barrier_inner(req)).await)
     }
 
+    /// Answers even after the job has stopped.
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
-        let started = Instant::now();
-        self.finish(Rpc::Status, started, self.status_inner(req).await)
+        answer(self.status_inner(req).await)
     }
 }

@@ -17,8 +17,9 @@
 //! 4. the checkpoint registry ([`crate::checkpoint::registry`]);
 //! 5. one tensor part, then its readers ([`crate::readers`]).
 //!
-//! The shard's methods live in three files: this one (construction,
-//! membership, declarations, status), `wait.rs` (applying pushes, releasing
+//! The shard's methods live in four files: this one (construction,
+//! membership, declarations, status), `push.rs` (a push in one call, from
+//! its header to its application), `wait.rs` (applying pushes, releasing
 //! pulls and barriers) and `life.rs` (checkpoints, and coming back from one).
 //! `cell.rs` holds one tensor part with its change channel.
 //!
@@ -48,6 +49,7 @@ use crate::tensor::{TensorMeta, TensorPart};
 
 mod cell;
 mod life;
+mod push;
 mod wait;
 
 pub use wait::WAIT_LOG_EVERY;
@@ -56,6 +58,7 @@ pub use wait::WAIT_LOG_EVERY;
 mod tests;
 
 pub use cell::TensorCell;
+pub use push::{PushHead, PushTarget};
 
 /// A request to create a tensor (or to check that it exists as described).
 #[derive(Clone, Debug, PartialEq)]

@@ -53,7 +53,10 @@ impl Worker {
         shard: u32,
         chunks: Vec<pb::PushChunk>,
     ) -> Result<pb::PushReply, tonic::Status> {
-        let mut c = self.shards.control(shard);
+        let max_message = self.shards.config().max_message_bytes;
+        let mut c = pb::data_client::DataClient::new(self.shards.data(shard))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
         Ok(c.push(futures::stream::iter(chunks)).await?.into_inner())
     }
 }

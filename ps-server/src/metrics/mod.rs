@@ -1,5 +1,6 @@
 //! Prometheus metrics of a shard: names, buckets, the recorder, and the
-//! HTTP endpoint that serves them.
+//! HTTP endpoint that serves them. The per-RPC metrics ([`RpcMetrics`]) and
+//! the tower layer that records them ([`RpcMetricsLayer`]) are in `rpc.rs`.
 //!
 //! Every metric is registered once, when the shard starts; the per-RPC
 //! children on the success path are resolved then too, so recording a
@@ -7,78 +8,18 @@
 //! shard's default, e.g. `ssp(3)`) labels.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::sync::Policy;
 
-/// The RPCs of the service, as metric label values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rpc {
-    /// `Join`.
-    Join,
-    /// `Leave`.
-    Leave,
-    /// `Declare`.
-    Declare,
-    /// `Push`.
-    Push,
-    /// `Pull`.
-    Pull,
-    /// `Barrier`.
-    Barrier,
-    /// `Status`.
-    Status,
-    /// `Checkpoint`.
-    Checkpoint,
-    /// `CheckpointStatus`.
-    CheckpointStatus,
-    /// `Rewind`.
-    Rewind,
-}
+mod rpc;
 
-impl Rpc {
-    const ALL: [Rpc; 10] = [
-        Rpc::Join,
-        Rpc::Leave,
-        Rpc::Declare,
-        Rpc::Push,
-        Rpc::Pull,
-        Rpc::Barrier,
-        Rpc::Status,
-        Rpc::Checkpoint,
-        Rpc::CheckpointStatus,
-        Rpc::Rewind,
-    ];
-
-    /// The label value.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Rpc::Join => "join",
-            Rpc::Leave => "leave",
-            Rpc::Declare => "declare",
-            Rpc::Push => "push",
-            Rpc::Pull => "pull",
-            Rpc::Barrier => "barrier",
-            Rpc::Status => "status",
-            Rpc::Checkpoint => "checkpoint",
-            Rpc::CheckpointStatus => "checkpoint_status",
-            Rpc::Rewind => "rewind",
-        }
-    }
-}
-
-/// Children of one RPC's metrics, resolved at start.
-#[derive(Clone, Debug)]
-struct RpcHandles {
-    ok: IntCounter,
-    bytes: IntCounter,
-    latency: Histogram,
-}
+pub use rpc::{FirstRpc, RecordRpcs, Refused, Rpc, RpcMetrics, RpcMetricsLayer, Served};
 
 /// Latency buckets: 50 µs to ~100 s.
 fn latency_buckets() -> Vec<f64> {
@@ -90,8 +31,7 @@ fn latency_buckets() -> Vec<f64> {
 pub struct ShardMetrics {
     enabled: bool,
     registry: Registry,
-    requests: IntCounterVec,
-    rpcs: [RpcHandles; 10],
+    rpcs: Arc<RpcMetrics>,
     push_apply: Histogram,
     round_apply: Histogram,
     /// Per worker id, its clock gauge, resolved at start.
@@ -184,39 +124,15 @@ impl ShardMetrics {
         ]);
         let registry = Registry::new_custom(None, Some(labels)).expect("valid shard label");
         let r = &registry;
-        let requests = register(
+        let rejected = register(
             r,
             IntCounterVec::new(
-                Opts::new("ps_server_requests_total", "Requests by RPC and gRPC status code"),
-                &["rpc", "code"],
+                Opts::new("ps_server_rejected_requests_total", "Refused requests by reason"),
+                &["reason"],
             )
             .expect("valid metric"),
         );
-        let bytes = register(
-            r,
-            IntCounterVec::new(
-                Opts::new(
-                    "ps_server_payload_bytes_total",
-                    "Tensor payload bytes received (push) or sent (pull)",
-                ),
-                &["rpc"],
-            )
-            .expect("valid metric"),
-        );
-        let latency = register(
-            r,
-            HistogramVec::new(
-                HistogramOpts::new("ps_server_rpc_duration_seconds", "Time from request to reply, by RPC")
-                    .buckets(latency_buckets()),
-                &["rpc"],
-            )
-            .expect("valid metric"),
-        );
-        let rpcs = Rpc::ALL.map(|rpc| RpcHandles {
-            ok: requests.with_label_values(&[rpc.name(), "ok"]),
-            bytes: bytes.with_label_values(&[rpc.name()]),
-            latency: latency.with_label_values(&[rpc.name()]),
-        });
+        let rpcs = Arc::new(RpcMetrics::new(r, rejected.clone(), enabled));
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             register(
                 r,
@@ -272,7 +188,6 @@ impl ShardMetrics {
         live_workers.set(i64::from(num_workers));
         Self {
             enabled,
-            requests,
             rpcs,
             push_apply: histogram(
                 "ps_server_push_apply_seconds",
@@ -318,14 +233,7 @@ impl ShardMetrics {
                 "ps_server_silent_workers",
                 "Live workers silent past --worker-timeout that the shard waits for (--on-worker-loss wait)",
             ),
-            rejected: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new("ps_server_rejected_requests_total", "Refused requests by reason"),
-                    &["reason"],
-                )
-                .expect("valid metric"),
-            ),
+            rejected,
             duplicates: counter(
                 "ps_server_duplicate_pushes_total",
                 "Pushes acknowledged without effect because they were already applied (client retries)",
@@ -384,33 +292,9 @@ impl ShardMetrics {
         &self.registry
     }
 
-    fn rpc(&self, rpc: Rpc) -> &RpcHandles {
-        // `rpcs` is built from `Rpc::ALL`, which lists the variants in declaration order.
-        &self.rpcs[rpc as usize]
-    }
-
-    /// Records a finished request: its latency, payload bytes, and outcome.
-    /// `rejected` is the reason of a refusal (`None` on success).
-    pub fn request(
-        &self,
-        rpc: Rpc,
-        elapsed: Duration,
-        payload_bytes: u64,
-        outcome: Result<(), (tonic::Code, &str)>,
-    ) {
-        if !self.enabled {
-            return;
-        }
-        let h = self.rpc(rpc);
-        h.latency.observe(elapsed.as_secs_f64());
-        h.bytes.inc_by(payload_bytes);
-        match outcome {
-            Ok(()) => h.ok.inc(),
-            Err((code, reason)) => {
-                self.requests.with_label_values(&[rpc.name(), code_name(code)]).inc();
-                self.rejected.with_label_values(&[reason]).inc();
-            }
-        }
+    /// The per-RPC metrics, which [`RpcMetricsLayer`] records into.
+    pub fn rpcs(&self) -> &Arc<RpcMetrics> {
+        &self.rpcs
     }
 
     /// Records an applied push of `worker` for `clock` that held its tensor for `elapsed`.
@@ -588,15 +472,3 @@ impl Drop for WaitingGuard {
 }
 
 pub use ps_proto::exposition::{code_name, encode, serve};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rpc_handles_are_indexed_by_variant() {
-        for (i, rpc) in Rpc::ALL.iter().enumerate() {
-            assert_eq!(*rpc as usize, i, "{rpc:?}");
-        }
-    }
-}
