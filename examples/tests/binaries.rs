@@ -58,7 +58,10 @@ fn a_bad_shard_address_fails_with_a_clear_error() {
 #[test]
 fn nonsensical_job_settings_are_refused_with_one_line() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--shards", "127.0.0.1:18500,,foo"], "shard 1 of the shard list is \"\", expected host:port"),
+        (
+            &["--shards", "127.0.0.1:18500,,foo"],
+            "shard 1 of the shard list has an invalid address \"\": expected host:port",
+        ),
         (&["--lr=-1"], "sgd learning rate must be a positive number, got -1; check --lr and --momentum"),
         (&["--momentum", "5"], "sgd momentum must be in [0, 1), got 5"),
         (

@@ -50,7 +50,7 @@ impl ClusterSpec {
             });
             if !well_formed {
                 return Err(format!(
-                    "shard {i} of the shard list is {addr:?}, expected host:port such as 127.0.0.1:7070"
+                    "shard {i} of the shard list has an invalid address {addr:?}: expected host:port such as 127.0.0.1:7070"
                 ));
             }
             if let Some(j) = self.shards[..i].iter().position(|a| a == addr) {
@@ -76,10 +76,13 @@ mod tests {
         assert_eq!(spec(&["127.0.0.1:7070", "https://ps-1.example:443", "[::1]:7071"]).validate(), Ok(()));
         let err = |list: &[&str]| spec(list).validate().expect_err("refused");
         assert!(err(&[]).contains("empty"));
-        assert!(err(&["127.0.0.1:18500", "", "foo"]).starts_with("shard 1 of the shard list is \"\""));
+        assert!(
+            err(&["127.0.0.1:18500", "", "foo"])
+                .starts_with("shard 1 of the shard list has an invalid address \"\"")
+        );
         assert!(
             err(&["127.0.0.1:18500", "foo"])
-                .contains("shard 1 of the shard list is \"foo\", expected host:port")
+                .contains("shard 1 of the shard list has an invalid address \"foo\": expected host:port")
         );
         assert!(err(&["127.0.0.1:0"]).contains("shard 0"), "port 0 names no shard");
         assert!(err(&["not a uri:1"]).contains("shard 0"));

@@ -16,6 +16,7 @@ use crate::pb;
 mod avx2;
 mod convert;
 mod f16c;
+mod portable;
 mod scan;
 
 /// Element encoding of a payload.

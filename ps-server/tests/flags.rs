@@ -35,9 +35,12 @@ fn nonsensical_or_inconsistent_settings_are_refused_with_one_line() {
         (&["--workers", "2", "--policy", "async", "--staleness", "1"], "and the policy is async"),
         (
             &["--workers", "2", "--shards", "127.0.0.1:18500,,foo", "--shard-id", "0"],
-            "shard 1 of the shard list is \"\", expected host:port",
+            "shard 1 of the shard list has an invalid address \"\": expected host:port",
         ),
-        (&["--workers", "2", "--shards", "127.0.0.1:18500,foo"], "shard 1 of the shard list is \"foo\""),
+        (
+            &["--workers", "2", "--shards", "127.0.0.1:18500,foo"],
+            "shard 1 of the shard list has an invalid address \"foo\"",
+        ),
         (
             &["--listen", "127.0.0.1:7071", "--shards", "127.0.0.1:7070,127.0.0.1:7071", "--shard-id", "0"],
             "shard 0 of 2 the address 127.0.0.1:7070: listen on port 7070",

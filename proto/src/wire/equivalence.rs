@@ -166,6 +166,7 @@ fn all_lengths_match_reference() {
 #[test]
 fn portable_kernels_match_reference_on_sweep_and_every_pattern() {
     use super::convert::*;
+    use super::portable::{add_bf16_portable, decode_bf16_portable, encode_bf16_portable};
     let mut values = sweep();
     values.truncate(values.len() - 5); // a length that is no multiple of a block
     let every: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
