@@ -343,10 +343,11 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
 
 /// Refuses a `--listen` port that differs from this shard's entry in the
 /// shard list: workers would look for the shard at the entry. (The host may
-/// differ, as when listening on 0.0.0.0 behind a name.)
+/// differ, as when listening on 0.0.0.0 behind a name; port 0 asks for any
+/// free port, printed at start, for whoever passes it on.)
 fn check_listen_matches(listen: SocketAddr, id: u32, entry: &str, shards: u32) -> Result<(), String> {
     let port = entry.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
-    if port == Some(listen.port()) {
+    if listen.port() == 0 || port == Some(listen.port()) {
         return Ok(());
     }
     Err(format!(
