@@ -43,14 +43,18 @@ impl TokenCheck {
     }
 }
 
+/// The token of an `authorization` value in the Bearer scheme, whose name
+/// is case-insensitive (RFC 7235): `Bearer t`, `bearer t` and `BEARER t` all
+/// give `t`; another scheme gives `None`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
+}
+
 impl Interceptor for TokenCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.expected else { return Ok(req) };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer_token);
         let ok = given.is_some_and(|g| constant_time_eq(&digest(g.as_bytes()), expected));
         if ok {
             return Ok(req);
@@ -67,6 +71,16 @@ impl Interceptor for TokenCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_name_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer s3cr3t"), Some("s3cr3t"));
+        assert_eq!(bearer_token("bearer s3cr3t"), Some("s3cr3t"));
+        assert_eq!(bearer_token("BEARER  s3cr3t"), Some("s3cr3t"));
+        assert_eq!(bearer_token("Basic s3cr3t"), None);
+        assert_eq!(bearer_token("Bearers3cr3t"), None);
+        assert_eq!(bearer_token("s3cr3t"), None);
+    }
 
     #[test]
     fn digests_compare_equal_only_when_equal() {
