@@ -22,6 +22,13 @@
 //! - `checksum`: the checkpoint SHA-256 (`checkpoint::write::sha256_hex`).
 //! - `update_64m`: SGD-with-momentum and Adam steps on a 64M-element tensor
 //!   next to a memcpy of the same bytes (issue 7's target: at least 0.6x).
+//! - `subnormal_state`: one SGD-with-momentum push (lr 0.1, momentum 0.9) to
+//!   a tensor the size of the MLP's `fc1.weight` (100,352 elements) whose
+//!   momentum is 73% subnormal floats with a 0 gradient there (dead ReLU
+//!   units), the state measured at clock 1,000 of the README's cluster
+//!   example with momentum 0.9: `unflushed` is the kernel without flushing,
+//!   `flushed_first` the shard's kernel on that state, `flushed_steady` the
+//!   shard's kernel on the state it keeps (those entries already 0).
 //! - `tensor_push`: `TensorPart::push` of a whole 1M-element gradient with
 //!   SGD with momentum, the path a push takes on the shard under its lock:
 //!   `async` applies each push; `sync_round_2_workers` is one round (the
@@ -227,6 +234,57 @@ fn update_64m(c: &mut Criterion) {
     group.finish();
 }
 
+/// Elements of the MLP's `fc1.weight` (784 x 128).
+const FC1: usize = 784 * 128;
+
+/// Momentum and gradient of `fc1.weight` at clock 1,000 of the README's
+/// cluster example with momentum 0.9: 73% of the momentum entries
+/// subnormal, with a 0 gradient (dead units); the rest normal.
+fn subnormal_momentum() -> (Vec<f32>, Vec<f32>) {
+    let dead = |i: usize| i % 100 < 73;
+    let momentum = (0..FC1).map(|i| if dead(i) { 1e-39 * (1.0 + (i % 7) as f32) } else { 1e-3 }).collect();
+    let grad = (0..FC1).map(|i| if dead(i) { 0.0 } else { 1e-2 }).collect();
+    (momentum, grad)
+}
+
+/// One push's update on subnormal momentum, without and with flushing.
+fn subnormal_state(c: &mut Criterion) {
+    let (lr, momentum, scale) = (0.1, 0.9, 0.25);
+    let config = OptimizerConfig::Sgd { learning_rate: lr, momentum, weight_decay: 0.0 };
+    let (velocity, grad) = subnormal_momentum();
+    let params = values(FC1);
+    let mut group = c.benchmark_group("subnormal_state");
+    quick(&mut group);
+    group.throughput(bytes(5 * FC1 * 4));
+    group.bench_function("unflushed", |b| {
+        b.iter_batched_ref(
+            || (params.clone(), velocity.clone()),
+            |(p, v)| {
+                ps_benches::baselines::sgd_momentum_unflushed(
+                    p,
+                    black_box(&grad),
+                    v,
+                    (lr, momentum, 0.0, scale),
+                )
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let restored = |v: Vec<f32>| Optimizer::restore(config, FC1, 1000, vec![v]).expect("one momentum slot");
+    group.bench_function("flushed_first", |b| {
+        b.iter_batched_ref(
+            || (params.clone(), restored(velocity.clone())),
+            |(p, opt)| opt.step(p, black_box(&grad), scale),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut steady = restored(velocity.clone());
+    let mut p = params.clone();
+    steady.step(&mut p, &grad, scale);
+    group.bench_function("flushed_steady", |b| b.iter(|| steady.step(&mut p, black_box(&grad), scale)));
+    group.finish();
+}
+
 /// A part of `N` elements under `policy` with SGD with momentum, for `workers` workers.
 fn part(policy: Policy, workers: u32) -> TensorPart {
     let meta = TensorMeta {
@@ -289,6 +347,7 @@ criterion_group!(
     chunk,
     checksum,
     update_64m,
+    subnormal_state,
     tensor_push
 );
 criterion_main!(kernels);

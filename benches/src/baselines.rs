@@ -135,3 +135,19 @@ pub fn memcpy(bytes: usize) -> f64 {
     }
     2.0 * (bytes * reps) as f64 / started.elapsed().as_secs_f64()
 }
+
+/// SGD with momentum as the shard ran it before its state was flushed of
+/// subnormal floats: `v = momentum * v + scale * g + wd * p; p -= lr * v`,
+/// element by element. The `subnormal_state` benchmark runs it next to the
+/// shard's kernel on the same state.
+pub fn sgd_momentum_unflushed(
+    params: &mut [f32],
+    grad: &[f32],
+    velocity: &mut [f32],
+    (lr, momentum, wd, scale): (f32, f32, f32, f32),
+) {
+    for ((p, g), v) in params.iter_mut().zip(grad).zip(velocity) {
+        *v = momentum * *v + scale * g + wd * *p;
+        *p -= lr * *v;
+    }
+}
