@@ -49,7 +49,12 @@ struct Member {
     /// Joined this life of the shard's state (true from the start on a fresh shard).
     joined: bool,
     in_flight: u32,
+    /// When the worker was last heard from in this life or, before its
+    /// first contact, when the life began.
     last_seen: Instant,
+    /// Heard from in this life (a request or a join); until then the
+    /// worker also gets the join grace.
+    contacted: bool,
     /// Reported silent (`--on-worker-loss wait`) and not heard from since.
     silent: bool,
 }
@@ -65,9 +70,16 @@ pub struct Membership {
     members: Vec<Member>,
     /// Silence after which a live worker is lost; `None`: never.
     timeout: Option<Duration>,
+    /// Extra silence allowed before a worker's first contact, so workers
+    /// still starting (or rejoining after a restart) are not lost.
+    join_grace: Duration,
     on_loss: WorkerLoss,
     failure: Option<String>,
 }
+
+/// The join grace when none is given: time for workers started by hand
+/// or by a scheduler to come up and join.
+pub const DEFAULT_JOIN_GRACE: Duration = Duration::from_secs(60);
 
 impl Membership {
     /// Workers `0..live.len()`, live as `live` says, all just heard from.
@@ -80,9 +92,17 @@ impl Membership {
         on_loss: WorkerLoss,
         now: Instant,
     ) -> Self {
-        let member = Member { evicted: false, joined, in_flight: 0, last_seen: now, silent: false };
+        let member =
+            Member { evicted: false, joined, in_flight: 0, last_seen: now, contacted: false, silent: false };
         let members = vec![member; live.len()];
-        Self { live, members, timeout, on_loss, failure: None }
+        Self { live, members, timeout, join_grace: DEFAULT_JOIN_GRACE, on_loss, failure: None }
+    }
+
+    /// The same table with `grace` as the extra silence allowed before a
+    /// worker's first contact.
+    pub fn with_join_grace(mut self, grace: Duration) -> Self {
+        self.join_grace = grace;
+        self
     }
 
     fn unknown(&self, worker: u32) -> ClockError {
@@ -105,6 +125,7 @@ impl Membership {
         let Some(m) = self.members.get_mut(worker as usize) else { return false };
         m.in_flight += 1;
         m.last_seen = now;
+        m.contacted = true;
         true
     }
 
@@ -120,7 +141,7 @@ impl Membership {
     pub fn join(&mut self, worker: u32, now: Instant) -> Result<(), ClockError> {
         let unknown = self.unknown(worker);
         let m = self.members.get_mut(worker as usize).ok_or(unknown)?;
-        *m = Member { evicted: false, joined: true, silent: false, last_seen: now, ..*m };
+        *m = Member { evicted: false, joined: true, silent: false, last_seen: now, contacted: true, ..*m };
         self.live[worker as usize] = true;
         Ok(())
     }
@@ -138,14 +159,23 @@ impl Membership {
     /// nobody evicted, and every worker must join again.
     pub fn rewound(&mut self, live: impl Fn(u32) -> bool, now: Instant) {
         for (w, (m, l)) in self.members.iter_mut().zip(&mut self.live).enumerate() {
-            *m = Member { evicted: false, joined: false, silent: false, last_seen: now, ..*m };
+            *m = Member {
+                evicted: false,
+                joined: false,
+                silent: false,
+                last_seen: now,
+                contacted: false,
+                ..*m
+            };
             *l = live(w as u32);
         }
     }
 
     /// Looks for live workers with nothing in flight that were silent for
-    /// longer than the timeout as of `now`, and says what to do about each,
-    /// as `--on-worker-loss` says. Once the job is stopped, nothing more.
+    /// longer than the timeout as of `now` (counted from their last
+    /// request; before their first contact in this life, from its start
+    /// plus the join grace), and says what to do about each, as
+    /// `--on-worker-loss` says. Once the job is stopped, nothing more.
     ///
     /// With a 1 s timeout and `evict`: a live worker last heard from 1.5 s
     /// ago with no request in flight gives `[Evict(w)]`; the same worker
@@ -155,11 +185,12 @@ impl Membership {
         if self.failure.is_some() {
             return Vec::new();
         }
-        let on_loss = self.on_loss;
+        let (on_loss, grace) = (self.on_loss, self.join_grace);
         let mut decisions = Vec::new();
         for (w, (m, live)) in self.members.iter_mut().zip(&self.live).enumerate() {
             let w = w as u32;
-            let overdue = *live && m.in_flight == 0 && now.saturating_duration_since(m.last_seen) > timeout;
+            let allowed = if m.contacted { timeout } else { timeout + grace };
+            let overdue = *live && m.in_flight == 0 && now.saturating_duration_since(m.last_seen) > allowed;
             match on_loss {
                 WorkerLoss::Evict if overdue => decisions.push(Decision::Evict(w)),
                 WorkerLoss::Fail if overdue => {
@@ -219,7 +250,28 @@ mod tests {
     const T: Duration = Duration::from_secs(1);
 
     fn table(on_loss: WorkerLoss, t0: Instant) -> Membership {
-        Membership::new(vec![true, true, false], true, Some(T), on_loss, t0)
+        Membership::new(vec![true, true, false], true, Some(T), on_loss, t0).with_join_grace(Duration::ZERO)
+    }
+
+    #[test]
+    fn silence_counts_from_first_contact_plus_the_join_grace_before_it() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let mut m =
+            Membership::new(vec![true, true], true, Some(T), WorkerLoss::Evict, t0).with_join_grace(grace);
+        assert!(m.tick(t0 + Duration::from_secs(5)).is_empty(), "nobody has had the time to start yet");
+        assert!(m.begin(1, t0 + Duration::from_secs(5)));
+        m.end(1, t0 + Duration::from_secs(5));
+        assert_eq!(
+            m.tick(t0 + Duration::from_millis(6500)),
+            vec![Decision::Evict(1)],
+            "1 went silent after contact"
+        );
+        m.leave(1, true).expect("the shard evicts it");
+        assert!(m.tick(t0 + Duration::from_millis(10_500)).is_empty(), "0 is within timeout + grace");
+        assert_eq!(m.tick(t0 + Duration::from_millis(11_500)), vec![Decision::Evict(0)]);
+        m.rewound(|_| true, t0 + Duration::from_secs(20));
+        assert!(m.tick(t0 + Duration::from_secs(30)).is_empty(), "a new life gives everyone the grace again");
     }
 
     #[test]

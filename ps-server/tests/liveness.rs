@@ -182,3 +182,40 @@ async fn a_pull_waiting_on_a_silent_worker_is_logged_naming_it() {
     drop(workers);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The metric that says which worker the job waits for: pulls waiting on
+/// a silent worker count seconds against it, and only against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_a_wait_is_for_is_named_in_a_metric() {
+    let config = ShardConfig { num_workers: 2, policy: PolicyName::Sync, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let grads = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())]);
+    let mut workers = Vec::new();
+    for id in 0..2 {
+        let mut w = Worker::connect(WorkerConfig::new(cluster.spec().clone(), id)).await.expect("connect");
+        w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
+        w.pull().await.expect("pull");
+        workers.push(w);
+    }
+    let waited = |worker: u32| {
+        let text = ps_server::metrics::encode(cluster.registries());
+        let series = "ps_server_waited_on_worker_seconds_total{";
+        text.lines()
+            .filter(|l| l.starts_with(series) && l.contains(&format!("worker=\"{worker}\"")))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no waited-on series for worker {worker} in\n{text}"))
+    };
+    assert_eq!((waited(0), waited(1)), (0.0, 0.0), "both exist at 0 from the start");
+    let mut waiting = workers.remove(0);
+    waiting.push(&grads).await.expect("push");
+    let blocked = tokio::spawn(async move { waiting.pull().await });
+    let started = std::time::Instant::now();
+    while waited(1) == 0.0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no wait counted within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(waited(0), 0.0, "worker 0 holds nothing back");
+    blocked.abort();
+    drop(workers);
+    cluster.shutdown().await.expect("shutdown");
+}

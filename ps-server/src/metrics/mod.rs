@@ -49,6 +49,8 @@ pub struct ShardMetrics {
     evictions: IntCounter,
     rewinds: IntCounter,
     silent_workers: IntGauge,
+    /// Per worker id, seconds pulls waited on it (resolved at start).
+    waited_on: Vec<IntCounter>,
     rejected: IntCounterVec,
     duplicates: IntCounter,
     update_waits: IntCounter,
@@ -184,6 +186,19 @@ impl ShardMetrics {
         for kind in ["parameters", "optimizer_state", "buffers"] {
             held.with_label_values(&[kind]).set(0);
         }
+        let waited_on = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ps_server_waited_on_worker_seconds_total",
+                    "Seconds pulls waited for this worker to push, counted every 5 s of a wait \
+                     (rate > 0: the job is waiting for this worker)",
+                ),
+                &["worker"],
+            )
+            .expect("valid metric"),
+        );
+        let waited_on = (0..num_workers).map(|w| waited_on.with_label_values(&[&w.to_string()])).collect();
         let live_workers = gauge("ps_server_live_workers", "Workers currently live");
         live_workers.set(i64::from(num_workers));
         Self {
@@ -233,6 +248,7 @@ impl ShardMetrics {
                 "ps_server_silent_workers",
                 "Live workers silent past --worker-timeout that the shard waits for (--on-worker-loss wait)",
             ),
+            waited_on,
             rejected,
             duplicates: counter(
                 "ps_server_duplicate_pushes_total",
@@ -400,6 +416,17 @@ impl ShardMetrics {
     pub fn connection_refused(&self) {
         if self.enabled {
             self.rejected.with_label_values(&["too_many_connections"]).inc();
+        }
+    }
+
+    /// Records that pulls have waited `seconds` more for each of `workers` to push.
+    pub fn waited_on(&self, workers: &[u32], seconds: u64) {
+        if self.enabled {
+            for w in workers {
+                if let Some(c) = self.waited_on.get(*w as usize) {
+                    c.inc_by(seconds);
+                }
+            }
         }
     }
 

@@ -178,7 +178,8 @@ impl Shard {
         });
         let timeout = (config.worker_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(config.worker_timeout_ms));
-        let membership = Membership::new(live, true, timeout, config.on_worker_loss, Instant::now());
+        let membership = Membership::new(live, true, timeout, config.on_worker_loss, Instant::now())
+            .with_join_grace(std::time::Duration::from_millis(config.join_grace_ms));
         Self {
             tensors: RwLock::default(),
             membership: Arc::new(Mutex::new(membership)),

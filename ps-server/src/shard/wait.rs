@@ -159,6 +159,7 @@ impl Shard {
             *last = Some(now);
         }
         let waiting_for = cell.lock().clocks().holding_back(clock);
+        self.metrics.waited_on(&waiting_for, WAIT_LOG_EVERY.as_secs());
         let waited = started.elapsed().as_secs();
         tracing::warn!(
             shard = self.config.shard_id,
