@@ -31,11 +31,11 @@ impl OptimizerKind {
         }
     }
 
-    /// The learning rate a kind gets when none is given: 0.1 for SGD, 0.001
+    /// The learning rate a kind gets when none is given: 0.3 for SGD, 0.001
     /// for Adam, 0.01 for AdaGrad.
     pub fn default_learning_rate(self) -> f32 {
         match self {
-            OptimizerKind::Sgd => 0.1,
+            OptimizerKind::Sgd => 0.3,
             OptimizerKind::Adam => 0.001,
             OptimizerKind::AdaGrad => 0.01,
         }

@@ -73,7 +73,15 @@ fn ps_server_refuses_a_missing_or_empty_token_file() {
     let empty = token_file("empty", "   ");
     for (path, expected) in [(empty.clone(), "is empty"), ("/nonexistent/token".into(), "cannot read")] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--auth-token-file"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--workers",
+                "1",
+                "--auth-token-file",
+            ])
             .arg(&path)
             .output()
             .expect("run ps-server");

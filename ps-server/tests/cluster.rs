@@ -262,7 +262,7 @@ async fn a_256_mib_tensor_round_trips_through_two_shards() {
 #[test]
 fn ps_server_refuses_an_inconsistent_configuration() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"))
-        .args(["--listen", "127.0.0.1:0", "--shard-id", "2", "--num-shards", "2"])
+        .args(["--listen", "127.0.0.1:0", "--shard-id", "2", "--num-shards", "2", "--workers", "1"])
         .output()
         .expect("run ps-server");
     assert_eq!(out.status.code(), Some(2));
@@ -304,7 +304,7 @@ async fn ps_server_takes_the_shard_list_from_a_cluster_file() {
     .expect("write cluster file");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"))
         .args(["--listen", "127.0.0.1:0", "--shard-id", "2", "--cluster", path.to_str().expect("utf-8 path")])
-        .args(["--metrics-listen", "off"])
+        .args(["--metrics-listen", "off", "--workers", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn ps-server");

@@ -42,7 +42,16 @@ fn nonsensical_or_inconsistent_settings_are_refused_with_one_line() {
             "shard 1 of the shard list has an invalid address \"foo\"",
         ),
         (
-            &["--listen", "127.0.0.1:7071", "--shards", "127.0.0.1:7070,127.0.0.1:7071", "--shard-id", "0"],
+            &[
+                "--workers",
+                "1",
+                "--listen",
+                "127.0.0.1:7071",
+                "--shards",
+                "127.0.0.1:7070,127.0.0.1:7071",
+                "--shard-id",
+                "0",
+            ],
             "shard 0 of 2 the address 127.0.0.1:7070: listen on port 7070",
         ),
         (&["--workers", "2", "--lr=-1"], "sgd learning rate must be a positive number, got -1"),
@@ -50,6 +59,12 @@ fn nonsensical_or_inconsistent_settings_are_refused_with_one_line() {
         (&["--workers", "2", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies only to sgd"),
         (&["--workers", "2", "--weight-decay=-0.5"], "weight decay must be zero or a positive number"),
         (&["--workers", "0"], "num_workers must be at least 1"),
+        (&["--policy", "sync"], "give --workers W, the number of workers in the job"),
+        (&["--workers", "2", "--join-grace", "5"], "--worker-timeout"),
+        (
+            &["--workers", "2", "--worker-timeout", "1", "--join-grace=-1"],
+            "--join-grace must be a number of seconds >= 0",
+        ),
     ];
     for (args, expected) in cases {
         let (code, stderr) = refused(args);

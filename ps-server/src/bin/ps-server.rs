@@ -61,6 +61,7 @@ struct Args {
     num_shards: Option<u32>,
 
     /// Number of workers W; worker ids are 0..W, all expected from the start.
+    /// Required (here or as num_workers in --config).
     #[arg(long)]
     workers: Option<u32>,
 
@@ -87,11 +88,15 @@ struct Args {
     #[arg(long)]
     optimizer: Option<OptimizerKind>,
 
-    /// Learning rate [default: 0.1 for sgd, 0.001 for adam, 0.01 for adagrad].
+    /// Learning rate [default: 0.3 for sgd, 0.001 for adam, 0.01 for adagrad].
+    /// The shards' optimizer is the job's: ps-worker declares every tensor
+    /// with it.
     #[arg(long)]
     lr: Option<f32>,
 
-    /// SGD momentum, in [0, 1) [default: 0].
+    /// SGD momentum, in [0, 1) [default: 0]. Under ssp and async, staleness
+    /// already acts as momentum (every push is one update from a stale
+    /// read), so momentum there needs a lower --lr; the shard says so.
     #[arg(long)]
     momentum: Option<f32>,
 
@@ -108,6 +113,12 @@ struct Args {
     /// it, and it may join again). Default: never.
     #[arg(long)]
     worker_timeout: Option<f64>,
+
+    /// Before its first request (after the shard starts, restores or
+    /// rewinds), a worker is lost only after --worker-timeout plus this many
+    /// seconds, so workers still starting are not evicted [default: 60].
+    #[arg(long)]
+    join_grace: Option<f64>,
 
     /// Largest tensor part this shard accepts, in bytes of f32 [default: 16 GiB];
     /// larger declarations get RESOURCE_EXHAUSTED.
@@ -163,6 +174,12 @@ struct Args {
     /// (exactly that one; any problem is an error). Workers resume at its clock.
     #[arg(long, value_name = "PATH")]
     restore: Option<PathBuf>,
+
+    /// Restore even when the checkpoint was written by a job with other
+    /// settings (policy, staleness, workers, aggregation or optimizer);
+    /// without it such a restore is refused, naming the differences.
+    #[arg(long, requires = "restore")]
+    allow_changed_settings: bool,
 
     /// File holding the cluster's bearer token: every request must carry it
     /// (`authorization: Bearer <token>`), or gets UNAUTHENTICATED.
@@ -227,6 +244,13 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         Some(path) => read_toml(path)?,
         None => ShardConfig::default(),
     };
+    let workers_in_file = match &args.config {
+        Some(path) => read_toml::<toml::Table>(path)?.contains_key("num_workers"),
+        None => false,
+    };
+    if args.workers.is_none() && !workers_in_file {
+        return Err("give --workers W, the number of workers in the job (or num_workers in --config)".into());
+    }
     let spec: Option<ClusterSpec> = match (&args.shards, &args.cluster) {
         (Some(list), _) => Some(ClusterSpec::new(list.clone())),
         (None, Some(path)) => Some(read_toml(path)?),
@@ -276,6 +300,17 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
             return Err(format!("--worker-timeout must be a positive number of seconds, got {t}"));
         }
         cfg.worker_timeout_ms = (t * 1000.0).ceil() as u64;
+    }
+    if let Some(g) = args.join_grace {
+        if args.worker_timeout.is_none() && cfg.worker_timeout_ms == 0 {
+            return Err(format!(
+                "--join-grace {g} applies only with --worker-timeout: without one no worker is ever lost"
+            ));
+        }
+        if !(g.is_finite() && g >= 0.0) {
+            return Err(format!("--join-grace must be a number of seconds >= 0, got {g}"));
+        }
+        cfg.join_grace_ms = (g * 1000.0).ceil() as u64;
     }
     if let Some(m) = args.max_message_bytes {
         cfg.max_message_bytes = m;
@@ -454,6 +489,18 @@ fn main() -> std::process::ExitCode {
             Some(path) => {
                 let loaded = ps_server::checkpoint::find_checkpoint(path)
                     .map_err(|e| format!("cannot restore from {}: {e}", path.display()))?;
+                let differences = config.differences_from(&loaded.manifest);
+                if !differences.is_empty() {
+                    let what = differences.join(", ");
+                    if !args.allow_changed_settings {
+                        return Err(format!(
+                            "{} was written by a job with {what}: start the shard with the job's settings, \
+                             or add --allow-changed-settings to restore onto these",
+                            loaded.dir.display()
+                        ));
+                    }
+                    tracing::warn!("restoring {} onto other settings: {what}", loaded.dir.display());
+                }
                 let shard = ps_server::shard::Shard::restore(config.clone(), &loaded)
                     .map_err(|e| format!("cannot restore from {}: {e}", loaded.dir.display()))?;
                 announce(&format!(
@@ -500,9 +547,12 @@ fn main() -> std::process::ExitCode {
             shards = config.num_shards,
             workers = config.num_workers,
             policy = %config.default_policy(),
-            optimizer = config.optimizer.name(),
+            optimizer = %config.optimizer,
             "serving"
         );
+        if let Some(warning) = config.momentum_warning() {
+            tracing::warn!("{warning}");
+        }
         let served = ps_server::server::serve_shard(listener, shard, shutdown_signal()).await;
         let _ = stop_metrics.send(());
         served.map_err(|e| e.to_string())
