@@ -23,6 +23,8 @@
 //! - `worker` — [`Worker`], the façade: one short method per operation, the
 //!   clock, and the step with its recovery.
 //! - `membership` — join, recovery after a shard restart, leave, barrier.
+//! - `job` — the job as the shards describe it at a join: the checks that
+//!   they agree on its settings and hold the same history.
 //! - `checkpoint` — request a checkpoint, its status per shard, wait for it
 //!   ([`CheckpointDone`], [`CheckpointStatus`]).
 //! - `status` — what each shard reports of itself ([`ShardStatus`]).
@@ -38,6 +40,7 @@
 //! - `config` — [`WorkerConfig`], how a worker talks to the cluster.
 //! - [`tensor`] — [`TensorDecl`], what to declare.
 //! - [`retry`] — [`RetryPolicy`], backoff with jitter for transient failures.
+//! - `waiting` — what a worker logs while it retries a shard.
 //! - [`error`] — [`WorkerError`].
 //! - [`auth`] — [`AuthToken`] and [`ClientTls`], how a worker proves itself to the shards.
 //! - [`metrics`] — Prometheus metrics of a worker.
@@ -55,6 +58,7 @@ mod connection;
 mod data_path;
 mod declared;
 pub mod error;
+mod job;
 mod membership;
 pub mod metrics;
 mod pull;
@@ -62,6 +66,7 @@ mod push;
 pub mod retry;
 mod status;
 pub mod tensor;
+mod waiting;
 mod worker;
 
 pub use auth::{AuthToken, ClientTls};

@@ -1,13 +1,14 @@
 //! A worker's place in the job: joining every shard, catching up with a
 //! shard restart, leaving, and waiting at a barrier.
 
-use ps_proto::pb;
+use ps_proto::{OptimizerConfig, Policy, pb};
 
 use crate::connection::Shards;
 use crate::error::{Restart, WorkerError};
+use crate::job::{self, Histories, ShardView};
 
 /// What the shards told a worker that joined.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Joined {
     /// The clock to resume at: the lowest any shard reports.
     pub(crate) clock: u64,
@@ -15,11 +16,37 @@ pub(crate) struct Joined {
     pub(crate) num_workers: u32,
     /// Shard 0's session, which names checkpoints.
     pub(crate) session: Option<u64>,
+    /// The job's default policy (every shard agrees).
+    pub(crate) policy: Option<Policy>,
+    /// The optimizer of tensors declared without one (every shard agrees).
+    pub(crate) optimizer: Option<OptimizerConfig>,
 }
 
 /// Joins (or rejoins) every shard, checking that the shards are the ones
-/// the cluster spec lists and that the worker's id is in the job.
+/// the cluster spec lists, that they were started for the same job, and
+/// that the worker's id is in it. Shards found in different histories
+/// (one restarted from a checkpoint the others were not rewound to) are
+/// first rewound to the newest such checkpoint, so a worker relaunched
+/// after any failure never mixes two histories.
 pub(crate) async fn join(shards: &Shards) -> Result<Joined, WorkerError> {
+    let (joined, histories) = join_once(shards).await?;
+    match histories {
+        Histories::Same => Ok(joined),
+        Histories::Rewind(restart) => {
+            tracing::warn!(
+                worker = shards.config().worker,
+                checkpoint = %restart.checkpoint,
+                "the shards hold different histories: a shard came back from a checkpoint the others \
+                 were not rewound to; rewinding every shard to it"
+            );
+            recover(shards, &restart).await
+        }
+    }
+}
+
+/// One join of every shard, with the checks of the job's settings; says
+/// whether the shards' histories agree.
+async fn join_once(shards: &Shards) -> Result<(Joined, Histories), WorkerError> {
     let worker = shards.config().worker;
     let n = shards.count();
     let replies = shards
@@ -32,18 +59,32 @@ pub(crate) async fn join(shards: &Shards) -> Result<Joined, WorkerError> {
                 r.shard, r.num_shards
             )));
         }
-        if worker >= r.num_workers {
-            return Err(WorkerError::Cluster(format!(
-                "worker id {worker} is out of range: the job has workers 0..{}",
-                r.num_workers
-            )));
-        }
     }
-    Ok(Joined {
-        clock: replies.iter().map(|r| r.clock).min().unwrap_or(0),
+    let views: Vec<ShardView> = replies.iter().map(ShardView::from_reply).collect();
+    let spec = &shards.config().cluster;
+    job::check_same_job(&views, &spec.shards, spec.split_threshold)?;
+    if let Some(r) = replies.first()
+        && worker >= r.num_workers
+    {
+        return Err(WorkerError::Cluster(format!(
+            "worker id {worker} is out of range: the job has workers 0..{} (the shards' --workers)",
+            r.num_workers
+        )));
+    }
+    let histories = job::compare_histories(&views, &spec.shards, worker)?;
+    let joined = Joined {
+        clock: views
+            .iter()
+            .filter(|v| v.has_tensors)
+            .map(|v| v.clock)
+            .min()
+            .unwrap_or_else(|| replies.iter().map(|r| r.clock).min().unwrap_or(0)),
         num_workers: replies.first().map_or(0, |r| r.num_workers),
         session: replies.first().map(|r| r.session),
-    })
+        policy: views.first().and_then(|v| v.policy),
+        optimizer: views.first().and_then(|v| v.optimizer),
+    };
+    Ok((joined, histories))
 }
 
 /// Rewinds every shard to the checkpoint `restart` names (shards that
@@ -54,7 +95,14 @@ pub(crate) async fn recover(shards: &Shards, restart: &Restart) -> Result<Joined
     let replies =
         shards.broadcast("rewind", false, request, |mut c, r| async move { c.rewind(r).await }).await?;
     let rewound = replies.iter().filter(|r| r.rewound).count();
-    let joined = join(shards).await?;
+    let (joined, histories) = join_once(shards).await?;
+    if let Histories::Rewind(other) = histories {
+        return Err(WorkerError::Cluster(format!(
+            "after rewinding every shard to {}, the shards still come from different checkpoints \
+             (one from {}): restart every shard with --restore",
+            restart.checkpoint, other.checkpoint
+        )));
+    }
     tracing::warn!(
         worker,
         checkpoint = %restart.checkpoint,

@@ -45,6 +45,9 @@ pub struct Worker {
     num_workers: u32,
     /// Shard 0's session, which names checkpoints; learnt at join.
     session: Option<u64>,
+    /// The job's default policy and optimizer, learnt at join.
+    policy: Option<ps_proto::Policy>,
+    optimizer: Option<ps_proto::OptimizerConfig>,
     /// Whether this handle joined (an observer takes no part in the clocks).
     joined: bool,
 }
@@ -73,6 +76,8 @@ impl Worker {
             clock: 0,
             num_workers: 0,
             session: None,
+            policy: None,
+            optimizer: None,
             joined: false,
         })
     }
@@ -96,6 +101,18 @@ impl Worker {
     /// join (0 for an observer).
     pub fn num_workers(&self) -> u32 {
         self.num_workers
+    }
+
+    /// The job's default policy (tensors declared without one get it), as
+    /// the shards reported it at the last join (`None` for an observer).
+    pub fn default_policy(&self) -> Option<ps_proto::Policy> {
+        self.policy
+    }
+
+    /// The optimizer of tensors declared without one, as the shards
+    /// reported it at the last join (`None` for an observer).
+    pub fn default_optimizer(&self) -> Option<ps_proto::OptimizerConfig> {
+        self.optimizer
     }
 
     /// The cluster this worker talks to.
@@ -132,6 +149,8 @@ impl Worker {
         self.clock = joined.clock;
         self.num_workers = joined.num_workers;
         self.session = joined.session;
+        self.policy = joined.policy;
+        self.optimizer = joined.optimizer;
         self.joined = true;
         self.clock
     }

@@ -59,12 +59,26 @@ impl Service {
         let _lease = self.shard.lease(worker);
         let clock = self.shard.join(worker)?;
         let cfg = self.shard.config();
+        let (policy, staleness) = cfg.default_policy().to_pb();
         Ok(pb::JoinReply {
             clock,
             shard: cfg.shard_id,
             num_shards: cfg.num_shards,
             num_workers: cfg.num_workers,
             session: self.shard.session(),
+            job: Some(pb::JobSettings {
+                default_policy: policy as i32,
+                default_staleness: staleness,
+                default_optimizer: Some(cfg.optimizer.to_pb()),
+                split_threshold: cfg.split_threshold,
+                initial_workers: cfg.initial_workers.unwrap_or(cfg.num_workers),
+            }),
+            origin: self.shard.origin().map(|o| pb::CheckpointOrigin {
+                checkpoint: o.checkpoint,
+                clock: o.clock,
+                cause: o.cause,
+            }),
+            has_tensors: !self.shard.status().is_empty(),
         })
     }
 
