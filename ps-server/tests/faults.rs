@@ -22,6 +22,7 @@ fn patient(spec: ClusterSpec, id: u32, metrics: Option<Arc<WorkerMetrics>>) -> W
     WorkerConfig {
         retry: RetryPolicy {
             max_attempts: 40,
+            give_up_after: Duration::from_secs(60),
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(20),
         },

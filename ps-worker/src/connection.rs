@@ -20,6 +20,7 @@ use crate::config::WorkerConfig;
 use crate::data_path::DataChannel;
 use crate::error::{Restart, WorkerError};
 use crate::retry::RetryPolicy;
+use crate::waiting::{Waiting, chain};
 
 /// A shard's gRPC client, sending the bearer token with every request.
 pub(crate) type Client = ParameterServerClient<InterceptedService<Channel, AddToken>>;
@@ -144,19 +145,21 @@ impl Shards {
             .initial_connection_window_size(64 << 20)
             .max_frame_size(1 << 20);
         let mut attempt = 1;
+        let mut waiting = Waiting::new(cfg.worker, shard, addr, "connect", cfg.retry.give_up_after);
         let channel = loop {
             match endpoint.connect().await {
                 Ok(c) => break c,
-                Err(e) if attempt >= cfg.retry.max_attempts => {
+                Err(e) if !cfg.retry.allows_another(attempt, waiting.failing_for()) => {
                     return Err(WorkerError::Connect { shard, addr: addr.into(), source: e });
                 }
                 Err(e) => {
-                    tracing::debug!(shard, addr, attempt, "connect failed, retrying: {e}");
+                    waiting.failed(&chain(&e));
                     tokio::time::sleep(cfg.retry.backoff(attempt)).await;
                     attempt += 1;
                 }
             }
         };
+        waiting.done();
         let channel = InterceptedService::new(channel, AddToken::new(cfg.auth_token.as_ref()));
         let client = ParameterServerClient::new(channel.clone())
             .max_decoding_message_size(cfg.max_message_bytes)
@@ -199,10 +202,15 @@ impl Shards {
         let deadline = self.deadline(waits_on_others);
         let timeout = || WorkerError::Timeout { op, shard, tensor: tensor.map(Into::into), after: deadline };
         let mut attempts = 1;
+        let addr = self.cfg.cluster.shards.get(shard as usize).map_or("?", String::as_str);
+        let mut waiting = Waiting::new(self.cfg.worker, shard, addr, op, self.cfg.retry.give_up_after);
         loop {
             let status =
                 match tokio::time::timeout(deadline + Duration::from_secs(1), attempt.run(deadline)).await {
-                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Ok(v)) => {
+                        waiting.done();
+                        return Ok(v);
+                    }
                     Ok(Err(Failure::Protocol(detail))) => {
                         return Err(WorkerError::Protocol {
                             shard,
@@ -220,7 +228,7 @@ impl Shards {
                     Ok(Err(Failure::Status(status))) => classify(status),
                     Err(_) => return Err(timeout()),
                 };
-            if attempts >= self.cfg.retry.max_attempts
+            if !self.cfg.retry.allows_another(attempts, waiting.failing_for())
                 || !RetryPolicy::is_transient(status.code(), waits_on_others)
             {
                 if let Some(m) = &self.cfg.metrics {
@@ -234,7 +242,7 @@ impl Shards {
             if let Some(m) = &self.cfg.metrics {
                 m.retry(op);
             }
-            tracing::debug!(op, shard, attempt = attempts, code = ?status.code(), "transient failure, retrying");
+            waiting.failed(&format!("{:?}: {}", status.code(), status.message()));
             tokio::time::sleep(self.cfg.retry.backoff(attempts)).await;
             attempts += 1;
         }

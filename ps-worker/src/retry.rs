@@ -11,10 +11,17 @@ use tonic::Code;
 /// (connection lost, shard restarting) always, and `DeadlineExceeded` for
 /// requests that never wait on other workers. Pushes are safe to retry
 /// because shards apply each (worker, clock, tensor part) exactly once.
+///
+/// A request is given up when either bound is reached: `max_attempts`
+/// attempts, or `give_up_after` since its first failure. The default is
+/// generous (any number of attempts for two minutes), so a worker rides
+/// out shards that start after it or restart, and says so in its log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in all, including the first (at least 1).
     pub max_attempts: u32,
+    /// How long after its first failure a request is still retried.
+    pub give_up_after: Duration,
     /// Backoff before the second attempt; doubles each time.
     pub initial_backoff: Duration,
     /// Upper bound of one backoff.
@@ -24,17 +31,31 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 6,
+            max_attempts: u32::MAX,
+            give_up_after: DEFAULT_GIVE_UP_AFTER,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
         }
     }
 }
 
+/// How long a request is retried by default: long enough for a shard to
+/// be restarted by hand or by a scheduler.
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+
+/// How often a worker still retrying says so in its log.
+pub const RETRY_LOG_EVERY: Duration = Duration::from_secs(5);
+
 impl RetryPolicy {
     /// No retries.
     pub fn never() -> Self {
         Self { max_attempts: 1, ..Self::default() }
+    }
+
+    /// Whether a request that made `attempts` attempts, the first failure
+    /// `failing_for` ago, may make another.
+    pub fn allows_another(&self, attempts: u32, failing_for: Duration) -> bool {
+        attempts < self.max_attempts && failing_for < self.give_up_after
     }
 
     /// Whether a failure with `code` is worth another attempt.
@@ -67,6 +88,17 @@ mod tests {
             assert!(p.backoff(attempt) <= cap);
         }
         assert!(p.backoff(30) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_request_is_given_up_at_either_bound() {
+        let p =
+            RetryPolicy { max_attempts: 3, give_up_after: Duration::from_secs(10), ..RetryPolicy::default() };
+        assert!(p.allows_another(2, Duration::from_secs(9)));
+        assert!(!p.allows_another(3, Duration::ZERO), "attempts");
+        assert!(!p.allows_another(1, Duration::from_secs(10)), "time");
+        assert!(!RetryPolicy::never().allows_another(1, Duration::ZERO));
+        assert!(RetryPolicy::default().allows_another(1000, Duration::from_secs(119)));
     }
 
     #[test]
