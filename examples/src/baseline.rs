@@ -40,7 +40,8 @@ pub fn train(
         let values =
             ndarray::ArrayD::from_shape_vec(t.shape(), init.fill(0, len)).expect("shape matches length");
         params.insert(t.name().to_string(), values);
-        optimizers.insert(t.name().to_string(), Optimizer::new(job.optimizer, len));
+        // A job without its own optimizer uses the shards' default.
+        optimizers.insert(t.name().to_string(), Optimizer::new(job.optimizer.unwrap_or_default(), len));
     }
     let per_epoch = job.steps_per_epoch(data.train.len()).max(1);
     let total = job.total_steps(data.train.len());

@@ -9,7 +9,7 @@ use ps_server::process::start_cluster;
 
 #[test]
 fn two_worker_processes_train_against_a_shard_process() {
-    let args = ["--workers", "2", "--policy", "ssp", "--staleness", "1"];
+    let args = ["--workers", "2", "--policy", "ssp", "--staleness", "1", "--lr", "0.3"];
     let split_threshold = ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD;
     let (_server, spec) =
         start_cluster(&ps_server(), 1, split_threshold, &args).unwrap_or_else(|e| panic!("{e}"));
@@ -19,7 +19,7 @@ fn two_worker_processes_train_against_a_shard_process() {
         .map(|id| {
             Command::new(env!("CARGO_BIN_EXE_ps-worker"))
                 .args(["--shards", &addr, "--worker", &id.to_string(), "--model", "softmax"])
-                .args(["--max-steps", "200", "--lr", "0.3", "--momentum", "0"])
+                .args(["--max-steps", "200"])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -62,12 +62,7 @@ fn nonsensical_job_settings_are_refused_with_one_line() {
             &["--shards", "127.0.0.1:18500,,foo"],
             "shard 1 of the shard list has an invalid address \"\": expected host:port",
         ),
-        (&["--lr=-1"], "sgd learning rate must be a positive number, got -1; check --lr and --momentum"),
-        (&["--momentum", "5"], "sgd momentum must be in [0, 1), got 5"),
-        (
-            &["--optimizer", "adam", "--momentum", "0.5"],
-            "--momentum applies only to --optimizer sgd, not adam",
-        ),
+        (&["--retry-for=-1"], "--retry-for must be a number of seconds >= 0, got -1"),
         (&["--batch", "0"], "--batch must be at least 1, got 0"),
         (&["--epochs", "0"], "--epochs must be at least 1, got 0"),
         (&["--checkpoint-every", "0"], "--checkpoint-every must be at least 1"),
@@ -84,5 +79,20 @@ fn nonsensical_job_settings_are_refused_with_one_line() {
         assert_eq!(out.status.code(), Some(1), "ps-worker {args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "ps-worker {args:?}: one line, got {err:?}");
         assert!(err.contains(expected), "ps-worker {args:?}: expected {expected:?} in {err:?}");
+    }
+}
+
+/// The optimizer is the shards' setting: ps-worker has no flag for it, so
+/// the cluster has one source of truth.
+#[test]
+fn the_optimizer_is_set_on_the_shards_only() {
+    for flag in ["--optimizer", "--lr", "--momentum"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ps-worker"))
+            .args(["--worker", "0", "--shards", "127.0.0.1:1", flag, "1"])
+            .output()
+            .expect("run ps-worker");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "ps-worker {flag}: {err}");
+        assert!(err.contains(&format!("unexpected argument '{flag}'")), "{err}");
     }
 }

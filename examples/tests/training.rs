@@ -25,7 +25,7 @@ fn two_workers_learn_fashion_mnist_under_each_policy() {
         epochs: 1,
         seed: 3,
         workers: 2,
-        optimizer: OptimizerConfig::sgd(0.3),
+        optimizer: Some(OptimizerConfig::sgd(0.3)),
         stragglers: Stragglers::none(),
         max_steps: Some(300),
         checkpoint_every: None,

@@ -232,7 +232,7 @@ fn run_all(args: &Args) -> Result<(), String> {
         epochs: args.epochs,
         seed: args.seed,
         workers: args.workers,
-        optimizer: args.optimizer.with_defaults(Some(args.lr)).with_momentum(args.momentum),
+        optimizer: Some(args.optimizer.with_defaults(Some(args.lr)).with_momentum(args.momentum)),
         stragglers,
         max_steps: args.max_steps,
         checkpoint_every: args.checkpoint_every,

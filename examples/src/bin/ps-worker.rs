@@ -10,7 +10,7 @@ use ps_examples::access::AccessArgs;
 use ps_examples::job::data;
 use ps_examples::job::model::{Model, ModelKind};
 use ps_examples::job::train::{self, Persistent, Stragglers, TrainConfig};
-use ps_proto::{ClusterSpec, OptimizerConfig, OptimizerKind, WireDtype};
+use ps_proto::{ClusterSpec, WireDtype};
 use ps_server::logging::{self, LogFormat};
 use ps_worker::{Worker, WorkerConfig, WorkerError};
 
@@ -26,12 +26,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Example, worker 0 of a 2-shard cluster:
 ///
-///   ps-worker --shards 127.0.0.1:7070,127.0.0.1:7071 --worker 0 --model mlp --epochs 2
+///   ps-worker --shards 127.0.0.1:7070,127.0.0.1:7071 --worker 0
+///
+/// The optimizer (kind, learning rate, momentum) is the shards' setting
+/// (`ps-server --optimizer --lr --momentum`): workers declare the tensors
+/// without one, so a cluster has one source of truth for it.
 ///
 /// `ps-worker checkpoint --shards ...` asks a running cluster for a
 /// checkpoint instead (see `ps-worker checkpoint --help`).
-/// `--momentum` when none is given (sgd only).
-const DEFAULT_MOMENTUM: f32 = 0.9;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,25 +74,15 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     batch: usize,
 
-    /// Passes over this worker's share of the training set.
-    #[arg(long, default_value_t = 2)]
+    /// Passes over this worker's share of the training set (with the
+    /// shards' default optimizer, 5 reach about 0.86 test accuracy with 4
+    /// workers under every policy).
+    #[arg(long, default_value_t = 5)]
     epochs: u64,
 
     /// Stop after this many steps.
     #[arg(long)]
     max_steps: Option<u64>,
-
-    /// Server-side optimizer the tensors are declared with: sgd, adam or adagrad.
-    #[arg(long, default_value = "sgd")]
-    optimizer: OptimizerKind,
-
-    /// Learning rate.
-    #[arg(long, default_value_t = 0.1)]
-    lr: f32,
-
-    /// SGD momentum, in [0, 1) [default: 0.9]; only with --optimizer sgd.
-    #[arg(long)]
-    momentum: Option<f32>,
 
     /// Seed of the weights and the data shuffle (the same on every worker).
     #[arg(long, default_value_t = 1)]
@@ -129,11 +121,16 @@ struct Args {
     #[command(flatten)]
     access: AccessArgs,
 
-    /// Attempts of a request that fails transiently (shard unreachable or
-    /// restarting) before the worker gives up, with exponential backoff and
-    /// jitter of up to 2 s between them. Raise it to ride out a shard restart.
-    #[arg(long, default_value_t = ps_worker::RetryPolicy::default().max_attempts, value_parser = clap::value_parser!(u32).range(1..))]
-    max_attempts: u32,
+    /// Seconds a request that fails transiently (shard not up yet,
+    /// unreachable or restarting) is retried before the worker gives up,
+    /// with exponential backoff and jitter of up to 2 s between attempts.
+    /// The worker logs the wait every 5 s, naming the shard.
+    #[arg(long, default_value_t = ps_worker::retry::DEFAULT_GIVE_UP_AFTER.as_secs_f64())]
+    retry_for: f64,
+
+    /// Give up on a request after this many attempts, even within --retry-for [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: Option<u32>,
 
     /// Wire encoding of pushes and pulls.
     #[arg(long, default_value = "f32")]
@@ -203,22 +200,6 @@ fn cluster_spec(
     toml::from_str(&text).map_err(|e| Failure::Usage(format!("invalid cluster spec {}: {e}", path.display())))
 }
 
-/// The optimizer the tensors are declared with, refused (naming the flag)
-/// when a setting makes no sense.
-fn optimizer(args: &Args) -> Result<OptimizerConfig, String> {
-    let mut optimizer = args.optimizer.with_defaults(Some(args.lr));
-    match (args.momentum, args.optimizer) {
-        (Some(m), OptimizerKind::Sgd) => optimizer = optimizer.with_momentum(m),
-        (None, OptimizerKind::Sgd) => optimizer = optimizer.with_momentum(DEFAULT_MOMENTUM),
-        (Some(_), other) => {
-            return Err(format!("--momentum applies only to --optimizer sgd, not {}", other.name()));
-        }
-        (None, _) => {}
-    }
-    optimizer.validate().map_err(|e| format!("{e}; check --lr and --momentum"))?;
-    Ok(optimizer)
-}
-
 /// Refuses job settings that make no sense, naming the flag.
 fn check_job(args: &Args) -> Result<(), String> {
     let at_least_one =
@@ -227,6 +208,9 @@ fn check_job(args: &Args) -> Result<(), String> {
         if value == 0 {
             return Err(format!("{flag} must be at least 1, got 0"));
         }
+    }
+    if !(args.retry_for.is_finite() && args.retry_for >= 0.0) {
+        return Err(format!("--retry-for must be a number of seconds >= 0, got {}", args.retry_for));
     }
     if args.checkpoint_every == Some(0) {
         return Err("--checkpoint-every must be at least 1 (or left out for no checkpoints)".into());
@@ -247,7 +231,6 @@ async fn run(args: Args) -> Result<(), Failure> {
     spec.validate().map_err(Failure::Usage)?;
     let id = args.worker.ok_or_else(|| Failure::Usage("give --worker ID".into()))?;
     check_job(&args).map_err(Failure::Usage)?;
-    let optimizer = optimizer(&args).map_err(Failure::Usage)?;
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let splits = data::load(&dir)?;
     let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(id, None));
@@ -269,7 +252,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     let config = WorkerConfig {
         wire_dtype: args.wire_dtype,
         metrics: Some(std::sync::Arc::clone(&metrics)),
-        retry: ps_worker::RetryPolicy { max_attempts: args.max_attempts, ..Default::default() },
+        retry: ps_worker::RetryPolicy {
+            max_attempts: args.max_attempts.unwrap_or(u32::MAX),
+            give_up_after: Duration::from_secs_f64(args.retry_for),
+            ..Default::default()
+        },
         ..WorkerConfig::new(spec, id)
     };
     let config = args.access.apply(config).map_err(Failure::Usage)?;
@@ -286,7 +273,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         epochs: args.epochs,
         seed: args.seed,
         workers: worker.num_workers(),
-        optimizer,
+        optimizer: None,
         stragglers: Stragglers {
             transient_probability: args.straggler_probability,
             transient_factor: args.straggler_factor,
@@ -298,7 +285,12 @@ async fn run(args: Args) -> Result<(), Failure> {
     };
     train::declare(&mut worker, &cfg).await?;
     let total = cfg.total_steps(splits.train.len());
-    tracing::info!(worker = id, workers = cfg.workers, clock = worker.clock(), steps = total, "training");
+    let optimizer = worker.default_optimizer().map_or_else(|| "unknown".to_string(), |o| o.to_string());
+    let policy = worker.default_policy().map_or_else(|| "unknown".to_string(), |p| p.to_string());
+    tracing::info!(
+        worker = id, workers = cfg.workers, clock = worker.clock(), steps = total, %policy, %optimizer,
+        "training (policy and optimizer are the shards')"
+    );
     let started = Instant::now();
     let log_every = args.log_every.max(1);
     let mut blocked = Duration::ZERO;

@@ -70,8 +70,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Number of workers sharing the data.
     pub workers: u32,
-    /// Server-side optimizer.
-    pub optimizer: OptimizerConfig,
+    /// Server-side optimizer the tensors are declared with; `None`: the
+    /// shards' default (`ps-server --optimizer`), the one source of truth
+    /// for a cluster of processes.
+    pub optimizer: Option<OptimizerConfig>,
     /// Injected slowness.
     pub stragglers: Stragglers,
     /// Stop after this many steps even if epochs remain.
@@ -82,9 +84,13 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The model's tensors with the job's optimizer.
+    /// The model's tensors with the job's optimizer, if it sets one.
     pub fn tensors(&self) -> Vec<TensorDecl> {
-        self.model.tensors().into_iter().map(|t| t.optimizer(self.optimizer)).collect()
+        let tensors = self.model.tensors().into_iter();
+        match self.optimizer {
+            Some(o) => tensors.map(|t| t.optimizer(o)).collect(),
+            None => tensors.collect(),
+        }
     }
 
     /// Steps each worker takes in one epoch over `train_len` examples.

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub(crate) mod jobs;
+
 /// `ps-server` sits next to `ps-worker` in the target directory when the
 /// workspace is built (`cargo test --workspace` builds every binary).
 pub(crate) fn ps_server() -> PathBuf {
