@@ -472,3 +472,6 @@ pub enum PullStart {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod order_tests;

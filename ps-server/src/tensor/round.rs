@@ -247,3 +247,50 @@ fn add(sum: &mut [f32], grad: &[f32]) {
         *s += g;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIVE: fn(u32) -> bool = |_| true;
+
+    #[test]
+    fn the_rounds_first_whole_gradient_becomes_the_sum_without_a_copy() {
+        let mut round = RoundSum::new(4, 0, 3);
+        let first = vec![1.0; 4];
+        let at = first.as_ptr();
+        round.offer_whole(0, first, &[0], LIVE);
+        assert_eq!(round.sum.as_ptr(), at, "in order: moved in");
+        round.offer_whole(1, vec![2.0; 4], &[0], LIVE);
+        round.offer_whole(2, vec![3.0; 4], &[0], LIVE);
+        assert_eq!(round.complete(), &[6.0; 4]);
+        round.finish();
+        assert_eq!(round.bytes(), 0, "a part of one piece frees its sum between rounds");
+
+        // Out of order: the held buffer of the first to fold is moved in.
+        let held = vec![2.0; 4];
+        let at = held.as_ptr();
+        round.offer_whole(1, held, &[0], LIVE);
+        assert_eq!(round.held(), 1);
+        assert_eq!(round.bytes(), 16, "the held gradient counts");
+        round.settle(|w| w != 0);
+        assert_eq!(
+            (round.held(), round.sum.as_ptr()),
+            (0, at),
+            "worker 0 left: worker 1's buffer is the sum"
+        );
+    }
+
+    #[test]
+    fn a_piece_in_its_turn_leaves_its_buffer_and_one_before_it_is_taken() {
+        let mut round = RoundSum::new(4, 2, 2);
+        let mut early = vec![1.0; 2];
+        round.offer_piece(1, 0, &mut early, LIVE);
+        assert!(early.is_empty() && early.capacity() == 0, "held: its buffer is taken, not copied");
+        let mut in_turn = vec![2.0; 2];
+        round.offer_piece(0, 0, &mut in_turn, LIVE);
+        assert_eq!(in_turn, vec![2.0; 2], "folded at once: the caller keeps its buffer");
+        assert_eq!(round.held(), 0, "worker 1's piece followed worker 0's");
+        assert_eq!(round.complete(), &[3.0, 3.0, 0.0, 0.0], "an undelivered piece is zeros");
+    }
+}
