@@ -58,6 +58,9 @@ impl Shard {
                             let mut values = grad.values;
                             let pushed = part.push_piece(worker, clock, piece, &mut values);
                             self.piece_buffers.give(values);
+                            for spare in part.take_spare_buffers() {
+                                self.piece_buffers.give(spare);
+                            }
                             pushed?
                         }
                     };

@@ -280,6 +280,13 @@ impl TensorPart {
         Ok(self.counted(ready))
     }
 
+    /// The buffers of pieces that waited for their turn and were folded
+    /// since the last call: for the shard's piece pool, so that holding a
+    /// piece costs no allocation later.
+    pub fn take_spare_buffers(&mut self) -> Vec<Vec<f32>> {
+        self.round.take_spare()
+    }
+
     /// After a counted push: applies the update it completed, unless pull
     /// replies still read the values, and acts on the rest of `ready`.
     fn counted(&mut self, ready: Ready) -> Pushed {

@@ -42,6 +42,8 @@ pub(super) struct RoundSum {
     /// Gradients (of one piece each) that arrived before their turn, by
     /// worker and piece.
     held: BTreeMap<(u32, usize), Vec<f32>>,
+    /// Buffers of held pieces, folded since [`take_spare`](Self::take_spare).
+    spare: Vec<Vec<f32>>,
 }
 
 impl RoundSum {
@@ -57,6 +59,7 @@ impl RoundSum {
             filled: vec![false; pieces],
             turn: vec![0; pieces],
             held: BTreeMap::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -74,10 +77,18 @@ impl RoundSum {
         start..(start + self.piece_len).min(self.len)
     }
 
-    /// Bytes held: the sum and the gradients waiting for their turn.
+    /// Bytes held: the sum, the gradients waiting for their turn, and the
+    /// spare buffers of folded ones.
     pub(super) fn bytes(&self) -> usize {
-        let held: usize = self.held.values().map(Vec::capacity).sum();
+        let held: usize = self.held.values().chain(&self.spare).map(Vec::capacity).sum();
         (self.sum.capacity() + held) * 4
+    }
+
+    /// The buffers of held pieces folded since the last call, for the
+    /// caller to reuse (a part of one piece keeps none: a whole push's
+    /// buffer becomes the sum or is freed).
+    pub(super) fn take_spare(&mut self) -> Vec<Vec<f32>> {
+        std::mem::take(&mut self.spare)
     }
 
     /// Gradients waiting for their turn.
@@ -191,21 +202,28 @@ impl RoundSum {
     /// where it can be (the round's first gradient of a part of one
     /// piece), copied where the sum holds nothing of this round yet, added
     /// elsewhere.
+    /// A held piece's buffer is kept for [`take_spare`](Self::take_spare).
     fn fold(&mut self, piece: usize, grad: Incoming<'_>) {
-        if std::mem::replace(&mut self.filled[piece], true) {
-            let range = self.piece_range(piece);
-            add(&mut self.sum[range], grad.as_slice());
-            return;
-        }
-        if self.pieces() == 1
-            && let Incoming::Owned(grad) = grad
-        {
-            self.sum = grad;
-            return;
-        }
-        self.ensure_sum();
+        let first = !std::mem::replace(&mut self.filled[piece], true);
+        let grad = match grad {
+            Incoming::Owned(grad) if first && self.pieces() == 1 => {
+                self.sum = grad;
+                return;
+            }
+            grad => grad,
+        };
         let range = self.piece_range(piece);
-        self.sum[range].copy_from_slice(grad.as_slice());
+        if first {
+            self.ensure_sum();
+            self.sum[range].copy_from_slice(grad.as_slice());
+        } else {
+            add(&mut self.sum[range], grad.as_slice());
+        }
+        if self.pieces() > 1
+            && let Incoming::Owned(buffer) = grad
+        {
+            self.spare.push(buffer);
+        }
     }
 
     fn ensure_sum(&mut self) {
@@ -285,12 +303,20 @@ mod tests {
     fn a_piece_in_its_turn_leaves_its_buffer_and_one_before_it_is_taken() {
         let mut round = RoundSum::new(4, 2, 2);
         let mut early = vec![1.0; 2];
+        let at = early.as_ptr();
         round.offer_piece(1, 0, &mut early, LIVE);
         assert!(early.is_empty() && early.capacity() == 0, "held: its buffer is taken, not copied");
         let mut in_turn = vec![2.0; 2];
         round.offer_piece(0, 0, &mut in_turn, LIVE);
         assert_eq!(in_turn, vec![2.0; 2], "folded at once: the caller keeps its buffer");
         assert_eq!(round.held(), 0, "worker 1's piece followed worker 0's");
+        let spare = round.take_spare();
+        assert_eq!(
+            spare.iter().map(|b| b.as_ptr()).collect::<Vec<_>>(),
+            vec![at],
+            "its buffer is given back"
+        );
+        assert!(round.take_spare().is_empty());
         assert_eq!(round.complete(), &[3.0, 3.0, 0.0, 0.0], "an undelivered piece is zeros");
     }
 }
