@@ -41,7 +41,7 @@ fn arrival_order(run: u32, round: u64) -> Vec<u32> {
 
 /// The elements' sum when added in `order`.
 fn fold(order: &[u32], round: u64) -> Vec<u32> {
-    let mut sum = vec![0.0f32; LEN];
+    let mut sum = [0.0f32; LEN];
     for (n, w) in order.iter().enumerate() {
         for (s, g) in sum.iter_mut().zip(gradient(*w, round)) {
             *s = if n == 0 { g } else { *s + g };
