@@ -1,5 +1,7 @@
 //! One tensor part held by a shard: its values, optimizer state, clocks and
-//! aggregation buffer, updated atomically under the caller's lock.
+//! aggregation buffer, updated atomically under the caller's lock. A sync
+//! round's gradients are summed in worker-id order (`round.rs`), so a job
+//! run twice gives bit-identical values.
 
 use std::collections::HashMap;
 use std::sync::Arc;
