@@ -8,7 +8,7 @@
 //! - [`optim`]: SGD, Adam and AdaGrad update kernels.
 //! - [`init`]: seeded initializers independent of sharding.
 //! - [`meta`]: what a tensor part is, fixed at declaration.
-//! - [`tensor`]: one tensor part — values, optimizer state, clocks, aggregation buffer.
+//! - [`tensor`]: one tensor part — values, optimizer state, clocks, aggregation buffer (a sync round summed in worker-id order).
 //! - [`shard`]: the parts of one shard, the live set, waiting pulls and barriers.
 //! - [`buffers`]: buffers of pushed pieces, kept for the next piece.
 //! - [`readers`]: pull replies still reading a part, which updates wait for instead of copying it.

@@ -54,8 +54,13 @@ impl Shard {
                     let pushed = match piece {
                         None => part.push(worker, clock, grad)?,
                         Some(piece) => {
-                            let pushed = part.push_piece(worker, clock, piece, &grad.values);
-                            self.piece_buffers.give(grad.values);
+                            // Taken (left empty) when the piece waits for its turn.
+                            let mut values = grad.values;
+                            let pushed = part.push_piece(worker, clock, piece, &mut values);
+                            self.piece_buffers.give(values);
+                            for spare in part.take_spare_buffers() {
+                                self.piece_buffers.give(spare);
+                            }
                             pushed?
                         }
                     };

@@ -1,5 +1,7 @@
 //! One tensor part held by a shard: its values, optimizer state, clocks and
-//! aggregation buffer, updated atomically under the caller's lock.
+//! aggregation buffer, updated atomically under the caller's lock. A sync
+//! round's gradients are summed in worker-id order (`round.rs`), so a job
+//! run twice gives bit-identical values.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +22,10 @@ use crate::sync::{
     ClockError, ClockTable, Delivered, Event, Policy, PullDecision, PullId, PushDecision, Ready,
     RoundComplete, Update,
 };
+
+mod round;
+
+use round::RoundSum;
 
 /// A gradient whose chunk sequence has been validated and decoded: exactly
 /// the part's elements, in order.
@@ -50,16 +56,9 @@ pub struct TensorPart {
     optimizer: Optimizer,
     clocks: ClockTable,
     aggregation: Aggregation,
-    /// Sync only: the sum of the round's gradients so far. A piece's first
-    /// gradient of the round is copied in and later ones added, so the sum
-    /// is not zeroed between rounds. A part taking whole pushes only moves the round's
-    /// first gradient in and frees the sum once the round is applied, so
-    /// between rounds it holds no gradient buffer; a part taking pieces
-    /// keeps it, rather than allocate it again every round.
-    round_sum: Vec<f32>,
-    /// Sync only, per piece: whether `round_sum` holds a gradient of this
-    /// round there.
-    round_filled: Vec<bool>,
+    /// Sync only: the sum of the round's gradients so far, folded in
+    /// worker-id order, and the gradients that arrived before their turn.
+    round: RoundSum,
     /// Sync only: the pieces of unfinished pushes that have arrived.
     delivered: Delivered,
     /// Checkpoints waiting for this part to reach their clock.
@@ -74,16 +73,9 @@ pub struct TensorPart {
     wakers: HashMap<PullId, oneshot::Sender<Result<(), ClockError>>>,
 }
 
-/// Pieces a push to a part described by `meta` may come in (1: whole pushes only).
-fn piece_count(meta: &TensorMeta) -> usize {
-    if meta.piece_len == 0 { 1 } else { meta.len.div_ceil(meta.piece_len).max(1) as usize }
-}
-
-/// `sum[i] += grad[i]`.
-fn add(sum: &mut [f32], grad: &[f32]) {
-    for (s, g) in sum.iter_mut().zip(grad) {
-        *s += g;
-    }
+/// An empty round sum for a part described by `meta`, with `num_workers` workers.
+fn round_sum(meta: &TensorMeta, num_workers: u32) -> RoundSum {
+    RoundSum::new(meta.len as usize, meta.piece_len as usize, num_workers)
 }
 
 /// Applies `scale * grad` to `values` with `optimizer`, as one step.
@@ -118,15 +110,14 @@ impl TensorPart {
         aggregation: Aggregation,
     ) -> Self {
         let len = meta.len as usize;
-        let round_filled = vec![false; piece_count(&meta)];
+        let round = round_sum(&meta, num_workers);
         Self {
             values: array::shared(init.fill(meta.offset, len)),
             optimizer: Optimizer::new(optimizer, len),
             clocks: ClockTable::new(meta.policy, num_workers),
             meta,
             aggregation,
-            round_sum: Vec::new(),
-            round_filled,
+            round,
             delivered: Delivered::default(),
             cuts: PartCuts::default(),
             readers: Arc::default(),
@@ -146,15 +137,14 @@ impl TensorPart {
         aggregation: Aggregation,
         clock: u64,
     ) -> Self {
-        let round_filled = vec![false; piece_count(&meta)];
+        let round = round_sum(&meta, num_workers);
         Self {
             values: array::shared(values),
             optimizer,
             clocks: ClockTable::resumed(meta.policy, num_workers, clock),
             meta,
             aggregation,
-            round_sum: Vec::new(),
-            round_filled,
+            round,
             delivered: Delivered::default(),
             cuts: PartCuts::default(),
             readers: Arc::default(),
@@ -211,10 +201,17 @@ impl TensorPart {
         &self.optimizer
     }
 
-    /// Bytes held: values, optimizer state and the aggregation buffer.
+    /// Bytes held: values, optimizer state, the aggregation buffer and the
+    /// sync gradients held for their turn in it.
     pub fn bytes_held(&self) -> usize {
         let pending = self.pending_grad.as_ref().map_or(0, Vec::capacity);
-        (self.values.len() + self.round_sum.capacity() + pending) * 4 + self.optimizer.state_bytes()
+        (self.values.len() + pending) * 4 + self.round.bytes() + self.optimizer.state_bytes()
+    }
+
+    /// Sync: gradients (of one piece each) that arrived before their turn
+    /// in the round's sum and wait for it.
+    pub fn held_gradients(&self) -> usize {
+        self.round.held()
     }
 
     fn clock_err(&self, source: ClockError) -> PsError {
@@ -231,16 +228,11 @@ impl TensorPart {
         match ready.push {
             None | Some(PushDecision::Duplicate) => return Ok(Pushed::DUPLICATE),
             Some(PushDecision::Apply) => self.pending_grad = Some(grad.values),
-            Some(PushDecision::Accumulate) if self.round_sum.is_empty() && self.round_filled.len() == 1 => {
-                self.round_sum = grad.values;
-                self.round_filled[0] = true;
-            }
             Some(PushDecision::Accumulate) => {
                 // When some pieces of this push came first, the rest come from this one.
-                for piece in self.delivered.missing(worker, clock, self.round_filled.len()) {
-                    let range = self.piece_range(piece);
-                    self.accumulate(piece, &grad.values[range]);
-                }
+                let missing = self.delivered.missing(worker, clock, self.round.pieces());
+                let clocks = &self.clocks;
+                self.round.offer_whole(worker, grad.values, &missing, |w| clocks.is_live(w));
                 self.delivered.forget(worker);
             }
         }
@@ -248,8 +240,10 @@ impl TensorPart {
     }
 
     /// Sync: accepts piece `piece` of `worker`'s push for `clock` (its
-    /// elements in `grad`, which the caller may reuse after), or ignores a
-    /// retry of one already accepted.
+    /// elements in `grad`), or ignores a retry of one already accepted.
+    /// A piece folded into the round's sum at once leaves `grad` to the
+    /// caller to reuse; one that must wait for its turn (a lower worker's
+    /// piece is still to come) takes its buffer, leaving `grad` empty.
     /// The push counts once all its pieces are in; the last piece of the
     /// round's last push completes the round. On error nothing changed.
     pub fn push_piece(
@@ -257,16 +251,16 @@ impl TensorPart {
         worker: u32,
         clock: u64,
         piece: usize,
-        grad: &[f32],
+        grad: &mut Vec<f32>,
     ) -> Result<Pushed, PsError> {
-        let pieces = self.round_filled.len();
+        let pieces = self.round.pieces();
         if self.meta.policy != Policy::Sync {
             return Err(PsError::InvalidArgument(format!(
                 "tensor {:?}, worker {worker}: only sync parts take pushes in pieces",
                 self.meta.name
             )));
         }
-        if piece >= pieces || grad.len() != self.piece_range(piece).len() {
+        if piece >= pieces || grad.len() != self.round.piece_range(piece).len() {
             return Err(PsError::InvalidArgument(format!(
                 "tensor {:?}, worker {worker}: piece {piece} of {pieces} with {} elements",
                 self.meta.name,
@@ -282,9 +276,17 @@ impl TensorPart {
         if ready.push != Some(PushDecision::Accumulate) {
             return Ok(Pushed::DUPLICATE);
         }
-        self.accumulate(piece, grad);
         self.delivered.record(worker, clock, piece, pieces);
+        let clocks = &self.clocks;
+        self.round.offer_piece(worker, piece, grad, |w| clocks.is_live(w));
         Ok(self.counted(ready))
+    }
+
+    /// The buffers of pieces that waited for their turn and were folded
+    /// since the last call: for the shard's piece pool, so that holding a
+    /// piece costs no allocation later.
+    pub fn take_spare_buffers(&mut self) -> Vec<Vec<f32>> {
+        self.round.take_spare()
     }
 
     /// After a counted push: applies the update it completed, unless pull
@@ -300,31 +302,6 @@ impl TensorPart {
         }
         self.settle(ready);
         Pushed { counted: true, round, pending }
-    }
-
-    /// Adds `grad`, the elements of piece `piece`, to the round's sum:
-    /// copied where the sum holds nothing of this round yet, added elsewhere.
-    fn accumulate(&mut self, piece: usize, grad: &[f32]) {
-        if self.round_sum.is_empty() {
-            self.round_sum = vec![0.0; self.meta.len as usize];
-        }
-        let range = self.piece_range(piece);
-        let sum = &mut self.round_sum[range];
-        if std::mem::replace(&mut self.round_filled[piece], true) {
-            add(sum, grad);
-        } else {
-            sum.copy_from_slice(grad);
-        }
-    }
-
-    /// The elements of piece `piece` (below the number of pieces), relative to the part.
-    fn piece_range(&self, piece: usize) -> std::ops::Range<usize> {
-        let (len, piece_len) = (self.meta.len as usize, self.meta.piece_len as usize);
-        if piece_len == 0 {
-            return 0..len;
-        }
-        let start = (piece * piece_len).min(len);
-        start..(start + piece_len).min(len)
     }
 
     /// Whether an update is counted but not yet in the values: pulls wait
@@ -371,22 +348,11 @@ impl TensorPart {
             Aggregation::Mean => 1.0 / round.contributors as f32,
             Aggregation::Sum => 1.0,
         };
-        if self.round_sum.is_empty() {
-            // Only when every contributor left before any piece arrived.
-            self.round_sum = vec![0.0; self.meta.len as usize];
-        }
         // Pieces that no contributor delivered (it left first) count as zeros.
-        for piece in 0..self.round_filled.len() {
-            if !std::mem::replace(&mut self.round_filled[piece], false) {
-                let range = self.piece_range(piece);
-                self.round_sum[range].fill(0.0);
-            }
-        }
+        let sum = self.round.complete();
         let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
-        self.optimizer.step(values, &self.round_sum, scale);
-        if self.round_filled.len() == 1 {
-            self.round_sum = Vec::new();
-        }
+        self.optimizer.step(values, sum, scale);
+        self.round.finish();
     }
 
     /// Acts on what a step decided: wakes the released and refused pulls,
@@ -466,6 +432,9 @@ impl TensorPart {
             self.settle(ready);
         }
         let ready = self.clocks.step(Event::Leave { worker }).map_err(|e| self.clock_err(e))?;
+        // The gradients held behind `worker` need not wait for it now.
+        let clocks = &self.clocks;
+        self.round.settle(|w| clocks.is_live(w));
         if ready.update.is_some() {
             self.finish_update();
         }
@@ -512,3 +481,6 @@ pub enum PullStart {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod order_tests;

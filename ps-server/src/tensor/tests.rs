@@ -227,6 +227,11 @@ fn pieced(workers: u32) -> TensorPart {
     TensorPart::new(meta, Init::Constant(0.0), OptimizerConfig::sgd(1.0), workers, Aggregation::Mean)
 }
 
+/// Pushes piece `piece` from a buffer holding `v`, as the shard does.
+fn push_piece(p: &mut TensorPart, w: u32, clock: u64, piece: usize, v: &[f32]) -> Result<Pushed, PsError> {
+    p.push_piece(w, clock, piece, &mut v.to_vec())
+}
+
 fn values(p: &TensorPart) -> Vec<f32> {
     p.snapshot(Default::default()).values.to_vec()
 }
@@ -237,15 +242,18 @@ fn a_push_in_pieces_counts_once_all_its_pieces_are_in_and_sums_like_a_whole_push
     let g0 = [1.0, 2.0, 3.0, 4.0, 5.0];
     let g1 = [0.5, -2.0, 1.5, -0.0, 3.0];
     // Worker 0 in pieces, out of order; worker 1 whole.
-    assert!(p.push_piece(0, 0, 2, &g0[4..]).unwrap().counted);
-    assert!(p.push_piece(0, 0, 0, &g0[..2]).unwrap().counted);
-    assert!(!p.push_piece(0, 0, 0, &g0[..2]).unwrap().counted, "a retried piece changes nothing");
+    assert!(push_piece(&mut p, 0, 0, 2, &g0[4..]).unwrap().counted);
+    assert!(push_piece(&mut p, 0, 0, 0, &g0[..2]).unwrap().counted);
+    assert!(!push_piece(&mut p, 0, 0, 0, &g0[..2]).unwrap().counted, "a retried piece changes nothing");
     assert_eq!(p.clocks().worker_clock(0), Some(0), "the push is not complete yet");
-    let pushed = p.push_piece(0, 0, 1, &g0[2..4]).unwrap();
+    let pushed = push_piece(&mut p, 0, 0, 1, &g0[2..4]).unwrap();
     assert!(pushed.counted);
     assert_eq!(pushed.round, None, "worker 1 has not pushed: no update yet");
     assert_eq!(p.clocks().worker_clock(0), Some(1), "complete with its last piece");
-    assert!(!p.push_piece(0, 0, 1, &g0[2..4]).unwrap().counted, "a piece of a complete push is a duplicate");
+    assert!(
+        !push_piece(&mut p, 0, 0, 1, &g0[2..4]).unwrap().counted,
+        "a piece of a complete push is a duplicate"
+    );
     assert_eq!(values(&p), vec![0.0; 5], "no update before the round completes");
     let pushed = p.push(1, 0, grad(&g1)).unwrap();
     assert!(pushed.counted);
@@ -267,9 +275,9 @@ fn a_push_in_pieces_counts_once_all_its_pieces_are_in_and_sums_like_a_whole_push
 fn only_the_last_piece_of_the_rounds_last_push_changes_the_values() {
     let mut p = pieced(2);
     p.push(1, 0, grad(&[1.0; 5])).unwrap();
-    assert_eq!(p.push_piece(0, 0, 0, &[1.0; 2]).unwrap().round, None);
-    assert_eq!(p.push_piece(0, 0, 2, &[1.0; 1]).unwrap().round, None);
-    let again = p.push_piece(0, 0, 0, &[1.0; 2]).unwrap();
+    assert_eq!(push_piece(&mut p, 0, 0, 0, &[1.0; 2]).unwrap().round, None);
+    assert_eq!(push_piece(&mut p, 0, 0, 2, &[1.0; 1]).unwrap().round, None);
+    let again = push_piece(&mut p, 0, 0, 0, &[1.0; 2]).unwrap();
     assert!(!again.counted && again.round.is_none(), "an arrived piece changes nothing");
     assert_eq!(values(&p), vec![0.0; 5]);
     // A whole push after some pieces adds only the pieces still missing,
@@ -278,9 +286,9 @@ fn only_the_last_piece_of_the_rounds_last_push_changes_the_values() {
     assert_eq!(pushed.round.map(|r| r.clock), Some(0), "a whole push brings the missing piece too");
     assert_eq!(values(&p), vec![-1.0, -1.0, -4.0, -4.0, -1.0]);
     // The next round starts from an empty sum, though the part keeps its buffer.
-    p.push_piece(0, 1, 0, &[2.0; 2]).unwrap();
-    p.push_piece(0, 1, 1, &[2.0; 2]).unwrap();
-    p.push_piece(0, 1, 2, &[2.0; 1]).unwrap();
+    push_piece(&mut p, 0, 1, 0, &[2.0; 2]).unwrap();
+    push_piece(&mut p, 0, 1, 1, &[2.0; 2]).unwrap();
+    push_piece(&mut p, 0, 1, 2, &[2.0; 1]).unwrap();
     p.push(1, 1, grad(&[0.0; 5])).unwrap();
     assert_eq!(values(&p), vec![-2.0, -2.0, -5.0, -5.0, -2.0]);
 }
@@ -288,13 +296,13 @@ fn only_the_last_piece_of_the_rounds_last_push_changes_the_values() {
 #[test]
 fn a_refused_piece_changes_nothing() {
     let mut p = pieced(2);
-    let bad_length = p.push_piece(0, 0, 1, &[1.0; 3]);
+    let bad_length = push_piece(&mut p, 0, 0, 1, &[1.0; 3]);
     assert!(matches!(bad_length, Err(PsError::InvalidArgument(_))), "{bad_length:?}");
-    assert!(matches!(p.push_piece(0, 0, 3, &[1.0]), Err(PsError::InvalidArgument(_))), "no piece 3");
-    assert!(matches!(p.push_piece(0, 1, 0, &[1.0; 2]), Err(PsError::Clock { .. })), "clock ahead");
-    p.push_piece(0, 0, 0, &[1.0; 2]).unwrap();
-    p.push_piece(0, 0, 1, &[1.0; 2]).unwrap();
-    p.push_piece(0, 0, 2, &[1.0; 1]).unwrap();
+    assert!(matches!(push_piece(&mut p, 0, 0, 3, &[1.0]), Err(PsError::InvalidArgument(_))), "no piece 3");
+    assert!(matches!(push_piece(&mut p, 0, 1, 0, &[1.0; 2]), Err(PsError::Clock { .. })), "clock ahead");
+    push_piece(&mut p, 0, 0, 0, &[1.0; 2]).unwrap();
+    push_piece(&mut p, 0, 0, 1, &[1.0; 2]).unwrap();
+    push_piece(&mut p, 0, 0, 2, &[1.0; 1]).unwrap();
     p.push(1, 0, grad(&[1.0; 5])).unwrap();
     assert_eq!(values(&p), vec![-1.0; 5], "the refused pieces left no trace in the sum");
 }
@@ -303,7 +311,7 @@ fn a_refused_piece_changes_nothing() {
 fn a_worker_leaving_with_some_pieces_in_counts_with_zeros_for_the_rest() {
     let mut p = pieced(2);
     p.push(1, 0, grad(&[2.0; 5])).unwrap();
-    p.push_piece(0, 0, 1, &[4.0; 2]).unwrap();
+    push_piece(&mut p, 0, 0, 1, &[4.0; 2]).unwrap();
     p.leave(0).unwrap();
     // Mean of [2; 5] and [0, 0, 4, 4, 0] over the two contributors.
     assert_eq!(values(&p), vec![-1.0, -1.0, -3.0, -3.0, -1.0]);
@@ -317,10 +325,10 @@ fn pieces_no_contributor_delivered_count_as_zeros() {
     p.push(0, 0, grad(&[8.0; 5])).unwrap();
     p.push(1, 0, grad(&[8.0; 5])).unwrap();
     assert_eq!(values(&p), vec![-8.0; 5]);
-    p.push_piece(0, 1, 0, &[2.0; 2]).unwrap();
+    push_piece(&mut p, 0, 1, 0, &[2.0; 2]).unwrap();
     p.leave(0).unwrap();
     assert_eq!(p.clocks().applied_clock(), 1, "worker 1 is still to push");
-    p.push_piece(1, 1, 0, &[4.0; 2]).unwrap();
+    push_piece(&mut p, 1, 1, 0, &[4.0; 2]).unwrap();
     p.leave(1).unwrap();
     assert_eq!(values(&p), vec![-11.0, -11.0, -8.0, -8.0, -8.0]);
 }
@@ -373,7 +381,7 @@ fn any_interleaving_of_pieces_retries_and_whole_pushes_applies_each_push_once() 
                 let push = |p: &mut TensorPart| match piece {
                     Some(i) => {
                         let r = pieces[i].offset as usize..(pieces[i].offset + pieces[i].len) as usize;
-                        p.push_piece(w, round, i, &g(w)[r])
+                        push_piece(p, w, round, i, &g(w)[r])
                     }
                     None => p.push(w, round, Gradient { values: g(w) }),
                 };
