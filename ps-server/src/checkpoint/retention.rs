@@ -97,6 +97,9 @@ pub fn retire(dir: &Path) -> Result<(), CheckpointError> {
             _ => return Err(CheckpointError::Io { action: "retire", path: dir.to_path_buf(), source: e }),
         }
     }
+    if let Some((clock, _)) = parse_name(&name.to_string_lossy()) {
+        super::write::pause_point("retiring", clock);
+    }
     remove_tree(&hidden)?;
     tracing::info!(dir = %dir.display(), "deleted checkpoint");
     Ok(())
@@ -136,14 +139,20 @@ pub fn retire_failed(root: &Path, name: &str) -> Result<(), CheckpointError> {
 
 /// Deletes complete checkpoints beyond the newest `keep`, and others
 /// (incomplete or invalid) older than every kept one; never the newest
-/// complete one. Then removes hidden leftovers of retirements.
-pub fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
+/// complete one, nor an incomplete one named after `session` (the
+/// requesting shard's current session: it may still be being written, and
+/// if it fails the failing shard retires it). Then removes hidden leftovers
+/// of retirements.
+pub fn prune(root: &Path, keep: usize, session: Option<u64>) -> Result<(), CheckpointError> {
     let listed = list(root)?;
     let complete: Vec<&Listed> = listed.iter().filter(|l| l.created_unix_ms().is_some()).collect();
     let kept = &complete[..complete.len().min(keep.max(1))];
     if let Some(oldest_kept) = kept.iter().map(|l| l.clock).min() {
         for l in &listed {
-            let keep_it = kept.iter().any(|k| k.dir == l.dir)
+            let in_flight =
+                matches!(l.found, Found::Incomplete) && parse_name(&l.name).map(|n| n.1) == session;
+            let keep_it = in_flight
+                || kept.iter().any(|k| k.dir == l.dir)
                 || (l.created_unix_ms().is_none() && l.clock >= oldest_kept);
             if !keep_it {
                 retire(&l.dir)?;

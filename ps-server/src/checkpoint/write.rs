@@ -63,8 +63,9 @@ pub struct Written {
 /// the writer prints `checkpoint paused at <point>` and stops there for good
 /// (for the checkpoint at `clock` only, if given), so a test can kill the
 /// process at an exact point of the write. Points: `before-files`,
-/// `between-files`, `before-manifest-rename`.
-fn pause_point(point: &str, clock: u64) {
+/// `between-files`, `before-manifest-rename`, and `retiring` (a checkpoint
+/// being pruned, at its clock, renamed out of sight but not yet deleted).
+pub(crate) fn pause_point(point: &str, clock: u64) {
     let wanted = std::env::var("PS_TEST_PAUSE_AT").ok();
     let matches = wanted.as_deref().is_some_and(|w| match w.split_once('@') {
         Some((p, c)) => p == point && c.parse() == Ok(clock),
@@ -212,7 +213,8 @@ pub fn write_shard_cut(
 
     // 3. The manifest, if this shard is the last one.
     let manifest = finish_manifest(&dir, info.job.num_shards, info.shard, cut.clock)?;
-    if manifest && let Err(e) = prune(&info.root, info.keep.max(1)) {
+    let session = super::format::parse_name(&cut.name).map(|(_, session)| session);
+    if manifest && let Err(e) = prune(&info.root, info.keep.max(1), session) {
         tracing::warn!(error = %e, "could not delete old checkpoints");
     }
     Ok(Written { dir, bytes, manifest })
