@@ -209,7 +209,7 @@ async fn a_truncated_manifest_is_skipped_and_inspect_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_while_pruning_leaves_no_damage_and_the_leftover_goes_at_the_next_checkpoint() {
+async fn a_retired_leftover_is_not_damage_and_goes_at_the_next_checkpoint() {
     let (root, cluster, older, _newer) = two_checkpoints("prune-kill").await;
     // A kill between retiring's rename and its delete: the hidden
     // directory, half deleted, is all that is left of the older checkpoint.
