@@ -231,6 +231,51 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
     }
 
+    /// A complete checkpoint at `clock` (no tensors) with a valid manifest and checksum.
+    fn complete(root: &Path, clock: u64, session: u64) -> String {
+        use super::super::format::{ClusterEntry, MANIFEST_SHA256, Manifest, manifest_sha256_line};
+        let name = super::super::checkpoint_name(clock, session);
+        let manifest = Manifest {
+            format: super::super::format::FORMAT_VERSION,
+            name: name.clone(),
+            clock,
+            policy: crate::sync::Policy::Sync,
+            aggregation: crate::config::Aggregation::Mean,
+            num_workers: 1,
+            cluster: ClusterEntry { num_shards: 1, split_threshold: 8 },
+            created_unix_ms: clock,
+            tensors: Vec::new(),
+            files: Vec::new(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("json");
+        let dir = root.join(&name);
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(dir.join(MANIFEST_SHA256), manifest_sha256_line(&super::super::write::sha256_hex(&json)))
+            .expect("checksum");
+        fs::write(dir.join(MANIFEST), json).expect("manifest");
+        name
+    }
+
+    #[test]
+    fn prune_spares_incomplete_checkpoints_of_the_current_session() {
+        let root = scratch("in-flight");
+        let old = complete(&root, 2, 7);
+        let newest = complete(&root, 6, 7);
+        // Clock 4 of this session is still being written; clock 3 is from an earlier life.
+        let in_flight = super::super::checkpoint_name(4, 7);
+        let stale = super::super::checkpoint_name(3, 1);
+        fs::create_dir_all(root.join(&in_flight)).expect("in flight");
+        fs::create_dir_all(root.join(&stale)).expect("stale");
+        prune(&root, 1, Some(7)).expect("prune");
+        let mut left: Vec<String> = fs::read_dir(&root)
+            .expect("root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![in_flight, newest], "{old} and {stale} go, the one in flight stays");
+        let _ = fs::remove_dir_all(&root);
+    }
+
     #[test]
     fn prepare_refuses_a_file() {
         let root = scratch("file");
