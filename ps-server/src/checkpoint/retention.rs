@@ -125,16 +125,18 @@ pub fn has_failed(root: &Path, name: &str) -> bool {
 }
 
 /// Marks checkpoint `name` failed (so no shard finishes it) and retires
-/// whatever shards wrote of it.
+/// whatever shards wrote of it; retires it even when the mark cannot be
+/// made (a full disk may refuse a new directory), then reports that.
 pub fn retire_failed(root: &Path, name: &str) -> Result<(), CheckpointError> {
     let marker = failed_marker(root, name);
-    match fs::create_dir(&marker) {
+    let marked = match fs::create_dir(&marker) {
         Err(e) if e.kind() != ErrorKind::AlreadyExists => {
-            return Err(CheckpointError::Io { action: "create", path: marker, source: e });
+            Err(CheckpointError::Io { action: "create", path: marker, source: e })
         }
-        _ => {}
-    }
-    retire(&root.join(name))
+        _ => Ok(()),
+    };
+    retire(&root.join(name))?;
+    marked
 }
 
 /// Deletes complete checkpoints beyond the newest `keep`, and others
