@@ -97,8 +97,15 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
                         }
                         let t0 = *started.get_or_init(Instant::now);
                         let steps =
-                            train::train(&mut worker, &spec.job, &data.train, t0, &mut |_| progress.inc(1))
-                                .await?;
+                            train::train(
+                                &mut worker,
+                                &spec.job,
+                                &data.train,
+                                t0,
+                                &mut ps_worker::CheckpointWatch::new(),
+                                &mut |_| progress.inc(1),
+                            )
+                            .await?;
                         worker.leave().await?;
                         Ok::<_, WorkerError>(steps)
                     })

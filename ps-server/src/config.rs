@@ -126,6 +126,9 @@ pub struct ShardConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Complete checkpoints kept under `checkpoint_dir`; older ones are deleted.
     pub keep_checkpoints: usize,
+    /// Checkpoints registered and not yet written or failed at once; more
+    /// are refused (each may keep a copy of the parts it waits for).
+    pub max_pending_checkpoints: usize,
     /// File holding the bearer token every request must carry; none: no check.
     pub auth_token_file: Option<std::path::PathBuf>,
     /// PEM certificate chain to serve TLS with (with `tls_key`); none: plaintext.
@@ -169,6 +172,7 @@ impl Default for ShardConfig {
             join_grace_ms: crate::membership::DEFAULT_JOIN_GRACE.as_millis() as u64,
             checkpoint_dir: None,
             keep_checkpoints: 3,
+            max_pending_checkpoints: 4,
             auth_token_file: None,
             tls_cert: None,
             tls_key: None,
@@ -316,8 +320,8 @@ impl ShardConfig {
         if self.max_connections == 0 || self.max_push_bytes_in_flight == 0 {
             return Err("max_connections and max_push_bytes_in_flight must be at least 1".into());
         }
-        if self.keep_checkpoints == 0 {
-            return Err("keep_checkpoints must be at least 1".into());
+        if self.keep_checkpoints == 0 || self.max_pending_checkpoints == 0 {
+            return Err("keep_checkpoints and max_pending_checkpoints must be at least 1".into());
         }
         self.optimizer.validate()
     }

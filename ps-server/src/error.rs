@@ -199,7 +199,11 @@ impl PsError {
             PsError::JobFailed { .. } => Code::Aborted,
             PsError::Checkpoint(e) => match e {
                 CheckpointError::Io { .. } => Code::Internal,
-                CheckpointError::Corrupt { .. } | CheckpointError::Checksum { .. } => Code::DataLoss,
+                CheckpointError::Corrupt { .. }
+                | CheckpointError::Checksum { .. }
+                | CheckpointError::Mismatch { .. } => Code::DataLoss,
+                CheckpointError::FailedElsewhere { .. } => Code::Internal,
+                CheckpointError::TooManyPending { .. } => Code::ResourceExhausted,
                 CheckpointError::NewerFormat { .. } => Code::FailedPrecondition,
                 CheckpointError::NoneFound { .. } => Code::NotFound,
             },

@@ -243,7 +243,11 @@ async fn keeps_the_newest_k_and_detects_a_flipped_byte() {
     // A manifest from a newer format is refused by name, not skipped.
     let manifest = newest.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).expect("manifest");
-    std::fs::write(&manifest, text.replacen("\"format\": 1", "\"format\": 99", 1)).expect("write");
+    let newer_format = text.replacen("\"format\": 2", "\"format\": 99", 1);
+    let sum =
+        format!("{:x}  manifest.json\n", <sha2::Sha256 as sha2::Digest>::digest(newer_format.as_bytes()));
+    std::fs::write(&manifest, newer_format).expect("write");
+    std::fs::write(newest.join("manifest.sha256"), sum).expect("write checksum");
     let err = find_checkpoint(&root).expect_err("newer format accepted");
     assert!(matches!(err, CheckpointError::NewerFormat { got: 99, .. }), "{err}");
     assert!(err.to_string().contains(&*manifest.to_string_lossy()), "{err}");

@@ -298,3 +298,45 @@ async fn operator_commands_checkpoint_inspect_and_refuse_a_corrupt_restore() {
     assert!(err.contains("no complete checkpoint") && err.contains("checksum mismatch"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_pruning_leaves_no_damage_and_the_leftover_goes_at_the_next_start() {
+    let root = scratch("prune-kill");
+    let dir = root.to_str().expect("utf-8");
+    let args = ["--workers", "1", "--policy", "sync", "--checkpoint-dir", dir, "--keep-checkpoints", "1"];
+    // Completing the checkpoint at 4 prunes the one at 2: pause between its
+    // rename out of sight and its deletion, and kill the shard there.
+    let pause = |_| vec![("PS_TEST_PAUSE_AT".to_string(), "retiring@2".to_string())];
+    let first = {
+        let (shards, spec, lines) = start(1, &args, pause);
+        let mut worker = connect(&spec, 0).await;
+        let mut first = String::new();
+        for step in 0..4 {
+            if step == 2 {
+                first = worker.checkpoint(2).await.expect("checkpoint 2");
+                worker.wait_checkpoint(&first).await.expect("checkpoint 2 completes");
+            }
+            let pulled = worker.pull().await.expect("pull");
+            let (w, b) = unpack(&pulled.values);
+            worker.push(&grad_map(&w, b, 0, step)).await.expect("push");
+        }
+        worker.checkpoint(4).await.expect("checkpoint 4");
+        let (_, line) = lines.recv_timeout(Duration::from_secs(60)).expect("pruning reaches the pause point");
+        assert_eq!(line, "checkpoint paused at retiring");
+        drop(shards); // SIGKILL while retiring
+        first
+    };
+    let leftover = root.join(format!(".retired-{first}"));
+    assert!(leftover.exists() && !root.join(&first).exists(), "not paused between rename and delete");
+
+    let inspect =
+        Command::new(env!("CARGO_BIN_EXE_ps-server")).args(["inspect", dir]).output().expect("inspect");
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "{text}{}", String::from_utf8_lossy(&inspect.stderr));
+    assert!(text.contains("clock 4 ") && !text.contains("skipped"), "{text}");
+
+    // The next start removes the leftover.
+    let (_shards, _spec, _) = start(1, &args, |_| vec![]);
+    assert!(!leftover.exists(), "the leftover of a retired checkpoint survived a restart");
+    let _ = std::fs::remove_dir_all(&root);
+}

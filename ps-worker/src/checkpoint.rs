@@ -122,14 +122,13 @@ pub(crate) async fn status(
 /// and the manifest written.
 pub(crate) async fn wait(shards: &Shards, name: &str) -> Result<CheckpointDone, WorkerError> {
     let replies = shard_replies(shards, name, true).await?;
-    for (shard, r) in replies.iter().enumerate() {
-        if r.state() != pb::CheckpointState::Written {
-            return Err(WorkerError::Checkpoint {
-                name: name.into(),
-                shard: shard as u32,
-                error: if r.error.is_empty() { format!("state {:?}", r.state()) } else { r.error.clone() },
-            });
-        }
+    let failed = replies.iter().enumerate().filter(|(_, r)| r.state() != pb::CheckpointState::Written);
+    if let Some((shard, r)) = root_cause(failed, |(_, r)| &r.error) {
+        return Err(WorkerError::Checkpoint {
+            name: name.into(),
+            shard: shard as u32,
+            error: if r.error.is_empty() { format!("state {:?}", r.state()) } else { r.error.clone() },
+        });
     }
     // The last shard to write its share writes the manifest before it reports.
     let replies = shard_replies(shards, name, false).await?;
@@ -147,4 +146,159 @@ pub(crate) async fn wait(shards: &Shards, name: &str) -> Result<CheckpointDone, 
         clock: first.clock,
         bytes: replies.iter().map(|r| r.bytes).sum(),
     })
+}
+
+/// What a shard says when it stops writing its share because another
+/// shard's failed (`CheckpointError::FailedElsewhere` on the server).
+const FAILED_ELSEWHERE: &str = "checkpoint failed on another shard";
+
+/// Of the shards that failed, the one to name: the first whose own write
+/// failed, rather than one that stopped because of it.
+fn root_cause<T>(failed: impl Iterator<Item = T> + Clone, error: impl Fn(&T) -> &str) -> Option<T> {
+    let mut all = failed.clone();
+    failed.into_iter().find(|f| !error(f).contains(FAILED_ELSEWHERE)).or_else(|| all.next())
+}
+
+/// A checkpoint a shard could not write: which one, on which shard, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointFailure {
+    /// Directory name of the checkpoint.
+    pub name: String,
+    /// The shard that reported the failure.
+    pub shard: u32,
+    /// The shard's message (names the path and the cause).
+    pub error: String,
+}
+
+impl std::fmt::Display for CheckpointFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "checkpoint {} failed on shard {}: {}", self.name, self.shard, self.error)
+    }
+}
+
+/// The checkpoints a job asked for without waiting (as with a periodic
+/// `--checkpoint-every`), and what became of them: each failure is
+/// returned once, by [`poll`](Self::poll) or [`finish`](Self::finish), so
+/// the caller can warn about it, and [`all_failed`](Self::all_failed) says
+/// whether the job got no checkpoint at all.
+#[derive(Debug, Default)]
+pub struct CheckpointWatch {
+    pending: Vec<String>,
+    complete: usize,
+    failed: usize,
+}
+
+impl CheckpointWatch {
+    /// Nothing asked for yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that checkpoint `name` was requested.
+    pub fn requested(&mut self, name: String) {
+        if !self.pending.contains(&name) {
+            self.pending.push(name);
+        }
+    }
+
+    /// Asks the shards (without waiting) how the pending checkpoints stand;
+    /// returns those that failed since the last call.
+    pub async fn poll(&mut self, worker: &crate::Worker) -> Result<Vec<CheckpointFailure>, WorkerError> {
+        self.settle(worker, false).await
+    }
+
+    /// Waits until every pending checkpoint is complete or failed; returns
+    /// those that failed since the last call.
+    pub async fn finish(&mut self, worker: &crate::Worker) -> Result<Vec<CheckpointFailure>, WorkerError> {
+        self.settle(worker, true).await
+    }
+
+    async fn settle(
+        &mut self,
+        worker: &crate::Worker,
+        wait: bool,
+    ) -> Result<Vec<CheckpointFailure>, WorkerError> {
+        let mut failures = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            // On error the rest stay pending, for the next call.
+            let statuses = worker.checkpoint_status(&self.pending[i], wait).await?;
+            match classify(&self.pending[i], &statuses) {
+                Outcome::Failed(f) => {
+                    self.pending.remove(i);
+                    self.failed += 1;
+                    failures.push(f);
+                }
+                Outcome::Complete => {
+                    self.pending.remove(i);
+                    self.complete += 1;
+                }
+                Outcome::Pending => i += 1,
+            }
+        }
+        Ok(failures)
+    }
+
+    /// Checkpoints known complete.
+    pub fn complete(&self) -> usize {
+        self.complete
+    }
+
+    /// Checkpoints known failed.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
+    /// Whether at least one checkpoint was asked for, none completed, and
+    /// every one whose outcome is known failed.
+    pub fn all_failed(&self) -> bool {
+        self.failed > 0 && self.complete == 0
+    }
+}
+
+enum Outcome {
+    Complete,
+    Failed(CheckpointFailure),
+    Pending,
+}
+
+/// What the shards' statuses of checkpoint `name` say about it as a whole:
+/// failed if any shard failed (the first one is named), complete once the
+/// manifest is written, pending otherwise.
+fn classify(name: &str, statuses: &[CheckpointStatus]) -> Outcome {
+    let failed = statuses.iter().enumerate().filter_map(|(shard, s)| match &s.state {
+        CheckpointState::Failed { error } => Some((shard, error)),
+        _ => None,
+    });
+    if let Some((shard, error)) = root_cause(failed, |(_, e)| e.as_str()) {
+        return Outcome::Failed(CheckpointFailure {
+            name: name.into(),
+            shard: shard as u32,
+            error: error.clone(),
+        });
+    }
+    let written = statuses.iter().all(|s| matches!(s.state, CheckpointState::Written { .. }));
+    if written && statuses.iter().any(|s| s.complete) { Outcome::Complete } else { Outcome::Pending }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: CheckpointState, complete: bool) -> CheckpointStatus {
+        CheckpointStatus { state, complete }
+    }
+
+    #[test]
+    fn a_failure_on_any_shard_names_it_and_completion_needs_the_manifest() {
+        let written = CheckpointState::Written { bytes: 8 };
+        let failed = CheckpointState::Failed { error: "disk full".into() };
+        match classify("c", &[status(written.clone(), false), status(failed, false)]) {
+            Outcome::Failed(f) => assert_eq!(f.to_string(), "checkpoint c failed on shard 1: disk full"),
+            _ => panic!("a failed shard was not reported"),
+        }
+        assert!(matches!(classify("c", &[status(written.clone(), false)]), Outcome::Pending));
+        assert!(matches!(classify("c", &[status(written, true)]), Outcome::Complete));
+        assert!(matches!(classify("c", &[status(CheckpointState::Writing, false)]), Outcome::Pending));
+    }
 }

@@ -70,7 +70,7 @@ mod waiting;
 mod worker;
 
 pub use auth::{AuthToken, ClientTls};
-pub use checkpoint::{CheckpointDone, CheckpointState, CheckpointStatus};
+pub use checkpoint::{CheckpointDone, CheckpointFailure, CheckpointState, CheckpointStatus, CheckpointWatch};
 pub use config::WorkerConfig;
 pub use error::{Restart, WorkerError};
 pub use ps_proto::{ClusterSpec, OptimizerConfig, Policy, WireDtype};

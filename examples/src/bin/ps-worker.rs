@@ -296,11 +296,12 @@ async fn run(args: Args) -> Result<(), Failure> {
     let mut blocked = Duration::ZERO;
     let mut records = Vec::new();
     let mut recoveries = 0;
+    let mut checkpoints = ps_worker::CheckpointWatch::new();
     // A shard may restart after this worker's last step but before its final
     // read: then its steps after the checkpoint are undone, so train again.
     let params = loop {
         records.extend(
-            train::train(&mut worker, &cfg, &splits.train, started, &mut |r| {
+            train::train(&mut worker, &cfg, &splits.train, started, &mut checkpoints, &mut |r| {
                 blocked += r.blocked;
                 if (r.clock + 1) % log_every == 0 {
                     tracing::info!(clock = r.clock, loss = r.loss, staleness = r.staleness, "step");
@@ -322,6 +323,9 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
     let accuracy = cfg.model.accuracy(&params.values, splits.test.images.view(), &splits.test.labels);
     metrics.accuracy(accuracy);
+    for f in checkpoints.finish(&worker).await? {
+        tracing::warn!(checkpoint = %f.name, shard = f.shard, error = %f.error, "checkpoint failed");
+    }
     worker.leave().await?;
     let elapsed = started.elapsed();
     announce(&format!(
@@ -334,6 +338,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         records.last().map_or(f32::NAN, |r| r.loss),
         accuracy
     ));
+    if checkpoints.all_failed() {
+        return Err(Failure::Usage(format!(
+            "every checkpoint this worker asked for failed ({} of {})",
+            checkpoints.failed(),
+            checkpoints.failed() + checkpoints.complete()
+        )));
+    }
     Ok(())
 }
 

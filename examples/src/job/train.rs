@@ -163,6 +163,7 @@ pub async fn train(
     cfg: &TrainConfig,
     data: &Dataset,
     started: Instant,
+    checkpoints: &mut ps_worker::CheckpointWatch,
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Result<Vec<StepRecord>, WorkerError> {
     let id = worker.id();
@@ -189,7 +190,10 @@ pub async fn train(
         let indices = &batches.as_ref().map(|(_, b)| b).expect("set above")[(clock % per_epoch) as usize];
         let step = async {
             if every > 0 && clock > 0 && clock.is_multiple_of(every) && clock != resumed_at {
-                worker.checkpoint(clock).await?;
+                checkpoints.requested(worker.checkpoint(clock).await?);
+                for f in checkpoints.poll(worker).await? {
+                    tracing::warn!(checkpoint = %f.name, shard = f.shard, error = %f.error, "checkpoint failed; training goes on");
+                }
             }
             // The read: made by the previous step's push_pull, or now.
             // `own_wait`: what this step itself spent blocked in a pull (a

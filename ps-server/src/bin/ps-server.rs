@@ -168,6 +168,12 @@ struct Args {
     #[arg(long)]
     keep_checkpoints: Option<usize>,
 
+    /// Checkpoints pending (requested, not yet written) at once; more get
+    /// RESOURCE_EXHAUSTED. In ssp and async each may hold a copy of the
+    /// tensors it waits for (counted in ps_server_held_bytes) [default: 4].
+    #[arg(long)]
+    max_pending_checkpoints: Option<usize>,
+
     /// Restore from a checkpoint before serving: PATH is either a checkpoint
     /// root (the newest complete checkpoint whose checksums verify is used;
     /// invalid ones are skipped and reported) or one checkpoint directory
@@ -339,6 +345,9 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     if let Some(k) = args.keep_checkpoints {
         cfg.keep_checkpoints = k;
     }
+    if let Some(m) = args.max_pending_checkpoints {
+        cfg.max_pending_checkpoints = m;
+    }
     if let Some(f) = &args.auth_token_file {
         cfg.auth_token_file = Some(f.clone());
     }
@@ -424,6 +433,9 @@ async fn shutdown_signal() {
 fn inspect_command(path: &std::path::Path) -> Result<(), String> {
     let loaded = ps_server::checkpoint::find_checkpoint(path).map_err(|e| e.to_string())?;
     let m = &loaded.manifest;
+    for s in &loaded.skipped {
+        announce(&format!("skipped {s}"));
+    }
     announce(&format!("checkpoint {} (verified)", loaded.dir.display()));
     announce(&format!(
         "clock {} (holds the updates of clocks < {}), policy {}, {} workers, {} shards, split threshold {}, format {}",
@@ -483,6 +495,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(root) = &config.checkpoint_dir
+        && let Err(e) = ps_server::checkpoint::retention::prepare_root(root)
+    {
+        eprintln!("ps-server: --checkpoint-dir: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let result = runtime.block_on(async {
         let shard = match &args.restore {
             None => ps_server::shard::Shard::new(config.clone()),

@@ -64,6 +64,8 @@ struct Pending {
 pub struct PartCuts {
     pending: Vec<Pending>,
     captured: Vec<PartSnapshot>,
+    /// Shadow bytes as last reported by [`take_shadow_change`](Self::take_shadow_change).
+    reported: usize,
 }
 
 impl PartCuts {
@@ -147,6 +149,16 @@ impl PartCuts {
     /// The snapshots captured since the last call.
     pub fn take_captured(&mut self) -> Vec<PartSnapshot> {
         std::mem::take(&mut self.captured)
+    }
+
+    /// How [`shadow_bytes`](Self::shadow_bytes) changed since the last call
+    /// (the first call: since the part was created), so a shard can keep a
+    /// running total of the bytes its shadows hold.
+    pub fn take_shadow_change(&mut self) -> i64 {
+        let now = self.shadow_bytes();
+        let change = now as i64 - self.reported as i64;
+        self.reported = now;
+        change
     }
 
     /// Bytes held by shadows (extra copies kept for pending cuts).

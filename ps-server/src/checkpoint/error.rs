@@ -25,15 +25,52 @@ pub enum CheckpointError {
         /// Why.
         reason: String,
     },
-    /// A file's SHA-256 differs from the one in the manifest.
-    #[error("{path}: checksum mismatch: manifest says sha256 {expected}, file has {got}")]
+    /// A file's SHA-256 (or size) differs from the one recorded for it.
+    #[error("{path}: checksum mismatch: {listed_in} says sha256 {expected}, file has {got}")]
     Checksum {
         /// The file or directory concerned.
         path: PathBuf,
+        /// The file that records the expected checksum.
+        listed_in: &'static str,
         /// What was expected.
         expected: String,
         /// What was received.
         got: String,
+    },
+    /// Two records of one checkpoint disagree on a field (the manifest and
+    /// the directory name, the shard fragments, or a shard file's metadata).
+    #[error("{path}: {field} is {got}, but {witness} says {expected}")]
+    Mismatch {
+        /// The file holding the value that disagrees (usually the manifest).
+        path: PathBuf,
+        /// The field, e.g. `clock` or `tensors[w].parts[0].optimizer_steps`.
+        field: String,
+        /// What the other record says.
+        expected: String,
+        /// What `path` says.
+        got: String,
+        /// The other record.
+        witness: String,
+    },
+    /// The checkpoint failed on another shard; this shard does not finish it.
+    #[error("{path}: checkpoint failed on another shard; not writing this shard's share")]
+    FailedElsewhere {
+        /// The checkpoint directory.
+        path: PathBuf,
+    },
+    /// Too many checkpoints are pending on this shard (each may hold a copy
+    /// of the parts it waits for).
+    #[error(
+        "shard {shard}: {pending} checkpoints are pending (limit --max-pending-checkpoints {limit}); \
+         wait for one to complete, or raise the limit"
+    )]
+    TooManyPending {
+        /// The shard.
+        shard: u32,
+        /// Checkpoints registered and not yet written or failed.
+        pending: usize,
+        /// The limit.
+        limit: usize,
     },
     /// The manifest was written by a newer build.
     #[error(
@@ -65,6 +102,21 @@ impl CheckpointError {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| CheckpointError::Io { action, path, source }
+    }
+
+    /// Why restore passes over a checkpoint with this error, in a few words:
+    /// `invalid manifest`, `checksum mismatch`, `cross-check mismatch`,
+    /// `unreadable` or `other`.
+    pub fn skip_reason(&self) -> &'static str {
+        match self {
+            CheckpointError::Corrupt { .. } | CheckpointError::NewerFormat { .. } => "invalid",
+            CheckpointError::Checksum { .. } => "checksum mismatch",
+            CheckpointError::Mismatch { .. } => "cross-check mismatch",
+            CheckpointError::Io { .. } => "unreadable",
+            CheckpointError::FailedElsewhere { .. }
+            | CheckpointError::TooManyPending { .. }
+            | CheckpointError::NoneFound { .. } => "other",
+        }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

@@ -5,14 +5,24 @@
 //!     shard-0000.safetensors   values and optimizer state of shard 0's parts
 //!     shard-0000.json          shard 0's fragment: its file's checksum and parts
 //!     ...
-//!     manifest.json            written last: the checkpoint exists once it does
+//!     manifest.sha256          the manifest's SHA-256 (`sha256sum -c` format), renamed in first
+//!     manifest.json            renamed in last: the checkpoint exists once it does
 //! ```
+//!
+//! Beside the checkpoints, the root may hold `.retired-<name>` (a checkpoint
+//! being deleted: renamed out of sight first, so a kill while deleting leaves
+//! nothing that looks like a damaged checkpoint) and `.failed-<name>` (an
+//! empty marker: checkpoint `<name>` failed on some shard, so no shard writes
+//! into it again). Both are removed at the next start or prune.
 //!
 //! In a shard file every tensor part is a 1-D f32 array: `params/<tensor>` for
 //! the values and `<slot>/<tensor>` for each optimizer state slot (`momentum`,
 //! `adam_m`, `adam_v`, `adagrad_accumulator`). The manifest lists, per
 //! tensor, its shape and the element range each part covers, so concatenating
-//! the parts in offset order and reshaping gives the whole tensor.
+//! the parts in offset order and reshaping gives the whole tensor. The file's
+//! safetensors metadata repeats what the manifest says of it: `format`,
+//! `checkpoint` (the directory name), `clock`, `shard`, and per part
+//! `steps/<tensor>` (optimizer steps applied), so each can be cross-checked.
 
 use std::collections::BTreeMap;
 
@@ -23,10 +33,37 @@ use crate::optim::OptimizerConfig;
 use crate::sync::Policy;
 
 /// The manifest format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// File name of the manifest inside a checkpoint directory.
 pub const MANIFEST: &str = "manifest.json";
+
+/// File name of the manifest's checksum inside a checkpoint directory: one
+/// line, `<sha256 hex>  manifest.json`, as `sha256sum` writes and checks it.
+pub const MANIFEST_SHA256: &str = "manifest.sha256";
+
+/// Prefix of a checkpoint directory being deleted (renamed out of sight first).
+pub const RETIRED_PREFIX: &str = ".retired-";
+
+/// Prefix of the empty marker directory of a checkpoint that failed on some shard.
+pub const FAILED_PREFIX: &str = ".failed-";
+
+/// The line of [`MANIFEST_SHA256`] for a manifest whose SHA-256 is `sha256`.
+pub fn manifest_sha256_line(sha256: &str) -> String {
+    format!("{sha256}  {MANIFEST}\n")
+}
+
+/// The SHA-256 a [`MANIFEST_SHA256`] line gives for the manifest, if it is one.
+pub fn parse_manifest_sha256(line: &str) -> Option<&str> {
+    let (hex, name) = line.trim_end_matches('\n').split_once("  ")?;
+    let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    (valid && name == MANIFEST).then_some(hex)
+}
+
+/// Safetensors metadata key of the optimizer steps applied to a tensor part.
+pub fn steps_key(tensor: &str) -> String {
+    format!("steps/{tensor}")
+}
 
 /// Directory name of the checkpoint at `clock` requested in shard 0's `session`.
 pub fn checkpoint_name(clock: u64, session: u64) -> String {
@@ -314,6 +351,15 @@ mod tests {
             assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), p);
         }
         assert!(serde_json::from_str::<Policy>("\"ssp(x)\"").is_err());
+    }
+
+    #[test]
+    fn manifest_sha256_lines_round_trip_and_refuse_other_lines() {
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_manifest_sha256(&manifest_sha256_line(&hex)), Some(hex.as_str()));
+        assert_eq!(parse_manifest_sha256(&format!("{hex}  other.json\n")), None);
+        assert_eq!(parse_manifest_sha256(&format!("{}  manifest.json\n", &hex[1..])), None);
+        assert_eq!(parse_manifest_sha256(""), None);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! - [`format`]: directory layout, safetensors keys, the JSON manifest.
 //! - [`write`]: writing one shard's files atomically and, once every shard's
 //!   files are durable, the manifest that makes the checkpoint exist.
+//! - [`verify`]: the manifest against its checksum, and against the
+//!   directory name, the shard fragments and the shard files' metadata.
+//! - [`retention`]: listing the root, retiring old and failed checkpoints
+//!   (out of sight first), cleaning up what a kill left behind.
+//! - [`registry`]: a shard's checkpoints in flight and their bound.
 //! - [`restore`]: finding the newest complete, checksum-valid checkpoint and
 //!   re-partitioning it onto a (possibly different) set of shards.
 
@@ -16,10 +21,12 @@ pub mod error;
 pub mod format;
 pub mod registry;
 pub mod restore;
+pub mod retention;
+pub mod verify;
 pub mod write;
 
 pub use cut::{CutId, PartCuts, PartSnapshot};
 pub use error::CheckpointError;
 pub use format::{Manifest, checkpoint_name};
-pub use restore::{Loaded, find_checkpoint};
+pub use restore::{Loaded, Skipped, find_checkpoint};
 pub use write::{CutInfo, Written, write_shard_cut};

@@ -1,5 +1,9 @@
 //! A shard's checkpoints in flight: which parts each still waits for, and
 //! the background write once all are captured.
+//!
+//! At most [`CutInfo::max_pending`] checkpoints are pending (registered,
+//! not yet written or failed) at once: in ssp and async each may keep a
+//! shadow copy of the parts it waits for, so the bound bounds that memory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::{CutId, CutInfo, PartSnapshot, write_shard_cut};
+use super::{CheckpointError, CutId, CutInfo, PartSnapshot, write_shard_cut};
 use crate::meta::TensorMeta;
 use crate::metrics::CheckpointMetrics;
 
@@ -90,7 +94,9 @@ impl Checkpoints {
     /// captured at once. It runs under this registry's lock, so a concurrent
     /// request for the same cut returns only once every part knows it.
     /// Registering a known cut again is a no-op that returns `false`.
-    pub fn register<E>(
+    /// Refuses a new cut with [`CheckpointError::TooManyPending`] while
+    /// `max_pending` others are pending.
+    pub fn register<E: From<CheckpointError>>(
         self: &Arc<Self>,
         cut: CutId,
         expected: usize,
@@ -99,6 +105,12 @@ impl Checkpoints {
         let mut cuts = self.lock();
         if cuts.contains_key(&cut.name) {
             return Ok(false);
+        }
+        let pending = cuts.values().filter(|e| !e.state.is_done()).count();
+        let limit = self.info.max_pending.max(1);
+        if pending >= limit {
+            self.metrics.failed(false);
+            return Err(CheckpointError::TooManyPending { shard: self.info.shard, pending, limit }.into());
         }
         let captured = match register_parts(&cut) {
             Ok(c) => c,
@@ -167,12 +179,7 @@ impl Checkpoints {
         }
     }
 
-    fn finish(
-        &self,
-        cut: &CutId,
-        captured_at: Instant,
-        result: Result<super::Written, super::CheckpointError>,
-    ) {
+    fn finish(&self, cut: &CutId, captured_at: Instant, result: Result<super::Written, CheckpointError>) {
         let state = match result {
             Ok(w) => {
                 self.metrics.written(cut.clock, captured_at.elapsed(), w.bytes);

@@ -2,11 +2,13 @@
 //!
 //! Every shard of a restoring cluster runs the same search over the same
 //! files, so all pick the same checkpoint: the newest complete one (by
-//! manifest creation time) whose every file matches its checksum. A
-//! directory without a manifest is skipped, as is one with a corrupt or
-//! missing file (the error is logged and reported). A manifest of a newer
-//! format stops the search: silently restoring an older checkpoint would lose
-//! the newer one's progress.
+//! manifest creation time) that passes every check of [`super::verify`]
+//! and whose every shard file matches its checksum. Each checkpoint passed
+//! over is reported with its reason (logged at warn, and returned in
+//! [`Loaded::skipped`]): incomplete (no manifest), invalid manifest,
+//! checksum mismatch, cross-check mismatch. A manifest of a newer format
+//! stops the search: silently restoring an older checkpoint would lose the
+//! newer one's progress.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,8 +18,10 @@ use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
 use super::error::CheckpointError;
-use super::format::{FORMAT_VERSION, MANIFEST, Manifest, PartEntry, TensorEntry};
-use super::write::{list, sha256_hex};
+use super::format::{MANIFEST, Manifest, PartEntry, TensorEntry};
+use super::retention::{Found, list};
+use super::verify::{check_shard_file, cross_check, read_manifest};
+use super::write::sha256_hex;
 
 /// A verified checkpoint held in memory, ready to be re-partitioned.
 #[derive(Debug)]
@@ -26,31 +30,43 @@ pub struct Loaded {
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
+    /// The newer checkpoints (or directories) the search passed over, each
+    /// with its reason.
+    pub skipped: Vec<Skipped>,
     /// Every shard file's bytes, by file name; checksums verified.
     files: BTreeMap<String, Vec<u8>>,
 }
 
-/// Reads and parses `dir/manifest.json`, refusing newer formats.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
-    let path = dir.join(MANIFEST);
-    let bytes = fs::read(&path).map_err(CheckpointError::io("read", &path))?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| CheckpointError::corrupt(&path, format!("not valid JSON: {e}")))?;
-    let format = value
-        .get("format")
-        .and_then(|f| f.as_u64())
-        .ok_or_else(|| CheckpointError::corrupt(&path, "no \"format\" field"))?;
-    if format > u64::from(FORMAT_VERSION) {
-        return Err(CheckpointError::NewerFormat { path, got: format as u32, supported: FORMAT_VERSION });
-    }
-    serde_json::from_value(value)
-        .map_err(|e| CheckpointError::corrupt(&path, format!("invalid manifest: {e}")))
+/// A checkpoint directory restore did not use, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Its directory name.
+    pub name: String,
+    /// The kind of problem: `incomplete (no manifest)`, `invalid`,
+    /// `checksum mismatch`, `cross-check mismatch`, `unreadable`.
+    pub reason: &'static str,
+    /// The full error, naming the file and field.
+    pub detail: String,
 }
 
-/// Loads the checkpoint in `dir` (which must hold a manifest), verifying
-/// every file's size and checksum.
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.name, self.reason, self.detail)
+    }
+}
+
+impl Skipped {
+    fn error(name: &str, e: &CheckpointError) -> Self {
+        Self { name: name.to_string(), reason: e.skip_reason(), detail: e.to_string() }
+    }
+}
+
+/// Loads the checkpoint in `dir` (which must hold a manifest): verifies
+/// the manifest (checksum, cross-checks) and every file's size, checksum
+/// and metadata.
 pub fn load(dir: &Path) -> Result<Loaded, CheckpointError> {
     let manifest = read_manifest(dir)?;
+    cross_check(dir, &manifest)?;
     let mut files = BTreeMap::new();
     for entry in &manifest.files {
         let path = dir.join(&entry.name);
@@ -59,46 +75,71 @@ pub fn load(dir: &Path) -> Result<Loaded, CheckpointError> {
         if bytes.len() as u64 != entry.bytes || sha256 != entry.sha256 {
             return Err(CheckpointError::Checksum {
                 path,
+                listed_in: MANIFEST,
                 expected: format!("{} ({} bytes)", entry.sha256, entry.bytes),
                 got: format!("{sha256} ({} bytes)", bytes.len()),
             });
         }
-        SafeTensors::deserialize(&bytes)
-            .map_err(|e| CheckpointError::corrupt(&path, format!("not a safetensors file: {e}")))?;
+        check_shard_file(dir, &manifest, entry, &bytes)?;
         files.insert(entry.name.clone(), bytes);
     }
-    Ok(Loaded { dir: dir.to_path_buf(), manifest, files })
+    Ok(Loaded { dir: dir.to_path_buf(), manifest, skipped: Vec::new(), files })
 }
 
 /// The checkpoint to restore from `path`: exactly that checkpoint if `path`
 /// holds a manifest (any failure is an error), else the newest complete,
-/// valid checkpoint under the root `path`.
+/// valid checkpoint under the root `path`, with the newer ones it skipped.
 pub fn find_checkpoint(path: &Path) -> Result<Loaded, CheckpointError> {
     if path.join(MANIFEST).exists() {
         return load(path);
     }
-    let mut skipped = Vec::new();
-    for listed in list(path)? {
-        let name = listed.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if listed.created_unix_ms.is_none() && !listed.dir.join(MANIFEST).exists() {
-            skipped.push(format!("{name}: incomplete (no manifest)"));
-            continue;
-        }
-        match load(&listed.dir) {
-            Ok(loaded) => {
-                for s in &skipped {
-                    tracing::warn!(skipped = %s, "skipped a checkpoint while restoring");
-                }
-                return Ok(loaded);
-            }
-            Err(e @ CheckpointError::NewerFormat { .. }) => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint is not valid; trying an older one");
-                skipped.push(format!("{name}: {e}"));
-            }
+    let listed = list(path)?;
+    for l in &listed {
+        if let Found::Invalid(CheckpointError::NewerFormat { path, got, supported }) = &l.found {
+            return Err(CheckpointError::NewerFormat {
+                path: path.clone(),
+                got: *got,
+                supported: *supported,
+            });
         }
     }
-    Err(CheckpointError::NoneFound { path: path.to_path_buf(), skipped })
+    let mut skipped = Vec::new();
+    for (i, l) in listed.iter().enumerate() {
+        let error = match &l.found {
+            Found::Incomplete => continue,
+            Found::Invalid(e) => Skipped::error(&l.name, e),
+            Found::Complete { .. } => match load(&l.dir) {
+                Ok(mut loaded) => {
+                    // Directories that are not complete checkpoints are listed
+                    // last; report those at or above the chosen clock.
+                    skipped.extend(listed[i + 1..].iter().filter_map(|o| match &o.found {
+                        Found::Incomplete if o.clock >= l.clock => Some(Skipped {
+                            name: o.name.clone(),
+                            reason: "incomplete",
+                            detail: "no manifest".into(),
+                        }),
+                        Found::Invalid(e) if o.clock >= l.clock => Some(Skipped::error(&o.name, e)),
+                        _ => None,
+                    }));
+                    for s in &skipped {
+                        tracing::warn!(restoring = %l.name, "skipped checkpoint {s}");
+                    }
+                    loaded.skipped = skipped;
+                    return Ok(loaded);
+                }
+                Err(e) => Skipped::error(&l.name, &e),
+            },
+        };
+        tracing::warn!("checkpoint is not valid; trying an older one: {error}");
+        skipped.push(error);
+    }
+    for l in listed.iter().filter(|l| matches!(l.found, Found::Incomplete)) {
+        skipped.push(Skipped { name: l.name.clone(), reason: "incomplete", detail: "no manifest".into() });
+    }
+    Err(CheckpointError::NoneFound {
+        path: path.to_path_buf(),
+        skipped: skipped.iter().map(|s| s.to_string()).collect(),
+    })
 }
 
 impl Loaded {

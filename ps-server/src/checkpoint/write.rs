@@ -4,11 +4,17 @@
 //! fsynced, renamed, and its directory fsynced):
 //! 1. `shard-NNNN.safetensors` — the shard's parts and optimizer state;
 //! 2. `shard-NNNN.json` — the shard's fragment: that file's checksum and parts;
-//! 3. once every shard's fragment is present, `manifest.json`, merged from
-//!    the fragments by whichever shard sees them all (several may; they write
-//!    identical bytes). A crash before step 3 completes leaves a directory
-//!    that is not a checkpoint; restore skips it.
-//! 4. old checkpoints beyond the newest `keep` are deleted.
+//! 3. once every shard's fragment is present, `manifest.sha256` and then
+//!    `manifest.json`, merged from the fragments by whichever shard sees
+//!    them all (several may; they write identical bytes). A crash before
+//!    the manifest's rename leaves a directory that is not a checkpoint;
+//!    restore skips it.
+//! 4. old checkpoints beyond the newest `keep` are retired
+//!    ([`super::retention`]).
+//!
+//! A shard whose steps 1-2 fail marks the checkpoint failed and retires the
+//! directory, so the shares other shards finished do not stay behind; a
+//! shard that finds the checkpoint marked failed stops writing its share.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -20,9 +26,10 @@ use sha2::{Digest, Sha256};
 
 use super::error::CheckpointError;
 use super::format::{
-    FORMAT_VERSION, FileEntry, Fragment, JobEntry, MANIFEST, Manifest, PartEntry, TensorEntry, fragment_file,
-    parse_name, shard_file, slot_key, values_key,
+    FORMAT_VERSION, FileEntry, Fragment, JobEntry, MANIFEST, MANIFEST_SHA256, Manifest, PartEntry,
+    TensorEntry, fragment_file, manifest_sha256_line, shard_file, slot_key, steps_key, values_key,
 };
+use super::retention::{has_failed, prune, retire_failed};
 use super::{CutId, PartSnapshot};
 use crate::meta::TensorMeta;
 
@@ -37,6 +44,8 @@ pub struct CutInfo {
     pub job: JobEntry,
     /// Complete checkpoints to keep (at least 1).
     pub keep: usize,
+    /// Checkpoints registered and not yet written or failed at once (at least 1).
+    pub max_pending: usize,
 }
 
 /// The outcome of a successful shard write.
@@ -54,8 +63,9 @@ pub struct Written {
 /// the writer prints `checkpoint paused at <point>` and stops there for good
 /// (for the checkpoint at `clock` only, if given), so a test can kill the
 /// process at an exact point of the write. Points: `before-files`,
-/// `between-files`, `before-manifest-rename`.
-fn pause_point(point: &str, clock: u64) {
+/// `between-files`, `before-manifest-rename`, and `retiring` (a checkpoint
+/// being pruned, at its clock, renamed out of sight but not yet deleted).
+pub(crate) fn pause_point(point: &str, clock: u64) {
     let wanted = std::env::var("PS_TEST_PAUSE_AT").ok();
     let matches = wanted.as_deref().is_some_and(|w| match w.split_once('@') {
         Some((p, c)) => p == point && c.parse() == Ok(clock),
@@ -172,16 +182,57 @@ fn write_tensors(
 
 /// Writes this shard's parts of checkpoint `cut` and, if every other shard
 /// has already written its share, the manifest; then prunes old checkpoints.
-/// On error the directory is left without this shard's fragment, so it never
-/// becomes a checkpoint.
+/// If this shard's share cannot be written, the checkpoint is marked failed
+/// and its directory retired (best effort), so it never becomes a checkpoint
+/// and no other shard's share is left behind.
 pub fn write_shard_cut(
     info: &CutInfo,
     cut: &CutId,
     parts: &[(TensorMeta, PartSnapshot)],
 ) -> Result<Written, CheckpointError> {
-    pause_point("before-files", cut.clock);
     let dir = info.root.join(&cut.name);
-    fs::create_dir_all(&dir).map_err(CheckpointError::io("create directory", &dir))?;
+    let bytes = match write_share(info, cut, &dir, parts) {
+        Ok(bytes) => bytes,
+        // This share failed because another shard retired the directory.
+        Err(_) if has_failed(&info.root, &cut.name) => {
+            let _ = retire_failed(&info.root, &cut.name);
+            return Err(CheckpointError::FailedElsewhere { path: dir });
+        }
+        Err(e) => {
+            if let Err(cleanup) = retire_failed(&info.root, &cut.name) {
+                tracing::warn!(error = %cleanup, "could not delete the rest of a failed checkpoint");
+            }
+            return Err(e);
+        }
+    };
+    // Another shard failed after this one looked: do not leave this share behind.
+    if has_failed(&info.root, &cut.name) {
+        let _ = retire_failed(&info.root, &cut.name);
+        return Err(CheckpointError::FailedElsewhere { path: dir });
+    }
+
+    // 3. The manifest, if this shard is the last one.
+    let manifest = finish_manifest(&dir, info.job.num_shards, info.shard, cut.clock)?;
+    let session = super::format::parse_name(&cut.name).map(|(_, session)| session);
+    if manifest && let Err(e) = prune(&info.root, info.keep.max(1), session) {
+        tracing::warn!(error = %e, "could not delete old checkpoints");
+    }
+    Ok(Written { dir, bytes, manifest })
+}
+
+/// Steps 1 and 2: this shard's safetensors file and fragment, durable.
+/// Returns the file's size.
+fn write_share(
+    info: &CutInfo,
+    cut: &CutId,
+    dir: &Path,
+    parts: &[(TensorMeta, PartSnapshot)],
+) -> Result<u64, CheckpointError> {
+    pause_point("before-files", cut.clock);
+    if has_failed(&info.root, &cut.name) {
+        return Err(CheckpointError::FailedElsewhere { path: dir.to_path_buf() });
+    }
+    fs::create_dir_all(dir).map_err(CheckpointError::io("create directory", dir))?;
     sync_dir(&info.root)?;
 
     // 1. The shard's tensors.
@@ -214,19 +265,22 @@ pub fn write_shard_cut(
             }],
         });
     }
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), FORMAT_VERSION.to_string()),
         ("checkpoint".to_string(), cut.name.clone()),
         ("clock".to_string(), cut.clock.to_string()),
         ("shard".to_string(), info.shard.to_string()),
     ]);
+    for (meta, snap) in parts {
+        metadata.insert(steps_key(&meta.name), snap.optimizer.steps().to_string());
+    }
     // A failed write leaves no temporary file behind to fill the disk.
     let (sha256, bytes) = write_tensors(&tmp, views, metadata).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
     let dest = dir.join(&file_name);
     fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
-    sync_dir(&dir)?;
+    sync_dir(dir)?;
     pause_point("between-files", cut.clock);
 
     // 2. The fragment that vouches for it.
@@ -241,15 +295,9 @@ pub fn write_shard_cut(
         tensors,
     };
     let json =
-        serde_json::to_vec_pretty(&fragment).map_err(|e| CheckpointError::corrupt(&dir, e.to_string()))?;
-    write_atomically(&dir, &fragment_file(info.shard), "", &json)?;
-
-    // 3. The manifest, if this shard is the last one.
-    let manifest = finish_manifest(&dir, info.job.num_shards, info.shard, cut.clock)?;
-    if manifest && let Err(e) = prune(&info.root, info.keep.max(1)) {
-        tracing::warn!(error = %e, "could not delete old checkpoints");
-    }
-    Ok(Written { dir, bytes, manifest })
+        serde_json::to_vec_pretty(&fragment).map_err(|e| CheckpointError::corrupt(dir, e.to_string()))?;
+    write_atomically(dir, &fragment_file(info.shard), "", &json)?;
+    Ok(bytes)
 }
 
 /// Writes the manifest if every shard's fragment is present. Returns whether it did.
@@ -269,6 +317,13 @@ fn finish_manifest(dir: &Path, num_shards: u32, shard: u32, clock: u64) -> Resul
     let manifest = Manifest::merge(fragments).map_err(|reason| CheckpointError::corrupt(dir, reason))?;
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::corrupt(dir, e.to_string()))?;
+    // The checksum goes in first: a manifest is never without it.
+    write_atomically(
+        dir,
+        MANIFEST_SHA256,
+        &format!("-{shard}"),
+        manifest_sha256_line(&sha256_hex(&json)).as_bytes(),
+    )?;
     let tmp = dir.join(format!("{MANIFEST}.tmp-{shard}"));
     write_synced(&tmp, &json)?;
     pause_point("before-manifest-rename", clock);
@@ -276,63 +331,4 @@ fn finish_manifest(dir: &Path, num_shards: u32, shard: u32, clock: u64) -> Resul
     fs::rename(&tmp, &dest).map_err(CheckpointError::io("rename into", &dest))?;
     sync_dir(dir)?;
     Ok(true)
-}
-
-/// A checkpoint directory under a root, complete or not.
-#[derive(Clone, Debug)]
-pub struct Listed {
-    /// Its path.
-    pub dir: PathBuf,
-    /// Its clock, from the name.
-    pub clock: u64,
-    /// Its manifest's creation time, when it is complete and readable.
-    pub created_unix_ms: Option<u64>,
-}
-
-/// Checkpoint directories under `root`, newest first: complete ones by
-/// creation time (then clock), incomplete ones after them by clock.
-pub fn list(root: &Path) -> Result<Vec<Listed>, CheckpointError> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(root).map_err(CheckpointError::io("read checkpoint directory", root))? {
-        let entry = entry.map_err(CheckpointError::io("read checkpoint directory", root))?;
-        let name = entry.file_name();
-        let Some((clock, _)) = name.to_str().and_then(parse_name) else { continue };
-        let dir = entry.path();
-        let created_unix_ms = fs::read(dir.join(MANIFEST))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("created_unix_ms").and_then(|c| c.as_u64()));
-        found.push(Listed { dir, clock, created_unix_ms });
-    }
-    found.sort_by(|a, b| {
-        (b.created_unix_ms.is_some(), b.created_unix_ms, b.clock).cmp(&(
-            a.created_unix_ms.is_some(),
-            a.created_unix_ms,
-            a.clock,
-        ))
-    });
-    Ok(found)
-}
-
-/// Deletes complete checkpoints beyond the newest `keep`, and incomplete
-/// directories older than every kept one. Never deletes the newest complete one.
-pub fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
-    let listed = list(root)?;
-    let complete: Vec<&Listed> = listed.iter().filter(|l| l.created_unix_ms.is_some()).collect();
-    let kept = &complete[..complete.len().min(keep.max(1))];
-    let Some(oldest_kept) = kept.iter().map(|l| l.clock).min() else { return Ok(()) };
-    for l in &listed {
-        let keep_it =
-            kept.iter().any(|k| k.dir == l.dir) || (l.created_unix_ms.is_none() && l.clock >= oldest_kept);
-        if !keep_it {
-            match fs::remove_dir_all(&l.dir) {
-                Ok(()) => tracing::info!(dir = %l.dir.display(), "deleted old checkpoint"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(CheckpointError::Io { action: "delete", path: l.dir.clone(), source: e });
-                }
-            }
-        }
-    }
-    Ok(())
 }

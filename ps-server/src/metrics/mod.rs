@@ -72,9 +72,18 @@ pub struct CheckpointMetrics {
     last_success: prometheus::Gauge,
     last_clock: IntGauge,
     failures: IntCounter,
+    shadows: IntGauge,
 }
 
 impl CheckpointMetrics {
+    /// Copies kept for pending checkpoints grew (or, negative, shrank) by
+    /// `bytes`: counted in `ps_server_held_bytes{kind="checkpoint_shadows"}`.
+    pub fn shadow_bytes_changed(&self, bytes: i64) {
+        if self.enabled && bytes != 0 {
+            self.shadows.add(bytes);
+        }
+    }
+
     /// A checkpoint was registered and waits for its clock.
     pub fn registered(&self) {
         if self.enabled {
@@ -177,13 +186,13 @@ impl ShardMetrics {
             IntGaugeVec::new(
                 Opts::new(
                     "ps_server_held_bytes",
-                    "Bytes held: parameters, optimizer state, and sync aggregation buffers (at full size; a sync part holds its buffer only while a round is open)",
+                    "Bytes held: parameters, optimizer state, sync aggregation buffers (at full size; a sync part holds its buffer only while a round is open), and copies kept for pending checkpoints",
                 ),
                 &["kind"],
             )
             .expect("valid metric"),
         );
-        for kind in ["parameters", "optimizer_state", "buffers"] {
+        for kind in ["parameters", "optimizer_state", "buffers", "checkpoint_shadows"] {
             held.with_label_values(&[kind]).set(0);
         }
         let waited_on = register(
@@ -263,9 +272,10 @@ impl ShardMetrics {
                 "Updates that copied a part's values because a pull reply still being sent or a checkpoint capture held them",
             ),
             tensors: gauge("ps_server_tensors", "Tensor parts held"),
-            held,
+            held: held.clone(),
             checkpoint: CheckpointMetrics {
                 enabled,
+                shadows: held.with_label_values(&["checkpoint_shadows"]),
                 pending: gauge(
                     "ps_server_checkpoints_pending",
                     "Checkpoints registered on this shard whose file is not yet durable",

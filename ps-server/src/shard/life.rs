@@ -79,6 +79,9 @@ impl Shard {
             let mut part = cell.lock();
             part.drop_waiters();
             self.count_tensor(&part, false);
+            // The part goes with its shadows: take back what was counted for them.
+            let change = part.take_checkpoint_shadow_change();
+            self.metrics.checkpoint().shadow_bytes_changed(change - part.checkpoint_shadow_bytes() as i64);
             drop(part);
             cell.notify();
         }

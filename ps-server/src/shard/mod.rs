@@ -173,6 +173,7 @@ impl Shard {
                     aggregation: config.aggregation,
                 },
                 keep: config.keep_checkpoints,
+                max_pending: config.max_pending_checkpoints,
             };
             Checkpoints::new(info, metrics.checkpoint().clone())
         });
@@ -481,12 +482,13 @@ impl Shard {
         let mut members = self.members();
         members.leave(worker, evicted).map_err(PsError::Worker)?;
         for cell in self.tensors.read().unwrap_or_else(|p| p.into_inner()).values() {
-            let (copies, captured) = {
+            let (copies, captured, shadows) = {
                 let mut part = cell.lock();
                 part.leave(worker)?;
-                (part.take_copies(), part.take_captured())
+                (part.take_copies(), part.take_captured(), part.take_checkpoint_shadow_change())
             };
             self.metrics.update_copied(copies);
+            self.metrics.checkpoint().shadow_bytes_changed(shadows);
             self.deliver(&cell.meta, captured);
             cell.notify();
         }

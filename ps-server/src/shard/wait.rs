@@ -93,12 +93,13 @@ impl Shard {
     /// produced: copies counted, checkpoint snapshots delivered, pushes
     /// and barriers waiting on the part told.
     pub(super) fn finish_update(&self, cell: &TensorCell) {
-        let (copies, captured) = {
+        let (copies, captured, shadows) = {
             let mut part = cell.lock();
             part.finish_update();
-            (part.take_copies(), part.take_captured())
+            (part.take_copies(), part.take_captured(), part.take_checkpoint_shadow_change())
         };
         self.metrics.update_copied(copies);
+        self.metrics.checkpoint().shadow_bytes_changed(shadows);
         self.deliver(&cell.meta, captured);
         cell.notify();
     }

@@ -186,6 +186,12 @@ impl TensorPart {
         self.cuts.shadow_bytes()
     }
 
+    /// How [`checkpoint_shadow_bytes`](Self::checkpoint_shadow_bytes)
+    /// changed since the last call, for the held-bytes metric.
+    pub fn take_checkpoint_shadow_change(&mut self) -> i64 {
+        self.cuts.take_shadow_change()
+    }
+
     /// What this part is.
     pub fn meta(&self) -> &TensorMeta {
         &self.meta
