@@ -101,8 +101,10 @@ fn workers_relaunched_after_a_shard_restart_rewind_every_shard_and_never_mix_his
     let (s1, _, restored) = shard(1, &a1, &restore);
     assert!(restored.is_some_and(|r| r.contains("restored")));
     let relaunched = finish(workers(&shards, &dir.join("relaunched"), EVERY_20));
-    for ((stdout, stderr), (reference, _)) in relaunched.iter().zip(&reference) {
-        assert!(stderr.contains("the shards hold different histories"), "{stderr}");
+    // The first worker to join rewinds every shard; the other then finds one history.
+    let rewound = relaunched.iter().filter(|(_, e)| e.contains("the shards hold different histories")).count();
+    assert_eq!(rewound, 1, "{relaunched:?}");
+    for ((stdout, _), (reference, _)) in relaunched.iter().zip(&reference) {
         assert_eq!(accuracy(stdout), accuracy(reference));
     }
     assert_same_parameters(&dir, "relaunched");

@@ -189,9 +189,9 @@ impl ShardConfig {
 
     /// How the job that wrote `manifest` differs from this shard's
     /// settings, one entry per setting, naming the flag, the checkpoint's
-    /// value and this shard's (empty: the same job). The optimizer is
-    /// compared when every tensor of the checkpoint has the same one (a job
-    /// that gave its tensors no optimizer of their own).
+    /// value and this shard's (empty: the same job). Optimizers are not
+    /// compared: each tensor keeps the one it was declared with (see
+    /// [`optimizer_note`](Self::optimizer_note)).
     pub fn differences_from(&self, manifest: &crate::checkpoint::format::Manifest) -> Vec<String> {
         let mut differences = Vec::new();
         if manifest.policy != self.default_policy() {
@@ -211,13 +211,26 @@ impl ShardConfig {
                 manifest.aggregation, self.aggregation
             ));
         }
-        if let Some(first) = manifest.tensors.first()
-            && manifest.tensors.iter().all(|t| t.optimizer == first.optimizer)
-            && first.optimizer != self.optimizer
-        {
-            differences.push(format!("optimizer {} (this shard: {})", first.optimizer, self.optimizer));
-        }
         differences
+    }
+
+    /// A note when tensors of `manifest` use another optimizer than this
+    /// shard's default: they keep theirs (it is part of their state), and
+    /// the default applies only to tensors declared later.
+    pub fn optimizer_note(&self, manifest: &crate::checkpoint::format::Manifest) -> Option<String> {
+        let other: Vec<String> = manifest
+            .tensors
+            .iter()
+            .filter(|t| t.optimizer != self.optimizer)
+            .map(|t| format!("{} ({})", t.name, t.optimizer))
+            .collect();
+        (!other.is_empty()).then(|| {
+            format!(
+                "restored tensors keep the optimizer they were declared with, not this shard's {}: {}",
+                self.optimizer,
+                other.join(", ")
+            )
+        })
     }
 
     /// A warning when the default optimizer has momentum under a policy

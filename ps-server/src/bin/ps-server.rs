@@ -182,8 +182,10 @@ struct Args {
     restore: Option<PathBuf>,
 
     /// Restore even when the checkpoint was written by a job with other
-    /// settings (policy, staleness, workers, aggregation or optimizer);
-    /// without it such a restore is refused, naming the differences.
+    /// settings (policy, staleness, workers or aggregation); without it
+    /// such a restore is refused, naming the differences. (Tensors keep
+    /// the optimizer they were declared with; the shard logs when that is
+    /// not its --optimizer.)
     #[arg(long, requires = "restore")]
     allow_changed_settings: bool,
 
@@ -518,6 +520,9 @@ fn main() -> std::process::ExitCode {
                         ));
                     }
                     tracing::warn!("restoring {} onto other settings: {what}", loaded.dir.display());
+                }
+                if let Some(note) = config.optimizer_note(&loaded.manifest) {
+                    tracing::warn!("{note}");
                 }
                 let shard = ps_server::shard::Shard::restore(config.clone(), &loaded)
                     .map_err(|e| format!("cannot restore from {}: {e}", loaded.dir.display()))?;
