@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::ShardConfig;
 use crate::data_path::DataPath;
+use crate::edge::EdgeLayer;
 use crate::metrics::RpcMetricsLayer;
 use crate::service::Service;
 use crate::shard::Shard;
@@ -92,6 +93,8 @@ pub async fn serve_shard(
         // The token check first: a request it refuses is not an RPC the shard served.
         .layer(auth)
         .layer(metrics)
+        // Inside the metrics layer, so what it answers is recorded.
+        .layer(EdgeLayer)
         .add_service(control)
         .add_service(data)
         .serve_with_incoming_shutdown(incoming, async move {
