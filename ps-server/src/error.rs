@@ -376,6 +376,29 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_is_pre_registered() {
+        let examples = [
+            PsError::UnknownTensor { tensor: "x".into() },
+            PsError::DeclareConflict {
+                tensor: "x".into(),
+                setting: "policy",
+                existing: "a".into(),
+                requested: "b".into(),
+            },
+            PsError::NotJoined { worker: 1 },
+            PsError::UnknownCheckpoint { shard: 0, checkpoint: "c".into(), hint: "" },
+            PsError::InvalidArgument("x".into()),
+            PsError::Evicted { worker: 1, timeout_ms: 1 },
+            PsError::ShuttingDown { shard: 0 },
+            PsError::NoCheckpointDir { shard: 0 },
+            PsError::JobFailed { reason: "x".into() },
+        ];
+        for e in examples {
+            assert!(crate::metrics::REJECTION_REASONS.contains(&e.reason()), "{}", e.reason());
+        }
+    }
+
+    #[test]
     fn long_names_are_cut_with_their_length() {
         assert_eq!(shown("w").to_string(), "\"w\"");
         let long = "é".repeat(20_000);
