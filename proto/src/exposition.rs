@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::OnceLock;
 
-use prometheus::{Registry, TextEncoder};
+use prometheus::{Gauge, GaugeVec, Opts, Registry, TextEncoder};
 
 /// The snake_case name of a gRPC code, as a label value.
 pub fn code_name(code: tonic::Code) -> &'static str {
@@ -69,4 +70,50 @@ pub async fn serve(
         )
         .route("/healthz", get(|| async { "ok\n" }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// A gauge that is absent from the exposition until its first value: a
+/// timestamp or measurement that does not exist yet (the last checkpoint
+/// before any, the accuracy before the first evaluation) has no sample,
+/// rather than a 0 a dashboard would read as 1970 or as 0 %.
+#[derive(Clone, Debug)]
+pub struct LateGauge {
+    family: GaugeVec,
+    /// The family's one series, created by the first [`set`](Self::set).
+    series: std::sync::Arc<OnceLock<Gauge>>,
+}
+
+impl LateGauge {
+    /// An unset gauge `name`, registered in `registry`.
+    pub fn register(registry: &Registry, name: &str, help: &str) -> prometheus::Result<Self> {
+        let family = GaugeVec::new(Opts::new(name, help), &[])?;
+        registry.register(Box::new(family.clone()))?;
+        Ok(Self { family, series: std::sync::Arc::default() })
+    }
+
+    /// Sets the value, creating the series the first time.
+    pub fn set(&self, value: f64) {
+        self.series.get_or_init(|| self.family.with_label_values::<&str>(&[])).set(value);
+    }
+
+    /// The value, `None` before the first [`set`](Self::set).
+    pub fn get(&self) -> Option<f64> {
+        self.series.get().map(Gauge::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_gauge_is_absent_until_set() {
+        let registry = Registry::new();
+        let g = LateGauge::register(&registry, "last_time_seconds", "help").expect("register");
+        assert!(!encode(std::slice::from_ref(&registry)).contains("last_time_seconds"));
+        assert_eq!(g.get(), None);
+        g.set(1.5);
+        assert!(encode(std::slice::from_ref(&registry)).contains("last_time_seconds 1.5"));
+        assert_eq!(g.get(), Some(1.5));
+    }
 }

@@ -3,7 +3,7 @@
 
 use ps_proto::pb;
 
-use crate::error::PsError;
+use crate::error::{PsError, shown};
 use crate::init::Init;
 use crate::optim::OptimizerConfig;
 use crate::shard::Declaration;
@@ -12,13 +12,13 @@ use crate::sync::Policy;
 /// The policy a declaration asks for; `None` means the shard default.
 pub fn policy(spec: &pb::TensorSpec, default_staleness: u32) -> Result<Option<Policy>, PsError> {
     Policy::from_pb(spec.policy, spec.staleness, default_staleness)
-        .map_err(|e| PsError::InvalidArgument(format!("tensor {:?}: {e}", spec.name)))
+        .map_err(|e| PsError::InvalidArgument(format!("tensor {}: {e}", shown(&spec.name))))
 }
 
 /// The initializer of a declaration (zeros when absent).
 pub fn init(spec: &pb::TensorSpec) -> Result<Init, PsError> {
     use pb::initializer::Kind;
-    let bad = |what: &str| PsError::InvalidArgument(format!("tensor {:?}: {what}", spec.name));
+    let bad = |what: &str| PsError::InvalidArgument(format!("tensor {}: {what}", shown(&spec.name)));
     Ok(match spec.init.as_ref().and_then(|i| i.kind.as_ref()) {
         None => Init::Zeros,
         Some(Kind::Constant(v)) if v.is_finite() => Init::Constant(*v),

@@ -11,13 +11,13 @@ use crate::sync::ClockError;
 #[derive(Debug, thiserror::Error)]
 pub enum PsError {
     /// The tensor was never declared on this shard.
-    #[error("unknown tensor {tensor:?}: declare it first")]
+    #[error("unknown tensor {}: declare it first", shown(tensor))]
     UnknownTensor {
         /// The tensor's name.
         tensor: String,
     },
     /// A re-declaration disagrees with the existing tensor.
-    #[error("tensor {tensor:?} already exists with shape {existing:?}; got shape {requested:?}")]
+    #[error("tensor {} already exists with shape {existing:?}; got shape {requested:?}", shown(tensor))]
     ShapeConflict {
         /// The tensor's name.
         tensor: String,
@@ -26,10 +26,28 @@ pub enum PsError {
         /// The shape requested now.
         requested: Vec<u64>,
     },
+    /// A re-declaration disagrees with the existing tensor on a setting
+    /// other than its shape (optimizer, policy, staleness, initializer,
+    /// non-finite gradients).
+    #[error(
+        "tensor {} already exists with {setting} {existing}; got {setting} {requested}: declare it as it was first declared, or under another name",
+        shown(tensor)
+    )]
+    DeclareConflict {
+        /// The tensor's name.
+        tensor: String,
+        /// The setting that differs.
+        setting: &'static str,
+        /// The setting's value in the first declaration.
+        existing: String,
+        /// The setting's value requested now.
+        requested: String,
+    },
     /// A request's element range is neither the one placed on this shard
     /// nor, for a part that takes pushes in pieces, one of its pieces.
     #[error(
-        "tensor {tensor:?}: shard {shard} holds elements {expected_offset}..{expected_end}{}, request covers {got_offset}..{got_end}",
+        "tensor {}: shard {shard} holds elements {expected_offset}..{expected_end}{}, request covers {got_offset}..{got_end}",
+        shown(tensor),
         pieces_hint(*piece_len)
     )]
     WrongRange {
@@ -49,7 +67,7 @@ pub enum PsError {
         got_end: u64,
     },
     /// Declared on a shard that holds no part of the tensor.
-    #[error("tensor {tensor:?} ({len} elements) has no part on shard {shard}")]
+    #[error("tensor {} ({len} elements) has no part on shard {shard}", shown(tensor))]
     NotPlacedHere {
         /// The tensor's name.
         tensor: String,
@@ -60,7 +78,8 @@ pub enum PsError {
     },
     /// A gradient holds NaN or Inf and the tensor does not allow it.
     #[error(
-        "tensor {tensor:?}, worker {worker}, clock {clock}: element {index} of the gradient is {value}; expected a finite value"
+        "tensor {}, worker {worker}, clock {clock}: element {index} of the gradient is {value}; expected a finite value",
+        shown(tensor)
     )]
     NonFinite {
         /// The tensor's name.
@@ -78,7 +97,7 @@ pub enum PsError {
     #[error("{0}")]
     InvalidArgument(String),
     /// A chunk sequence is malformed.
-    #[error("tensor {tensor:?}, worker {worker}: {source}")]
+    #[error("tensor {}, worker {worker}: {source}", shown(tensor))]
     Chunk {
         /// The tensor's name.
         tensor: String,
@@ -99,7 +118,7 @@ pub enum PsError {
         limit: u64,
     },
     /// A clock rule refused the request.
-    #[error("tensor {tensor:?}: {source}")]
+    #[error("tensor {}: {source}", shown(tensor))]
     Clock {
         /// The tensor's name.
         tensor: String,
@@ -110,6 +129,22 @@ pub enum PsError {
     /// A worker-level clock rule refused the request (no tensor involved).
     #[error("{0}")]
     Worker(#[source] ClockError),
+    /// An elastic worker id that has not joined the job yet.
+    #[error("worker {worker} has not joined the job; join before pushing or pulling")]
+    NotJoined {
+        /// The worker's id.
+        worker: u32,
+    },
+    /// No checkpoint of that name exists (or was requested) on this shard.
+    #[error("shard {shard} has no checkpoint {}{hint}", shown(checkpoint))]
+    UnknownCheckpoint {
+        /// The shard's id.
+        shard: u32,
+        /// The checkpoint's name as the client gave it.
+        checkpoint: String,
+        /// What the client can do about it (may be empty).
+        hint: &'static str,
+    },
     /// The worker was evicted for silence and has not joined again.
     #[error("worker {worker} was evicted after {timeout_ms} ms without a request; join again to continue")]
     Evicted {
@@ -126,7 +161,8 @@ pub enum PsError {
     },
     /// A checkpoint was requested at a clock some update has already passed.
     #[error(
-        "tensor {tensor:?}: cannot checkpoint at clock {clock}: {}; request a later clock",
+        "tensor {}: cannot checkpoint at clock {clock}: {}; request a later clock",
+        shown(tensor),
         if *sync { format!("{got} sync rounds are already applied") } else { format!("worker {worker} has already pushed clock {}", got - 1) }
     )]
     CheckpointTooLate {
@@ -182,8 +218,8 @@ impl PsError {
     /// The gRPC code a client should act on (see tonic's `Code` docs).
     pub fn code(&self) -> Code {
         match self {
-            PsError::UnknownTensor { .. } => Code::NotFound,
-            PsError::ShapeConflict { .. } => Code::AlreadyExists,
+            PsError::UnknownTensor { .. } | PsError::UnknownCheckpoint { .. } => Code::NotFound,
+            PsError::ShapeConflict { .. } | PsError::DeclareConflict { .. } => Code::AlreadyExists,
             PsError::WrongRange { .. }
             | PsError::NotPlacedHere { .. }
             | PsError::NonFinite { .. }
@@ -193,6 +229,7 @@ impl PsError {
             PsError::Clock { .. }
             | PsError::Worker(_)
             | PsError::Evicted { .. }
+            | PsError::NotJoined { .. }
             | PsError::Restarted { .. } => Code::FailedPrecondition,
             PsError::ShuttingDown { .. } => Code::Unavailable,
             PsError::CheckpointTooLate { .. } | PsError::NoCheckpointDir { .. } => Code::FailedPrecondition,
@@ -217,6 +254,9 @@ impl PsError {
         match self {
             PsError::UnknownTensor { .. } => "unknown_tensor",
             PsError::ShapeConflict { .. } => "shape_conflict",
+            PsError::DeclareConflict { .. } => "declare_conflict",
+            PsError::NotJoined { .. } => "not_joined",
+            PsError::UnknownCheckpoint { .. } => "unknown_checkpoint",
             PsError::WrongRange { .. } => "wrong_range",
             PsError::NotPlacedHere { .. } => "not_placed_here",
             PsError::NonFinite { .. } => "non_finite",
@@ -239,13 +279,72 @@ impl PsError {
 pub use ps_proto::{RESTART_CAUSE, RESTART_CHECKPOINT};
 
 impl From<PsError> for Status {
+    /// The client's status: the error's code and message, except that a
+    /// checkpoint error names its files within the checkpoint directory
+    /// only (the shard logs the full paths).
     fn from(e: PsError) -> Self {
-        let mut status = Status::new(e.code(), e.to_string());
+        let message = match &e {
+            PsError::Checkpoint(c) => {
+                tracing::warn!(error = %c, "checkpoint error answered to a client");
+                client_message(c)
+            }
+            e => e.to_string(),
+        };
+        let mut status = Status::new(e.code(), message);
         if let PsError::Restarted { checkpoint, cause, .. } = &e {
             let restart = ps_proto::Restart { checkpoint: checkpoint.clone(), cause: *cause };
             restart.write_to(status.metadata_mut());
         }
         status
+    }
+}
+
+/// Longest client-supplied name a message echoes in full; a longer one is
+/// cut (see [`shown`]).
+pub const ECHOED_NAME_CHARS: usize = 128;
+
+/// A client-supplied name (tensor, checkpoint) as a message echoes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Shown<'a>(&'a str);
+
+/// `name` quoted, cut after [`ECHOED_NAME_CHARS`] characters with an
+/// ellipsis and its length, so that a long name cannot make a refusal
+/// overflow the reply's metadata: `"w"`, or `"aaaa…" (20000 chars)`.
+pub fn shown(name: &str) -> Shown<'_> {
+    Shown(name)
+}
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(ECHOED_NAME_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => {
+                let n = self.0.chars().count();
+                write!(f, "{:?} ({n} chars)", format!("{}…", &self.0[..cut]))
+            }
+        }
+    }
+}
+
+/// A checkpoint error as a client sees it: each path shortened to its last
+/// two components (the checkpoint and the file), so no server path leaks.
+fn client_message(e: &CheckpointError) -> String {
+    let short = |p: &std::path::Path| {
+        let mut parts: Vec<_> = p.iter().rev().take(2).map(|c| c.to_string_lossy()).collect();
+        parts.reverse();
+        parts.join("/")
+    };
+    match e {
+        CheckpointError::Io { action, path, source } => format!("{action} {}: {source}", short(path)),
+        CheckpointError::Corrupt { path, reason } => format!("{}: {reason}", short(path)),
+        CheckpointError::Checksum { path, expected, got } => {
+            format!("{}: checksum mismatch: manifest says sha256 {expected}, file has {got}", short(path))
+        }
+        CheckpointError::NewerFormat { path, got, supported } => format!(
+            "{}: manifest format {got} is newer than this build supports ({supported}); upgrade ps-server",
+            short(path)
+        ),
+        CheckpointError::NoneFound { path, .. } => format!("no complete checkpoint in {}", short(path)),
     }
 }
 
@@ -278,5 +377,48 @@ mod tests {
         assert_eq!(conflict.code(), Code::AlreadyExists);
         let big = PsError::TooLarge { what: "chunk".into(), got: 10, limit: 5 };
         assert_eq!(big.code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn every_reason_is_pre_registered() {
+        let examples = [
+            PsError::UnknownTensor { tensor: "x".into() },
+            PsError::DeclareConflict {
+                tensor: "x".into(),
+                setting: "policy",
+                existing: "a".into(),
+                requested: "b".into(),
+            },
+            PsError::NotJoined { worker: 1 },
+            PsError::UnknownCheckpoint { shard: 0, checkpoint: "c".into(), hint: "" },
+            PsError::InvalidArgument("x".into()),
+            PsError::Evicted { worker: 1, timeout_ms: 1 },
+            PsError::ShuttingDown { shard: 0 },
+            PsError::NoCheckpointDir { shard: 0 },
+            PsError::JobFailed { reason: "x".into() },
+        ];
+        for e in examples {
+            assert!(crate::metrics::REJECTION_REASONS.contains(&e.reason()), "{}", e.reason());
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut_with_their_length() {
+        assert_eq!(shown("w").to_string(), "\"w\"");
+        let long = "é".repeat(20_000);
+        let message = PsError::UnknownTensor { tensor: long }.to_string();
+        assert!(message.len() < 400, "{message}");
+        assert!(message.contains("…\" (20000 chars)"), "{message}");
+        let exact = "a".repeat(ECHOED_NAME_CHARS);
+        assert_eq!(shown(&exact).to_string(), format!("{exact:?}"));
+    }
+
+    #[test]
+    fn checkpoint_errors_name_no_server_path() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = CheckpointError::io("read", "/srv/secret/ckpt-1-2/manifest.json")(missing);
+        let status = Status::from(PsError::Checkpoint(e));
+        assert!(status.message().starts_with("read ckpt-1-2/manifest.json: "), "{}", status.message());
+        assert!(!status.message().contains("/srv"), "{}", status.message());
     }
 }

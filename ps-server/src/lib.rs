@@ -15,7 +15,8 @@
 //! - [`membership`]: who takes part — live, evicted, joined, requests in flight, silence; decides evictions.
 //! - [`service`]: the gRPC glue; [`convert`]: protocol ↔ shard types.
 //! - [`data_path`]: the data service (`Push`, `Pull`, `PushPull`), served straight from and to HTTP/2 frames.
-//! - [`auth`]: bearer-token check of every RPC.
+//! - [`auth`]: bearer-token check of every RPC; [`tls`]: the TLS files, checked before serving.
+//! - [`edge`]: the transport's own refusals and missed client deadlines, given the shard's codes.
 //! - [`checkpoint`]: consistent checkpoints — capture at a clock, safetensors files, manifest, restore.
 //! - [`error`]: `PsError` and its mapping to gRPC status codes.
 //! - [`config`]: shard configuration; [`server`]: serving a shard on a listener.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod connections;
 pub mod convert;
 pub mod data_path;
+pub mod edge;
 pub mod error;
 pub mod incarnation;
 pub mod init;
@@ -49,6 +51,7 @@ pub mod service;
 pub mod shard;
 pub mod sync;
 pub mod tensor;
+pub mod tls;
 
 pub use config::{Aggregation, PolicyName, ShardConfig, WorkerLoss};
 pub use error::PsError;

@@ -26,8 +26,10 @@ pub enum Refusal {
     NotJoined,
     /// The worker was evicted for silence and has not joined again.
     Evicted,
-    /// The worker left (or, elastic, has not joined yet).
+    /// The worker left.
     NotLive(ClockError),
+    /// An elastic worker that has not joined the job yet.
+    NeverJoined,
 }
 
 /// What a tick found out about a silent worker; the shard carries it out.
@@ -57,6 +59,9 @@ struct Member {
     contacted: bool,
     /// Reported silent (`--on-worker-loss wait`) and not heard from since.
     silent: bool,
+    /// Live at some point (from the start, or by joining): an elastic id
+    /// that never was has not left, it has not joined yet.
+    ever_live: bool,
 }
 
 /// The workers `0..n` of one shard and the job's stop reason.
@@ -92,9 +97,16 @@ impl Membership {
         on_loss: WorkerLoss,
         now: Instant,
     ) -> Self {
-        let member =
-            Member { evicted: false, joined, in_flight: 0, last_seen: now, contacted: false, silent: false };
-        let members = vec![member; live.len()];
+        let member = |ever_live| Member {
+            evicted: false,
+            joined,
+            in_flight: 0,
+            last_seen: now,
+            contacted: false,
+            silent: false,
+            ever_live,
+        };
+        let members = live.iter().map(|&l| member(l)).collect();
         Self { live, members, timeout, join_grace: DEFAULT_JOIN_GRACE, on_loss, failure: None }
     }
 
@@ -116,6 +128,7 @@ impl Membership {
             (false, _, _) => Err(Refusal::NotJoined),
             (true, true, _) => Ok(()),
             (true, false, true) => Err(Refusal::Evicted),
+            (true, false, false) if !m.ever_live => Err(Refusal::NeverJoined),
             (true, false, false) => Err(Refusal::NotLive(ClockError::NotLive { worker })),
         }
     }
@@ -141,7 +154,15 @@ impl Membership {
     pub fn join(&mut self, worker: u32, now: Instant) -> Result<(), ClockError> {
         let unknown = self.unknown(worker);
         let m = self.members.get_mut(worker as usize).ok_or(unknown)?;
-        *m = Member { evicted: false, joined: true, silent: false, last_seen: now, contacted: true, ..*m };
+        *m = Member {
+            evicted: false,
+            joined: true,
+            silent: false,
+            last_seen: now,
+            contacted: true,
+            ever_live: true,
+            ..*m
+        };
         self.live[worker as usize] = true;
         Ok(())
     }
@@ -293,6 +314,9 @@ mod tests {
         let t0 = Instant::now();
         let mut m = table(WorkerLoss::Evict, t0);
         assert_eq!(m.check(0), Ok(()));
+        assert_eq!(m.check(2), Err(Refusal::NeverJoined), "elastic, not joined yet");
+        m.join(2, t0).unwrap();
+        m.leave(2, false).unwrap();
         assert!(matches!(m.check(2), Err(Refusal::NotLive(_))));
         assert!(matches!(
             m.check(3),

@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::ShardConfig;
 use crate::data_path::DataPath;
+use crate::edge::EdgeLayer;
 use crate::metrics::RpcMetricsLayer;
 use crate::service::Service;
 use crate::shard::Shard;
@@ -81,7 +82,9 @@ pub async fn serve_shard(
         counter.metrics().connection_refused()
     });
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls_config(shard.config())? {
+    if let Some(tls) =
+        crate::tls::server_tls(shard.config()).map_err(|e| ServeError::Config(e.to_string()))?
+    {
         builder = builder.tls_config(tls)?;
     }
     builder
@@ -92,6 +95,8 @@ pub async fn serve_shard(
         // The token check first: a request it refuses is not an RPC the shard served.
         .layer(auth)
         .layer(metrics)
+        // Inside the metrics layer, so what it answers is recorded.
+        .layer(EdgeLayer)
         .add_service(control)
         .add_service(data)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -100,20 +105,6 @@ pub async fn serve_shard(
         })
         .await?;
     Ok(())
-}
-
-/// The TLS settings of `config`, reading its PEM files; `None` for plaintext.
-fn tls_config(config: &ShardConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, ServeError> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| ServeError::Config(format!("cannot read {}: {e}", path.display())))
-    };
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(tls))
 }
 
 /// Checks leases four times per worker timeout and handles overdue workers,

@@ -127,8 +127,12 @@ async fn redeclaring_with_another_shape_is_already_exists() {
         "{message}"
     );
     assert_eq!(code(err), Code::AlreadyExists);
-    // The same shape again is fine and keeps the values.
-    f.worker.declare(&TensorDecl::new("w", &[2, 3]).constant(9.0)).await.expect("same shape");
+    // The same declaration again is fine and keeps the values; another
+    // initializer is another declaration.
+    f.worker.declare(&TensorDecl::new("w", &[2, 3]).uniform(-1.0, 1.0, 5)).await.expect("same declaration");
+    assert_eq!(f.bits().await, before);
+    let err = f.worker.declare(&TensorDecl::new("w", &[2, 3]).constant(9.0)).await.expect_err("other init");
+    assert_eq!(code(err), Code::AlreadyExists);
     assert_eq!(f.bits().await, before);
 }
 
@@ -163,7 +167,7 @@ async fn unknown_or_departed_workers_are_failed_precondition() {
     .await;
     let mut leaver =
         Worker::connect(WorkerConfig::new(f.worker.cluster().clone(), 1)).await.expect("connect");
-    leaver.declare(&TensorDecl::new("w", &[2, 3])).await.expect("declare");
+    leaver.declare(&TensorDecl::new("w", &[2, 3]).uniform(-1.0, 1.0, 5)).await.expect("declare");
     leaver.leave().await.expect("leave");
     f.refused(
         vec![f.chunk(header(1, 0, 0, 6), 0, &[0.0; 6])],

@@ -127,3 +127,55 @@ async fn every_rpc_is_recorded_once_with_its_code_and_reason() {
     assert_eq!(get(&format!(r#"ps_server_rpc_duration_seconds_count{{rpc="declare",{labels}}}"#)), 2.0);
     cluster.shutdown().await.expect("shutdown");
 }
+
+/// What an operator sees before anything happened: every counter's known
+/// series at 0, no checkpoint timestamp until a checkpoint exists, and a
+/// worker's series labelled with the policy it learnt at its join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_start_at_zero_and_absent_values_are_absent() {
+    let root = std::env::temp_dir().join(format!("ps-metrics-start-{}", std::process::id()));
+    let config = ShardConfig {
+        num_workers: 1,
+        policy: PolicyName::Ssp,
+        staleness: 2,
+        checkpoint_dir: Some(root.clone()),
+        ..ShardConfig::default()
+    };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let s = parse(&ps_server::metrics::encode(cluster.registries()));
+    let labels = r#"policy="ssp(2)",shard="0""#;
+    for reason in ps_server::metrics::REJECTION_REASONS {
+        let k = key(&format!(r#"ps_server_rejected_requests_total{{reason="{reason}",{labels}}}"#));
+        assert_eq!(s.get(&k), Some(&0.0), "{k}");
+    }
+    for (rpc, code) in [("declare", "already_exists"), ("pull", "deadline_exceeded"), ("rewind", "not_found")]
+    {
+        let k = key(&format!(r#"ps_server_requests_total{{code="{code}",rpc="{rpc}",{labels}}}"#));
+        assert_eq!(s.get(&k), Some(&0.0), "{k}");
+    }
+    for absent in ["ps_server_checkpoint_last_success_timestamp_seconds", "ps_server_checkpoint_last_clock"] {
+        assert!(!s.keys().any(|k| k.starts_with(absent)), "{absent} exists before any checkpoint");
+    }
+
+    let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(0, None));
+    let worker_scrape = || ps_proto::exposition::encode(std::slice::from_ref(metrics.registry()));
+    assert!(!worker_scrape().contains("policy="), "{}", worker_scrape());
+    assert!(!worker_scrape().contains("ps_worker_test_accuracy"), "accuracy before any evaluation");
+    let cfg = WorkerConfig {
+        metrics: Some(std::sync::Arc::clone(&metrics)),
+        ..WorkerConfig::new(cluster.spec().clone(), 0)
+    };
+    let mut w = Worker::connect(cfg).await.expect("connect");
+    let text = worker_scrape();
+    assert!(text.contains(r#"ps_worker_retries_total{op="pull",worker="0",policy="ssp(2)"} 0"#), "{text}");
+
+    w.declare(&TensorDecl::new("w", &[4])).await.expect("declare");
+    let name = w.checkpoint(0).await.expect("checkpoint");
+    w.wait_checkpoint(&name).await.expect("checkpoint completes");
+    let s = parse(&ps_server::metrics::encode(cluster.registries()));
+    let last = s.get(&key(&format!("ps_server_checkpoint_last_success_timestamp_seconds{{{labels}}}")));
+    assert!(last.is_some_and(|t| *t > 1.6e9), "{last:?}");
+    assert_eq!(s.get(&key(&format!("ps_server_checkpoint_last_clock{{{labels}}}"))), Some(&0.0));
+    cluster.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -160,3 +160,74 @@ fn ps_server_serves_tls_with_a_token_and_the_operator_command_reaches_it() {
     let plaintext = run(&["--auth-token-file", &path(&token)]);
     assert!(!plaintext.status.success(), "plaintext reached a TLS shard");
 }
+
+/// A connection error says why in the TLS library's words and what it
+/// means: a TLS client at a plaintext shard, and a shard whose certificate
+/// another CA signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_give_the_tls_reason() {
+    let (pki, ca, ca_key) = Pki::new("reasons");
+    pki.issue("server", &ca, &ca_key);
+    let (other, _, _) = Pki::new("reasons-other");
+    let tls_cluster = LocalCluster::start(1, config(&pki, false)).await.expect("cluster");
+    let plain = ShardConfig { num_workers: 1, policy: PolicyName::Async, ..ShardConfig::default() };
+    let plain_cluster = LocalCluster::start(1, plain).await.expect("cluster");
+    let to_plain = Worker::connect(worker_config(plain_cluster.spec(), tls(&pki.path("ca.pem"), None))).await;
+    let message = to_plain.expect_err("TLS to a plaintext shard").to_string();
+    assert!(message.contains("the shard does not use TLS"), "{message}");
+    assert!(message.contains("InvalidContentType"), "{message}");
+    let wrong = Worker::connect(worker_config(tls_cluster.spec(), tls(&other.path("ca.pem"), None))).await;
+    let message = wrong.expect_err("a certificate of another CA").to_string();
+    assert!(message.contains("invalid peer certificate"), "{message}");
+    assert!(message.contains("not signed by the CA given"), "{message}");
+}
+
+/// Runs `ps-server` with `args` and waits (bounded) for it to exit.
+fn refused_start(args: &[&std::ffi::OsStr]) -> (std::process::ExitStatus, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--workers", "1"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ps-server");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ps-server started despite bad TLS files: {:?}", child.wait_with_output());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status, text(&out.stdout), text(&out.stderr))
+}
+
+/// A TLS file the shard cannot use stops `ps-server` before it announces
+/// that it listens, with one plain line naming the file and the reason.
+#[test]
+fn ps_server_refuses_bad_tls_files_before_listening() {
+    let (pki, ca, ca_key) = Pki::new("files");
+    pki.issue("server", &ca, &ca_key);
+    pki.issue("stranger", &ca, &ca_key);
+    std::fs::write(pki.path("garbage.key"), "not a key\n").expect("write");
+    std::fs::write(pki.path("garbage.pem"), "not a certificate\n").expect("write");
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let cases: [(PathBuf, PathBuf, PathBuf, &str); 4] = [
+        (cert.clone(), pki.path("garbage.key"), pki.path("garbage.key"), "no usable PEM private key"),
+        (pki.path("garbage.pem"), key.clone(), pki.path("garbage.pem"), "no PEM certificate"),
+        (pki.path("missing.pem"), key.clone(), pki.path("missing.pem"), "cannot read it"),
+        (cert.clone(), pki.path("stranger.key"), pki.path("stranger.key"), "cannot serve TLS with it"),
+    ];
+    for (cert, key, named, reason) in cases {
+        let (status, stdout, stderr) =
+            refused_start(&["--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()]);
+        assert!(!status.success(), "{stderr}");
+        assert!(!stdout.contains("listening"), "announced before failing: {stdout}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(&*named.to_string_lossy()) && lines[0].contains(reason), "{stderr}");
+        assert!(!stderr.contains('\x1b'), "colour codes on a stderr that is not a terminal: {stderr:?}");
+    }
+}

@@ -17,8 +17,9 @@ pub enum WorkerError {
         /// Why.
         reason: String,
     },
-    /// A shard could not be reached.
-    #[error("shard {shard} at {addr}: cannot connect: {source}")]
+    /// A shard could not be reached. The message gives the whole cause
+    /// (e.g. the TLS library's reason) and what it most likely means.
+    #[error("shard {shard} at {addr}: cannot connect: {}", connect_reason(source))]
     Connect {
         /// The shard's id.
         shard: u32,
@@ -118,6 +119,37 @@ pub enum WorkerError {
 }
 
 pub use ps_proto::Restart;
+
+/// Why a connection failed: `e` and each of its sources (tonic's own says
+/// only "transport error"; the TLS library's reason is further down), then
+/// what that most likely means where it can be told.
+fn connect_reason(e: &tonic::transport::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    let line = parts.join(": ");
+    let hint = if line.contains("InvalidContentType") {
+        Some("the shard does not use TLS: connect without TLS (drop --tls-ca)")
+    } else if line.contains("invalid peer certificate") {
+        Some(
+            "the shard's certificate is not signed by the CA given (--tls-ca) or not issued for this address",
+        )
+    } else if line.contains("CertificateRequired") || line.contains("certificate required") {
+        Some("the shard requires a client certificate (--tls-cert and --tls-key)")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{line} ({hint})"),
+        None => line,
+    }
+}
 
 impl WorkerError {
     /// The gRPC code of a refused request, if this is one.

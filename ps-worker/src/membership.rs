@@ -84,6 +84,9 @@ async fn join_once(shards: &Shards) -> Result<(Joined, Histories), WorkerError> 
         policy: views.first().and_then(|v| v.policy),
         optimizer: views.first().and_then(|v| v.optimizer),
     };
+    if let (Some(metrics), Some(policy)) = (&shards.config().metrics, joined.policy) {
+        metrics.set_policy(&policy.to_string());
+    }
     Ok((joined, histories))
 }
 

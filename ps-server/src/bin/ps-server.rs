@@ -486,6 +486,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Before anything is announced: a shard that cannot serve TLS must not say it listens.
+    if let Err(e) = ps_server::tls::server_tls(&config) {
+        eprintln!("ps-server: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let runtime = match args.threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),

@@ -19,7 +19,42 @@ use crate::sync::Policy;
 
 mod rpc;
 
+use ps_proto::exposition::LateGauge;
 pub use rpc::{FirstRpc, RecordRpcs, Refused, Rpc, RpcMetrics, RpcMetricsLayer, Served};
+
+/// Every reason a request is refused for, as `ps_server_rejected_requests_total`
+/// labels it ([`PsError::reason`](crate::PsError::reason), and the refusals
+/// of the service, the edge and the connection limit): each series exists,
+/// at 0, from the start, so a rate over it is 0 rather than no data.
+pub const REJECTION_REASONS: &[&str] = &[
+    "unknown_tensor",
+    "shape_conflict",
+    "declare_conflict",
+    "not_joined",
+    "unknown_checkpoint",
+    "wrong_range",
+    "not_placed_here",
+    "non_finite",
+    "invalid_argument",
+    "malformed_chunks",
+    "too_large",
+    "clock",
+    "worker",
+    "evicted",
+    "shutting_down",
+    "checkpoint_too_late",
+    "no_checkpoint_dir",
+    "checkpoint",
+    "job_failed",
+    "restarted",
+    "malformed",
+    "compressed",
+    "deadline",
+    "idle",
+    "transport",
+    "unauthenticated",
+    "too_many_connections",
+];
 
 /// Latency buckets: 50 µs to ~100 s.
 fn latency_buckets() -> Vec<f64> {
@@ -67,10 +102,11 @@ pub struct CheckpointMetrics {
     enabled: bool,
     pending: IntGauge,
     write_seconds: Histogram,
-    bytes: IntGauge,
+    /// The last checkpoint's bytes, time and clock: absent before the first.
+    bytes: LateGauge,
     bytes_total: IntCounter,
-    last_success: prometheus::Gauge,
-    last_clock: IntGauge,
+    last_success: LateGauge,
+    last_clock: LateGauge,
     failures: IntCounter,
     shadows: IntGauge,
 }
@@ -99,11 +135,11 @@ impl CheckpointMetrics {
         }
         self.pending.dec();
         self.write_seconds.observe(elapsed.as_secs_f64());
-        self.bytes.set(bytes as i64);
+        self.bytes.set(bytes as f64);
         self.bytes_total.inc_by(bytes);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         self.last_success.set(now.as_secs_f64());
-        self.last_clock.set(clock as i64);
+        self.last_clock.set(clock as f64);
     }
 
     /// A checkpoint could not be taken or written.
@@ -143,6 +179,9 @@ impl ShardMetrics {
             )
             .expect("valid metric"),
         );
+        for reason in REJECTION_REASONS {
+            rejected.with_label_values(&[reason]);
+        }
         let rpcs = Arc::new(RpcMetrics::new(r, rejected.clone(), enabled));
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             register(
@@ -153,6 +192,7 @@ impl ShardMetrics {
         let counter =
             |name: &str, help: &str| register(r, IntCounter::new(name, help).expect("valid metric"));
         let gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help).expect("valid metric"));
+        let late = |name: &str, help: &str| LateGauge::register(r, name, help).expect("valid metric");
         let worker_clock = register(
             r,
             IntGaugeVec::new(
@@ -285,19 +325,18 @@ impl ShardMetrics {
                     "Time from capturing a checkpoint in memory to its shard file being durable",
                     prometheus::exponential_buckets(1e-3, 2.5, 14).unwrap_or_default(),
                 ),
-                bytes: gauge("ps_server_checkpoint_bytes", "Bytes of this shard's last checkpoint file"),
-                bytes_total: counter("ps_server_checkpoint_bytes_total", "Bytes of checkpoint files written"),
-                last_success: register(
-                    r,
-                    prometheus::Gauge::with_opts(Opts::new(
-                        "ps_server_checkpoint_last_success_timestamp_seconds",
-                        "Unix time at which this shard's last checkpoint file became durable",
-                    ))
-                    .expect("valid metric"),
+                bytes: late(
+                    "ps_server_checkpoint_bytes",
+                    "Bytes of this shard's last checkpoint file (absent before the first)",
                 ),
-                last_clock: gauge(
+                bytes_total: counter("ps_server_checkpoint_bytes_total", "Bytes of checkpoint files written"),
+                last_success: late(
+                    "ps_server_checkpoint_last_success_timestamp_seconds",
+                    "Unix time at which this shard's last checkpoint file became durable (absent before the first)",
+                ),
+                last_clock: late(
                     "ps_server_checkpoint_last_clock",
-                    "Clock of this shard's last durable checkpoint",
+                    "Clock of this shard's last durable checkpoint (absent before the first)",
                 ),
                 failures: counter(
                     "ps_server_checkpoint_failures_total",

@@ -114,6 +114,20 @@ impl Rpc {
     }
 }
 
+/// The codes of DESIGN §5 (and `OK`): every RPC's series of
+/// `ps_server_requests_total` with these exists, at 0, from the start.
+const ANSWERED_CODES: [tonic::Code; 9] = [
+    tonic::Code::Ok,
+    tonic::Code::InvalidArgument,
+    tonic::Code::NotFound,
+    tonic::Code::AlreadyExists,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::ResourceExhausted,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::Unavailable,
+    tonic::Code::Aborted,
+];
+
 /// In a successful reply's extensions: the handler served the request,
 /// moving this many tensor payload bytes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -189,6 +203,11 @@ impl RpcMetrics {
             )
             .expect("valid metric"),
         );
+        for rpc in Rpc::ALL {
+            for code in ANSWERED_CODES {
+                requests.with_label_values(&[rpc.name(), code_name(code)]);
+            }
+        }
         let rpcs = Rpc::ALL.map(|rpc| RpcHandles {
             ok: requests.with_label_values(&[rpc.name(), "ok"]),
             bytes: bytes.with_label_values(&[rpc.name()]),

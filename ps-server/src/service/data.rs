@@ -23,7 +23,7 @@ use super::messages::{
     PushFrames, Rejected, grpc_reply, grpc_response, ok_trailers, refused, served, unary_request,
 };
 use crate::budget::Reserved;
-use crate::error::PsError;
+use crate::error::{PsError, shown};
 use crate::metrics::FirstRpc;
 use crate::readers::ReadLease;
 use crate::shard::{PushHead, PushTarget};
@@ -120,8 +120,9 @@ impl Service {
         // A push that stops sending gives its share of the budget back.
         let idle = |_| Rejected {
             status: Status::deadline_exceeded(format!(
-                "tensor {:?}, worker {}: no push chunk for {PUSH_IDLE_TIMEOUT:?}",
-                meta.name, header.worker
+                "tensor {}, worker {}: no push chunk for {PUSH_IDLE_TIMEOUT:?}",
+                shown(&meta.name),
+                header.worker
             )),
             reason: "idle",
         };
@@ -130,8 +131,9 @@ impl Service {
         {
             if chunk.header.is_some() {
                 return Err(PsError::InvalidArgument(format!(
-                    "tensor {:?}, worker {}: a push chunk after the first carries a header",
-                    meta.name, header.worker
+                    "tensor {}, worker {}: a push chunk after the first carries a header",
+                    shown(&meta.name),
+                    header.worker
                 ))
                 .into());
             }

@@ -38,10 +38,28 @@ impl From<Rejected> for Status {
     /// The status the client gets, with the reason as its source, where
     /// the metrics layer finds it ([`Refused`]).
     fn from(r: Rejected) -> Self {
-        let mut status = r.status;
+        let mut status = bounded(r.status);
         status.set_source(Arc::new(Refused(r.reason)));
         status
     }
+}
+
+/// Longest refusal message sent, in bytes: names are already cut
+/// ([`crate::error::shown`]); this bounds whatever else a client can make a
+/// message echo (a shape of a million dimensions), so that it always fits
+/// in the reply's metadata.
+pub(super) const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// `status` with its message cut to [`MAX_MESSAGE_BYTES`] (on a character
+/// boundary, with the bytes left out said).
+fn bounded(status: Status) -> Status {
+    let message = status.message();
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return status;
+    }
+    let cut = (0..=MAX_MESSAGE_BYTES).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+    let short = format!("{}… ({} more bytes)", &message[..cut], message.len() - cut);
+    Status::with_metadata(status.code(), short, status.metadata().clone())
 }
 
 /// The gRPC messages of a request body, cut from its frames without
@@ -74,9 +92,12 @@ impl RequestMessages {
                 )),
                 reason: "too_large",
             },
-            FrameError::Compressed => {
-                Rejected { status: Status::unimplemented(format!("{what}: {e}")), reason: "compressed" }
-            }
+            FrameError::Compressed => Rejected {
+                status: Status::unimplemented(format!(
+                    "{what}: compression is not supported by this shard; send messages uncompressed ({e})"
+                )),
+                reason: "compressed",
+            },
             FrameError::Truncated { .. } | FrameError::Malformed(_) => {
                 Rejected { status: Status::invalid_argument(format!("{what}: {e}")), reason: "malformed" }
             }

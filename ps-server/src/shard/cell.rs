@@ -6,6 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use crate::init::Init;
+use crate::optim::OptimizerConfig;
 use crate::sync::PullId;
 use crate::tensor::{TensorMeta, TensorPart};
 
@@ -18,6 +20,10 @@ pub struct TensorCell {
     pub(super) changed: watch::Sender<()>,
     /// Set when a rewind replaced this part: waiters on it give up.
     pub(super) retired: AtomicBool,
+    /// The optimizer settings it was created with, for re-declarations.
+    pub(super) optimizer: OptimizerConfig,
+    /// The initializer it was declared with; `None` when restored from a checkpoint.
+    pub(super) init: Option<Init>,
 }
 
 impl TensorCell {
@@ -33,9 +39,12 @@ impl TensorCell {
         self.part.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(super) fn new(part: TensorPart) -> Self {
+    /// `part`, as declared with `init` (`None`: restored).
+    pub(super) fn new(part: TensorPart, init: Option<Init>) -> Self {
         Self {
             meta: part.meta().clone(),
+            optimizer: *part.optimizer().config(),
+            init,
             part: Mutex::new(part),
             changed: watch::Sender::new(()),
             retired: AtomicBool::new(false),

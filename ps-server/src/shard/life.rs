@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{Rewound, Shard, TensorCell};
 use crate::checkpoint::registry::{Checkpoints, CutStatus};
 use crate::checkpoint::{CutId, PartSnapshot, checkpoint_name};
-use crate::error::PsError;
+use crate::error::{PsError, shown};
 use crate::incarnation::{Incarnation, Origin};
 use crate::meta::TensorMeta;
 
@@ -55,11 +55,20 @@ impl Shard {
             .ok_or(PsError::NoCheckpointDir { shard: self.config.shard_id })?;
         if crate::checkpoint::format::parse_name(checkpoint).is_none() {
             return Err(PsError::InvalidArgument(format!(
-                "cannot rewind shard {} to {checkpoint:?}: not a checkpoint name (ckpt-<clock>-<session>)",
-                self.config.shard_id
+                "cannot rewind shard {} to {}: not a checkpoint name (ckpt-<clock>-<session>)",
+                self.config.shard_id,
+                shown(checkpoint)
             )));
         }
-        let loaded = crate::checkpoint::restore::load(&root.join(checkpoint))?;
+        let dir = root.join(checkpoint);
+        if !dir.join(crate::checkpoint::format::MANIFEST).is_file() {
+            return Err(PsError::UnknownCheckpoint {
+                shard: self.config.shard_id,
+                checkpoint: checkpoint.to_string(),
+                hint: " to rewind to (a checkpoint without its manifest does not exist)",
+            });
+        }
+        let loaded = crate::checkpoint::restore::load(&dir)?;
         let cells = self.load_cells(&loaded)?;
         let clock = loaded.manifest.clock;
         let session = rand::random();
@@ -158,11 +167,10 @@ impl Shard {
         let mut changed = checkpoints.subscribe();
         let mut closing = self.closing.subscribe();
         loop {
-            let status = checkpoints.status(name).ok_or_else(|| {
-                PsError::InvalidArgument(format!(
-                    "no checkpoint {name:?} was requested on shard {}",
-                    self.config.shard_id
-                ))
+            let status = checkpoints.status(name).ok_or_else(|| PsError::UnknownCheckpoint {
+                shard: self.config.shard_id,
+                checkpoint: name.to_string(),
+                hint: ": none of that name was requested (Checkpoint answers with the name to ask about)",
             })?;
             if !wait || status.state.is_done() {
                 return Ok(status);

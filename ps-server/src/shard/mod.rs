@@ -38,7 +38,7 @@ use crate::buffers::PieceBuffers;
 use crate::checkpoint::registry::Checkpoints;
 use crate::checkpoint::{CutInfo, Loaded};
 use crate::config::{ShardConfig, WorkerLoss};
-use crate::error::PsError;
+use crate::error::{PsError, shown};
 use crate::incarnation::Incarnation;
 use crate::init::Init;
 use crate::membership::{Decision, Membership, Refusal};
@@ -50,6 +50,7 @@ use crate::tensor::{TensorMeta, TensorPart};
 mod cell;
 mod life;
 mod push;
+mod redeclare;
 mod wait;
 
 pub use wait::WAIT_LOG_EVERY;
@@ -265,7 +266,7 @@ impl Shard {
                 tensor.leave(w)?;
             }
             self.count_tensor(&tensor, true);
-            tensors.insert(t.name.clone(), Arc::new(TensorCell::new(tensor)));
+            tensors.insert(t.name.clone(), Arc::new(TensorCell::new(tensor, None)));
         }
         Ok(tensors)
     }
@@ -316,6 +317,7 @@ impl Shard {
             Ok(()) => Ok(()),
             Err(Refusal::NotJoined) => Err(self.restarted(Some(worker))),
             Err(Refusal::Unknown(e) | Refusal::NotLive(e)) => Err(PsError::Worker(e)),
+            Err(Refusal::NeverJoined) => Err(PsError::NotJoined { worker }),
             Err(Refusal::Evicted) => {
                 Err(PsError::Evicted { worker, timeout_ms: self.config.worker_timeout_ms })
             }
@@ -396,23 +398,28 @@ impl Shard {
     }
 
     /// Creates the part of a tensor placed on this shard, or checks that the
-    /// existing one has the same shape (other settings of a re-declaration
-    /// are ignored: the first declaration wins).
+    /// existing one has the same shape and settings ([`redeclare::check`]).
     pub fn declare(&self, decl: Declaration) -> Result<Declared, PsError> {
         if decl.name.is_empty() {
             return Err(PsError::InvalidArgument("tensor name must not be empty".into()));
         }
         let len = decl.shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(*d)).ok_or_else(|| {
-            PsError::InvalidArgument(format!("tensor {:?}: shape {:?} overflows u64", decl.name, decl.shape))
+            PsError::InvalidArgument(format!(
+                "tensor {}: shape {:?} overflows u64",
+                shown(&decl.name),
+                decl.shape
+            ))
         })?;
         if len == 0 {
             return Err(PsError::InvalidArgument(format!(
-                "tensor {:?}: shape {:?} has no elements",
-                decl.name, decl.shape
+                "tensor {}: shape {:?} has no elements",
+                shown(&decl.name),
+                decl.shape
             )));
         }
         if let Some(opt) = &decl.optimizer {
-            opt.validate().map_err(|e| PsError::InvalidArgument(format!("tensor {:?}: {e}", decl.name)))?;
+            opt.validate()
+                .map_err(|e| PsError::InvalidArgument(format!("tensor {}: {e}", shown(&decl.name))))?;
         }
         let cfg = &self.config;
         let part =
@@ -425,7 +432,7 @@ impl Shard {
         let part_bytes = part.len.saturating_mul(4);
         if part_bytes > cfg.max_tensor_bytes {
             return Err(PsError::TooLarge {
-                what: format!("tensor {:?} part on shard {}", decl.name, cfg.shard_id),
+                what: format!("tensor {} part on shard {}", shown(&decl.name), cfg.shard_id),
                 got: part_bytes,
                 limit: cfg.max_tensor_bytes,
             });
@@ -434,13 +441,7 @@ impl Shard {
         let members = self.members();
         let mut tensors = self.tensors.write().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = tensors.get(&decl.name) {
-            if existing.meta().shape != decl.shape {
-                return Err(PsError::ShapeConflict {
-                    tensor: decl.name,
-                    existing: existing.meta().shape.clone(),
-                    requested: decl.shape,
-                });
-            }
+            redeclare::check(existing, &decl, cfg)?;
             let piece_len = existing.meta().piece_len;
             return Ok(Declared { offset: part.offset, len: part.len, created: false, piece_len });
         }
@@ -457,11 +458,12 @@ impl Shard {
         let piece_len = meta.piece_len;
         let optimizer = decl.optimizer.unwrap_or(cfg.optimizer);
         let mut tensor = TensorPart::new(meta, decl.init, optimizer, cfg.num_workers, cfg.aggregation);
+        let init = Some(decl.init);
         for (w, _) in members.live().iter().enumerate().filter(|(_, l)| !**l) {
             tensor.leave(w as u32)?;
         }
         self.count_tensor(&tensor, true);
-        tensors.insert(decl.name, Arc::new(TensorCell::new(tensor)));
+        tensors.insert(decl.name, Arc::new(TensorCell::new(tensor, init)));
         tracing::debug!(shard = cfg.shard_id, offset = part.offset, len = part.len, "declared tensor");
         Ok(Declared { offset: part.offset, len: part.len, created: true, piece_len })
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod proxy;
+pub(crate) mod raw;
 
 use std::collections::BTreeMap;
 use std::process::Child;
