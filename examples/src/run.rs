@@ -96,16 +96,15 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
                             worker.declare(t).await?;
                         }
                         let t0 = *started.get_or_init(Instant::now);
-                        let steps =
-                            train::train(
-                                &mut worker,
-                                &spec.job,
-                                &data.train,
-                                t0,
-                                &mut ps_worker::CheckpointWatch::new(),
-                                &mut |_| progress.inc(1),
-                            )
-                            .await?;
+                        let steps = train::train(
+                            &mut worker,
+                            &spec.job,
+                            &data.train,
+                            t0,
+                            &mut ps_worker::CheckpointWatch::new(),
+                            &mut |_| progress.inc(1),
+                        )
+                        .await?;
                         worker.leave().await?;
                         Ok::<_, WorkerError>(steps)
                     })

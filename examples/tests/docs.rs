@@ -107,7 +107,10 @@ fn every_sh_block_of_the_docs_is_registered() {
         );
         if let Check::Run(test) = check {
             let this = include_str!("docs.rs");
-            assert!(this.contains(&format!("fn {test}()")), "the check {test} of a {file} block is not a test here");
+            assert!(
+                this.contains(&format!("fn {test}()")),
+                "the check {test} of a {file} block is not a test here"
+            );
         }
         if let Check::Ci(what) = check {
             let ci = std::fs::read_to_string(root().join(".ci/run")).expect("read .ci/run");

@@ -102,7 +102,8 @@ fn workers_relaunched_after_a_shard_restart_rewind_every_shard_and_never_mix_his
     assert!(restored.is_some_and(|r| r.contains("restored")));
     let relaunched = finish(workers(&shards, &dir.join("relaunched"), EVERY_20));
     // The first worker to join rewinds every shard; the other then finds one history.
-    let rewound = relaunched.iter().filter(|(_, e)| e.contains("the shards hold different histories")).count();
+    let rewound =
+        relaunched.iter().filter(|(_, e)| e.contains("the shards hold different histories")).count();
     assert_eq!(rewound, 1, "{relaunched:?}");
     for ((stdout, _), (reference, _)) in relaunched.iter().zip(&reference) {
         assert_eq!(accuracy(stdout), accuracy(reference));
@@ -239,7 +240,8 @@ fn a_sigkilled_sync_worker_is_named_in_the_shards_log_within_10_s() {
             .spawn()
             .expect("spawn ps-worker")
     };
-    let (mut survivor, mut victim) = (plain(0, std::process::Stdio::null()), plain(1, std::process::Stdio::piped()));
+    let (mut survivor, mut victim) =
+        (plain(0, std::process::Stdio::null()), plain(1, std::process::Stdio::piped()));
     // Kill worker 1 once it has trained a step (its first step line).
     let stderr = victim.stderr.take().expect("stderr");
     let first_step = BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("step"));

@@ -334,17 +334,20 @@ fn client_message(e: &CheckpointError) -> String {
         parts.reverse();
         parts.join("/")
     };
-    match e {
-        CheckpointError::Io { action, path, source } => format!("{action} {}: {source}", short(path)),
-        CheckpointError::Corrupt { path, reason } => format!("{}: {reason}", short(path)),
-        CheckpointError::Checksum { path, expected, got } => {
-            format!("{}: checksum mismatch: manifest says sha256 {expected}, file has {got}", short(path))
-        }
-        CheckpointError::NewerFormat { path, got, supported } => format!(
-            "{}: manifest format {got} is newer than this build supports ({supported}); upgrade ps-server",
-            short(path)
-        ),
-        CheckpointError::NoneFound { path, .. } => format!("no complete checkpoint in {}", short(path)),
+    let path = match e {
+        CheckpointError::Io { path, .. }
+        | CheckpointError::Corrupt { path, .. }
+        | CheckpointError::Checksum { path, .. }
+        | CheckpointError::Mismatch { path, .. }
+        | CheckpointError::FailedElsewhere { path }
+        | CheckpointError::NewerFormat { path, .. }
+        | CheckpointError::NoneFound { path, .. } => Some(path),
+        CheckpointError::TooManyPending { .. } => None,
+    };
+    let text = e.to_string();
+    match path {
+        Some(p) => text.replace(&p.display().to_string(), &short(p)),
+        None => text,
     }
 }
 

@@ -26,7 +26,7 @@ pub(crate) struct ShardView {
 impl ShardView {
     /// Reads a join reply. Settings a shard did not send stay `None`.
     pub(crate) fn from_reply(r: &pb::JoinReply) -> Self {
-        let job = r.job.clone().unwrap_or_default();
+        let job = r.job.unwrap_or_default();
         Self {
             num_workers: r.num_workers,
             initial_workers: job.initial_workers,
@@ -182,9 +182,12 @@ mod tests {
         vec!["127.0.0.1:7070".into(), "127.0.0.1:7071".into()]
     }
 
+    /// A change to one shard's view, and what the refusal must say.
+    type Case = (fn(&mut ShardView), &'static str);
+
     #[test]
     fn shards_with_different_settings_are_refused_naming_the_setting_and_the_flag() {
-        let cases: [(fn(&mut ShardView), &str); 4] = [
+        let cases: [Case; 4] = [
             (|v| v.num_workers = 2, "--workers"),
             (|v| v.policy = Some(Policy::Async), "policy async but shard 0 (127.0.0.1:7070) has ssp(3)"),
             (|v| v.optimizer = Some(OptimizerConfig::adam(1e-3)), "--optimizer"),
