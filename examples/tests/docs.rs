@@ -232,6 +232,48 @@ fn readme_cluster_trains_well_with_default_flags_under_ssp_and_async() {
     }
 }
 
+/// The README's cluster under sync, each worker dumping its final read.
+fn sync_cluster_dumping(dump: &str) -> String {
+    CLUSTER
+        .replace("--policy ssp --staleness 3", "--policy sync")
+        .replace("--worker $w &", &format!("--worker $w --dump-dir {dump}/$w &"))
+}
+
+/// Every file a run dumped, by path under its dump directory.
+fn dumped(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for worker in std::fs::read_dir(dir).expect("dump dir").map(|e| e.expect("entry").path()) {
+        for f in std::fs::read_dir(&worker).expect("worker dump").map(|e| e.expect("entry").path()) {
+            let name = f.strip_prefix(dir).expect("under the dump dir").to_path_buf();
+            files.push((name, std::fs::read(&f).expect("read dump")));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Two sync runs of the README's cluster (4 workers, 2 shards) end with
+/// bit-identical parameters, whatever order their pushes arrived in.
+#[test]
+fn readme_cluster_under_sync_is_reproducible_to_the_bit() {
+    let dir = scratch("sync-twice");
+    let mut runs = Vec::new();
+    for run_dir in ["first", "second"] {
+        let block = localised(&sync_cluster_dumping(run_dir));
+        let (ok, stdout, stderr) = run(&block, &dir, Duration::from_secs(600));
+        assert!(ok, "{run_dir}: the block failed:\n{stdout}\n{stderr}");
+        let found = accuracies(&stdout);
+        assert_eq!(found.len(), 4, "{run_dir}:\n{stdout}");
+        assert!(found.iter().all(|(_, a)| *a >= 0.84), "{run_dir}: {found:?}");
+        runs.push(dumped(&dir.join(run_dir)));
+    }
+    assert_eq!(runs[0].len(), 4 * 5, "4 workers x (4 tensors + index)");
+    for ((name, a), (_, b)) in runs[0].iter().zip(&runs[1]) {
+        assert!(a == b, "{} differs between two sync runs", name.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn readme_shard_restart_brings_the_job_back() {
     let dir = scratch("restart");

@@ -101,10 +101,11 @@ fn workers_relaunched_after_a_shard_restart_rewind_every_shard_and_never_mix_his
     let (s1, _, restored) = shard(1, &a1, &restore);
     assert!(restored.is_some_and(|r| r.contains("restored")));
     let relaunched = finish(workers(&shards, &dir.join("relaunched"), EVERY_20));
-    // The first worker to join rewinds every shard; the other then finds one history.
+    // A worker joining before the rewind rewinds every shard (both may: a
+    // rewind is idempotent per restart); one joining after finds one history.
     let rewound =
         relaunched.iter().filter(|(_, e)| e.contains("the shards hold different histories")).count();
-    assert_eq!(rewound, 1, "{relaunched:?}");
+    assert!(rewound >= 1, "{relaunched:?}");
     for ((stdout, _), (reference, _)) in relaunched.iter().zip(&reference) {
         assert_eq!(accuracy(stdout), accuracy(reference));
     }

@@ -264,7 +264,7 @@ async fn a_checkpoint_failed_on_one_shard_reaches_the_worker_and_leaves_no_half_
     let mut watch = CheckpointWatch::new();
     watch.requested(name.clone());
     steps_with_checkpoints(&mut w, 3, &[]).await;
-    let failures = watch.finish(&w).await.expect("statuses");
+    let failures = watch.finish(&w, std::time::Duration::from_secs(60)).await.expect("statuses");
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!((failures[0].name.as_str(), failures[0].shard), (name.as_str(), 1), "{failures:?}");
     assert!(failures[0].error.contains("shard-0001.safetensors.tmp"), "{}", failures[0]);

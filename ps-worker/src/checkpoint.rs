@@ -186,6 +186,8 @@ pub struct CheckpointWatch {
     pending: Vec<String>,
     complete: usize,
     failed: usize,
+    /// Pending when a shard restarted or was rewound, so never settled.
+    forgotten: usize,
 }
 
 impl CheckpointWatch {
@@ -207,10 +209,29 @@ impl CheckpointWatch {
         self.settle(worker, false).await
     }
 
-    /// Waits until every pending checkpoint is complete or failed; returns
-    /// those that failed since the last call.
-    pub async fn finish(&mut self, worker: &crate::Worker) -> Result<Vec<CheckpointFailure>, WorkerError> {
-        self.settle(worker, true).await
+    /// Waits until every pending checkpoint is complete or failed, or
+    /// `patience` has passed (then the rest stay pending: see
+    /// [`pending`](Self::pending)); returns those that failed since the
+    /// last call. Asks the shards every 100 ms rather than in one waiting
+    /// request, so no checkpoint that will never settle (one a rewind
+    /// made moot) holds it for longer.
+    pub async fn finish(
+        &mut self,
+        worker: &crate::Worker,
+        patience: std::time::Duration,
+    ) -> Result<Vec<CheckpointFailure>, WorkerError> {
+        let until = tokio::time::Instant::now() + patience;
+        let mut failures = self.settle(worker, false).await?;
+        while !self.pending.is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            failures.extend(self.settle(worker, false).await?);
+        }
+        Ok(failures)
+    }
+
+    /// The checkpoints asked for whose outcome is not known yet.
+    pub fn pending(&self) -> &[String] {
+        &self.pending
     }
 
     async fn settle(
@@ -222,7 +243,20 @@ impl CheckpointWatch {
         let mut i = 0;
         while i < self.pending.len() {
             // On error the rest stay pending, for the next call.
-            let statuses = worker.checkpoint_status(&self.pending[i], wait).await?;
+            let statuses = match worker.checkpoint_status(&self.pending[i], wait).await {
+                Ok(statuses) => statuses,
+                // A shard that restarted or was rewound since has no record
+                // of it: its outcome can no longer be learnt (a restored
+                // shard came back from a complete checkpoint, so the job
+                // has one).
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                    tracing::debug!(checkpoint = %self.pending[i], "a shard no longer knows this checkpoint: {e}");
+                    self.pending.remove(i);
+                    self.forgotten += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match classify(&self.pending[i], &statuses) {
                 Outcome::Failed(f) => {
                     self.pending.remove(i);
@@ -252,7 +286,7 @@ impl CheckpointWatch {
     /// Whether at least one checkpoint was asked for, none completed, and
     /// every one whose outcome is known failed.
     pub fn all_failed(&self) -> bool {
-        self.failed > 0 && self.complete == 0
+        self.failed > 0 && self.complete == 0 && self.forgotten == 0
     }
 }
 

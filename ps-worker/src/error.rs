@@ -124,16 +124,7 @@ pub use ps_proto::Restart;
 /// only "transport error"; the TLS library's reason is further down), then
 /// what that most likely means where it can be told.
 fn connect_reason(e: &tonic::transport::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        cause = c.source();
-    }
-    let line = parts.join(": ");
+    let line = crate::waiting::chain(e);
     let hint = if line.contains("InvalidContentType") {
         Some("the shard does not use TLS: connect without TLS (drop --tls-ca)")
     } else if line.contains("invalid peer certificate") {

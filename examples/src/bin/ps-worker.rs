@@ -14,6 +14,10 @@ use ps_proto::{ClusterSpec, WireDtype};
 use ps_server::logging::{self, LogFormat};
 use ps_worker::{Worker, WorkerConfig, WorkerError};
 
+/// How long a worker that finished training waits for the checkpoints it
+/// asked for to complete or fail.
+const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(30);
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -323,8 +327,19 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
     let accuracy = cfg.model.accuracy(&params.values, splits.test.images.view(), &splits.test.labels);
     metrics.accuracy(accuracy);
-    for f in checkpoints.finish(&worker).await? {
-        tracing::warn!(checkpoint = %f.name, shard = f.shard, error = %f.error, "checkpoint failed");
+    match checkpoints.finish(&worker, CHECKPOINT_PATIENCE).await {
+        Ok(failures) => {
+            for f in failures {
+                tracing::warn!(checkpoint = %f.name, shard = f.shard, error = %f.error, "checkpoint failed");
+            }
+            if !checkpoints.pending().is_empty() {
+                tracing::warn!(
+                    pending = ?checkpoints.pending(),
+                    "checkpoints still not complete after {CHECKPOINT_PATIENCE:?}; not waiting for them"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot learn how the checkpoints this worker asked for ended: {e}"),
     }
     worker.leave().await?;
     let elapsed = started.elapsed();

@@ -190,9 +190,30 @@ pub async fn train(
         let indices = &batches.as_ref().map(|(_, b)| b).expect("set above")[(clock % per_epoch) as usize];
         let step = async {
             if every > 0 && clock > 0 && clock.is_multiple_of(every) && clock != resumed_at {
-                checkpoints.requested(worker.checkpoint(clock).await?);
-                for f in checkpoints.poll(worker).await? {
-                    tracing::warn!(checkpoint = %f.name, shard = f.shard, error = %f.error, "checkpoint failed; training goes on");
+                match worker.checkpoint(clock).await {
+                    Ok(name) => checkpoints.requested(name),
+                    Err(e @ WorkerError::ShardRestarted { .. }) => return Err(e),
+                    // Too many checkpoints still wait for slower workers, or a
+                    // faster one already passed this clock (async): this one
+                    // is skipped, and training goes on.
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            Some(tonic::Code::ResourceExhausted | tonic::Code::FailedPrecondition)
+                        ) =>
+                    {
+                        tracing::warn!(clock, "checkpoint skipped: {e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+                match checkpoints.poll(worker).await {
+                    Ok(failures) => {
+                        for f in failures {
+                            tracing::warn!(checkpoint = %f.name, shard = f.shard, error = %f.error, "checkpoint failed; training goes on");
+                        }
+                    }
+                    // Not knowing how a checkpoint stands is no reason to stop training.
+                    Err(e) => tracing::warn!("cannot learn how the requested checkpoints stand: {e}"),
                 }
             }
             // The read: made by the previous step's push_pull, or now.
