@@ -57,41 +57,33 @@ pub(crate) fn check_same_job(
     split_threshold: u64,
 ) -> Result<(), WorkerError> {
     let Some(first) = views.first() else { return Ok(()) };
-    let differ = |i: usize, what: &str, a: String, b: String, flag: &str| {
+    // `a` and `b` say what shard 0 and shard `i` have, each naming the setting.
+    let differ = |i: usize, a: String, b: String, flag: &str| {
         WorkerError::Cluster(format!(
-            "{} has {what} {b} but {} has {a}: start every shard with the same {flag}",
+            "{} has {b} but {} has {a}: start every shard with the same {flag}",
             shard_name(addresses, i),
             shard_name(addresses, 0)
         ))
     };
+    let workers = |v: &ShardView| match v.initial_workers == v.num_workers {
+        true => format!("{} workers", v.num_workers),
+        false => format!("{} workers (up to {})", v.initial_workers, v.num_workers),
+    };
+    let named = |what: &str, value: Option<String>| format!("{what} {}", value.as_deref().unwrap_or("none"));
     for (i, v) in views.iter().enumerate().skip(1) {
-        if v.num_workers != first.num_workers || v.initial_workers != first.initial_workers {
-            let show = |v: &ShardView| match v.initial_workers == v.num_workers {
-                true => format!("{} workers", v.num_workers),
-                false => format!("{} workers (up to {})", v.initial_workers, v.num_workers),
-            };
-            return Err(differ(i, "", show(first), show(v), "--workers and --max-workers"));
-        }
-        if v.policy != first.policy {
-            let show = |p: &Option<Policy>| p.map_or("none".to_string(), |p| p.to_string());
-            return Err(differ(
-                i,
-                "policy",
-                show(&first.policy),
-                show(&v.policy),
-                "--policy and --staleness",
-            ));
-        }
-        if v.optimizer != first.optimizer {
-            let show = |o: &Option<OptimizerConfig>| o.map_or("none".to_string(), |o| o.to_string());
-            return Err(differ(
-                i,
-                "optimizer",
-                show(&first.optimizer),
-                show(&v.optimizer),
-                "--optimizer, --lr, --momentum and --weight-decay",
-            ));
-        }
+        let (a, b, flag) = if v.num_workers != first.num_workers || v.initial_workers != first.initial_workers
+        {
+            (workers(first), workers(v), "--workers and --max-workers")
+        } else if v.policy != first.policy {
+            let policy = |v: &ShardView| named("policy", v.policy.map(|p| p.to_string()));
+            (policy(first), policy(v), "--policy and --staleness")
+        } else if v.optimizer != first.optimizer {
+            let optimizer = |v: &ShardView| named("optimizer", v.optimizer.map(|o| o.to_string()));
+            (optimizer(first), optimizer(v), "--optimizer, --lr, --momentum and --weight-decay")
+        } else {
+            continue;
+        };
+        return Err(differ(i, a, b, flag));
     }
     for (i, v) in views.iter().enumerate() {
         if v.split_threshold != 0 && v.split_threshold != split_threshold {
@@ -188,8 +180,17 @@ mod tests {
     #[test]
     fn shards_with_different_settings_are_refused_naming_the_setting_and_the_flag() {
         let cases: [Case; 4] = [
-            (|v| v.num_workers = 2, "--workers"),
-            (|v| v.policy = Some(Policy::Async), "policy async but shard 0 (127.0.0.1:7070) has ssp(3)"),
+            (
+                |v| {
+                    v.num_workers = 2;
+                    v.initial_workers = 2;
+                },
+                "has 2 workers but shard 0 (127.0.0.1:7070) has 4 workers",
+            ),
+            (
+                |v| v.policy = Some(Policy::Async),
+                "policy async but shard 0 (127.0.0.1:7070) has policy ssp(3)",
+            ),
             (|v| v.optimizer = Some(OptimizerConfig::adam(1e-3)), "--optimizer"),
             (|v| v.initial_workers = 2, "--max-workers"),
         ];
