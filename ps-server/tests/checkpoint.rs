@@ -300,3 +300,62 @@ async fn checkpoints_refused_too_late_or_without_a_directory() {
     assert!(err.to_string().contains("--checkpoint-dir"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A rewind abandons checkpoints still capturing, and whoever waits on one
+/// hears so at once instead of at the request's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_ends_the_wait_on_a_checkpoint_it_abandoned() {
+    use ps_proto::pb;
+    use ps_proto::pb::parameter_server_client::ParameterServerClient;
+
+    let root = scratch("rewind-wait");
+    let cluster = LocalCluster::start(1, config(PolicyName::Async, 2, Some(&root))).await.expect("start");
+    let mut fast = worker(cluster.spec(), 0, None).await;
+    let mut slow = worker(cluster.spec(), 1, None).await;
+    let early = fast.checkpoint(2).await.expect("checkpoint at 2");
+    for w in [&mut fast, &mut slow] {
+        for clock in 0..2 {
+            w.pull().await.expect("pull");
+            w.push(&grads(w.id(), clock)).await.expect("push");
+        }
+    }
+    fast.wait_checkpoint(&early).await.expect("checkpoint at 2 completes");
+    // The slow worker is at clock 2, so the checkpoint at 5 stays capturing.
+    let moot = fast.checkpoint(5).await.expect("checkpoint at 5");
+    for clock in 2..5 {
+        fast.pull().await.expect("pull");
+        fast.push(&grads(0, clock)).await.expect("push");
+    }
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.spec().shards[0]))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut waiter = ParameterServerClient::new(channel.clone());
+    let name = moot.clone();
+    let waiting = tokio::spawn(async move {
+        waiter.checkpoint_status(pb::CheckpointStatusRequest { name, wait: true }).await
+    });
+    let mut control = ParameterServerClient::new(channel);
+    let now = control
+        .checkpoint_status(pb::CheckpointStatusRequest { name: moot.clone(), wait: false })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(now.state(), pb::CheckpointState::Capturing, "{now:?}");
+    control
+        .rewind(pb::RewindRequest { checkpoint: early.clone(), cause: 7, worker: 0 })
+        .await
+        .expect("rewind");
+    // Bounded only so that a regression fails instead of hanging.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), waiting)
+        .await
+        .expect("the waiter heard of the rewind")
+        .expect("waiter task")
+        .expect("status answers")
+        .into_inner();
+    assert_eq!(answer.state(), pb::CheckpointState::Failed, "{answer:?}");
+    assert!(answer.error.contains("rewound to") && answer.error.contains(&early), "{}", answer.error);
+    let _ = std::fs::remove_dir_all(&root);
+}
