@@ -89,7 +89,9 @@ async fn tls_connects_with_the_right_ca_only() {
     let wrong = wrong.expect_err("a certificate from another CA was trusted");
     assert!(format!("{wrong:?}").contains("InvalidCertificate"), "{wrong:?}");
     let plain = Worker::connect(worker_config(cluster.spec(), None)).await;
-    assert!(plain.is_err(), "plaintext reached a TLS shard");
+    let message = plain.expect_err("plaintext reached a TLS shard").to_string();
+    assert!(message.contains("the shard uses TLS and this worker connected without it"), "{message}");
+    assert!(message.contains("--tls-ca"), "{message}");
     cluster.shutdown().await.expect("shutdown");
 }
 
@@ -159,6 +161,8 @@ fn ps_server_serves_tls_with_a_token_and_the_operator_command_reaches_it() {
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("no bearer token"), "{:?}", no_token);
     let plaintext = run(&["--auth-token-file", &path(&token)]);
     assert!(!plaintext.status.success(), "plaintext reached a TLS shard");
+    let stderr = String::from_utf8_lossy(&plaintext.stderr);
+    assert!(stderr.contains("the shard uses TLS") && stderr.contains("--tls-ca"), "{stderr}");
 }
 
 /// A connection error says why in the TLS library's words and what it

@@ -109,6 +109,10 @@ fn rpc_err(
     WorkerError::Rpc { op, shard, tensor: tensor.map(str::to_string), attempts, status }
 }
 
+/// How long a plaintext connection waits to learn whether the shard
+/// expects TLS; a plaintext shard answers at once.
+const PROBE_WITHIN: Duration = Duration::from_secs(2);
+
 impl Shards {
     /// Connects to every shard of `cfg.cluster`, retrying while shards start.
     pub(crate) async fn connect(cfg: WorkerConfig) -> Result<Self, WorkerError> {
@@ -160,6 +164,9 @@ impl Shards {
             }
         };
         waiting.done();
+        if cfg.tls.is_none() && crate::probe::expects_tls(addr, PROBE_WITHIN.min(cfg.rpc_timeout)).await {
+            return Err(WorkerError::ExpectsTls { shard, addr: addr.into() });
+        }
         let channel = InterceptedService::new(channel, AddToken::new(cfg.auth_token.as_ref()));
         let client = ParameterServerClient::new(channel.clone())
             .max_decoding_message_size(cfg.max_message_bytes)

@@ -29,6 +29,16 @@ pub enum WorkerError {
         /// The underlying error.
         source: tonic::transport::Error,
     },
+    /// The shard serves TLS and this worker connected without it.
+    #[error(
+        "shard {shard} at {addr}: cannot connect: the shard uses TLS and this worker connected without it: pass --tls-ca with the CA that signed its certificate (WorkerConfig::tls in the library)"
+    )]
+    ExpectsTls {
+        /// The shard's id.
+        shard: u32,
+        /// The shard's address as given.
+        addr: String,
+    },
     /// A shard refused or failed a request (after retries for transient errors).
     #[error("{op}{} on shard {shard} failed after {attempts} attempt(s): {}: {}", tensor.as_ref().map(|t| format!(" of tensor {t:?}")).unwrap_or_default(), status.code(), status.message())]
     Rpc {

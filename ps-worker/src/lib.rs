@@ -41,6 +41,7 @@
 //! - [`tensor`] — [`TensorDecl`], what to declare.
 //! - [`retry`] — [`RetryPolicy`], backoff with jitter for transient failures.
 //! - `waiting` — what a worker logs while it retries a shard.
+//! - `probe` — whether a shard expects TLS, asked when a plaintext connection fails.
 //! - [`error`] — [`WorkerError`].
 //! - [`auth`] — [`AuthToken`] and [`ClientTls`], how a worker proves itself to the shards.
 //! - [`metrics`] — Prometheus metrics of a worker.
@@ -61,6 +62,7 @@ pub mod error;
 mod job;
 mod membership;
 pub mod metrics;
+mod probe;
 mod pull;
 mod push;
 pub mod retry;
