@@ -179,3 +179,37 @@ async fn counters_start_at_zero_and_absent_values_are_absent() {
     cluster.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// Sync gradients that arrive before their turn in the round's ordered sum
+/// are held, and the held-bytes gauge shows them until the round folds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_sync_gradients_are_in_the_held_bytes_gauge() {
+    let config = ShardConfig { num_workers: 3, policy: PolicyName::Sync, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let mut workers = Vec::new();
+    for id in 0..3 {
+        let mut w = Worker::connect(WorkerConfig::new(cluster.spec().clone(), id)).await.expect("connect");
+        w.declare(&TensorDecl::new("w", &[4])).await.expect("declare");
+        w.pull().await.expect("pull");
+        workers.push(w);
+    }
+    let held = || {
+        let s = parse(&ps_server::metrics::encode(cluster.registries()));
+        let series: Vec<f64> = s
+            .iter()
+            .filter(|(k, _)| k.starts_with("ps_server_held_bytes{") && k.contains(r#"kind="held_gradients""#))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(series.len(), 1, "one held_gradients series per shard: {s:?}");
+        series[0]
+    };
+    assert_eq!(held(), 0.0);
+    let grad = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32; 4]).into_dyn())]);
+    // Workers 2 and 1 come before worker 0, whose gradient starts the sum.
+    workers[2].push(&grad).await.expect("push");
+    assert_eq!(held(), 16.0, "worker 2's 4 floats wait for workers 0 and 1");
+    workers[1].push(&grad).await.expect("push");
+    assert_eq!(held(), 32.0, "worker 1's wait for worker 0 too");
+    workers[0].push(&grad).await.expect("push");
+    assert_eq!(held(), 0.0, "the round folded and freed them");
+}

@@ -205,9 +205,18 @@ struct Row {
     dtype_pump: f64,
     memcpy: f64,
     peak_rss: u64,
-    /// Issue 7's memory bound for this tensor: 1.15 x (parameters + optimizer
-    /// state (none: plain SGD) + one aggregation buffer) + 64 MiB.
+    /// The shards' memory bound for this tensor ([`memory_bound`]).
     bound: u64,
+}
+
+/// The memory the shards may hold for one tensor of `size` bytes: 1.15 x
+/// (parameters + optimizer state (none: plain SGD) + one aggregation
+/// buffer) + 64 MiB per shard, and under sync the gradients a round may
+/// hold for their turn in its worker-ordered sum: at most `workers - 1`
+/// of each piece, so `workers - 1` tensors' worth.
+fn memory_bound(size: u64, shards: u32, workers: u32, policy: &str) -> u64 {
+    let held = if policy == "sync" { u64::from(workers.saturating_sub(1)) * size } else { 0 };
+    (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20) + held
 }
 
 /// Runs `workers` workers against the cluster of `spec`, each doing
@@ -431,7 +440,7 @@ fn main() -> Result<(), String> {
                             measure(runtime.as_ref(), &spec, size, workers, dtype, step, &args)?;
                         let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();
                         drop(servers);
-                        let bound = (1.15 * (2 * size) as f64) as u64 + u64::from(shards) * (64 << 20);
+                        let bound = memory_bound(size as u64, shards, workers, policy);
                         let row = Row {
                             run,
                             step,

@@ -226,13 +226,13 @@ impl ShardMetrics {
             IntGaugeVec::new(
                 Opts::new(
                     "ps_server_held_bytes",
-                    "Bytes held: parameters, optimizer state, sync aggregation buffers (at full size; a sync part holds its buffer only while a round is open), and copies kept for pending checkpoints",
+                    "Bytes held: parameters, optimizer state, sync aggregation buffers (at full size; a sync part holds its buffer only while a round is open), sync gradients that arrived before their turn in the round's ordered sum, and copies kept for pending checkpoints",
                 ),
                 &["kind"],
             )
             .expect("valid metric"),
         );
-        for kind in ["parameters", "optimizer_state", "buffers", "checkpoint_shadows"] {
+        for kind in ["parameters", "optimizer_state", "buffers", "held_gradients", "checkpoint_shadows"] {
             held.with_label_values(&[kind]).set(0);
         }
         let waited_on = register(
@@ -508,6 +508,15 @@ impl ShardMetrics {
         }
         self.rewinds.inc();
         self.live_workers.set(live as i64);
+    }
+
+    /// The sync gradients held for their turn in a round's ordered sum grew
+    /// (or, negative, shrank) by `bytes`: counted in
+    /// `ps_server_held_bytes{kind="held_gradients"}`.
+    pub fn held_gradients_changed(&self, bytes: i64) {
+        if self.enabled && bytes != 0 {
+            self.held.with_label_values(&["held_gradients"]).add(bytes);
+        }
     }
 
     /// Records that a tensor part holding these bytes was dropped (by a rewind).

@@ -91,6 +91,8 @@ impl Shard {
             // The part goes with its shadows: take back what was counted for them.
             let change = part.take_checkpoint_shadow_change();
             self.metrics.checkpoint().shadow_bytes_changed(change - part.checkpoint_shadow_bytes() as i64);
+            let held = part.take_held_gradient_change();
+            self.metrics.held_gradients_changed(held - part.held_gradient_bytes() as i64);
             drop(part);
             cell.notify();
         }

@@ -487,6 +487,7 @@ impl Shard {
             let (copies, captured, shadows) = {
                 let mut part = cell.lock();
                 part.leave(worker)?;
+                self.metrics.held_gradients_changed(part.take_held_gradient_change());
                 (part.take_copies(), part.take_captured(), part.take_checkpoint_shadow_change())
             };
             self.metrics.update_copied(copies);

@@ -64,6 +64,7 @@ impl Shard {
                             pushed?
                         }
                     };
+                    self.metrics.held_gradients_changed(part.take_held_gradient_change());
                     let readers = pushed.pending.then(|| Arc::clone(part.readers()));
                     break (started, pushed, readers);
                 }

@@ -220,6 +220,20 @@ impl TensorPart {
         self.round.held()
     }
 
+    /// How the bytes of the sync gradients held for their turn (and their
+    /// spare buffers) changed since the last call, for the held-bytes
+    /// metric; a part about to be dropped reports `-held_gradient_bytes()`
+    /// after this.
+    pub fn take_held_gradient_change(&mut self) -> i64 {
+        self.round.take_held_change()
+    }
+
+    /// Bytes of the sync gradients held for their turn, as last reported by
+    /// [`take_held_gradient_change`](Self::take_held_gradient_change).
+    pub fn held_gradient_bytes(&self) -> usize {
+        self.round.held_bytes()
+    }
+
     fn clock_err(&self, source: ClockError) -> PsError {
         PsError::Clock { tensor: self.meta.name.clone(), source }
     }

@@ -44,6 +44,9 @@ pub(super) struct RoundSum {
     held: BTreeMap<(u32, usize), Vec<f32>>,
     /// Buffers of held pieces, folded since [`take_spare`](Self::take_spare).
     spare: Vec<Vec<f32>>,
+    /// [`held_bytes`](Self::held_bytes) at the last
+    /// [`take_held_change`](Self::take_held_change).
+    reported: usize,
 }
 
 impl RoundSum {
@@ -60,6 +63,7 @@ impl RoundSum {
             turn: vec![0; pieces],
             held: BTreeMap::new(),
             spare: Vec::new(),
+            reported: 0,
         }
     }
 
@@ -80,8 +84,21 @@ impl RoundSum {
     /// Bytes held: the sum, the gradients waiting for their turn, and the
     /// spare buffers of folded ones.
     pub(super) fn bytes(&self) -> usize {
-        let held: usize = self.held.values().chain(&self.spare).map(Vec::capacity).sum();
-        (self.sum.capacity() + held) * 4
+        self.sum.capacity() * 4 + self.held_bytes()
+    }
+
+    /// Bytes of the gradients waiting for their turn and the spare buffers
+    /// of folded ones (the sum itself is the part's aggregation buffer).
+    pub(super) fn held_bytes(&self) -> usize {
+        self.held.values().chain(&self.spare).map(Vec::capacity).sum::<usize>() * 4
+    }
+
+    /// How [`held_bytes`](Self::held_bytes) changed since the last call.
+    pub(super) fn take_held_change(&mut self) -> i64 {
+        let now = self.held_bytes();
+        let change = now as i64 - self.reported as i64;
+        self.reported = now;
+        change
     }
 
     /// The buffers of held pieces folded since the last call, for the
