@@ -1,5 +1,5 @@
 //! The shard's side of the data service (`ps.v1.Data`: `Push`, `Pull`,
-//! `PushPull`), written by hand: tensor bytes are read from and written to
+//! `PushPull`, `Step`, `PullMany`), written by hand: tensor bytes are read from and written to
 //! HTTP/2 frames directly (see [`ps_proto::frame`]). On the wire it is plain
 //! gRPC, so the generated client (`ps_proto::pb::data_client`) works with it.
 
@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ps_proto::frame::{DATA_SERVICE, PULL_PATH, PUSH_PATH, PUSH_PULL_PATH};
+use ps_proto::frame::{DATA_SERVICE, PULL_MANY_PATH, PULL_PATH, PUSH_PATH, PUSH_PULL_PATH, STEP_PATH};
 use tonic::body::Body;
 use tonic::codegen::Service as TowerService;
 use tonic::server::NamedService;
@@ -49,6 +49,8 @@ impl TowerService<http::Request<Body>> for DataPath {
             PUSH_PATH => Box::pin(async move { Ok(service.push_frames(req.into_body()).await) }),
             PULL_PATH => Box::pin(async move { Ok(service.pull_frames(req.into_body()).await) }),
             PUSH_PULL_PATH => Box::pin(async move { Ok(service.push_pull_frames(req.into_body()).await) }),
+            STEP_PATH => Box::pin(async move { Ok(service.step_frames(req.into_body()).await) }),
+            PULL_MANY_PATH => Box::pin(async move { Ok(service.pull_many_frames(req.into_body()).await) }),
             path => {
                 let status = tonic::Status::unimplemented(format!("{DATA_SERVICE} has no method at {path}"));
                 Box::pin(std::future::ready(Ok(status.into_http())))

@@ -52,7 +52,8 @@ async fn scraped_metrics_count_exactly_what_happened() {
 
     let s = parse(&ps_server::metrics::encode(cluster.registries()));
     let get = |k: &str| *s.get(&key(k)).unwrap_or_else(|| panic!("no sample {k}"));
-    assert_eq!(get(r#"ps_server_requests_total{code="ok",rpc="pull",policy="ssp(1)",shard="0"}"#), 3.0);
+    // The worker library pulls every tensor of a shard in one PullMany.
+    assert_eq!(get(r#"ps_server_requests_total{code="ok",rpc="pull_many",policy="ssp(1)",shard="0"}"#), 3.0);
     assert_eq!(
         get(r#"ps_server_requests_total{code="ok",rpc="push",policy="ssp(1)",shard="0"}"#),
         4.0,
@@ -68,7 +69,10 @@ async fn scraped_metrics_count_exactly_what_happened() {
     );
     assert_eq!(get(r#"ps_server_duplicate_pushes_total{policy="ssp(1)",shard="0"}"#), 1.0);
     assert_eq!(get(r#"ps_server_payload_bytes_total{rpc="push",policy="ssp(1)",shard="0"}"#), 4.0 * 16.0);
-    assert_eq!(get(r#"ps_server_payload_bytes_total{rpc="pull",policy="ssp(1)",shard="0"}"#), 3.0 * 16.0);
+    assert_eq!(
+        get(r#"ps_server_payload_bytes_total{rpc="pull_many",policy="ssp(1)",shard="0"}"#),
+        3.0 * 16.0
+    );
     assert_eq!(get(r#"ps_server_rpc_duration_seconds_count{rpc="push",policy="ssp(1)",shard="0"}"#), 5.0);
     assert_eq!(get(r#"ps_server_push_apply_seconds_count{policy="ssp(1)",shard="0"}"#), 3.0);
     assert_eq!(get(r#"ps_server_pull_staleness_clocks_count{policy="ssp(1)",shard="0"}"#), 3.0);
@@ -86,8 +90,8 @@ async fn scraped_metrics_count_exactly_what_happened() {
     cluster.shutdown().await.expect("shutdown");
 }
 
-/// Control RPCs, refusals and combined steps are recorded by RPC, code and
-/// reason: a `PushPull` as one push and one pull, each with its bytes.
+/// Control RPCs, refusals and steps are recorded by RPC, code and reason: a
+/// `Step` once, with the bytes of its pushes and its pulls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_is_recorded_once_with_its_code_and_reason() {
     let config = ShardConfig { num_workers: 1, policy: PolicyName::Async, ..ShardConfig::default() };
@@ -113,17 +117,13 @@ async fn every_rpc_is_recorded_once_with_its_code_and_reason() {
         get(&format!(r#"ps_server_rejected_requests_total{{reason="shape_conflict",{labels}}}"#)),
         1.0
     );
-    assert_eq!(requests("push", "ok"), 1.0, "the step's push");
-    assert_eq!(requests("pull", "ok"), 1.0, "the step's pull");
+    assert_eq!(requests("step", "ok"), 1.0);
+    assert_eq!(requests("push", "ok") + requests("pull", "ok"), 0.0, "the step is one request");
     assert_eq!(requests("status", "ok"), 1.0);
-    for rpc in ["push", "pull"] {
-        assert_eq!(get(&format!(r#"ps_server_payload_bytes_total{{rpc="{rpc}",{labels}}}"#)), 16.0, "{rpc}");
-        assert_eq!(
-            get(&format!(r#"ps_server_rpc_duration_seconds_count{{rpc="{rpc}",{labels}}}"#)),
-            1.0,
-            "{rpc}"
-        );
-    }
+    assert_eq!(get(&format!(r#"ps_server_payload_bytes_total{{rpc="step",{labels}}}"#)), 32.0);
+    assert_eq!(get(&format!(r#"ps_server_rpc_duration_seconds_count{{rpc="step",{labels}}}"#)), 1.0);
+    assert_eq!(get(&format!(r#"ps_server_step_parts_count{{{labels}}}"#)), 1.0);
+    assert_eq!(get(&format!(r#"ps_server_step_parts_sum{{{labels}}}"#)), 1.0);
     assert_eq!(get(&format!(r#"ps_server_rpc_duration_seconds_count{{rpc="declare",{labels}}}"#)), 2.0);
     cluster.shutdown().await.expect("shutdown");
 }

@@ -79,12 +79,18 @@ async fn pushes_in_pieces_read_exactly_what_whole_pushes_read() {
     // runs must agree bit for bit, and every worker reads the same bytes.
     assert_eq!(pieced_reads, whole_reads);
     assert_eq!(pieced_reads[0], pieced_reads[1]);
-    // Every request of a push counts as one push (a PushPull as a push and
-    // a pull): one per part per step whole, one per piece in pieces.
-    let part_pushes = 2.0 * WORKERS as f64 * STEPS as f64;
-    assert_eq!(ok_requests(&whole, "push"), part_pushes);
-    assert_eq!(ok_requests(&pieced, "push"), part_pushes * 3.0);
-    assert_eq!(ok_requests(&pieced, "pull"), ok_requests(&whole, "pull"));
+    // A push alone is one request per part whole and one per piece (three
+    // per part) in pieces. A step is one Step request per shard, which in
+    // pieces carries each part's last piece after the other two, pushed
+    // alone. Pulls are one PullMany per shard either way.
+    let (w, shards) = (WORKERS as f64, 2.0);
+    let (steps, pushes) = ((STEPS as f64 / 2.0).ceil(), (STEPS as f64 / 2.0).floor());
+    assert_eq!(ok_requests(&whole, "push"), 2.0 * w * pushes);
+    assert_eq!(ok_requests(&pieced, "push"), 2.0 * w * (3.0 * pushes + 2.0 * steps));
+    for cluster in [&whole, &pieced] {
+        assert_eq!(ok_requests(cluster, "step"), shards * w * steps);
+        assert_eq!(ok_requests(cluster, "pull_many"), shards * w * (1.0 + pushes));
+    }
 }
 
 fn raw_push(tensor: &str, offset: u64, len: usize) -> Vec<pb::PushChunk> {

@@ -31,6 +31,10 @@ pub const PUSH_PATH: &str = "/ps.v1.Data/Push";
 pub const PULL_PATH: &str = "/ps.v1.Data/Pull";
 /// Path of the `PushPull` RPC of the data service.
 pub const PUSH_PULL_PATH: &str = "/ps.v1.Data/PushPull";
+/// Path of the `Step` RPC of the data service.
+pub const STEP_PATH: &str = "/ps.v1.Data/Step";
+/// Path of the `PullMany` RPC of the data service.
+pub const PULL_MANY_PATH: &str = "/ps.v1.Data/PullMany";
 
 #[cfg(test)]
 mod tests {
@@ -39,7 +43,14 @@ mod tests {
     /// The paths are the data service's methods, as its generated client calls them.
     #[test]
     fn paths_name_the_data_service() {
-        for (path, method) in [(PUSH_PATH, "Push"), (PULL_PATH, "Pull"), (PUSH_PULL_PATH, "PushPull")] {
+        let paths = [
+            (PUSH_PATH, "Push"),
+            (PULL_PATH, "Pull"),
+            (PUSH_PULL_PATH, "PushPull"),
+            (STEP_PATH, "Step"),
+            (PULL_MANY_PATH, "PullMany"),
+        ];
+        for (path, method) in paths {
             assert_eq!(path, format!("/{DATA_SERVICE}/{method}"));
         }
     }

@@ -61,6 +61,11 @@ fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(50e-6, 2.5, 16).unwrap_or_default()
 }
 
+/// Buckets of a count of tensor parts in one request: 1 to 1024.
+fn parts_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(1.0, 2.0, 11).unwrap_or_default()
+}
+
 /// The metrics of one shard.
 #[derive(Debug)]
 pub struct ShardMetrics {
@@ -69,6 +74,8 @@ pub struct ShardMetrics {
     rpcs: Arc<RpcMetrics>,
     push_apply: Histogram,
     round_apply: Histogram,
+    step_parts: Histogram,
+    pull_many_parts: Histogram,
     /// Per worker id, its clock gauge, resolved at start.
     worker_clocks: Vec<IntGauge>,
     /// The values behind `worker_clocks`, to compute the minimum under one lock.
@@ -263,6 +270,16 @@ impl ShardMetrics {
                 "Time of pushes that completed a sync round, including applying the aggregate",
                 latency_buckets(),
             ),
+            step_parts: histogram(
+                "ps_server_step_parts",
+                "Tensor parts per Step request (a step's pushes and pulls on this shard)",
+                parts_buckets(),
+            ),
+            pull_many_parts: histogram(
+                "ps_server_pull_many_parts",
+                "Tensor parts per PullMany request",
+                parts_buckets(),
+            ),
             worker_clocks,
             worker_clock_values: Mutex::new(vec![0; num_workers as usize]),
             min_clock: gauge("ps_server_min_clock", "Smallest clock among live workers on this shard"),
@@ -411,6 +428,20 @@ impl ShardMetrics {
             return;
         }
         self.duplicates.inc();
+    }
+
+    /// Records a Step request of `parts` tensor parts.
+    pub fn step_served(&self, parts: usize) {
+        if self.enabled {
+            self.step_parts.observe(parts as f64);
+        }
+    }
+
+    /// Records a PullMany request of `parts` tensor parts.
+    pub fn pull_many_served(&self, parts: usize) {
+        if self.enabled {
+            self.pull_many_parts.observe(parts as f64);
+        }
     }
 
     /// Records a worker's pull: how stale it was and how long it waited.

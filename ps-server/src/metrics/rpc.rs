@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
-use ps_proto::frame::{PULL_PATH, PUSH_PATH, PUSH_PULL_PATH};
+use ps_proto::frame::{PULL_MANY_PATH, PULL_PATH, PUSH_PATH, PUSH_PULL_PATH, STEP_PATH};
 use ps_proto::pb::parameter_server_server::SERVICE_NAME;
 
 use super::{code_name, latency_buckets, register};
@@ -32,10 +32,16 @@ pub enum Rpc {
     Leave,
     /// `Declare`.
     Declare,
+    /// `DeclareMany`.
+    DeclareMany,
     /// `Push`.
     Push,
     /// `Pull`.
     Pull,
+    /// `Step`: a step's pushes and pulls of several parts.
+    Step,
+    /// `PullMany`: pulls of several parts.
+    PullMany,
     /// `Barrier`.
     Barrier,
     /// `Status`.
@@ -49,12 +55,15 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    const ALL: [Rpc; 10] = [
+    const ALL: [Rpc; 13] = [
         Rpc::Join,
         Rpc::Leave,
         Rpc::Declare,
+        Rpc::DeclareMany,
         Rpc::Push,
         Rpc::Pull,
+        Rpc::Step,
+        Rpc::PullMany,
         Rpc::Barrier,
         Rpc::Status,
         Rpc::Checkpoint,
@@ -68,8 +77,11 @@ impl Rpc {
             Rpc::Join => "join",
             Rpc::Leave => "leave",
             Rpc::Declare => "declare",
+            Rpc::DeclareMany => "declare_many",
             Rpc::Push => "push",
             Rpc::Pull => "pull",
+            Rpc::Step => "step",
+            Rpc::PullMany => "pull_many",
             Rpc::Barrier => "barrier",
             Rpc::Status => "status",
             Rpc::Checkpoint => "checkpoint",
@@ -85,12 +97,13 @@ impl Rpc {
             Rpc::Join => "Join",
             Rpc::Leave => "Leave",
             Rpc::Declare => "Declare",
+            Rpc::DeclareMany => "DeclareMany",
             Rpc::Barrier => "Barrier",
             Rpc::Status => "Status",
             Rpc::Checkpoint => "Checkpoint",
             Rpc::CheckpointStatus => "CheckpointStatus",
             Rpc::Rewind => "Rewind",
-            Rpc::Push | Rpc::Pull => return None,
+            Rpc::Push | Rpc::Pull | Rpc::Step | Rpc::PullMany => return None,
         })
     }
 
@@ -101,6 +114,8 @@ impl Rpc {
             PUSH_PATH => &[Rpc::Push],
             PULL_PATH => &[Rpc::Pull],
             PUSH_PULL_PATH => &[Rpc::Push, Rpc::Pull],
+            STEP_PATH => &[Rpc::Step],
+            PULL_MANY_PATH => &[Rpc::PullMany],
             _ => {
                 let method = path
                     .strip_prefix('/')
@@ -168,7 +183,7 @@ pub struct RpcMetrics {
     enabled: bool,
     requests: IntCounterVec,
     rejected: IntCounterVec,
-    rpcs: [RpcHandles; 10],
+    rpcs: [RpcHandles; 13],
 }
 
 impl RpcMetrics {

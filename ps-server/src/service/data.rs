@@ -36,24 +36,34 @@ pub(super) fn dtype(raw: i32) -> Result<WireDtype, PsError> {
 
 /// A pull's answer before framing: its header and the snapshot it encodes.
 pub(super) struct PullReply {
-    header: pb::PullHeader,
-    values: ArcArray1<f32>,
+    pub(super) header: pb::PullHeader,
+    pub(super) values: ArcArray1<f32>,
     /// Counts the reply as reading `values` until all of it is sent.
-    lease: ReadLease,
-    dtype: WireDtype,
+    pub(super) lease: ReadLease,
+    pub(super) dtype: WireDtype,
 }
 
 /// A pull reply's values and its lease, which ends with the last frame
 /// (f32) or the encoding body (f16, bf16) that shares them.
 pub(super) struct LeasedValues {
-    values: ArcArray1<f32>,
-    _lease: ReadLease,
+    pub(super) values: ArcArray1<f32>,
+    pub(super) _lease: ReadLease,
 }
 
 impl AsRef<[f32]> for LeasedValues {
     fn as_ref(&self) -> &[f32] {
         crate::array::as_slice(&self.values)
     }
+}
+
+/// Where the chunks of a push end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ends {
+    /// With the request stream: a `Push` or `PushPull`, whose later chunks
+    /// carry no header.
+    AtStreamEnd,
+    /// At the next chunk with a header, or the stream's end: one push of a `Step`.
+    AtNextHeader,
 }
 
 /// How long a push stream may go without a chunk before it is dropped.
@@ -80,10 +90,34 @@ impl Service {
             offset: header.offset,
             len: header.len,
         };
-        let received = |target| self.receive(target, &header, dtype, (first.offset, first_data), stream);
+        let first = (first.offset, first_data);
+        let received = |target| self.receive(target, &header, dtype, first, &mut stream, Ends::AtStreamEnd);
         let applied = self.shard.push_with(head, received).await?;
         let grad_bytes = header.len * dtype.size() as u64;
         Ok(((pb::PushReply { applied }, header), grad_bytes))
+    }
+
+    /// Applies the push whose header chunk `first` is, reading its other
+    /// chunks from `stream` up to the next header chunk (a step's next
+    /// push), which is put back. Returns the push's payload bytes.
+    pub(super) async fn push_one_of_several(
+        &self,
+        (first, first_data): (pb::PushChunk, Segments),
+        header: &pb::PushHeader,
+        stream: &mut PushFrames,
+    ) -> Result<u64, Rejected> {
+        let dtype = dtype(header.dtype)?;
+        let head = PushHead {
+            tensor: &header.tensor,
+            worker: header.worker,
+            clock: header.clock,
+            offset: header.offset,
+            len: header.len,
+        };
+        let first = (first.offset, first_data);
+        let received = |target| self.receive(target, header, dtype, first, stream, Ends::AtNextHeader);
+        self.shard.push_with(head, received).await?;
+        Ok(header.len * dtype.size() as u64)
     }
 
     /// Reads the gradient of an accepted push into one f32 buffer, once the
@@ -98,7 +132,8 @@ impl Service {
         header: &pb::PushHeader,
         dtype: WireDtype,
         first: (u64, Segments),
-        mut stream: PushFrames,
+        stream: &mut PushFrames,
+        ends: Ends,
     ) -> Result<(Gradient, Reserved), Rejected> {
         let meta = target.meta();
         // Read nothing more until the decoded gradient (f32, whatever the
@@ -129,6 +164,10 @@ impl Service {
         while let Some((chunk, data)) =
             tokio::time::timeout(PUSH_IDLE_TIMEOUT, stream.next()).await.map_err(idle)??
         {
+            if chunk.header.is_some() && ends == Ends::AtNextHeader {
+                stream.put_back((chunk, data));
+                break;
+            }
             if chunk.header.is_some() {
                 return Err(PsError::InvalidArgument(format!(
                     "tensor {}, worker {}: a push chunk after the first carries a header",
@@ -176,6 +215,7 @@ impl Service {
             versions: snapshot.versions,
             total_bytes: payload_bytes,
             waited_us: snapshot.waited.as_micros().min(u128::from(u64::MAX)) as u64,
+            tensor: String::new(),
         };
         Ok((PullReply { header, values: snapshot.values, lease, dtype }, payload_bytes))
     }

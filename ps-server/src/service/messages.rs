@@ -105,21 +105,34 @@ impl RequestMessages {
     }
 }
 
-/// The chunks of one push: each chunk's data stays in the frames it arrived
-/// in until it is decoded into the part's buffer.
-pub(crate) struct PushFrames(RequestMessages);
+/// The chunks of one push, or of a step's pushes one after the other: each
+/// chunk's data stays in the frames it arrived in until it is decoded into
+/// the part's buffer.
+pub(crate) struct PushFrames {
+    messages: RequestMessages,
+    /// A chunk read ahead: the header chunk of a step's next push.
+    put_back: Option<(pb::PushChunk, Segments)>,
+}
 
 impl PushFrames {
     /// The chunks of `body`, each at most `limit` bytes.
     pub(crate) fn new(body: tonic::body::Body, limit: usize) -> Self {
-        Self(RequestMessages::new(body, "push chunk", limit))
+        Self { messages: RequestMessages::new(body, "push chunk", limit), put_back: None }
     }
 
     /// The next chunk (its fields, with `data` empty, and its data), `None`
     /// at the end of the stream.
     pub(super) async fn next(&mut self) -> Result<Option<(pb::PushChunk, Segments)>, Rejected> {
-        let next = self.0.reader.next_data().await;
-        next.map_err(|e| self.0.refused(e))
+        if let Some(chunk) = self.put_back.take() {
+            return Ok(Some(chunk));
+        }
+        let next = self.messages.reader.next_data().await;
+        next.map_err(|e| self.messages.refused(e))
+    }
+
+    /// Makes `chunk` the next one [`next`](Self::next) returns.
+    pub(super) fn put_back(&mut self, chunk: (pb::PushChunk, Segments)) {
+        self.put_back = Some(chunk);
     }
 }
 

@@ -5,8 +5,9 @@
 //!
 //! This file holds the control RPCs of `ParameterServer` (join, leave,
 //! declare, barrier, status, checkpoints); `data.rs` the frame-level
-//! handlers of the data service (`Push`, `Pull`, `PushPull`); `messages.rs`
-//! reading and writing gRPC messages on HTTP/2 bodies.
+//! handlers of the data service (`Push`, `Pull`, `PushPull`); `several.rs`
+//! those of several parts in one request (`Step`, `PullMany`);
+//! `messages.rs` reading and writing gRPC messages on HTTP/2 bodies.
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::shard::Shard;
 
 mod data;
 mod messages;
+mod several;
 
 pub use data::PUSH_IDLE_TIMEOUT;
 use messages::Rejected;
@@ -99,6 +101,26 @@ impl Service {
         let reply =
             pb::DeclareReply { offset: d.offset, len: d.len, created: d.created, piece_len: d.piece_len };
         Ok(reply)
+    }
+
+    /// Declares each spec in order, as [`declare_inner`](Self::declare_inner)
+    /// would; the first refusal ends the request (earlier ones stay declared).
+    async fn declare_many_inner(
+        &self,
+        req: Request<pb::DeclareManyRequest>,
+    ) -> Result<pb::DeclareManyReply, Rejected> {
+        let staleness = self.shard.config().staleness;
+        let mut parts = Vec::new();
+        for spec in req.into_inner().specs {
+            let d = self.shard.declare(convert::declaration(spec, staleness)?)?;
+            parts.push(pb::DeclareReply {
+                offset: d.offset,
+                len: d.len,
+                created: d.created,
+                piece_len: d.piece_len,
+            });
+        }
+        Ok(pb::DeclareManyReply { parts })
     }
 
     async fn barrier_inner(&self, req: Request<pb::BarrierRequest>) -> Result<pb::BarrierReply, Rejected> {
@@ -241,6 +263,13 @@ impl ParameterServer for Service {
 
     async fn declare(&self, req: Request<pb::DeclareRequest>) -> Result<Response<pb::DeclareReply>, Status> {
         answer(self.unless_stopped(self.declare_inner(req)).await)
+    }
+
+    async fn declare_many(
+        &self,
+        req: Request<pb::DeclareManyRequest>,
+    ) -> Result<Response<pb::DeclareManyReply>, Status> {
+        answer(self.unless_stopped(self.declare_many_inner(req)).await)
     }
 
     async fn barrier(&self, req: Request<pb::BarrierRequest>) -> Result<Response<pb::BarrierReply>, Status> {
