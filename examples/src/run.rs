@@ -92,9 +92,7 @@ pub fn run(spec: &RunSpec, data: &Arc<Splits>, progress: &ProgressBar) -> Result
                         let connected = Worker::connect(config).await;
                         barrier.wait();
                         let mut worker = connected?;
-                        for t in tensors {
-                            worker.declare(t).await?;
-                        }
+                        worker.declare_all(tensors).await?;
                         let t0 = *started.get_or_init(Instant::now);
                         let steps = train::train(
                             &mut worker,
@@ -155,9 +153,7 @@ async fn observe(
     let connected = Worker::observer(config).await;
     barrier.wait();
     let mut observer = connected?;
-    for t in tensors {
-        observer.declare(t).await?;
-    }
+    observer.declare_all(tensors).await?;
     let t0 = *started.get_or_init(Instant::now);
     let mut snapshots = Vec::new();
     loop {

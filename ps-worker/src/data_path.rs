@@ -34,6 +34,9 @@ pub(crate) enum Outgoing<'a> {
     /// A push whose f32 wire bytes are already in memory the request may
     /// keep (a shared gradient): sent from there, without a copy.
     Shared { header: pb::PushHeader, data: Bytes },
+    /// Several pushes one after the other in one request (a `Step`), each
+    /// sent as its own variant would send it alone.
+    Several(Vec<Outgoing<'a>>),
 }
 
 impl Outgoing<'_> {
@@ -57,13 +60,43 @@ impl Outgoing<'_> {
                 call_fed(channel, path, deadline, max_message, feed).await
             }
             Outgoing::Shared { header, data } => {
-                let mut header = Some(header.clone());
-                let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
-                let chunk_bytes = chunk::chunk_bytes_for(data.len(), cfg.chunk_bytes);
-                let frames = frame::data_frames(data, chunk_bytes, 4, fields);
-                let body = Body::new(FramesBody::new(frames, None));
+                let body = Body::new(FramesBody::new(shared_frames(header, data, cfg), None));
                 call(channel, path, body, deadline, max_message).await
             }
+            Outgoing::Several(pushes) => {
+                let feed = |tx| feed_several(tx, pushes, cfg);
+                call_fed(channel, path, deadline, max_message, feed).await
+            }
+        }
+    }
+}
+
+/// The frames of a push of shared f32 wire bytes `data`.
+fn shared_frames(header: &pb::PushHeader, data: &Bytes, cfg: &WorkerConfig) -> VecDeque<Bytes> {
+    let mut header = Some(header.clone());
+    let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
+    let chunk_bytes = chunk::chunk_bytes_for(data.len(), cfg.chunk_bytes);
+    frame::data_frames(data, chunk_bytes, 4, fields)
+}
+
+/// Feeds `pushes` into `tx` one after the other; stops early if the
+/// request is gone.
+async fn feed_several(tx: tokio::sync::mpsc::Sender<Bytes>, pushes: &[Outgoing<'_>], cfg: &WorkerConfig) {
+    for push in pushes {
+        match push {
+            Outgoing::Push { header, values } => feed_push(tx.clone(), header, values, cfg).await,
+            Outgoing::Shared { header, data } => {
+                for frame in shared_frames(header, data, cfg) {
+                    if tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Only pushes are sent together.
+            Outgoing::Message(_) | Outgoing::Several(_) => {}
+        }
+        if tx.is_closed() {
+            return;
         }
     }
 }

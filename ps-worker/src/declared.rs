@@ -111,6 +111,79 @@ impl Declared {
     }
 }
 
+impl Declared {
+    /// Declares every one of `decls` as [`declare`](Self::declare) would,
+    /// with one request per shard that holds a part of any of them
+    /// (`DeclareMany`), and records them. A refusal names its tensor; the
+    /// tensors declared before it on that shard stay declared there.
+    pub(crate) async fn declare_all(
+        &mut self,
+        shards: &Shards,
+        decls: &[TensorDecl],
+    ) -> Result<(), WorkerError> {
+        let cfg = shards.config();
+        // Per shard: the specs to send, and for each which (tensor, part) it is.
+        type ShardDecls = (Vec<pb::TensorSpec>, Vec<(usize, usize)>);
+        let mut by_shard: BTreeMap<u32, ShardDecls> = BTreeMap::new();
+        let mut placed = Vec::with_capacity(decls.len());
+        for (d, decl) in decls.iter().enumerate() {
+            let shape = decl.shape();
+            let len = shape.iter().product::<usize>() as u64;
+            let name = wire_name(&cfg.namespace, decl.name());
+            let parts = placement::place(&name, len, cfg.cluster.num_shards(), cfg.cluster.split_threshold);
+            for (p, part) in parts.iter().enumerate() {
+                let (specs, index) = by_shard.entry(part.shard).or_default();
+                specs.push(pb::TensorSpec { name: name.clone(), ..decl.spec().clone() });
+                index.push((d, p));
+            }
+            placed.push((name, shape, parts));
+        }
+        let replies = try_join_all(by_shard.into_iter().map(|(shard, (specs, index))| {
+            let request = pb::DeclareManyRequest { specs };
+            async move {
+                let reply = shards
+                    .call("declare", shard, None, false, &request, |mut c, r| async move {
+                        c.declare_many(r).await
+                    })
+                    .await?;
+                Ok::<_, WorkerError>((shard, index, reply.parts))
+            }
+        }))
+        .await?;
+        let mut piece_lens: Vec<Vec<u64>> = placed.iter().map(|(_, _, parts)| vec![0; parts.len()]).collect();
+        for (shard, index, parts) in replies {
+            if parts.len() != index.len() {
+                return Err(WorkerError::Protocol {
+                    shard,
+                    tensor: String::new(),
+                    detail: format!("declared {} tensors, got {} replies", index.len(), parts.len()),
+                });
+            }
+            for ((d, p), reply) in index.into_iter().zip(parts) {
+                let (name, _, expected) = &placed[d];
+                let part = expected[p];
+                if (reply.offset, reply.len) != (part.offset, part.len) {
+                    return Err(WorkerError::Cluster(format!(
+                        "tensor {name:?}: shard {shard} holds elements {}..{} but this worker's placement says {}..{}; \
+                         the shards and the worker disagree on the cluster spec",
+                        reply.offset,
+                        reply.offset + reply.len,
+                        part.offset,
+                        part.offset + part.len
+                    )));
+                }
+                piece_lens[d][p] = reply.piece_len;
+            }
+        }
+        for ((decl, (wire_name, shape, parts)), lens) in decls.iter().zip(placed).zip(piece_lens) {
+            let pieces = parts.iter().zip(lens).map(|(part, len)| placement::pieces(*part, len)).collect();
+            let info = TensorInfo { name: decl.name().to_string(), wire_name, shape, parts, pieces };
+            self.tensors.insert(decl.name().to_string(), info);
+        }
+        Ok(())
+    }
+}
+
 /// The name a tensor has on the shards: `name`, after `namespace/` if there is one.
 fn wire_name(namespace: &str, name: &str) -> String {
     if namespace.is_empty() { name.to_string() } else { format!("{namespace}/{name}") }

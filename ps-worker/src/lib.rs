@@ -30,8 +30,11 @@
 //! - `status` — what each shard reports of itself ([`ShardStatus`]).
 //! - `push` — push and push_pull: gradients split into parts and pieces
 //!   ([`GradientData`]).
-//! - `pull` — pull: one request per part, each reply checked chunk by chunk
-//!   and decoded into the tensor ([`Pulled`]).
+//! - `several` — a step and a pull of every tensor in one request per
+//!   shard (`Step`, `PullMany`), each part decoded into its tensor as the
+//!   shard releases it.
+//! - `pull` — pull of one tensor: one request per part, each reply checked
+//!   chunk by chunk and decoded into the tensor ([`Pulled`]).
 //! - `declared` — the declared tensors: shape, parts, pieces, name on the shards.
 //! - `data_path` — `Push`/`Pull`/`PushPull` requests of the data service
 //!   as raw gRPC on a shard's channel, and their replies' messages.
@@ -66,6 +69,7 @@ mod probe;
 mod pull;
 mod push;
 pub mod retry;
+mod several;
 mod status;
 pub mod tensor;
 mod waiting;

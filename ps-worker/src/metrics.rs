@@ -26,7 +26,7 @@ pub const OPS: [&str; 11] = [
     "declare",
     "push",
     "pull",
-    "push_pull",
+    "step",
     "barrier",
     "status",
     "checkpoint",

@@ -19,7 +19,7 @@ use ps_proto::{frame, pb, rope};
 
 use crate::connection::{Attempt, Failure, Shards};
 use crate::data_path::Outgoing;
-use crate::declared::{Declared, TensorInfo};
+use crate::declared::TensorInfo;
 use crate::error::WorkerError;
 
 /// The result of a pull: whole tensors and, per tensor, the version vector
@@ -47,18 +47,6 @@ impl Pulled {
     }
 }
 
-/// Pulls every declared tensor at `clock` as this worker (waiting as the
-/// policy requires).
-pub(crate) async fn pull(shards: &Shards, tensors: &Declared, clock: u64) -> Result<Pulled, WorkerError> {
-    let worker = Some(shards.config().worker);
-    let results = try_join_all(tensors.iter().map(|tensor| async move {
-        let (v, vv, waited) = pull_tensor(shards, tensor, clock, worker).await?;
-        Ok::<_, WorkerError>((tensor.name.clone(), v, vv, waited))
-    }))
-    .await?;
-    Ok(Pulled::from_tensors(results))
-}
-
 /// Pulls one tensor at `clock` as `worker`; `None` reads as an observer
 /// (never waits, takes no part in the clocks).
 pub(crate) async fn pull_tensor(
@@ -76,7 +64,7 @@ pub(crate) async fn pull_tensor(
 }
 
 /// Where a pulled part's elements go.
-enum PartBuffer<'a> {
+pub(crate) enum PartBuffer<'a> {
     /// The part's slice of a buffer holding every part of the tensor.
     Slice(&'a mut [f32]),
     /// The tensor's own buffer, when this is its only part: the elements
@@ -84,19 +72,10 @@ enum PartBuffer<'a> {
     Whole(&'a mut Vec<f32>),
 }
 
-/// The operation a data-path path is named by in errors and metrics.
-fn op_of(path: &str) -> &'static str {
-    match path {
-        frame::PUSH_PATH => "push",
-        frame::PUSH_PULL_PATH => "push_pull",
-        _ => "pull",
-    }
-}
-
 /// Sends one data-path request per part of `tensor` (what `request` says:
 /// path, whether it may wait on other workers, its frames per attempt)
 /// whose replies are the pulled parts, and puts the tensor together.
-pub(crate) async fn pulled_tensor<'a>(
+async fn pulled_tensor<'a>(
     shards: &Shards,
     tensor: &TensorInfo,
     mut request: impl FnMut(Part) -> (&'static str, bool, Outgoing<'a>),
@@ -144,7 +123,7 @@ async fn pulled_part(
     mut dst: PartBuffer<'_>,
 ) -> Result<(Vec<i64>, Duration), WorkerError> {
     let read = ReadPart { shards, part, path, outgoing: &outgoing, dst: &mut dst };
-    shards.retrying(op_of(path), part.shard, Some(name), waits, read).await
+    shards.retrying("pull", part.shard, Some(name), waits, read).await
 }
 
 /// One attempt at a pulled part: send the request, read the reply into `dst`.

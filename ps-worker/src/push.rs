@@ -11,14 +11,12 @@ use futures::future::try_join_all;
 use ndarray::{ArcArray, ArrayD, ArrayViewD, IxDyn};
 use prost::Message as _;
 use ps_proto::placement::Part;
-use ps_proto::wire::WireDtype;
 use ps_proto::{frame, pb};
 
 use crate::connection::{Failure, Shards};
 use crate::data_path::Outgoing;
 use crate::declared::{Declared, TensorInfo};
 use crate::error::WorkerError;
-use crate::pull::{Pulled, pulled_tensor};
 
 /// A gradient [`Worker::push_pull`](crate::Worker::push_pull) can send. An
 /// [`ArrayD`] is borrowed and encoded onto the wire chunk by chunk; an
@@ -68,7 +66,7 @@ impl GradientData for ArcArray<f32, IxDyn> {
 }
 
 /// Checks that `grads` holds exactly one gradient of the right shape per declared tensor.
-fn check_gradients(
+pub(crate) fn check_gradients(
     tensors: &Declared,
     clock: u64,
     grads: &BTreeMap<String, impl GradientData>,
@@ -115,58 +113,8 @@ pub(crate) async fn push_tensor(
     push_pieces(shards, tensor, pieces).await
 }
 
-/// Pushes one gradient per declared tensor at `clock` and returns every
-/// tensor pulled at `clock + 1`, one round trip per part: the request to a
-/// part carries its push, the reply the values after it.
-pub(crate) async fn push_pull<G: GradientData>(
-    shards: &Shards,
-    tensors: &Declared,
-    clock: u64,
-    grads: &BTreeMap<String, G>,
-) -> Result<Pulled, WorkerError> {
-    check_gradients(tensors, clock, grads)?;
-    let results = try_join_all(tensors.iter().map(|tensor| async move {
-        let (v, vv, waited) = push_pull_tensor(shards, tensor, clock, &grads[&tensor.name]).await?;
-        Ok::<_, WorkerError>((tensor.name.clone(), v, vv, waited))
-    }))
-    .await?;
-    Ok(Pulled::from_tensors(results))
-}
-
-/// Pushes `grad` (of `tensor`'s shape) for `clock` and pulls `tensor` at `clock + 1`.
-async fn push_pull_tensor(
-    shards: &Shards,
-    info: &TensorInfo,
-    clock: u64,
-    grad: &impl GradientData,
-) -> Result<(ArrayD<f32>, Vec<i64>, Duration), WorkerError> {
-    let view = grad.values();
-    let shared = match shards.config().wire_dtype {
-        WireDtype::F32 => grad.shared_f32_bytes(),
-        WireDtype::F16 | WireDtype::Bf16 => None,
-    };
-    let flat = contiguous(&view);
-    let outgoing = |piece: Part| {
-        let range = piece.offset as usize..(piece.offset + piece.len) as usize;
-        let header = push_header(shards, info, piece, clock);
-        match &shared {
-            Some(bytes) => Outgoing::Shared { header, data: bytes.slice(range.start * 4..range.end * 4) },
-            None => Outgoing::Push { header, values: &flat[range] },
-        }
-    };
-    // A part whose push goes in pieces gets all but its last piece first;
-    // the PushPull carries the last, so the pull follows the whole push.
-    let early = info.pieces.iter().flat_map(|p| &p[..p.len().saturating_sub(1)]);
-    push_pieces(shards, info, early.map(|piece| (*piece, outgoing(*piece)))).await?;
-    pulled_tensor(shards, info, |part| {
-        let last = info.pieces_of(part).last().copied().unwrap_or(part);
-        (frame::PUSH_PULL_PATH, true, outgoing(last))
-    })
-    .await
-}
-
 /// The header of a push to `part`.
-fn push_header(shards: &Shards, tensor: &TensorInfo, part: Part, clock: u64) -> pb::PushHeader {
+pub(crate) fn push_header(shards: &Shards, tensor: &TensorInfo, part: Part, clock: u64) -> pb::PushHeader {
     let cfg = shards.config();
     pb::PushHeader {
         worker: cfg.worker,
@@ -181,7 +129,7 @@ fn push_header(shards: &Shards, tensor: &TensorInfo, part: Part, clock: u64) -> 
 /// Pushes each `(piece, request)`: pieces of different parts at once,
 /// those of one part one after the other (with two at a time, 8 workers
 /// got less throughput and their shard used more memory).
-async fn push_pieces<'a>(
+pub(crate) async fn push_pieces<'a>(
     shards: &Shards,
     tensor: &TensorInfo,
     pieces: impl IntoIterator<Item = (Part, Outgoing<'a>)>,
@@ -231,6 +179,6 @@ async fn push_part(
 }
 
 /// `grad`'s elements in logical order, borrowed when they already are.
-fn contiguous<'a>(grad: &ArrayViewD<'a, f32>) -> Cow<'a, [f32]> {
+pub(crate) fn contiguous<'a>(grad: &ArrayViewD<'a, f32>) -> Cow<'a, [f32]> {
     grad.to_slice().map(Cow::Borrowed).unwrap_or_else(|| grad.iter().copied().collect())
 }

@@ -23,6 +23,7 @@ use crate::membership::{self, Joined};
 use crate::metrics::WorkerMetrics;
 use crate::pull::{self, Pulled};
 use crate::push::{self, GradientData};
+use crate::several;
 use crate::status::{self, ShardStatus};
 use crate::tensor::TensorDecl;
 
@@ -168,11 +169,19 @@ impl Worker {
         self.tensors.declare(&self.shards, decl).await
     }
 
+    /// Declares every one of `decls`, as [`declare`](Self::declare) would,
+    /// in one request per shard however many tensors there are. A refusal
+    /// names its tensor.
+    pub async fn declare_all(&mut self, decls: &[TensorDecl]) -> Result<(), WorkerError> {
+        self.tensors.declare_all(&self.shards, decls).await
+    }
+
     /// Pulls every declared tensor at this worker's clock, waiting as the
     /// policy requires: the values hold at least the updates the policy
     /// promises for this clock, and this worker's own acknowledged pushes.
+    /// One request per shard, whatever the number of tensors.
     pub async fn pull(&self) -> Result<Pulled, WorkerError> {
-        pull::pull(&self.shards, &self.tensors, self.clock).await
+        several::pull(&self.shards, &self.tensors, self.clock).await
     }
 
     /// Reads one declared tensor as an observer: never waits and takes no
@@ -193,7 +202,7 @@ impl Worker {
         Ok(())
     }
 
-    /// One training step's communication in one round trip per part: pushes
+    /// One training step's communication in one round trip per shard: pushes
     /// one gradient per declared tensor at this worker's clock, advances the
     /// clock, and returns every tensor pulled at the new clock, exactly as
     /// [`push`](Self::push) then [`pull`](Self::pull) would (the pull sees
@@ -206,7 +215,7 @@ impl Worker {
         &mut self,
         grads: &BTreeMap<String, G>,
     ) -> Result<Pulled, WorkerError> {
-        let pulled = push::push_pull(&self.shards, &self.tensors, self.clock, grads).await?;
+        let pulled = several::step(&self.shards, &self.tensors, self.clock, grads).await?;
         self.clock += 1;
         Ok(pulled)
     }

@@ -144,10 +144,7 @@ pub fn staleness(clock: u64, versions: &Versions) -> i64 {
 
 /// Declares the job's tensors through `worker`.
 pub async fn declare(worker: &mut Worker, cfg: &TrainConfig) -> Result<(), WorkerError> {
-    for t in cfg.tensors() {
-        worker.declare(&t).await?;
-    }
-    Ok(())
+    worker.declare_all(&cfg.tensors()).await
 }
 
 /// Shard restarts one run survives; past this a restart is an error.

@@ -13,7 +13,7 @@ use crate::{pull, push};
 impl Worker {
     /// Pulls every declared tensor for `clock` as this worker, whatever its clock.
     pub async fn pull_at(&self, clock: u64) -> Result<pull::Pulled, WorkerError> {
-        pull::pull(&self.shards, &self.tensors, clock).await
+        crate::several::pull(&self.shards, &self.tensors, clock).await
     }
 
     /// Pulls one tensor for `clock` (this worker's clock if `None`) as
