@@ -3,3 +3,4 @@
 //! kernels in `benches/`.
 
 pub mod baselines;
+pub mod models;

@@ -86,14 +86,7 @@ fn main() {
     }
     let recorder = started.elapsed() / n as u32;
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = ps_benches::models::cpu_model();
     println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!(
         "push+pull of {} f32 ({} B), 1 worker, 1 embedded shard, async, median of {} rounds x {}:",

@@ -13,6 +13,11 @@
 //! each configuration, as round trips of the tensor's size. For f16 and
 //! bf16 a second pump, which encodes and decodes as every transport of that
 //! encoding must, shows the most the encoding can gain on the machine.
+//!
+//! With `--models` each step moves a model's tensors instead of one tensor
+//! (given as a list of shapes or a preset such as `resnet18`), so the cost
+//! of many tensors per step shows against one tensor of the same bytes
+//! (`one:resnet18`).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -20,6 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ps_benches::models::{Load, cpu_model};
 use ps_proto::{ClusterSpec, WireDtype};
 use ps_worker::{TensorDecl, Worker, WorkerConfig};
 
@@ -33,6 +39,13 @@ struct Args {
     /// Tensor sizes in bytes of f32 (suffixes K and M are powers of 1024).
     #[arg(long, value_delimiter = ',', default_value = "4K,64K,1M,4M,64M,256M")]
     sizes: Vec<String>,
+    /// Instead of --sizes, models whose tensors every step pushes and pulls
+    /// together: `resnet18` (its 62 parameter tensors, 11.7 M f32), or
+    /// COUNT*DIMS terms joined by + (`100*4096` is 100 tensors of 4,096
+    /// f32; `2*64x64+1*10`); prefix `one:` for one tensor of the same total
+    /// size (`one:resnet18`). Separate models with commas.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
     /// Shard counts.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     shards: Vec<u32>,
@@ -192,6 +205,10 @@ struct Row {
     run: u32,
     step: Step,
     gradients: Gradients,
+    /// The load's name (its size, or its model).
+    load: String,
+    /// Tensors per step.
+    tensors: usize,
     size: usize,
     shards: u32,
     workers: u32,
@@ -229,7 +246,7 @@ fn memory_bound(size: u64, shards: u32, workers: u32, policy: &str) -> u64 {
 fn measure(
     runtime: Option<&tokio::runtime::Runtime>,
     spec: &ClusterSpec,
-    size: usize,
+    load: &Load,
     workers: u32,
     dtype: WireDtype,
     step: Step,
@@ -237,7 +254,7 @@ fn measure(
 ) -> Result<(f64, Vec<Duration>), String> {
     let job = std::sync::Arc::new(WorkerJob {
         spec: spec.clone(),
-        elements: size / 4,
+        tensors: load.tensors.clone(),
         dtype,
         step,
         gradients: args.gradients,
@@ -286,13 +303,14 @@ fn measure(
         (Some(f), Some(l)) => l - f,
         _ => return Err("no worker ran".into()),
     };
-    Ok((2.0 * size as f64 * all.len() as f64 / wall.as_secs_f64(), all))
+    Ok((2.0 * load.bytes() as f64 * all.len() as f64 / wall.as_secs_f64(), all))
 }
 
 /// What every worker of one configuration runs.
 struct WorkerJob {
     spec: ClusterSpec,
-    elements: usize,
+    /// Names and shapes of the tensors every step moves.
+    tensors: Vec<(String, Vec<usize>)>,
     dtype: WireDtype,
     step: Step,
     gradients: Gradients,
@@ -311,15 +329,18 @@ struct Timed {
 }
 
 impl WorkerJob {
-    /// Connects worker `id`, declares the tensor, and runs its steps.
+    /// Connects worker `id`, declares the tensors, and runs its steps.
     async fn run(&self, id: u32) -> Result<Timed, String> {
         let config = WorkerConfig { wire_dtype: self.dtype, ..WorkerConfig::new(self.spec.clone(), id) };
         let mut w = Worker::connect(config).await.map_err(|e| e.to_string())?;
-        w.declare(&TensorDecl::new("bench", &[self.elements])).await.map_err(|e| e.to_string())?;
-        let grads = BTreeMap::from([(
-            "bench".to_string(),
-            ndarray::ArrayD::<f32>::from_elem(vec![self.elements], 1e-6),
-        )]);
+        for (name, shape) in &self.tensors {
+            w.declare(&TensorDecl::new(name, shape)).await.map_err(|e| e.to_string())?;
+        }
+        let grads: BTreeMap<String, ndarray::ArrayD<f32>> = self
+            .tensors
+            .iter()
+            .map(|(name, shape)| (name.clone(), ndarray::ArrayD::<f32>::from_elem(shape.clone(), 1e-6)))
+            .collect();
         let shared = (self.gradients == Gradients::Shared && self.step == Step::PushPull)
             .then(|| grads.iter().map(|(k, g)| (k.clone(), g.to_shared())).collect::<BTreeMap<_, _>>());
         for _ in 0..WARM_UP_STEPS {
@@ -388,7 +409,16 @@ fn main() -> Result<(), String> {
         args.iterations = 5;
         args.seconds = 1.0;
     }
-    let sizes: Vec<usize> = args.sizes.iter().map(|s| parse_size(s)).collect::<Result<_, _>>()?;
+    let loads: Vec<Load> = if args.models.is_empty() {
+        args.sizes.iter().map(|s| Ok(Load::one_tensor(s, parse_size(s)?))).collect::<Result<_, String>>()?
+    } else {
+        args.models.iter().map(|m| Load::parse(m)).collect::<Result<_, _>>()?
+    };
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
     // The baseline always runs on the same 2-thread runtime, whatever the
     // workers run on, so its figure does not move with --client-threads.
     let baseline_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -406,7 +436,8 @@ fn main() -> Result<(), String> {
     .transpose()
     .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
-    for &size in &sizes {
+    for load in &loads {
+        let size = load.bytes();
         let memcpy = ps_benches::baselines::memcpy(size);
         for &shards in &args.shards {
             for &workers in &args.workers {
@@ -437,7 +468,7 @@ fn main() -> Result<(), String> {
                             args.shard_threads,
                         )?;
                         let (throughput, mut lat) =
-                            measure(runtime.as_ref(), &spec, size, workers, dtype, step, &args)?;
+                            measure(runtime.as_ref(), &spec, load, workers, dtype, step, &args)?;
                         let peak_rss = servers.iter().filter_map(Shard::peak_rss).sum();
                         drop(servers);
                         let bound = memory_bound(size as u64, shards, workers, policy);
@@ -449,6 +480,8 @@ fn main() -> Result<(), String> {
                             } else {
                                 Gradients::Borrowed
                             },
+                            load: load.name.clone(),
+                            tensors: load.tensors.len(),
                             size,
                             shards,
                             workers,
@@ -464,7 +497,9 @@ fn main() -> Result<(), String> {
                             bound,
                         };
                         println!(
-                            "{:>9} B  {} shard(s) {} worker(s) {:<9} {:<8} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>5.2}x {} pump  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
+                            "{:<13} {:>3} tensor(s) {:>9} B  {} shard(s) {} worker(s) {:<9} {:<8} {:<5} {:<4}  {:>7.3} GB/s  {:>5.2}x TCP  {:>5.2}x {} pump  {:>6.3}x memcpy  p50 {:>9.1} us  p99 {:>9.1} us  shard RSS {:>6.1} MiB ({:.2}x bound)",
+                            row.load,
+                            row.tensors,
                             row.size,
                             row.shards,
                             row.workers,
@@ -495,13 +530,15 @@ fn main() -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     let mut f = std::fs::File::create(&args.csv).map_err(|e| format!("{}: {e}", args.csv.display()))?;
-    writeln!(f, "run,size_bytes,shards,workers,step,gradients,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes,dtype_pump_gb_per_s,vs_dtype_pump")
+    writeln!(f, "run,load,tensors,size_bytes,shards,workers,step,gradients,policy,wire_dtype,gb_per_s,vs_tcp,vs_memcpy,p50_us,p99_us,tcp_gb_per_s,memcpy_gb_per_s,shard_peak_rss_bytes,memory_bound_bytes,dtype_pump_gb_per_s,vs_dtype_pump")
         .map_err(|e| e.to_string())?;
     for r in &rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{},{:.4},{:.4}",
+            "{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{:.4},{},{},{:.4},{:.4}",
             r.run,
+            r.load,
+            r.tensors,
             r.size,
             r.shards,
             r.workers,
