@@ -94,7 +94,10 @@ async fn a_step_applies_its_pushes_in_order_and_a_refusal_names_its_tensor() {
         .iter()
         .flat_map(|(t, v)| push_chunks(0, 0, t, v))
         .collect();
-    let refused = client.step(futures::stream::iter(request)).await.expect_err("a NaN is refused");
+    // The first push is applied before the reply starts; the refusal of a
+    // later one ends the reply's stream.
+    let reply = client.step(futures::stream::iter(request)).await.expect("the first push is applied");
+    let refused = read_parts(reply.into_inner()).await.expect_err("a NaN is refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("\"b\"") || refused.message().contains(" b"), "{}", refused.message());
     assert!(refused.message().contains("NaN"), "{}", refused.message());
@@ -160,7 +163,10 @@ async fn malformed_several_part_requests_are_refused_with_the_reason() {
         DataClient::connect(format!("http://{}", cluster.spec().shards[0])).await.expect("client");
     let step = |chunks: Vec<pb::PushChunk>| {
         let mut client = client.clone();
-        async move { client.step(futures::stream::iter(chunks)).await.map(drop) }
+        async move {
+            let reply = client.step(futures::stream::iter(chunks)).await?;
+            read_parts(reply.into_inner()).await.map(drop)
+        }
     };
     let twice = [push_chunks(0, 0, "a", &[1.0, 1.0]), push_chunks(0, 0, "a", &[1.0, 1.0])].concat();
     let err = step(twice).await.expect_err("a tensor twice");

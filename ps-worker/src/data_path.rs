@@ -39,16 +39,19 @@ pub(crate) enum Outgoing<'a> {
     Several(Vec<Outgoing<'a>>),
 }
 
-impl Outgoing<'_> {
+impl<'a> Outgoing<'a> {
     /// Sends this as the request of the RPC at `path`, encoded and chunked
-    /// as `cfg` says, and returns the reply once its headers are in.
-    pub(crate) async fn send(
-        &self,
+    /// as `cfg` says, and returns the reply once its headers are in. A
+    /// request the shard answers while it is still being sent (a `Step`'s
+    /// reply streams while later pushes arrive) goes on being sent while
+    /// the reply is read.
+    pub(crate) async fn send<'s>(
+        &'s self,
         channel: DataChannel,
         path: &'static str,
         deadline: Duration,
-        cfg: &WorkerConfig,
-    ) -> Result<Reply, Status> {
+        cfg: &'s WorkerConfig,
+    ) -> Result<Reply<'s>, Status> {
         let max_message = cfg.max_message_bytes;
         match self {
             Outgoing::Message(msg) => {
@@ -135,12 +138,17 @@ fn grpc_timeout(deadline: Duration) -> String {
     format!("{value}{unit}")
 }
 
+/// The rest of a request body still being made while its reply is read.
+type Feed<'s> = Pin<Box<dyn std::future::Future<Output = ()> + Send + 's>>;
+
 /// A reply being read: its messages as they arrive, then its status.
-pub(crate) struct Reply {
+pub(crate) struct Reply<'s> {
     messages: MessageReader<Body>,
     /// The status came with the headers (an OK reply without messages):
     /// the body carries no trailers to check.
     status_in_headers: bool,
+    /// The request's frames still being made, fed while messages are read.
+    feed: Option<Feed<'s>>,
 }
 
 /// Sends `body` as the request of the RPC at `path` (deadline `deadline`)
@@ -152,7 +160,7 @@ async fn call(
     body: Body,
     deadline: Duration,
     max_message: usize,
-) -> Result<Reply, Status> {
+) -> Result<Reply<'static>, Status> {
     let timeout = http::HeaderValue::try_from(grpc_timeout(deadline))
         .map_err(|e| Status::internal(format!("grpc-timeout header: {e}")))?;
     let request = http::Request::builder()
@@ -173,10 +181,11 @@ async fn call(
         return Ok(Reply {
             messages: MessageReader::new(Body::empty(), max_message),
             status_in_headers: true,
+            feed: None,
         });
     }
     let messages = MessageReader::new(Body::new(response.into_body()), max_message);
-    Ok(Reply { messages, status_in_headers: false })
+    Ok(Reply { messages, status_in_headers: false, feed: None })
 }
 
 /// Frames a fed request body holds before the feeder waits.
@@ -201,34 +210,50 @@ impl http_body::Body for FedBody {
 
 /// Like [`call`], with a body of the frames `feed` sends into the channel
 /// it is given, made while earlier ones are sent. Returns once the reply's
-/// headers are in; a feed still running then (the server answered before
-/// reading everything) is dropped.
-async fn call_fed<F, Fut>(
+/// headers are in; a feed still running then goes on while the reply is
+/// read (a refusal's reply has no messages, so it ends with the reply).
+async fn call_fed<'s, F, Fut>(
     channel: DataChannel,
     path: &'static str,
     deadline: Duration,
     max_message: usize,
     feed: F,
-) -> Result<Reply, Status>
+) -> Result<Reply<'s>, Status>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = ()> + Send + 's,
 {
     let (tx, frames) = tokio::sync::mpsc::channel(FEED_DEPTH);
     let call = std::pin::pin!(call(channel, path, Body::new(FedBody { frames }), deadline, max_message));
-    let feed = std::pin::pin!(feed(tx));
+    let feed: Feed<'s> = Box::pin(feed(tx));
     match futures::future::select(call, feed).await {
-        futures::future::Either::Left((reply, _unfinished_feed)) => reply,
+        futures::future::Either::Left((reply, unfinished)) => {
+            reply.map(|reply| Reply { feed: Some(unfinished), ..reply })
+        }
         futures::future::Either::Right(((), call)) => call.await,
     }
 }
 
-impl Reply {
+impl Reply<'_> {
     /// The next message, `None` once the reply ended with an OK status; the
     /// reply's status if it is not OK, which comes before any complaint
-    /// about the messages that preceded it.
+    /// about the messages that preceded it. The request's frames still
+    /// being made are fed meanwhile.
     pub(crate) async fn message(&mut self) -> Result<Option<Segments>, Status> {
-        let next = self.messages.next().await;
+        let next = match self.feed.as_mut() {
+            None => self.messages.next().await,
+            Some(feed) => {
+                let next = std::pin::pin!(self.messages.next());
+                match futures::future::select(next, feed).await {
+                    futures::future::Either::Left((next, _)) => next,
+                    futures::future::Either::Right(((), next)) => {
+                        let next = next.await;
+                        self.feed = None;
+                        next
+                    }
+                }
+            }
+        };
         if self.messages.is_ended() && !self.status_in_headers {
             let status = self
                 .messages

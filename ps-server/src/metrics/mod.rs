@@ -430,10 +430,20 @@ impl ShardMetrics {
         self.duplicates.inc();
     }
 
-    /// Records a Step request of `parts` tensor parts.
-    pub fn step_served(&self, parts: usize) {
+    /// Records a Step request of `parts` tensor parts, that moved
+    /// `payload_bytes` after its reply's headers were sent.
+    pub fn step_served(&self, parts: usize, payload_bytes: u64) {
         if self.enabled {
             self.step_parts.observe(parts as f64);
+            self.rpcs.add_payload(rpc::Rpc::Step, payload_bytes);
+        }
+    }
+
+    /// Records a request refused for `reason` after its reply had begun
+    /// (a `Step`'s later push): its status ends the reply's stream.
+    pub fn refused_in_reply(&self, reason: &str) {
+        if self.enabled {
+            self.rejected.with_label_values(&[reason]).inc();
         }
     }
 

@@ -256,6 +256,14 @@ impl RpcMetrics {
         }
     }
 
+    /// Adds `payload_bytes` to `rpc`'s payload, for a reply that moves
+    /// bytes after its headers were recorded (a `Step` streams its parts).
+    pub fn add_payload(&self, rpc: Rpc, payload_bytes: u64) {
+        if self.enabled {
+            self.rpcs[rpc as usize].bytes.inc_by(payload_bytes);
+        }
+    }
+
     /// Records `reply`, the answer to a request to `rpcs` (see
     /// [`Rpc::recorded_as`]) that arrived at `started`.
     fn record_reply<B>(&self, rpcs: &[Rpc], started: Instant, reply: &http::Response<B>) {

@@ -5,9 +5,12 @@
 //! another's; each part's header names its tensor.
 //!
 //! A step's pushes are applied one by one in request order, each as a
-//! `Push` would be; the first refusal ends the request with its status and
-//! leaves the pushes before it applied (their version vectors show it, and
-//! a retry of the whole request finds them duplicates).
+//! `Push` would be, and each pushed part is pulled as soon as its push is
+//! applied, so the reply flows back while later pushes still arrive. The
+//! first refusal ends the request with its status (alone, at the first
+//! push; at the end of the reply's stream, later) and leaves the pushes
+//! before it applied (their version vectors show it, and a retry of the
+//! whole request finds them duplicates).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -29,6 +32,16 @@ use crate::error::{PsError, shown};
 /// Frames of a several-part reply queued before its sender waits for the
 /// transport.
 const REPLY_DEPTH: usize = 8;
+
+/// What a `Step`'s pushes so far had in common, and their payload bytes.
+#[derive(Default)]
+struct StepPushes {
+    /// The worker and clock of its first push: every push must have them.
+    of: Option<(u32, u64)>,
+    /// Tensors pushed so far: each at most once.
+    seen: HashSet<String>,
+    bytes: u64,
+}
 
 /// What the task that pulls the parts hands the reply body.
 enum Out {
@@ -78,66 +91,101 @@ fn status_trailers(status: tonic::Status) -> http::HeaderMap {
 }
 
 impl Service {
-    /// Serves one `Step`: its pushes, then (if every one was applied) the
-    /// reply streaming its parts pulled at the next clock.
+    /// Serves one `Step`. Its first push is applied before the reply
+    /// starts, so a request refused there gets its status alone; then a
+    /// task applies the other pushes in order while it pulls each pushed
+    /// part at the next clock and streams it as soon as it is released, so
+    /// the parts of a large step flow back while the rest still arrive.
     pub(crate) async fn step_frames(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body> {
         let mut stream = PushFrames::new(body, self.shard.config().max_message_bytes);
-        let (pulls, push_bytes) = match self.unless_stopped(self.step_pushes(&mut stream)).await {
-            Ok(pushed) => pushed,
+        let mut step = StepPushes::default();
+        let first = match self.unless_stopped(self.next_push(&mut stream, &mut step)).await {
+            Ok(Some(first)) => first,
+            Ok(None) => {
+                return refused(PsError::InvalidArgument("step request has no pushes".into()).into());
+            }
             Err(r) => return refused(r),
         };
-        self.shard.metrics().step_served(pulls.len());
-        let pull_bytes = self.payload_bytes(&pulls);
-        served(self.parts_reply(pulls), push_bytes + pull_bytes)
+        let (tx, frames) = mpsc::channel(REPLY_DEPTH);
+        let service = self.clone();
+        tokio::spawn(async move { service.finish_step(stream, step, first, tx).await });
+        served(grpc_response(tonic::body::Body::new(PartsBody { frames, ended: false })), 0)
     }
 
-    /// Applies the pushes of a `Step`, in order, and returns the pulls
-    /// that answer it with the pushes' payload bytes.
-    async fn step_pushes(&self, stream: &mut PushFrames) -> Result<(Vec<pb::PullRequest>, u64), Rejected> {
-        let mut pulls: Vec<pb::PullRequest> = Vec::new();
-        let mut seen = HashSet::new();
-        let mut bytes = 0;
-        while let Some((mut first, data)) = stream.next().await? {
-            let header = first.header.take().ok_or_else(|| {
-                PsError::InvalidArgument(
-                    "step request: a push's first chunk has no header (each push starts with its header)"
-                        .into(),
-                )
-            })?;
-            if let Some(p) = pulls.first()
-                && (p.worker, p.clock) != (Some(header.worker), header.clock + 1)
-            {
+    /// Applies the next push of a `Step` and returns the pull that answers
+    /// it; `None` at the end of the request.
+    async fn next_push(
+        &self,
+        stream: &mut PushFrames,
+        step: &mut StepPushes,
+    ) -> Result<Option<pb::PullRequest>, Rejected> {
+        let Some((mut first, data)) = stream.next().await? else { return Ok(None) };
+        let header = first.header.take().ok_or_else(|| {
+            PsError::InvalidArgument(
+                "step request: a push's first chunk has no header (each push starts with its header)".into(),
+            )
+        })?;
+        match step.of {
+            Some((worker, clock)) if (worker, clock) != (header.worker, header.clock) => {
                 return Err(PsError::InvalidArgument(format!(
-                    "step request of worker {:?} at clock {}: tensor {} is pushed as worker {} at clock {}; one request carries one worker's step",
-                    p.worker,
-                    p.clock - 1,
+                    "step request of worker {worker} at clock {clock}: tensor {} is pushed as worker {} at clock {}; one request carries one worker's step",
                     shown(&header.tensor),
                     header.worker,
                     header.clock
                 ))
                 .into());
             }
-            if !seen.insert(header.tensor.clone()) {
-                return Err(PsError::InvalidArgument(format!(
-                    "step request of worker {} at clock {}: tensor {} is pushed twice",
-                    header.worker,
-                    header.clock,
-                    shown(&header.tensor)
-                ))
-                .into());
+            _ => step.of = Some((header.worker, header.clock)),
+        }
+        if !step.seen.insert(header.tensor.clone()) {
+            return Err(PsError::InvalidArgument(format!(
+                "step request of worker {} at clock {}: tensor {} is pushed twice",
+                header.worker,
+                header.clock,
+                shown(&header.tensor)
+            ))
+            .into());
+        }
+        step.bytes += self.push_one_of_several((first, data), &header, stream).await?;
+        Ok(Some(pb::PullRequest {
+            worker: Some(header.worker),
+            clock: header.clock.saturating_add(1),
+            tensor: header.tensor,
+            dtype: header.dtype,
+        }))
+    }
+
+    /// The rest of a `Step` after its first push: the other pushes, in
+    /// order, while the pulls of those applied stream back through `tx`.
+    async fn finish_step(
+        self,
+        mut stream: PushFrames,
+        mut step: StepPushes,
+        first: pb::PullRequest,
+        tx: mpsc::Sender<Out>,
+    ) {
+        let (pulls_tx, pulls) = mpsc::unbounded_channel();
+        let _ = pulls_tx.send(Ok(first));
+        let pushes = async {
+            loop {
+                match self.unless_stopped(self.next_push(&mut stream, &mut step)).await {
+                    Ok(Some(pull)) => {
+                        if pulls_tx.send(Ok(pull)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(r) => {
+                        self.shard.metrics().refused_in_reply(r.reason);
+                        let _ = pulls_tx.send(Err(r));
+                        break;
+                    }
+                }
             }
-            bytes += self.push_one_of_several((first, data), &header, stream).await?;
-            pulls.push(pb::PullRequest {
-                worker: Some(header.worker),
-                clock: header.clock.saturating_add(1),
-                tensor: header.tensor,
-                dtype: header.dtype,
-            });
-        }
-        if pulls.is_empty() {
-            return Err(PsError::InvalidArgument("step request has no pushes".into()).into());
-        }
-        Ok((pulls, bytes))
+            drop(pulls_tx);
+        };
+        let (parts, pull_bytes) = futures::join!(pushes, self.stream_parts(pulls, &tx)).1;
+        self.shard.metrics().step_served(parts, step.bytes + pull_bytes);
     }
 
     /// Serves one `PullMany`: the reply streams each part as it is released.
@@ -179,34 +227,65 @@ impl Service {
     fn parts_reply(&self, pulls: Vec<pb::PullRequest>) -> http::Response<tonic::body::Body> {
         let (tx, frames) = mpsc::channel(REPLY_DEPTH);
         let service = self.clone();
-        tokio::spawn(async move { service.send_parts(pulls, tx).await });
+        tokio::spawn(async move {
+            let (pulls_tx, requests) = mpsc::unbounded_channel();
+            for pull in pulls {
+                let _ = pulls_tx.send(Ok(pull));
+            }
+            drop(pulls_tx);
+            service.stream_parts(requests, &tx).await;
+        });
         grpc_response(tonic::body::Body::new(PartsBody { frames, ended: false }))
     }
 
-    async fn send_parts(self, pulls: Vec<pb::PullRequest>, tx: mpsc::Sender<Out>) {
-        let mut pending: FuturesUnordered<_> = pulls
-            .into_iter()
-            .map(|req| async {
-                let tensor = req.tensor.clone();
-                (tensor, self.unless_stopped(self.pull_inner(req)).await)
-            })
-            .collect();
-        while let Some((tensor, pulled)) = pending.next().await {
-            let mut reply = match pulled {
-                Ok((reply, _)) => reply,
-                Err(r) => {
-                    let _ = tx.send(Out::End(status_trailers(r.into()))).await;
-                    return;
+    /// Pulls each part `requests` names as it comes, sends each into `tx`
+    /// once released, and ends the reply: with an OK status once
+    /// `requests` closes and every part is sent, or with the first refusal
+    /// (of a pull, or one `requests` passes on). Returns the parts sent
+    /// and their payload bytes.
+    async fn stream_parts(
+        &self,
+        mut requests: mpsc::UnboundedReceiver<Result<pb::PullRequest, Rejected>>,
+        tx: &mpsc::Sender<Out>,
+    ) -> (usize, u64) {
+        let mut pending = FuturesUnordered::new();
+        let (mut sent, mut bytes, mut open) = (0, 0, true);
+        let end = |status: tonic::Status| Out::End(status_trailers(status));
+        loop {
+            tokio::select! {
+                request = requests.recv(), if open => match request {
+                    Some(Ok(req)) => pending.push(async {
+                        let tensor = req.tensor.clone();
+                        (tensor, self.unless_stopped(self.pull_inner(req)).await)
+                    }),
+                    Some(Err(r)) => {
+                        let _ = tx.send(end(r.into())).await;
+                        return (sent, bytes);
+                    }
+                    None => open = false,
+                },
+                Some((tensor, pulled)) = pending.next(), if !pending.is_empty() => {
+                    let (mut reply, payload) = match pulled {
+                        Ok(pulled) => pulled,
+                        Err(r) => {
+                            let _ = tx.send(end(r.into())).await;
+                            return (sent, bytes);
+                        }
+                    };
+                    reply.header.tensor = tensor;
+                    for data in self.part_frames(reply) {
+                        if tx.send(Out::Frame(data)).await.is_err() {
+                            return (sent, bytes); // the client is gone
+                        }
+                    }
+                    sent += 1;
+                    bytes += payload;
                 }
-            };
-            reply.header.tensor = tensor;
-            for data in self.part_frames(reply) {
-                if tx.send(Out::Frame(data)).await.is_err() {
-                    return; // the client is gone
-                }
+                else => break,
             }
         }
         let _ = tx.send(Out::End(ok_trailers())).await;
+        (sent, bytes)
     }
 
     /// One pulled part as reply frames: its chunks, the first with its
