@@ -101,6 +101,7 @@ async fn a_step_applies_its_pushes_in_order_and_a_refusal_names_its_tensor() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("\"b\"") || refused.message().contains(" b"), "{}", refused.message());
     assert!(refused.message().contains("NaN"), "{}", refused.message());
+    assert_eq!(ps_proto::frame::refused_tensor(&refused).as_deref(), Some("b"), "in the trailers' metadata");
     let seen = versions(&mut client, &names).await;
     assert_eq!(seen["a"], vec![0], "the push before the refused one stays applied");
     assert_eq!(seen["b"], vec![-1], "the refused push changed nothing");
@@ -195,6 +196,35 @@ fn ok_requests(cluster: &LocalCluster, rpc: &str) -> f64 {
         .filter(|l| l.contains(&format!("rpc=\"{rpc}\"")) && l.contains("code=\"ok\""))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// Through the worker library, a step refused for one tensor's gradient
+/// is an error naming that tensor, whichever part of the request it was,
+/// and a pull of an unknown tensor in a `PullMany` names it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_error_of_a_refused_part_names_its_tensor() {
+    let cluster = LocalCluster::start(1, config(1, PolicyName::Async)).await.expect("cluster");
+    let mut worker = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
+    let decls: Vec<TensorDecl> =
+        ["a", "b", "c"].iter().map(|n| TensorDecl::new(*n, &[4]).constant(1.0).sgd(1.0, 0.0)).collect();
+    worker.declare_all(&decls).await.expect("declare");
+    worker.pull().await.expect("pull");
+    for bad_one in ["a", "c"] {
+        let grads: BTreeMap<String, ArrayD<f32>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let v = if *n == bad_one { f32::NAN } else { 0.0 };
+                (n.to_string(), ArrayD::from_elem(vec![4], v))
+            })
+            .collect();
+        match worker.step(&grads).await {
+            Err(ps_worker::WorkerError::Rpc { tensor, status, .. }) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                assert_eq!(tensor.as_deref(), Some(bad_one), "{}", status.message());
+            }
+            other => panic!("a NaN in {bad_one} must be refused naming it, got {other:?}"),
+        }
+    }
 }
 
 /// 200 tensors over 2 shards: declaring, pulling and stepping them is one

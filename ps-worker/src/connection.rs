@@ -106,7 +106,9 @@ fn rpc_err(
     if let Some(restart) = Restart::from_status(&status) {
         return WorkerError::ShardRestarted { op, shard, restart, message: status.message().to_string() };
     }
-    WorkerError::Rpc { op, shard, tensor: tensor.map(str::to_string), attempts, status }
+    // A request of several parts names none; its refusal names the part.
+    let tensor = tensor.map(str::to_string).or_else(|| ps_proto::frame::refused_tensor(&status));
+    WorkerError::Rpc { op, shard, tensor, attempts, status }
 }
 
 /// How long a plaintext connection waits to learn whether the shard

@@ -36,6 +36,28 @@ pub const STEP_PATH: &str = "/ps.v1.Data/Step";
 /// Path of the `PullMany` RPC of the data service.
 pub const PULL_MANY_PATH: &str = "/ps.v1.Data/PullMany";
 
+/// Binary metadata key of a refusal of one part of a `Step` or `PullMany`:
+/// the refused tensor's name (absent when the request named none, or a
+/// name too long to echo).
+pub const REFUSED_TENSOR: &str = "ps-refused-tensor-bin";
+
+/// The tensor a refusal of one part of a request of several names, if any.
+pub fn refused_tensor(status: &tonic::Status) -> Option<String> {
+    let value = status.metadata().get_bin(REFUSED_TENSOR)?;
+    String::from_utf8(value.to_bytes().ok()?.to_vec()).ok()
+}
+
+/// `status` naming `tensor` as the refused part ([`refused_tensor`]), when
+/// the name is at most `max_bytes` long.
+pub fn naming_refused_tensor(mut status: tonic::Status, tensor: &str, max_bytes: usize) -> tonic::Status {
+    if !tensor.is_empty() && tensor.len() <= max_bytes {
+        status
+            .metadata_mut()
+            .insert_bin(REFUSED_TENSOR, tonic::metadata::MetadataValue::from_bytes(tensor.as_bytes()));
+    }
+    status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +75,18 @@ mod tests {
         for (path, method) in paths {
             assert_eq!(path, format!("/{DATA_SERVICE}/{method}"));
         }
+    }
+
+    /// A refusal names its tensor, any UTF-8 name, and not a name longer than the bound.
+    #[test]
+    fn a_refusal_names_its_tensor_within_the_bound() {
+        let named = naming_refused_tensor(tonic::Status::invalid_argument("NaN"), "conv1.weight·λ", 64);
+        assert_eq!(refused_tensor(&named).as_deref(), Some("conv1.weight·λ"));
+        let headers = named.clone().into_http::<()>().into_parts().0.headers;
+        let back = tonic::Status::from_header_map(&headers).expect("a status");
+        assert_eq!(refused_tensor(&back).as_deref(), Some("conv1.weight·λ"), "through trailers");
+        let long = "x".repeat(65);
+        assert_eq!(refused_tensor(&naming_refused_tensor(tonic::Status::internal("e"), &long, 64)), None);
+        assert_eq!(refused_tensor(&tonic::Status::internal("e")), None);
     }
 }

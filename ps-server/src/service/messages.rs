@@ -22,6 +22,20 @@ pub(super) struct Rejected {
     pub(super) reason: &'static str,
 }
 
+/// Longest tensor name a refusal of one part names in its metadata
+/// ([`ps_proto::frame::REFUSED_TENSOR`]), in bytes; the message names it
+/// whatever its length, cut.
+const MAX_NAMED_TENSOR_BYTES: usize = 1024;
+
+impl Rejected {
+    /// This refusal, naming `tensor` as the part refused, so that a client
+    /// of a request of several parts knows which one.
+    pub(super) fn of_tensor(mut self, tensor: &str) -> Self {
+        self.status = ps_proto::frame::naming_refused_tensor(self.status, tensor, MAX_NAMED_TENSOR_BYTES);
+        self
+    }
+}
+
 impl From<PsError> for Rejected {
     fn from(e: PsError) -> Self {
         Self { reason: e.reason(), status: e.into() }

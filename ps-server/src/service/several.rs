@@ -127,26 +127,29 @@ impl Service {
         })?;
         match step.of {
             Some((worker, clock)) if (worker, clock) != (header.worker, header.clock) => {
-                return Err(PsError::InvalidArgument(format!(
+                return Err(Rejected::from(PsError::InvalidArgument(format!(
                     "step request of worker {worker} at clock {clock}: tensor {} is pushed as worker {} at clock {}; one request carries one worker's step",
                     shown(&header.tensor),
                     header.worker,
                     header.clock
-                ))
-                .into());
+                )))
+                .of_tensor(&header.tensor));
             }
             _ => step.of = Some((header.worker, header.clock)),
         }
         if !step.seen.insert(header.tensor.clone()) {
-            return Err(PsError::InvalidArgument(format!(
+            return Err(Rejected::from(PsError::InvalidArgument(format!(
                 "step request of worker {} at clock {}: tensor {} is pushed twice",
                 header.worker,
                 header.clock,
                 shown(&header.tensor)
-            ))
-            .into());
+            )))
+            .of_tensor(&header.tensor));
         }
-        step.bytes += self.push_one_of_several((first, data), &header, stream).await?;
+        step.bytes += self
+            .push_one_of_several((first, data), &header, stream)
+            .await
+            .map_err(|r| r.of_tensor(&header.tensor))?;
         Ok(Some(pb::PullRequest {
             worker: Some(header.worker),
             clock: header.clock.saturating_add(1),
@@ -256,7 +259,8 @@ impl Service {
                 request = requests.recv(), if open => match request {
                     Some(Ok(req)) => pending.push(async {
                         let tensor = req.tensor.clone();
-                        (tensor, self.unless_stopped(self.pull_inner(req)).await)
+                        let pulled = self.unless_stopped(self.pull_inner(req)).await;
+                        (tensor.clone(), pulled.map_err(|r| r.of_tensor(&tensor)))
                     }),
                     Some(Err(r)) => {
                         let _ = tx.send(end(r.into())).await;
