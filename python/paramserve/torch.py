@@ -24,7 +24,14 @@ import torch
 
 from ._native import Worker
 
-__all__ = ["declare_module", "step_module", "load_values", "server_parameters", "ServerOptimizer"]
+__all__ = [
+    "declare_module",
+    "step_module",
+    "load_values",
+    "server_parameters",
+    "torch_default_init",
+    "ServerOptimizer",
+]
 
 InitSpec = Union[None, str, float, Tuple]
 
@@ -34,18 +41,45 @@ def server_parameters(module: torch.nn.Module) -> Iterable[Tuple[str, torch.nn.P
     return ((n, p) for n, p in module.named_parameters() if p.requires_grad)
 
 
-def like_model(param: torch.Tensor, seed: int) -> InitSpec:
-    """A seeded server initializer of the model's own scale: its constant if
-    every element is equal (e.g. a norm layer's weight), else uniform in
-    ``[-m, m]`` with ``m`` the largest magnitude (PyTorch's default init of
-    linear and conv layers is uniform in ``[-b, b]``, and ``m`` is close to
-    ``b``). Every worker then starts from the same values, whatever its own
-    random initialization was."""
-    flat = param.detach().reshape(-1)
-    if flat.numel() == 0 or bool((flat == flat[0]).all()):
-        return float(flat[0]) if flat.numel() else 0.0
-    m = float(flat.abs().max())
-    return ("uniform", -m, m, int(seed))
+def torch_default_init(module: torch.nn.Module, seed: int = 0) -> Dict[str, InitSpec]:
+    """Per parameter, a seeded server initializer of PyTorch's default
+    scale, chosen from the architecture alone, so every worker declares the
+    same one whatever its own random initialization was:
+
+    - a parameter whose elements are all equal (a norm layer's weight or
+      bias): that constant;
+    - an ``nn.Embedding``'s weight: normal(0, 1), as PyTorch's;
+    - a layer's ``weight`` of 2 or more dimensions, and that layer's
+      ``bias``: uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``, which is
+      PyTorch's default for linear and conv layers;
+    - anything else: uniform in ``[-m, m]``, ``m`` its largest magnitude
+      (this one depends on the values: give every worker the same torch
+      seed, or pass ``init`` a function).
+
+    Parameter ``i`` (in ``named_parameters()`` order) gets seed ``seed * 1_000_003 + i``.
+    """
+    specs: Dict[str, InitSpec] = {}
+    names = [n for n, _ in server_parameters(module)]
+    for prefix, sub in module.named_modules():
+        for local, p in sub.named_parameters(recurse=False):
+            name = f"{prefix}.{local}" if prefix else local
+            if name not in names:
+                continue
+            param_seed = seed * 1_000_003 + names.index(name)
+            flat = p.detach().reshape(-1)
+            weight = getattr(sub, "weight", None)
+            if flat.numel() == 0 or bool((flat == flat[0]).all()):
+                specs[name] = float(flat[0]) if flat.numel() else 0.0
+            elif isinstance(sub, torch.nn.Embedding) and local == "weight":
+                specs[name] = ("normal", 0.0, 1.0, param_seed)
+            elif local in ("weight", "bias") and isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+                fan_in = int(np.prod(weight.shape[1:]))
+                bound = 1.0 / float(np.sqrt(fan_in))
+                specs[name] = ("uniform", -bound, bound, param_seed)
+            else:
+                m = float(flat.abs().max())
+                specs[name] = ("uniform", -m, m, param_seed)
+    return specs
 
 
 def declare_module(
@@ -54,29 +88,34 @@ def declare_module(
     *,
     optimizer=None,
     policy=None,
-    init: Union[str, Callable[[str, torch.Tensor], InitSpec]] = "model",
+    init: Union[str, Callable[[str, torch.Tensor], InitSpec]] = "torch",
     seed: int = 0,
-) -> Dict[str, np.ndarray]:
+    load: bool = True,
+) -> Optional[Dict[str, np.ndarray]]:
     """Declares every parameter of ``module`` on the server (name and shape
-    from ``named_parameters()``), pulls them and loads them into the module.
+    from ``named_parameters()``) and, with ``load``, pulls them and loads
+    them into the module (an observer passes ``load=False``).
 
-    ``init`` is ``"model"`` (:func:`like_model`: the model's own scale,
-    seeded by ``seed`` and the parameter's index), ``"zeros"``, or a
-    function ``(name, param) -> init`` returning any initializer
-    :meth:`Worker.declare` accepts. ``optimizer`` and ``policy`` are passed
-    to every declaration (``None``: the cluster's defaults). Returns the
-    pulled values.
+    ``init`` is ``"torch"`` (:func:`torch_default_init`, seeded by
+    ``seed``), ``"zeros"``, or a function ``(name, param) -> init``
+    returning any initializer :meth:`Worker.declare` accepts. ``optimizer``
+    and ``policy`` are passed to every declaration (``None``: the
+    cluster's defaults). Every worker must declare the same initializer,
+    optimizer and policy. Returns the pulled values (``None`` without ``load``).
     """
-    for i, (name, p) in enumerate(server_parameters(module)):
+    defaults = torch_default_init(module, seed) if init == "torch" else {}
+    for name, p in server_parameters(module):
         if callable(init):
             spec = init(name, p)
-        elif init == "model":
-            spec = like_model(p, seed * 1_000_003 + i)
+        elif init == "torch":
+            spec = defaults[name]
         elif init == "zeros":
             spec = None
         else:
-            raise ValueError(f"init: expected 'model', 'zeros' or a function, got {init!r}")
+            raise ValueError(f"init: expected 'torch', 'zeros' or a function, got {init!r}")
         worker.declare(name, tuple(p.shape), init=spec, optimizer=optimizer, policy=policy)
+    if not load:
+        return None
     values = worker.pull()
     load_values(module, values)
     return values
