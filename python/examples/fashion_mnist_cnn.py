@@ -337,7 +337,7 @@ def parse(argv=None):
     p.add_argument("--baseline-threads", type=int, default=1, help="torch threads of the baseline (workers use 1 each)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (on the server)")
     p.add_argument("--train-examples", type=int, default=0, help="use only the first N training images (0: all)")
-    p.add_argument("--snapshot-every", type=float, default=2.0, help="seconds between parameter snapshots")
+    p.add_argument("--snapshot-every", type=float, default=1.0, help="seconds between parameter snapshots")
     p.add_argument("--target", type=float, default=0.85, help="the accuracy 'time to' is measured to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
