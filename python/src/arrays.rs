@@ -17,9 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use numpy::{
-    PyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
-};
+use numpy::{PyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use ps_worker::GradientData;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -151,13 +149,13 @@ fn not_contiguous(name: &str) -> PyErr {
 /// array or CPU torch tensor.
 pub(crate) fn grad(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Grad> {
     let array = as_numpy(name, obj)?;
-    let py = obj.py();
-    if !array.dtype().is_equiv_to(&numpy::dtype::<f32>(py)) {
+    // One dtype check: the typed cast compares the dtype with float32's.
+    let Ok(typed) = array.cast::<PyArrayDyn<f32>>() else {
         return Err(PyTypeError::new_err(format!(
             "gradient {name:?}: dtype {}, expected float32; convert it with .astype(numpy.float32)",
             array.dtype()
         )));
-    }
+    };
     if !array.is_c_contiguous() {
         return Err(not_contiguous(name));
     }
@@ -166,7 +164,6 @@ pub(crate) fn grad(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Grad> {
             "gradient {name:?}: its data is not aligned to 4 bytes; pass numpy.ascontiguousarray(g)"
         )));
     }
-    let typed = array.cast::<PyArrayDyn<f32>>()?;
     let shape = array.shape().to_vec();
     let held = Held { ptr: typed.data(), len: array.len(), _array: array.clone().into_any().unbind() };
     Ok(Grad { held: Arc::new(held), shape })

@@ -2,7 +2,7 @@
 //! [`ps_worker::Worker`], each waiting on the network with the GIL released
 //! ([`runtime::wait`]) and raising the typed exception of its error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ps_worker::{CheckpointState, ClusterSpec, TensorDecl, WorkerConfig, WorkerError};
@@ -28,6 +28,8 @@ pub(crate) struct Worker {
     versions: BTreeMap<String, Vec<i64>>,
     /// How long the last pull or step waited on the policy's release rule.
     waited: Duration,
+    /// The names declared through this worker (checked against every push's).
+    declared: BTreeSet<String>,
 }
 
 /// The value of `r`, a wait on the worker library, or its exception.
@@ -101,7 +103,13 @@ impl Worker {
         } else {
             done(py, runtime::wait(py, ps_worker::Worker::connect(cfg)))?
         };
-        Ok(Self { inner: connected, left: false, versions: BTreeMap::new(), waited: Duration::ZERO })
+        Ok(Self {
+            inner: connected,
+            left: false,
+            versions: BTreeMap::new(),
+            waited: Duration::ZERO,
+            declared: BTreeSet::new(),
+        })
     }
 
     /// Returns the worker itself; leaving the block calls `leave()`.
@@ -204,7 +212,9 @@ impl Worker {
             decl = decl.allow_non_finite();
         }
         let worker = &mut self.inner;
-        done(py, runtime::wait(py, worker.declare(&decl)))
+        done(py, runtime::wait(py, worker.declare(&decl)))?;
+        self.declared.insert(name.to_string());
+        Ok(())
     }
 
     /// Pulls every declared tensor at this worker's clock, waiting as the
@@ -374,8 +384,7 @@ impl Worker {
     /// (the library ignores them, which would hide a typo).
     fn gradients(&self, py: Python<'_>, grads: &Bound<'_, PyAny>) -> PyResult<BTreeMap<String, Grad>> {
         let grads = arrays::grads(grads)?;
-        let shapes = self.inner.shapes();
-        if let Some(name) = grads.keys().find(|n| !shapes.contains_key(*n)) {
+        if let Some(name) = grads.keys().find(|n| !self.declared.contains(*n)) {
             let e = WorkerError::UnknownTensor { tensor: name.clone() };
             return Err(errors::to_py(py, e));
         }
