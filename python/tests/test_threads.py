@@ -3,6 +3,7 @@
 import threading
 
 import numpy as np
+import pytest
 
 import paramserve
 
@@ -60,4 +61,36 @@ def test_python_code_runs_while_a_worker_waits(make_cluster):
     w1.step(g)
     assert done.wait(timeout=30)
     thread.join(timeout=30)
+    assert w0.clock == 1 and w1.clock == 1
+
+
+def test_ctrl_c_interrupts_a_wait_and_the_step_can_be_retried(make_cluster):
+    """SIGINT while worker 0 waits on worker 1 raises KeyboardInterrupt
+    within a check period; the clock stays, and retrying the step is
+    exactly-once (the push of clock 0 may already have been applied)."""
+    import os
+    import signal
+
+    cluster = make_cluster(shards=1, workers=2, policy="sync", optimizer={"kind": "sgd", "lr": 1.0})
+    w0 = paramserve.Worker(cluster.shards, 0, wait_timeout=60.0)
+    w1 = paramserve.Worker(cluster.shards, 1, wait_timeout=60.0)
+    for w in (w0, w1):
+        w.declare("w", (2,))
+        w.pull()
+    g = {"w": np.ones(2, np.float32)}
+    # Whenever it lands (before or during the wait), the interrupt is raised inside the block.
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            w0.step(g)  # waits for worker 1's clock 0, which never comes
+            threading.Event().wait(30)  # (only if the step returned: it cannot, worker 1 has not pushed)
+    finally:
+        timer.cancel()
+    assert w0.clock == 0
+    w1_done = threading.Thread(target=w1.step, args=(g,))
+    w1_done.start()
+    values = w0.step(g)["w"]  # the same push again: applied once
+    w1_done.join(timeout=30)
+    np.testing.assert_array_equal(values, [-1.0, -1.0])  # mean of two pushes of 1, once
     assert w0.clock == 1 and w1.clock == 1
