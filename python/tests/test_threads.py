@@ -72,13 +72,16 @@ def test_ctrl_c_interrupts_a_wait_and_the_step_can_be_retried(make_cluster):
     import signal
 
     cluster = make_cluster(shards=1, workers=2, policy="sync", optimizer={"kind": "sgd", "lr": 1.0})
-    w0 = paramserve.Worker(cluster.shards, 0, wait_timeout=60.0)
-    w1 = paramserve.Worker(cluster.shards, 1, wait_timeout=60.0)
+    w0 = paramserve.Worker(cluster.shards, 0, wait_timeout=20.0)
+    w1 = paramserve.Worker(cluster.shards, 1, wait_timeout=20.0)
     for w in (w0, w1):
         w.declare("w", (2,))
         w.pull()
     g = {"w": np.ones(2, np.float32)}
     # Whenever it lands (before or during the wait), the interrupt is raised inside the block.
+    # A process started in the background by a non-interactive shell
+    # ignores SIGINT; Python's own handler makes it KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -87,6 +90,7 @@ def test_ctrl_c_interrupts_a_wait_and_the_step_can_be_retried(make_cluster):
             threading.Event().wait(30)  # (only if the step returned: it cannot, worker 1 has not pushed)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert w0.clock == 0
     w1_done = threading.Thread(target=w1.step, args=(g,))
     w1_done.start()
