@@ -129,7 +129,7 @@ class Worker:
         ``default_policy``, ``live_workers`` and ``tensors`` (name, offset,
         len, policy, versions, applied_clock)."""
     def leave(self) -> None:
-        """Leaves the job: nothing waits for this worker any more."""
+        """Leaves the job: nothing waits for this worker any more (a no-op for an observer)."""
 
 class LocalCluster:
     """Shards of one job running in this process on 127.0.0.1 (for

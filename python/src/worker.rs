@@ -30,6 +30,9 @@ pub(crate) struct Worker {
     waited: Duration,
     /// The names declared through this worker (checked against every push's).
     declared: BTreeSet<String>,
+    /// Connected without joining: leaving is then a no-op (it would make
+    /// the worker of the same id leave).
+    observer: bool,
 }
 
 /// The value of `r`, a wait on the worker library, or its exception.
@@ -109,6 +112,7 @@ impl Worker {
             versions: BTreeMap::new(),
             waited: Duration::ZERO,
             declared: BTreeSet::new(),
+            observer,
         })
     }
 
@@ -357,9 +361,11 @@ impl Worker {
     }
 
     /// Leaves the job: no shard, barrier or other worker waits for this
-    /// worker any more. Leaving twice does nothing the second time.
+    /// worker any more. Leaving twice does nothing the second time; an
+    /// observer, which never joined, has nothing to leave.
     fn leave(&mut self, py: Python<'_>) -> PyResult<()> {
-        if self.left {
+        if self.left || self.observer {
+            self.left = true;
             return Ok(());
         }
         let worker = &self.inner;

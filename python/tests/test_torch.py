@@ -89,10 +89,18 @@ def test_server_optimizer_is_a_two_line_change(make_cluster):
             loss.backward()
             opt.step()
             losses.append(float(loss))
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        assert float(opt.step(closure)) == pytest.approx(losses[-1], rel=0.5)
         opt.zero_grad(set_to_none=True)
         assert all(p.grad is None for p in model.parameters())
         opt.step()  # no gradients: zeros are sent, the values stay
-        assert w.clock == 61
+        assert w.clock == 62
     assert losses[-1] < 0.5 * losses[0], losses
 
 

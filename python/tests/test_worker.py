@@ -93,6 +93,8 @@ def test_observe_barrier_status_and_leave(make_cluster):
     # mean over the job's 2 workers: 3 - 1 * 1 / 2
     np.testing.assert_allclose(observer.observe("x"), [2.5, 2.5])
     assert observer.num_workers == 0 and observer.default_policy is None
+    observer.leave()  # an observer never joined: worker 0 stays live
+    assert observer.status()[0]["live_workers"] == [0, 1]
     w1.step({"x": np.ones(2, np.float32)})
     w0.barrier()  # both completed clock 1
     w0.barrier(1)
@@ -174,3 +176,25 @@ def test_bad_arguments_are_value_and_type_errors(make_cluster):
             w.step([np.ones(1, np.float32)])
     with pytest.raises(ValueError, match="policy"):
         paramserve.LocalCluster(policy="bsp")
+
+
+def test_the_package_docstring_example_runs():
+    import doctest
+
+    result = doctest.testmod(paramserve)
+    assert result.attempted >= 2 and result.failed == 0
+
+
+def test_the_benchmarks_rust_loop_steps_on_the_same_cluster(make_cluster):
+    cluster = make_cluster(shards=2, workers=2, policy="async")
+    times = paramserve._native.rust_step_loop(cluster, 1, {"a": [3, 4], "b": [5]}, 7)
+    assert len(times) == 7 and all(t > 0 for t in times)
+    with paramserve.Worker(cluster.shards, 0, observer=True, namespace="rust") as observer:
+        observer.declare("b", (5,))
+        # SGD at lr 0.3 (the cluster's default) on zero gradients: the values stay zero.
+        np.testing.assert_array_equal(observer.observe("b"), np.zeros(5))
+    (s0, s1) = paramserve.Worker(cluster.shards, 0, observer=True).status()
+    names = {t["name"] for s in (s0, s1) for t in s["tensors"]}
+    assert names == {"rust/a", "rust/b"}
+    versions = {t["name"]: t["versions"] for s in (s0, s1) for t in s["tensors"]}
+    assert versions["rust/b"] == [-1, 6]  # worker 1 pushed clocks 0..6
