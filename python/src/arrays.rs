@@ -171,13 +171,22 @@ pub(crate) fn grad(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Grad> {
 
 /// Reads every gradient of `grads`, a mapping from tensor name to array.
 pub(crate) fn grads(grads: &Bound<'_, PyAny>) -> PyResult<BTreeMap<String, Grad>> {
+    let mut out = BTreeMap::new();
+    if let Ok(dict) = grads.cast::<PyDict>() {
+        // The common case, without building a list of items first.
+        for (name, value) in dict.iter() {
+            let name: String = name.extract()?;
+            let g = grad(&name, &value)?;
+            out.insert(name, g);
+        }
+        return Ok(out);
+    }
     let mapping = grads.cast::<PyMapping>().map_err(|_| {
         PyTypeError::new_err(format!(
             "grads: expected a dict of tensor name to array, got {}",
             type_name(grads)
         ))
     })?;
-    let mut out = BTreeMap::new();
     for item in mapping.items()?.iter() {
         let (name, value): (String, Bound<'_, PyAny>) = item.extract()?;
         let g = grad(&name, &value)?;

@@ -97,3 +97,13 @@ def test_torch_tensors_in_and_out(make_cluster):
         with pytest.raises(errors.ShapeMismatchError):
             w.step({"w": torch.ones(12)})
         assert w.clock == 2
+
+
+def test_any_mapping_of_gradients_is_accepted(worker):
+    from collections import OrderedDict
+    from types import MappingProxyType
+
+    g = np.ones((4, 3), np.float32)
+    worker.step(OrderedDict(w=g))
+    p = worker.step(MappingProxyType({"w": g}))
+    np.testing.assert_array_equal(p["w"], -2 * g)
