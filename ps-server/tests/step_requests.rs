@@ -227,6 +227,52 @@ async fn the_worker_error_of_a_refused_part_names_its_tensor() {
     }
 }
 
+/// `step_into` reads each tensor into the array the previous step
+/// returned (one part or split over both shards), and gives the values
+/// and versions `step` gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_into_reuses_the_arrays_and_gives_what_step_gives() {
+    let cluster = LocalCluster::start(2, ShardConfig { split_threshold: 16, ..config(2, PolicyName::Async) })
+        .await
+        .expect("cluster");
+    let spec = cluster.spec().clone();
+    let connect = |id| Worker::connect(WorkerConfig::new(spec.clone(), id));
+    let (mut a, mut b) = (connect(0).await.expect("worker 0"), connect(1).await.expect("worker 1"));
+    let decls = [
+        TensorDecl::new("small", &[3]).constant(1.0).sgd(0.5, 0.0),
+        TensorDecl::new("split", &[8, 4]).sgd(0.5, 0.0),
+    ];
+    a.declare_all(&decls).await.expect("declare");
+    b.declare_all(&decls).await.expect("declare");
+    let grads: BTreeMap<String, ArrayD<f32>> = [
+        ("small".to_string(), ArrayD::from_elem(vec![3], 1.0f32)),
+        ("split".to_string(), ArrayD::from_shape_fn(vec![8, 4], |i| (i[0] * 4 + i[1]) as f32)),
+    ]
+    .into();
+    let mut params = a.pull().await.expect("pull");
+    let ptrs: Vec<*const f32> = params.values.values().map(|v| v.as_ptr()).collect();
+    for clock in 1..=3i64 {
+        a.step_into(&grads, &mut params).await.expect("step_into");
+        let expected = b.step(&grads).await.expect("step");
+        let now: Vec<*const f32> = params.values.values().map(|v| v.as_ptr()).collect();
+        assert_eq!(now, ptrs, "clock {clock}: the same arrays are refilled");
+        assert_eq!(
+            params.versions["small"],
+            vec![clock - 1, clock - 2],
+            "clock {clock}: its own pushes and the other's before"
+        );
+        // Each push applies lr / W = 0.25 of its gradient.
+        assert_eq!(params.values["small"], ArrayD::from_elem(vec![3], 1.0 - 0.25 * (2 * clock - 1) as f32));
+        // Worker 1 pushed after worker 0 at every clock: it reads both.
+        assert_eq!(expected.versions["split"], vec![clock - 1, clock - 1]);
+        assert_eq!(expected.values["split"], grads["split"].mapv(|g| -0.25 * g * (2 * clock) as f32));
+    }
+    assert_eq!(a.clock(), 3);
+    let mut fresh = ps_worker::Pulled::default();
+    b.step_into(&grads, &mut fresh).await.expect("into an empty Pulled");
+    assert_eq!(fresh.values.len(), 2, "an empty Pulled is filled like step's result");
+}
+
 /// 200 tensors over 2 shards: declaring, pulling and stepping them is one
 /// request per shard each, and the parts per request are in the metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,12 +37,15 @@ struct Entry<'a> {
 type PartPulled = (Vec<i64>, Duration);
 
 /// Pushes one gradient per declared tensor at `clock` and returns every
-/// tensor pulled at `clock + 1`: one `Step` request per shard.
+/// tensor pulled at `clock + 1`: one `Step` request per shard. The pulled
+/// values go in the arrays of `reuse` where their sizes fit (see
+/// [`buffers`]).
 pub(crate) async fn step<G: GradientData>(
     shards: &Shards,
     tensors: &Declared,
     clock: u64,
     grads: &BTreeMap<String, G>,
+    reuse: Option<&mut Pulled>,
 ) -> Result<Pulled, WorkerError> {
     check_gradients(tensors, clock, grads)?;
     let infos: Vec<&TensorInfo> = tensors.iter().collect();
@@ -73,7 +76,7 @@ pub(crate) async fn step<G: GradientData>(
         push_pieces(shards, info, early.map(move |piece| (*piece, outgoing(i, *piece))))
     }))
     .await?;
-    let mut buffers = buffers(&infos);
+    let mut buffers = buffers(&infos, reuse);
     let mut requests: BTreeMap<u32, (Vec<Outgoing<'_>>, Vec<Entry<'_>>)> = BTreeMap::new();
     for (i, (info, buffer)) in infos.iter().zip(buffers.iter_mut()).enumerate() {
         for (part, dst) in part_buffers(info, buffer) {
@@ -95,7 +98,7 @@ pub(crate) async fn step<G: GradientData>(
 /// policy requires): one `PullMany` request per shard.
 pub(crate) async fn pull(shards: &Shards, tensors: &Declared, clock: u64) -> Result<Pulled, WorkerError> {
     let infos: Vec<&TensorInfo> = tensors.iter().collect();
-    let mut buffers = buffers(&infos);
+    let mut buffers = buffers(&infos, None);
     let mut requests: BTreeMap<u32, Vec<Entry<'_>>> = BTreeMap::new();
     for (i, (info, buffer)) in infos.iter().zip(buffers.iter_mut()).enumerate() {
         for (part, dst) in part_buffers(info, buffer) {
@@ -121,13 +124,30 @@ pub(crate) async fn pull(shards: &Shards, tensors: &Declared, clock: u64) -> Res
 }
 
 /// Per tensor, the buffer its pulled values go in: one part's is filled by
-/// appending (never zeroed first), several parts' are zeroed and sliced.
-fn buffers(infos: &[&TensorInfo]) -> Vec<Vec<f32>> {
+/// appending (never zeroed first), several parts' are sliced from one of
+/// the tensor's length. Each takes the memory of the array of the same
+/// name in `reuse` (taken out of it) when that array is contiguous and
+/// holds the tensor's length, so that a loop stepping into the same
+/// [`Pulled`] allocates, and faults in fresh pages, only once.
+fn buffers(infos: &[&TensorInfo], mut reuse: Option<&mut Pulled>) -> Vec<Vec<f32>> {
     infos
         .iter()
-        .map(|t| match t.parts.as_slice() {
-            [_] => Vec::new(),
-            _ => vec![0f32; t.shape.iter().product::<usize>()],
+        .map(|t| {
+            let len = t.shape.iter().product::<usize>();
+            let old = reuse.as_mut().and_then(|r| r.values.remove(&t.name)).and_then(|a| {
+                let standard = a.is_standard_layout() && a.len() == len;
+                let (vec, offset) = a.into_raw_vec_and_offset();
+                (standard && offset.unwrap_or(0) == 0 && vec.len() == len).then_some(vec)
+            });
+            match (t.parts.as_slice(), old) {
+                ([_], Some(mut vec)) => {
+                    vec.clear();
+                    vec
+                }
+                ([_], None) => Vec::new(),
+                (_, Some(vec)) => vec,
+                (_, None) => vec![0f32; len],
+            }
         })
         .collect()
 }

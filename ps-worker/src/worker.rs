@@ -215,7 +215,7 @@ impl Worker {
         &mut self,
         grads: &BTreeMap<String, G>,
     ) -> Result<Pulled, WorkerError> {
-        let pulled = several::step(&self.shards, &self.tensors, self.clock, grads).await?;
+        let pulled = several::step(&self.shards, &self.tensors, self.clock, grads, None).await?;
         self.clock += 1;
         Ok(pulled)
     }
@@ -238,17 +238,42 @@ impl Worker {
         &mut self,
         grads: &BTreeMap<String, G>,
     ) -> Result<Pulled, WorkerError> {
-        let mut result = self.push_pull(grads).await;
+        let mut pulled = Pulled::default();
+        self.step_into(grads, &mut pulled).await?;
+        Ok(pulled)
+    }
+
+    /// [`step`](Self::step), with the values read into the arrays of
+    /// `into` (a previous step's or pull's result): each tensor's array is
+    /// reused when it is contiguous and of the tensor's size, so a loop
+    /// `worker.step_into(&grads, &mut params).await?` allocates its arrays
+    /// once, not every step. On success `into` holds exactly what `step`
+    /// would return; on error the tensors it lost are allocated afresh by
+    /// the next call.
+    pub async fn step_into<G: GradientData>(
+        &mut self,
+        grads: &BTreeMap<String, G>,
+        into: &mut Pulled,
+    ) -> Result<(), WorkerError> {
+        let mut result =
+            several::step(&self.shards, &self.tensors, self.clock, grads, Some(&mut *into)).await;
+        if result.is_ok() {
+            self.clock += 1;
+        }
         for _ in 0..MAX_STEP_RECOVERIES {
             match result {
                 Err(WorkerError::ShardRestarted { restart, .. }) => {
                     self.recover(&restart).await?;
                     result = self.pull().await;
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(pulled) => {
+                    *into = pulled;
+                    return Ok(());
+                }
             }
         }
-        result
+        result.map(|pulled| *into = pulled)
     }
 
     /// Waits until every live worker has completed `clock` clocks on every shard.

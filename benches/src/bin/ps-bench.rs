@@ -68,9 +68,12 @@ struct Args {
     /// `--threads` of every shard (default: the shard's own default, 1).
     #[arg(long)]
     shard_threads: Option<u16>,
-    /// How a worker's step talks to the shards: `push-pull` sends the push and
-    /// the following pull as one PushPull RPC per part (one round trip);
-    /// `separate` sends a Push and then a Pull (two round trips).
+    /// How a worker's step talks to the shards: `push-pull` is
+    /// `Worker::push_pull`, one Step request per shard whose reply carries
+    /// the values of the next clock (one round trip); `separate` is a push
+    /// and then a pull (two round trips); `step-into` is `Worker::step_into`
+    /// as a user's loop calls it, gradients borrowed (`ArrayD`) and the
+    /// previous step's arrays reused for the pulled values.
     #[arg(long, value_delimiter = ',', default_value = "push-pull")]
     steps: Vec<Step>,
     /// How the workers hold their gradients: `shared` (`ArcArray`, which a
@@ -164,10 +167,15 @@ impl Gradients {
 /// How one timed step reaches the shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Step {
-    /// `Worker::push_pull`: one round trip per part.
+    /// `Worker::push_pull`: one round trip per shard.
     PushPull,
     /// `Worker::push` then `Worker::pull`: two round trips per part.
     Separate,
+    /// `Worker::step_into`, a user's loop through the public API: the
+    /// gradients borrowed `ArrayD`s, the pulled values read into the
+    /// previous step's arrays.
+    #[value(name = "step-into")]
+    Into,
 }
 
 impl Step {
@@ -175,18 +183,22 @@ impl Step {
         match self {
             Step::PushPull => "push-pull",
             Step::Separate => "separate",
+            Step::Into => "step-into",
         }
     }
 
     /// Runs one step of `w`, with `grads` borrowed or, with `shared`, as
-    /// shared `ArcArray`s (which a push-pull sends without a copy).
+    /// shared `ArcArray`s (which a push-pull sends without a copy);
+    /// `step-into` reads into `params`.
     async fn run(
         self,
         w: &mut Worker,
         grads: &BTreeMap<String, ndarray::ArrayD<f32>>,
         shared: Option<&BTreeMap<String, ndarray::ArcArray<f32, ndarray::IxDyn>>>,
+        params: &mut ps_worker::Pulled,
     ) -> Result<(), ps_worker::WorkerError> {
         match self {
+            Step::Into => w.step_into(grads, params).await,
             Step::PushPull => match shared {
                 Some(shared) => w.push_pull(shared).await.map(drop),
                 None => w.push_pull(grads).await.map(drop),
@@ -343,8 +355,9 @@ impl WorkerJob {
             .collect();
         let shared = (self.gradients == Gradients::Shared && self.step == Step::PushPull)
             .then(|| grads.iter().map(|(k, g)| (k.clone(), g.to_shared())).collect::<BTreeMap<_, _>>());
+        let mut params = ps_worker::Pulled::default();
         for _ in 0..WARM_UP_STEPS {
-            self.step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
+            self.step.run(&mut w, &grads, shared.as_ref(), &mut params).await.map_err(|e| e.to_string())?;
         }
         self.ready.wait().await;
         let limit = Duration::from_secs_f64(self.seconds);
@@ -355,7 +368,7 @@ impl WorkerJob {
             || ((latencies.len() < min || started.elapsed() < MIN_TIMED) && started.elapsed() < limit)
         {
             let t = Instant::now();
-            self.step.run(&mut w, &grads, shared.as_ref()).await.map_err(|e| e.to_string())?;
+            self.step.run(&mut w, &grads, shared.as_ref(), &mut params).await.map_err(|e| e.to_string())?;
             latencies.push(t.elapsed());
         }
         let ended = Instant::now();
