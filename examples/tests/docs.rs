@@ -29,7 +29,13 @@ const BLOCKS: &[(&str, &str, Check)] = &[
     ("README.md", MAIN_COMMANDS, Check::Ci("runs both commands and checks the main job's summary")),
     ("README.md", CLUSTER, Check::Run("readme_cluster_trains_well_with_default_flags_under_ssp_and_async")),
     ("README.md", RESTART, Check::Run("readme_shard_restart_brings_the_job_back")),
+    ("README.md", PYTHON, Check::Ci("installs the package in a venv, runs the example and checks its summary")),
 ];
+
+const PYTHON: &str = "\
+pip install ./python                                  # the worker library for Python (PyO3 + maturin; needs the Rust toolchain)
+python python/examples/fashion_mnist_cnn.py           # PyTorch CNN on Fashion-MNIST, 4 worker processes, sync / ssp(3) / async vs a PyTorch baseline
+";
 
 const MAIN_COMMANDS: &str = "\
 cargo run --release -p ps-examples --bin compare   # main job: Fashion-MNIST under every policy (~3 min cold build, ~2 min run)
