@@ -29,7 +29,11 @@ const BLOCKS: &[(&str, &str, Check)] = &[
     ("README.md", MAIN_COMMANDS, Check::Ci("runs both commands and checks the main job's summary")),
     ("README.md", CLUSTER, Check::Run("readme_cluster_trains_well_with_default_flags_under_ssp_and_async")),
     ("README.md", RESTART, Check::Run("readme_shard_restart_brings_the_job_back")),
-    ("README.md", PYTHON, Check::Ci("installs the package in a venv, runs the example and checks its summary")),
+    (
+        "README.md",
+        PYTHON,
+        Check::Ci("installs the package in a venv, runs the example and checks its summary"),
+    ),
 ];
 
 const PYTHON: &str = "\

@@ -82,26 +82,71 @@ fn shared_frames(header: &pb::PushHeader, data: &Bytes, cfg: &WorkerConfig) -> V
     frame::data_frames(data, chunk_bytes, 4, fields)
 }
 
-/// Feeds `pushes` into `tx` one after the other; stops early if the
-/// request is gone.
+/// Feeds `pushes` into `tx` one after the other, the frames of small
+/// pushes packed together ([`frame::Packer`]); stops early if the request
+/// is gone.
 async fn feed_several(tx: tokio::sync::mpsc::Sender<Bytes>, pushes: &[Outgoing<'_>], cfg: &WorkerConfig) {
+    let mut packer = frame::Packer::default();
     for push in pushes {
-        match push {
-            Outgoing::Push { header, values } => feed_push(tx.clone(), header, values, cfg).await,
-            Outgoing::Shared { header, data } => {
-                for frame in shared_frames(header, data, cfg) {
-                    if tx.send(frame).await.is_err() {
-                        return;
-                    }
-                }
+        let small = match push {
+            Outgoing::Push { values, .. } => {
+                values.len() * cfg.wire_dtype.size() < frame::pack::PACKED_FRAME_BYTES
             }
+            Outgoing::Shared { data, .. } => data.len() < frame::pack::PACKED_FRAME_BYTES,
             // Only pushes are sent together.
-            Outgoing::Message(_) | Outgoing::Several(_) => {}
-        }
-        if tx.is_closed() {
+            Outgoing::Message(_) | Outgoing::Several(_) => continue,
+        };
+        let sent = if small {
+            let ready: Vec<Bytes> = small_push_frames(push, cfg).flat_map(|f| packer.push(f)).collect();
+            send_all(&tx, ready).await
+        } else {
+            let packed = send_all(&tx, packer.flush()).await;
+            packed
+                && match push {
+                    Outgoing::Push { header, values } => {
+                        feed_push(tx.clone(), header, values, cfg).await;
+                        true
+                    }
+                    Outgoing::Shared { header, data } => {
+                        send_all(&tx, shared_frames(header, data, cfg)).await
+                    }
+                    Outgoing::Message(_) | Outgoing::Several(_) => true,
+                }
+        };
+        if !sent || tx.is_closed() {
             return;
         }
     }
+    send_all(&tx, packer.flush()).await;
+}
+
+/// The frames of a push small enough to be packed.
+fn small_push_frames<'p>(
+    push: &'p Outgoing<'_>,
+    cfg: &'p WorkerConfig,
+) -> Box<dyn Iterator<Item = Bytes> + Send + 'p> {
+    match push {
+        Outgoing::Push { header, values } => {
+            let mut header = Some((*header).clone());
+            let fields = move |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
+            let chunk_bytes = chunk::chunk_bytes_for(values.len() * cfg.wire_dtype.size(), cfg.chunk_bytes);
+            Box::new(
+                frame::encoded_chunks(values, cfg.wire_dtype, chunk_bytes, fields).flat_map(|(h, d)| [h, d]),
+            )
+        }
+        Outgoing::Shared { header, data } => Box::new(shared_frames(header, data, cfg).into_iter()),
+        Outgoing::Message(_) | Outgoing::Several(_) => Box::new(std::iter::empty()),
+    }
+}
+
+/// Sends `frames` into `tx`; false if the request is gone.
+async fn send_all(tx: &tokio::sync::mpsc::Sender<Bytes>, frames: impl IntoIterator<Item = Bytes>) -> bool {
+    for frame in frames {
+        if tx.send(frame).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Encodes a push of `values` chunk by chunk into `tx` (each chunk's

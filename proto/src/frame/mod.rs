@@ -14,10 +14,12 @@
 pub mod body;
 pub mod framing;
 pub mod messages;
+pub mod pack;
 
 pub use body::{EncodingBody, FramesBody, data_frames, encoded_chunks};
 pub use framing::{DATA_FIELD, Deframer, FrameError, data_message_head, message, split_data};
 pub use messages::{MessageReader, ReadError};
+pub use pack::Packer;
 
 /// The content type of every gRPC request and reply.
 pub const GRPC_CONTENT_TYPE: &str = "application/grpc";

@@ -12,7 +12,7 @@
 //! before it applied (their version vectors show it, and a retry of the
 //! whole request finds them duplicates).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -50,10 +50,49 @@ enum Out {
     End(http::HeaderMap),
 }
 
-/// A reply body fed frame by frame by the task that pulls its parts.
+/// A reply body fed frame by frame by the task that pulls its parts. The
+/// small frames ready when the transport asks for more are packed into
+/// one ([`frame::Packer`]), so a burst of small parts is one write.
 struct PartsBody {
     frames: mpsc::Receiver<Out>,
+    packer: frame::Packer,
+    /// Frames ready to go out, in order.
+    ready: VecDeque<http_body::Frame<Bytes>>,
+    /// The feeding task ended the reply: once `ready` is out, so is the body.
     ended: bool,
+}
+
+impl PartsBody {
+    fn new(frames: mpsc::Receiver<Out>) -> Self {
+        Self { frames, packer: frame::Packer::default(), ready: VecDeque::new(), ended: false }
+    }
+
+    /// Takes what the feeding task has sent so far into `ready`, packing
+    /// small frames, until a frame is ready to go out or nothing more is.
+    fn take_sent(&mut self, cx: &mut Context<'_>) {
+        while self.ready.is_empty() && !self.ended {
+            match self.frames.poll_recv(cx) {
+                Poll::Ready(Some(Out::Frame(data))) => {
+                    self.ready.extend(self.packer.push(data).map(http_body::Frame::data));
+                }
+                Poll::Ready(end) => {
+                    let trailers = match end {
+                        Some(Out::End(trailers)) => trailers,
+                        _ => status_trailers(tonic::Status::internal(
+                            "the shard stopped sending this reply's parts",
+                        )),
+                    };
+                    self.ready.extend(self.packer.flush().map(http_body::Frame::data));
+                    self.ready.push_back(http_body::Frame::trailers(trailers));
+                    self.ended = true;
+                }
+                Poll::Pending => {
+                    self.ready.extend(self.packer.flush().map(http_body::Frame::data));
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl http_body::Body for PartsBody {
@@ -64,22 +103,12 @@ impl http_body::Body for PartsBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if self.ended {
-            return Poll::Ready(None);
+        self.take_sent(cx);
+        match self.ready.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None if self.ended => Poll::Ready(None),
+            None => Poll::Pending,
         }
-        let frame = match std::task::ready!(self.frames.poll_recv(cx)) {
-            Some(Out::Frame(data)) => http_body::Frame::data(data),
-            Some(Out::End(trailers)) => {
-                self.ended = true;
-                http_body::Frame::trailers(trailers)
-            }
-            None => {
-                self.ended = true;
-                let status = tonic::Status::internal("the shard stopped sending this reply's parts");
-                http_body::Frame::trailers(status_trailers(status))
-            }
-        };
-        Poll::Ready(Some(Ok(frame)))
     }
 }
 
@@ -109,7 +138,7 @@ impl Service {
         let (tx, frames) = mpsc::channel(REPLY_DEPTH);
         let service = self.clone();
         tokio::spawn(async move { service.finish_step(stream, step, first, tx).await });
-        served(grpc_response(tonic::body::Body::new(PartsBody { frames, ended: false })), 0)
+        served(grpc_response(tonic::body::Body::new(PartsBody::new(frames))), 0)
     }
 
     /// Applies the next push of a `Step` and returns the pull that answers
@@ -238,7 +267,7 @@ impl Service {
             drop(pulls_tx);
             service.stream_parts(requests, &tx).await;
         });
-        grpc_response(tonic::body::Body::new(PartsBody { frames, ended: false }))
+        grpc_response(tonic::body::Body::new(PartsBody::new(frames)))
     }
 
     /// Pulls each part `requests` names as it comes, sends each into `tx`
