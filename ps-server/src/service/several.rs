@@ -324,21 +324,30 @@ impl Service {
     /// One pulled part as reply frames: its chunks, the first with its
     /// header. f32 data shares the snapshot (its lease ends with the last
     /// frame); f16 and bf16 are encoded here.
-    fn part_frames(&self, PullReply { header, values, lease, dtype }: PullReply) -> Vec<Bytes> {
+    fn part_frames(
+        &self,
+        PullReply { header, values, lease, dtype }: PullReply,
+    ) -> Box<dyn Iterator<Item = Bytes> + Send> {
         let chunk_bytes =
             ps_proto::chunk::chunk_bytes_for(values.len() * dtype.size(), self.shard.config().chunk_bytes);
         let mut header = Some(header);
-        let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
+        let mut fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
         let values = LeasedValues { values, _lease: lease };
         if dtype == WireDtype::F32 {
             let payload = wire::shared_f32_bytes(values);
-            frame::data_frames(&payload, chunk_bytes, dtype.size(), fields).into()
-        } else {
-            frame::encoded_chunks(values.as_ref(), dtype, chunk_bytes, fields)
-                .flat_map(|(head, data)| [head, data])
-                .filter(|b| !b.is_empty())
-                .collect()
+            return Box::new(frame::data_frames(&payload, chunk_bytes, dtype.size(), fields).into_iter());
         }
+        // Encoded a chunk at a time, as the reply's channel takes them, so
+        // that a large part is never held encoded whole.
+        let chunk_elems = (chunk_bytes / dtype.size()).max(1);
+        let len = values.as_ref().len();
+        let chunks = (0..len.max(1)).step_by(chunk_elems).flat_map(move |start| {
+            let end = (start + chunk_elems).min(len);
+            let data = wire::encode(&values.as_ref()[start..end], dtype);
+            let head = frame::data_message_head(&fields((start * dtype.size()) as u64), data.len());
+            [head, data]
+        });
+        Box::new(chunks.filter(|b| !b.is_empty()))
     }
 }
 
