@@ -97,21 +97,10 @@ async fn feed_several(tx: tokio::sync::mpsc::Sender<Bytes>, pushes: &[Outgoing<'
             Outgoing::Message(_) | Outgoing::Several(_) => continue,
         };
         let sent = if small {
-            let ready: Vec<Bytes> = small_push_frames(push, cfg).flat_map(|f| packer.push(f)).collect();
+            let ready: Vec<Bytes> = push_frames_of(push, cfg).flat_map(|f| packer.push(f)).collect();
             send_all(&tx, ready).await
         } else {
-            let packed = send_all(&tx, packer.flush()).await;
-            packed
-                && match push {
-                    Outgoing::Push { header, values } => {
-                        feed_push(tx.clone(), header, values, cfg).await;
-                        true
-                    }
-                    Outgoing::Shared { header, data } => {
-                        send_all(&tx, shared_frames(header, data, cfg)).await
-                    }
-                    Outgoing::Message(_) | Outgoing::Several(_) => true,
-                }
+            send_all(&tx, packer.flush()).await && send_all(&tx, push_frames_of(push, cfg)).await
         };
         if !sent || tx.is_closed() {
             return;
@@ -120,23 +109,31 @@ async fn feed_several(tx: tokio::sync::mpsc::Sender<Bytes>, pushes: &[Outgoing<'
     send_all(&tx, packer.flush()).await;
 }
 
-/// The frames of a push small enough to be packed.
-fn small_push_frames<'p>(
+/// The frames of a push, encoded as they are iterated.
+fn push_frames_of<'p>(
     push: &'p Outgoing<'_>,
     cfg: &'p WorkerConfig,
 ) -> Box<dyn Iterator<Item = Bytes> + Send + 'p> {
     match push {
-        Outgoing::Push { header, values } => {
-            let mut header = Some((*header).clone());
-            let fields = move |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
-            let chunk_bytes = chunk::chunk_bytes_for(values.len() * cfg.wire_dtype.size(), cfg.chunk_bytes);
-            Box::new(
-                frame::encoded_chunks(values, cfg.wire_dtype, chunk_bytes, fields).flat_map(|(h, d)| [h, d]),
-            )
-        }
+        Outgoing::Push { header, values } => Box::new(push_frames(header, values, cfg)),
         Outgoing::Shared { header, data } => Box::new(shared_frames(header, data, cfg).into_iter()),
         Outgoing::Message(_) | Outgoing::Several(_) => Box::new(std::iter::empty()),
     }
+}
+
+/// The frames of a push of `values`, each chunk encoded when the iterator
+/// reaches it: its head, then its data (none for an empty push).
+fn push_frames<'p>(
+    header: &pb::PushHeader,
+    values: &'p [f32],
+    cfg: &WorkerConfig,
+) -> impl Iterator<Item = Bytes> + Send + 'p {
+    let mut header = Some(header.clone());
+    let fields = move |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
+    let chunk_bytes = chunk::chunk_bytes_for(values.len() * cfg.wire_dtype.size(), cfg.chunk_bytes);
+    frame::encoded_chunks(values, cfg.wire_dtype, chunk_bytes, fields)
+        .flat_map(|(head, data)| [head, data])
+        .filter(|b| !b.is_empty())
 }
 
 /// Sends `frames` into `tx`; false if the request is gone.
@@ -158,15 +155,7 @@ async fn feed_push(
     values: &[f32],
     cfg: &WorkerConfig,
 ) {
-    let dtype = cfg.wire_dtype;
-    let mut header = Some(header.clone());
-    let fields = |offset| pb::PushChunk { header: header.take(), offset, data: Bytes::new() };
-    let chunk_bytes = chunk::chunk_bytes_for(values.len() * dtype.size(), cfg.chunk_bytes);
-    for (head, data) in frame::encoded_chunks(values, dtype, chunk_bytes, fields) {
-        if tx.send(head).await.is_err() || (!data.is_empty() && tx.send(data).await.is_err()) {
-            return;
-        }
-    }
+    send_all(&tx, push_frames(header, values, cfg)).await;
 }
 
 /// The `grpc-timeout` value of `deadline`: the finest unit that fits the

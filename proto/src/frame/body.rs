@@ -76,17 +76,18 @@ fn encode_chunk<M: Message>(
 
 /// The chunks of `values` encoded as `dtype`, each encoded only when the
 /// iterator reaches it: `(message head, data)`, data empty only for an
-/// empty `values`, which is one chunk.
-pub fn encoded_chunks<'a, M: Message>(
-    values: &'a [f32],
+/// empty `values`, which is one chunk. `values` is borrowed (`&[f32]`) or
+/// any owner of the elements, which the iterator keeps until it ends.
+pub fn encoded_chunks<V: AsRef<[f32]>, M: Message>(
+    values: V,
     dtype: WireDtype,
     chunk_bytes: usize,
-    mut fields: impl FnMut(u64) -> M + 'a,
-) -> impl Iterator<Item = (Bytes, Bytes)> + 'a {
+    mut fields: impl FnMut(u64) -> M,
+) -> impl Iterator<Item = (Bytes, Bytes)> {
     let chunk_elems = chunk_elems(chunk_bytes, dtype);
     let mut next = Some(0);
     std::iter::from_fn(move || {
-        let (head, data, after) = encode_chunk(values, next?, chunk_elems, dtype, &mut fields);
+        let (head, data, after) = encode_chunk(values.as_ref(), next?, chunk_elems, dtype, &mut fields);
         next = after;
         Some((head, data))
     })

@@ -331,7 +331,7 @@ impl Service {
         let chunk_bytes =
             ps_proto::chunk::chunk_bytes_for(values.len() * dtype.size(), self.shard.config().chunk_bytes);
         let mut header = Some(header);
-        let mut fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
+        let fields = move |offset| pb::PullChunk { header: header.take(), offset, data: Bytes::new() };
         let values = LeasedValues { values, _lease: lease };
         if dtype == WireDtype::F32 {
             let payload = wire::shared_f32_bytes(values);
@@ -339,14 +339,8 @@ impl Service {
         }
         // Encoded a chunk at a time, as the reply's channel takes them, so
         // that a large part is never held encoded whole.
-        let chunk_elems = (chunk_bytes / dtype.size()).max(1);
-        let len = values.as_ref().len();
-        let chunks = (0..len.max(1)).step_by(chunk_elems).flat_map(move |start| {
-            let end = (start + chunk_elems).min(len);
-            let data = wire::encode(&values.as_ref()[start..end], dtype);
-            let head = frame::data_message_head(&fields((start * dtype.size()) as u64), data.len());
-            [head, data]
-        });
+        let chunks =
+            frame::encoded_chunks(values, dtype, chunk_bytes, fields).flat_map(|(head, data)| [head, data]);
         Box::new(chunks.filter(|b| !b.is_empty()))
     }
 }
