@@ -153,10 +153,7 @@ impl Attempt for ReadPart<'_, '_> {
         let mut chunks = ChunkSequence::new(part.len, dtype.size());
         let mut versions = None;
         while let Some(msg) = reply.message().await? {
-            let (fields, data) =
-                frame::split_data(msg).map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
-            let chunk = pb::PullChunk::decode(&fields[..])
-                .map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
+            let (chunk, data) = reply_chunk(msg)?;
             if let Some(h) = chunk.header {
                 if versions.is_some() {
                     return Err(protocol("a second header in the reply".into()));
@@ -193,6 +190,14 @@ impl Attempt for ReadPart<'_, '_> {
 pub(crate) fn merge_versions(parts: &[Vec<i64>]) -> Vec<i64> {
     let width = parts.iter().map(Vec::len).max().unwrap_or(0);
     (0..width).map(|w| parts.iter().map(|p| p.get(w).copied().unwrap_or(-1)).min().unwrap_or(-1)).collect()
+}
+
+/// A message of a pull's reply: its `PullChunk` fields and its data.
+pub(crate) fn reply_chunk(msg: rope::Segments) -> Result<(pb::PullChunk, rope::Segments), Failure> {
+    let malformed = |e: &dyn std::fmt::Display| Failure::Protocol(format!("malformed reply chunk: {e}"));
+    let (fields, data) = frame::split_data(msg).map_err(|e| malformed(&e))?;
+    let chunk = pb::PullChunk::decode(&fields[..]).map_err(|e| malformed(&e))?;
+    Ok((chunk, data))
 }
 
 #[cfg(test)]

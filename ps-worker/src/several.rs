@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use ndarray::{ArrayD, IxDyn};
-use prost::Message as _;
 use ps_proto::chunk::ChunkSequence;
 use ps_proto::placement::Part;
 use ps_proto::wire::WireDtype;
@@ -21,7 +20,7 @@ use crate::connection::{Attempt, Failure, Shards};
 use crate::data_path::Outgoing;
 use crate::declared::{Declared, TensorInfo};
 use crate::error::WorkerError;
-use crate::pull::{PartBuffer, Pulled, merge_versions};
+use crate::pull::{PartBuffer, Pulled, merge_versions, reply_chunk};
 use crate::push::{GradientData, check_gradients, contiguous, push_header, push_pieces};
 
 /// One part of a several-part request: its tensor (an index into the
@@ -236,10 +235,7 @@ impl Attempt for ShardRequest<'_, '_> {
         let mut got: Vec<Option<PartPulled>> = vec![None; self.entries.len()];
         let mut current: Option<(usize, ChunkSequence)> = None;
         while let Some(msg) = reply.message().await? {
-            let (fields, data) =
-                frame::split_data(msg).map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
-            let chunk = pb::PullChunk::decode(&fields[..])
-                .map_err(|e| protocol(format!("malformed reply chunk: {e}")))?;
+            let (chunk, data) = reply_chunk(msg)?;
             if let Some(h) = chunk.header {
                 if let Some((i, chunks)) = current.take() {
                     chunks

@@ -83,13 +83,7 @@ impl Service {
             .header
             .ok_or_else(|| PsError::InvalidArgument("the first push chunk has no header".into()))?;
         let dtype = dtype(header.dtype)?;
-        let head = PushHead {
-            tensor: &header.tensor,
-            worker: header.worker,
-            clock: header.clock,
-            offset: header.offset,
-            len: header.len,
-        };
+        let head = push_head(&header);
         let first = (first.offset, first_data);
         let received = |target| self.receive(target, &header, dtype, first, &mut stream, Ends::AtStreamEnd);
         let applied = self.shard.push_with(head, received).await?;
@@ -107,13 +101,7 @@ impl Service {
         stream: &mut PushFrames,
     ) -> Result<u64, Rejected> {
         let dtype = dtype(header.dtype)?;
-        let head = PushHead {
-            tensor: &header.tensor,
-            worker: header.worker,
-            clock: header.clock,
-            offset: header.offset,
-            len: header.len,
-        };
+        let head = push_head(header);
         let first = (first.offset, first_data);
         let received = |target| self.receive(target, header, dtype, first, stream, Ends::AtNextHeader);
         self.shard.push_with(head, received).await?;
@@ -298,5 +286,16 @@ impl Service {
             let body = EncodingBody::new(values, dtype, chunk_bytes, fields, Some(ok_trailers()));
             grpc_response(tonic::body::Body::new(body))
         }
+    }
+}
+
+/// What the shard needs of a push's header to apply it.
+fn push_head(header: &pb::PushHeader) -> PushHead<'_> {
+    PushHead {
+        tensor: &header.tensor,
+        worker: header.worker,
+        clock: header.clock,
+        offset: header.offset,
+        len: header.len,
     }
 }
