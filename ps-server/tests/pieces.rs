@@ -2,6 +2,8 @@
 //! they declare, push large parts one piece per request, and every worker
 //! reads exactly what whole pushes would have given.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -60,16 +62,6 @@ async fn run(cluster: &LocalCluster) -> Vec<Vec<Vec<u32>>> {
     futures::future::join_all(runs).await
 }
 
-/// Sum over shards of `ps_server_requests_total` for `rpc` with code ok.
-fn ok_requests(cluster: &LocalCluster, rpc: &str) -> f64 {
-    let text = ps_server::metrics::encode(cluster.registries());
-    text.lines()
-        .filter(|l| l.starts_with("ps_server_requests_total{"))
-        .filter(|l| l.contains(&format!("rpc=\"{rpc}\"")) && l.contains("code=\"ok\""))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_in_pieces_read_exactly_what_whole_pushes_read() {
     let pieced = LocalCluster::start(2, config(8)).await.expect("cluster");
@@ -85,11 +77,11 @@ async fn pushes_in_pieces_read_exactly_what_whole_pushes_read() {
     // alone. Pulls are one PullMany per shard either way.
     let (w, shards) = (WORKERS as f64, 2.0);
     let (steps, pushes) = ((STEPS as f64 / 2.0).ceil(), (STEPS as f64 / 2.0).floor());
-    assert_eq!(ok_requests(&whole, "push"), 2.0 * w * pushes);
-    assert_eq!(ok_requests(&pieced, "push"), 2.0 * w * (3.0 * pushes + 2.0 * steps));
+    assert_eq!(common::ok_requests(&whole, "push"), 2.0 * w * pushes);
+    assert_eq!(common::ok_requests(&pieced, "push"), 2.0 * w * (3.0 * pushes + 2.0 * steps));
     for cluster in [&whole, &pieced] {
-        assert_eq!(ok_requests(cluster, "step"), shards * w * steps);
-        assert_eq!(ok_requests(cluster, "pull_many"), shards * w * (1.0 + pushes));
+        assert_eq!(common::ok_requests(cluster, "step"), shards * w * steps);
+        assert_eq!(common::ok_requests(cluster, "pull_many"), shards * w * (1.0 + pushes));
     }
 }
 

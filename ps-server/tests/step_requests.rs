@@ -3,6 +3,8 @@
 //! replies stream each part when its own policy releases it; the worker
 //! library sends one request per shard whatever the number of tensors.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -188,16 +190,6 @@ async fn malformed_several_part_requests_are_refused_with_the_reason() {
     assert!(err.message().contains("twice"), "{}", err.message());
 }
 
-/// Sum over shards of `ps_server_requests_total` for `rpc` with code ok.
-fn ok_requests(cluster: &LocalCluster, rpc: &str) -> f64 {
-    let text = ps_server::metrics::encode(cluster.registries());
-    text.lines()
-        .filter(|l| l.starts_with("ps_server_requests_total{"))
-        .filter(|l| l.contains(&format!("rpc=\"{rpc}\"")) && l.contains("code=\"ok\""))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// Through the worker library, a step refused for one tensor's gradient
 /// is an error naming that tensor, whichever part of the request it was,
 /// and a pull of an unknown tensor in a `PullMany` names it too.
@@ -282,18 +274,18 @@ async fn two_hundred_tensors_take_one_request_per_shard() {
     let decls: Vec<TensorDecl> =
         (0..200).map(|i| TensorDecl::new(format!("t{i:03}"), &[3, 5]).constant(i as f32)).collect();
     w.declare_all(&decls).await.expect("declare");
-    assert_eq!(ok_requests(&cluster, "declare_many"), 2.0);
-    assert_eq!(ok_requests(&cluster, "declare"), 0.0);
+    assert_eq!(common::ok_requests(&cluster, "declare_many"), 2.0);
+    assert_eq!(common::ok_requests(&cluster, "declare"), 0.0);
     let pulled = w.pull().await.expect("pull");
     assert_eq!(pulled.values.len(), 200);
     assert_eq!(pulled.values["t007"], ArrayD::from_elem(vec![3, 5], 7.0f32));
-    assert_eq!(ok_requests(&cluster, "pull_many"), 2.0);
+    assert_eq!(common::ok_requests(&cluster, "pull_many"), 2.0);
     let grads: BTreeMap<String, ArrayD<f32>> =
         (0..200).map(|i| (format!("t{i:03}"), ArrayD::from_elem(vec![3, 5], 1.0f32))).collect();
     let stepped = w.step(&grads).await.expect("step");
     assert_eq!(stepped.versions["t199"], vec![0]);
-    assert_eq!(ok_requests(&cluster, "step"), 2.0);
-    assert_eq!(ok_requests(&cluster, "push") + ok_requests(&cluster, "pull"), 0.0);
+    assert_eq!(common::ok_requests(&cluster, "step"), 2.0);
+    assert_eq!(common::ok_requests(&cluster, "push") + common::ok_requests(&cluster, "pull"), 0.0);
     let text = ps_server::metrics::encode(cluster.registries());
     let parts: f64 = text
         .lines()

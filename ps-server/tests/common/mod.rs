@@ -119,3 +119,13 @@ pub(crate) fn ps_worker_bin() -> std::path::PathBuf {
     assert!(path.exists(), "{} is missing: run the tests with --workspace", path.display());
     path
 }
+
+/// Sum over shards of `ps_server_requests_total` for `rpc` with code ok.
+pub(crate) fn ok_requests(cluster: &ps_server::LocalCluster, rpc: &str) -> f64 {
+    let text = ps_server::metrics::encode(cluster.registries());
+    text.lines()
+        .filter(|l| l.starts_with("ps_server_requests_total{"))
+        .filter(|l| l.contains(&format!("rpc=\"{rpc}\"")) && l.contains("code=\"ok\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
