@@ -306,7 +306,7 @@ fn tensor_push(c: &mut Criterion) {
     quick(&mut group);
 
     group.throughput(bytes(N * 4));
-    let mut part_async = part(Policy::Async, 1);
+    let mut part_async = part(Policy::ASYNC, 1);
     let mut clock = 0;
     group.bench_function("async", |b| {
         b.iter_batched(
@@ -321,7 +321,7 @@ fn tensor_push(c: &mut Criterion) {
     });
 
     group.throughput(bytes(2 * N * 4));
-    let mut part_sync = part(Policy::Sync, 2);
+    let mut part_sync = part(Policy::SYNC, 2);
     let mut clock = 0;
     group.bench_function("sync_round_2_workers", |b| {
         b.iter_batched(

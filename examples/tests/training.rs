@@ -32,7 +32,7 @@ fn two_workers_learn_fashion_mnist_under_each_policy() {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    for policy in [Policy::Sync, Policy::Ssp { staleness: 2 }, Policy::Async] {
+    for policy in [Policy::SYNC, Policy::ssp(2), Policy::ASYNC] {
         let cluster = runtime
             .block_on(LocalCluster::start(2, ShardConfig { num_workers: 2, ..ShardConfig::default() }))
             .expect("cluster");

@@ -41,6 +41,6 @@ pub use auth::AuthToken;
 pub use cluster::ClusterSpec;
 pub use optimizer::{OptimizerConfig, OptimizerKind};
 pub use placement::{Part, place};
-pub use policy::Policy;
+pub use policy::{Policy, PolicyFields, Scaling};
 pub use restart::{RESTART_CAUSE, RESTART_CHECKPOINT, Restart};
 pub use wire::WireDtype;

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::optim::OptimizerConfig;
 use crate::sync::Policy;
+use ps_proto::Scaling;
 
 /// How a sync round combines the workers' gradients (mean: divided by the
 /// workers that contributed to the round); in ssp and async, how each push
@@ -49,12 +50,18 @@ pub enum PolicyName {
 }
 
 impl PolicyName {
-    /// The policy with `staleness` as the bound for ssp.
+    /// The policy with `staleness` as the bound for ssp (unscaled).
     pub fn with_staleness(self, staleness: u32) -> Policy {
+        self.with_options(staleness, 0, Scaling::None)
+    }
+
+    /// The policy with its options: `staleness` for ssp, `backup` workers
+    /// for sync, `scaling` for ssp and async (each ignored elsewhere).
+    pub fn with_options(self, staleness: u32, backup: u32, scaling: Scaling) -> Policy {
         match self {
-            PolicyName::Sync => Policy::Sync,
-            PolicyName::Ssp => Policy::Ssp { staleness },
-            PolicyName::Async => Policy::Async,
+            PolicyName::Sync => Policy::Sync { backup },
+            PolicyName::Ssp => Policy::Ssp { staleness, scaling },
+            PolicyName::Async => Policy::Async { scaling },
         }
     }
 }
@@ -80,6 +87,11 @@ pub struct ShardConfig {
     pub policy: PolicyName,
     /// Default staleness bound for ssp tensors.
     pub staleness: u32,
+    /// Default backup workers b for sync tensors: a round closes on the
+    /// first `W - b` gradients.
+    pub backup_workers: u32,
+    /// Default staleness scaling for ssp and async tensors.
+    pub staleness_scaling: Scaling,
     /// Mean or sum of the workers' gradients.
     pub aggregation: Aggregation,
     /// Default optimizer of tensors that do not choose one.
@@ -157,6 +169,8 @@ impl Default for ShardConfig {
             initial_workers: None,
             policy: PolicyName::Sync,
             staleness: 2,
+            backup_workers: 0,
+            staleness_scaling: Scaling::None,
             aggregation: Aggregation::Mean,
             optimizer: OptimizerConfig::default(),
             max_message_bytes: 16 << 20,
@@ -196,7 +210,7 @@ impl ShardConfig {
         let mut differences = Vec::new();
         if manifest.policy != self.default_policy() {
             differences.push(format!(
-                "--policy/--staleness {} (this shard: {})",
+                "--policy/--staleness/--backup-workers/--staleness-scaling {} (this shard: {})",
                 manifest.policy,
                 self.default_policy()
             ));
@@ -254,18 +268,19 @@ impl ShardConfig {
 
     /// The default policy as the sync core sees it.
     pub fn default_policy(&self) -> Policy {
-        self.policy.with_staleness(self.staleness)
+        self.policy.with_options(self.staleness, self.backup_workers, self.staleness_scaling)
     }
 
     /// This config with `policy` as the cluster default: its name and, for
     /// ssp, its staleness.
     pub fn with_default_policy(self, policy: Policy) -> Self {
         let (name, staleness) = match policy {
-            Policy::Sync => (PolicyName::Sync, self.staleness),
-            Policy::Ssp { staleness } => (PolicyName::Ssp, staleness),
-            Policy::Async => (PolicyName::Async, self.staleness),
+            Policy::Sync { .. } => (PolicyName::Sync, self.staleness),
+            Policy::Ssp { staleness, .. } => (PolicyName::Ssp, staleness),
+            Policy::Async { .. } => (PolicyName::Async, self.staleness),
         };
-        Self { policy: name, staleness, ..self }
+        let (backup_workers, staleness_scaling) = (policy.backup_workers(), policy.scaling());
+        Self { policy: name, staleness, backup_workers, staleness_scaling, ..self }
     }
 
     /// The size of the pieces sync pushes go in (0: whole pushes only):
@@ -282,13 +297,14 @@ impl ShardConfig {
 
     /// Elements per piece a push to a part of `len` elements under `policy`
     /// may cover instead of the whole part: 0 (whole pushes only) unless the
-    /// part is sync, longer than a piece ([`sync_piece_bytes`](Self::sync_piece_bytes)),
+    /// part is sync without backup workers (their rounds close without
+    /// some pushes, so a push must count whole or not at all), longer than a piece ([`sync_piece_bytes`](Self::sync_piece_bytes)),
     /// and its rounds sum several workers' pushes (with one worker the push
     /// is the round's sum, so there is no buffer to save).
     pub fn piece_len(&self, policy: Policy, len: u64) -> u64 {
         let bytes = self.sync_piece_bytes();
         let piece = (bytes / 4).max(1);
-        let pieced = policy == Policy::Sync && self.num_workers > 1 && bytes > 0 && len > piece;
+        let pieced = policy == Policy::SYNC && self.num_workers > 1 && bytes > 0 && len > piece;
         if pieced { piece } else { 0 }
     }
 
@@ -316,6 +332,28 @@ impl ShardConfig {
             return Err(format!(
                 "initial_workers {initial} exceeds num_workers {} (the largest worker count)",
                 self.num_workers
+            ));
+        }
+        if self.backup_workers > 0 && self.policy != PolicyName::Sync {
+            return Err(format!(
+                "backup_workers {} applies only to policy sync, and the policy is {}: drop it or use sync",
+                self.backup_workers,
+                self.policy.with_staleness(self.staleness)
+            ));
+        }
+        let workers = self.initial_workers.unwrap_or(self.num_workers);
+        if self.backup_workers > 0 && self.backup_workers >= workers {
+            return Err(format!(
+                "backup_workers {} leaves no worker to close a round with {workers} workers: use at most {}",
+                self.backup_workers,
+                workers.saturating_sub(1)
+            ));
+        }
+        if self.staleness_scaling != Scaling::None && self.policy == PolicyName::Sync {
+            return Err(format!(
+                "staleness_scaling {} applies only to policies ssp and async (sync reads are never stale): \
+                 drop it or use ssp or async",
+                self.staleness_scaling
             ));
         }
         if self.chunk_bytes == 0 || self.chunk_bytes + 4096 > self.max_message_bytes {

@@ -11,8 +11,14 @@ use crate::sync::Policy;
 
 /// The policy a declaration asks for; `None` means the shard default.
 pub fn policy(spec: &pb::TensorSpec, default_staleness: u32) -> Result<Option<Policy>, PsError> {
-    Policy::from_pb(spec.policy, spec.staleness, default_staleness)
-        .map_err(|e| PsError::InvalidArgument(format!("tensor {}: {e}", shown(&spec.name))))
+    Policy::from_pb(
+        spec.policy,
+        spec.staleness,
+        default_staleness,
+        spec.backup_workers,
+        spec.staleness_scaling,
+    )
+    .map_err(|e| PsError::InvalidArgument(format!("tensor {}: {e}", shown(&spec.name))))
 }
 
 /// The initializer of a declaration (zeros when absent).

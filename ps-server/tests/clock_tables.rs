@@ -12,10 +12,13 @@
 //!
 //! Events: `push wW cC` (a whole push), `piece wW cC` (a piece, not the
 //! push's last), `applied`, `pull #ID wW cC`, `observe #ID cC`,
-//! `cancel #ID`, `join wW`, `leave wW`. Decisions are written in a fixed
+//! `cancel #ID`, `join wW`, `leave wW`, `read wW` (a released pull took
+//! its snapshot). Decisions are written in a fixed
 //! order, separated by `; `: the push decision, `update ...`, `read` or
 //! `wait`, `resume cC`, `release #ID...`, `refuse #ID(reason)...`,
-//! `frontier C`; `-` for none, `error reason` for a refusal.
+//! `frontier C`; `-` for none, `error reason` for a refusal. The line
+//! `versions -> [..]` checks the version vector, and after a line
+//! `show tau` an ssp/async update shows its staleness: `update push(wW cC tau T)`.
 
 use std::path::Path;
 
@@ -33,7 +36,7 @@ fn reason(e: &ClockError) -> &'static str {
     }
 }
 
-fn render(ready: &Ready) -> String {
+fn render(ready: &Ready, show_tau: bool) -> String {
     let mut parts = Vec::new();
     if let Some(push) = ready.push {
         parts.push(
@@ -41,12 +44,16 @@ fn render(ready: &Ready) -> String {
                 PushDecision::Apply => "apply",
                 PushDecision::Accumulate => "accumulate",
                 PushDecision::Duplicate => "duplicate",
+                PushDecision::Dropped => "dropped",
             }
             .to_string(),
         );
     }
     match ready.update {
-        Some(Update::Push { worker, clock }) => parts.push(format!("update push(w{worker} c{clock})")),
+        Some(Update::Push { worker, clock, staleness }) if show_tau => {
+            parts.push(format!("update push(w{worker} c{clock} tau {staleness})"))
+        }
+        Some(Update::Push { worker, clock, .. }) => parts.push(format!("update push(w{worker} c{clock})")),
         Some(Update::Round(r)) => parts.push(format!("update round(c{} of {})", r.clock, r.contributors)),
         None => {}
     }
@@ -102,6 +109,7 @@ fn event(text: &str) -> Event {
         "cancel" => Event::Cancel { id: next('#') },
         "join" => Event::Join { worker: next('w') as u32 },
         "leave" => Event::Leave { worker: next('w') as u32 },
+        "read" => Event::Read { worker: next('w') as u32 },
         _ => panic!("{text:?}: unknown event {verb:?}"),
     }
 }
@@ -112,9 +120,14 @@ fn run(path: &Path) -> Vec<String> {
     let mut policy: Option<Policy> = None;
     let mut table: Option<ClockTable> = None;
     let mut failures = Vec::new();
+    let mut show_tau = false;
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line == "show tau" {
+            show_tau = true;
             continue;
         }
         if let Some(p) = line.strip_prefix("policy ") {
@@ -128,9 +141,12 @@ fn run(path: &Path) -> Vec<String> {
         }
         let (event_text, expected) = line.split_once("->").unwrap_or_else(|| panic!("{line:?}: no ->"));
         let t = table.as_mut().expect("workers before events");
-        let got = match t.step(event(event_text.trim())) {
-            Ok(ready) => render(&ready),
-            Err(e) => format!("error {}", reason(&e)),
+        let got = match event_text.trim() {
+            "versions" => format!("{:?}", t.versions()),
+            text => match t.step(event(text)) {
+                Ok(ready) => render(&ready, show_tau),
+                Err(e) => format!("error {}", reason(&e)),
+            },
         };
         if got != expected.trim() {
             failures.push(format!(

@@ -282,12 +282,8 @@ async fn ps_server_reads_a_toml_config_and_flags_override_it() {
     worker.declare(&TensorDecl::new("t", &[1])).await.expect("declare");
     let status = worker.status().await.expect("status");
     assert_eq!(status[0].num_workers, 3);
-    assert_eq!(status[0].default_policy, ps_worker::Policy::Ssp { staleness: 7 });
-    assert_eq!(
-        status[0].tensors[0].policy,
-        ps_worker::Policy::Ssp { staleness: 7 },
-        "the flag overrides the file"
-    );
+    assert_eq!(status[0].default_policy, ps_worker::Policy::ssp(7));
+    assert_eq!(status[0].tensors[0].policy, ps_worker::Policy::ssp(7), "the flag overrides the file");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 

@@ -74,8 +74,9 @@ fn spec() -> impl Strategy<Value = pb::TensorSpec> {
             }
         )),
     ];
-    (name(), shape, init, optimizer, -1i32..5, prop::option::of(0u32..5), any::<bool>()).prop_map(
-        |(name, shape, init, optimizer, policy, staleness, allow_non_finite)| pb::TensorSpec {
+    let options = (0u32..4, -1i32..3);
+    (name(), shape, init, optimizer, -1i32..5, prop::option::of(0u32..5), any::<bool>(), options).prop_map(
+        |(
             name,
             shape,
             init,
@@ -83,6 +84,19 @@ fn spec() -> impl Strategy<Value = pb::TensorSpec> {
             policy,
             staleness,
             allow_non_finite,
+            (backup_workers, staleness_scaling),
+        )| {
+            pb::TensorSpec {
+                name,
+                shape,
+                init,
+                optimizer,
+                policy,
+                staleness,
+                allow_non_finite,
+                backup_workers,
+                staleness_scaling,
+            }
         },
     )
 }

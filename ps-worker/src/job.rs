@@ -30,7 +30,15 @@ impl ShardView {
         Self {
             num_workers: r.num_workers,
             initial_workers: job.initial_workers,
-            policy: Policy::from_pb(job.default_policy, Some(job.default_staleness), 0).ok().flatten(),
+            policy: Policy::from_pb(
+                job.default_policy,
+                Some(job.default_staleness),
+                0,
+                job.default_backup_workers,
+                job.default_staleness_scaling,
+            )
+            .ok()
+            .flatten(),
             optimizer: job.default_optimizer.as_ref().and_then(OptimizerConfig::from_pb),
             split_threshold: job.split_threshold,
             origin: r.origin.clone(),
@@ -157,7 +165,7 @@ mod tests {
         ShardView {
             num_workers: 4,
             initial_workers: 4,
-            policy: Some(Policy::Ssp { staleness: 3 }),
+            policy: Some(Policy::ssp(3)),
             optimizer: Some(OptimizerConfig::sgd(0.3)),
             split_threshold: 100,
             origin: None,
@@ -188,7 +196,7 @@ mod tests {
                 "has 2 workers but shard 0 (127.0.0.1:7070) has 4 workers",
             ),
             (
-                |v| v.policy = Some(Policy::Async),
+                |v| v.policy = Some(Policy::ASYNC),
                 "policy async but shard 0 (127.0.0.1:7070) has policy ssp(3)",
             ),
             (|v| v.optimizer = Some(OptimizerConfig::adam(1e-3)), "--optimizer"),

@@ -32,6 +32,14 @@ pub struct Pulled {
     pub versions: BTreeMap<String, Vec<i64>>,
     /// The longest time any part waited on a shard for the policy's release rule.
     pub waited: Duration,
+    /// Sync tensors read by a step or a several-tensor pull: the rounds
+    /// applied to the value (the least over its parts). Equal to the
+    /// clock, unless the tensor has backup workers.
+    pub rounds: BTreeMap<String, u64>,
+    /// Sync tensors with backup workers whose push in this step was
+    /// dropped on some part: its round closed before it arrived. Not an
+    /// error: the worker's clock moves on.
+    pub dropped: std::collections::BTreeSet<String>,
 }
 
 impl Pulled {

@@ -167,9 +167,16 @@ async fn push_part(
         let channel = shards.data(part.shard);
         let mut reply = outgoing.send(channel, frame::PUSH_PATH, deadline, cfg).await?;
         let msg = reply.message().await?.ok_or_else(|| tonic::Status::internal("empty push reply"))?;
-        let applied = pb::PushReply::decode(msg)
-            .map_err(|e| tonic::Status::internal(format!("malformed push reply: {e}")))?
-            .applied;
+        let reply_fields = pb::PushReply::decode(msg)
+            .map_err(|e| tonic::Status::internal(format!("malformed push reply: {e}")))?;
+        if reply_fields.dropped {
+            tracing::debug!(
+                tensor = %tensor.name,
+                shard = part.shard,
+                "push dropped: its round closed before it arrived (backup workers); going on"
+            );
+        }
+        let applied = reply_fields.applied;
         if reply.message().await?.is_some() {
             return Err(tonic::Status::internal("a push reply with more than one message").into());
         }

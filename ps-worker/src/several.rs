@@ -32,8 +32,15 @@ struct Entry<'a> {
     dst: PartBuffer<'a>,
 }
 
-/// A pulled part's version vector and wait on the shard.
-type PartPulled = (Vec<i64>, Duration);
+/// What a pulled part's header reports: its version vector, its wait on
+/// the shard, its sync rounds, and whether the step's push of it was dropped.
+#[derive(Clone, Debug)]
+struct PartPulled {
+    versions: Vec<i64>,
+    waited: Duration,
+    rounds: u64,
+    dropped: bool,
+}
 
 /// Pushes one gradient per declared tensor at `clock` and returns every
 /// tensor pulled at `clock + 1`: one `Step` request per shard. The pulled
@@ -175,9 +182,19 @@ fn assemble(
 ) -> Result<Pulled, WorkerError> {
     let mut versions: Vec<Vec<Vec<i64>>> = vec![Vec::new(); infos.len()];
     let mut waited: Vec<Duration> = vec![Duration::ZERO; infos.len()];
-    for (tensor, (v, w)) in pulled.into_iter().flatten() {
-        versions[tensor].push(v);
-        waited[tensor] = waited[tensor].max(w);
+    let mut rounds: Vec<u64> = vec![u64::MAX; infos.len()];
+    let mut dropped = std::collections::BTreeSet::new();
+    for (tensor, part) in pulled.into_iter().flatten() {
+        versions[tensor].push(part.versions);
+        waited[tensor] = waited[tensor].max(part.waited);
+        rounds[tensor] = rounds[tensor].min(part.rounds);
+        if part.dropped {
+            tracing::debug!(
+                tensor = %infos[tensor].name,
+                "push dropped: its round closed before it arrived (backup workers); going on"
+            );
+            dropped.insert(infos[tensor].name.clone());
+        }
     }
     let mut tensors = Vec::with_capacity(infos.len());
     for (((info, values), parts), waited) in infos.iter().zip(buffers).zip(versions).zip(waited) {
@@ -189,7 +206,10 @@ fn assemble(
             })?;
         tensors.push((info.name.clone(), array, merge_versions(&parts), waited));
     }
-    Ok(Pulled::from_tensors(tensors))
+    let mut pulled = Pulled::from_tensors(tensors);
+    pulled.rounds = infos.iter().zip(rounds).map(|(info, r)| (info.name.clone(), r)).collect();
+    pulled.dropped = dropped;
+    Ok(pulled)
 }
 
 /// One attempt at a several-part request to one shard: send it, then read
@@ -262,7 +282,12 @@ impl Attempt for ShardRequest<'_, '_> {
                         h.total_bytes
                     )));
                 }
-                got[i] = Some((h.versions, Duration::from_micros(h.waited_us)));
+                got[i] = Some(PartPulled {
+                    versions: h.versions,
+                    waited: Duration::from_micros(h.waited_us),
+                    rounds: h.rounds,
+                    dropped: h.dropped,
+                });
                 current = Some((i, chunks));
             }
             let Some((i, chunks)) = current.as_mut() else {

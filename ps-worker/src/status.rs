@@ -43,8 +43,8 @@ pub struct TensorStatus {
 impl ShardStatus {
     /// The status `reply` of shard `shard`, or why it is malformed.
     fn from_pb(shard: u32, reply: pb::StatusReply) -> Result<Self, WorkerError> {
-        let policy = |value: i32, staleness: u32, tensor: &str| {
-            match Policy::from_pb(value, Some(staleness), 0) {
+        let policy = |value: i32, staleness: u32, backup: u32, scaling: i32, tensor: &str| {
+            match Policy::from_pb(value, Some(staleness), 0, backup, scaling) {
                 Ok(Some(policy)) => Ok(policy),
                 Ok(None) => Err("no policy in the status reply".to_string()),
                 Err(e) => Err(format!("{e} in the status reply")),
@@ -56,7 +56,7 @@ impl ShardStatus {
             .into_iter()
             .map(|t| {
                 Ok(TensorStatus {
-                    policy: policy(t.policy, t.staleness, &t.name)?,
+                    policy: policy(t.policy, t.staleness, t.backup_workers, t.staleness_scaling, &t.name)?,
                     name: t.name,
                     offset: t.offset,
                     len: t.len,
@@ -69,7 +69,13 @@ impl ShardStatus {
             shard: reply.shard,
             num_shards: reply.num_shards,
             num_workers: reply.num_workers,
-            default_policy: policy(reply.default_policy, reply.default_staleness, "")?,
+            default_policy: policy(
+                reply.default_policy,
+                reply.default_staleness,
+                reply.default_backup_workers,
+                reply.default_staleness_scaling,
+                "",
+            )?,
             live_workers: reply.live_workers,
             tensors,
         })

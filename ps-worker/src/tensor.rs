@@ -49,25 +49,27 @@ impl TensorDecl {
 
     /// This tensor's synchronisation policy (instead of the cluster's default).
     pub fn policy(mut self, policy: ps_proto::Policy) -> Self {
-        let (kind, staleness) = policy.to_pb();
-        self.spec.policy = kind as i32;
-        self.spec.staleness = matches!(policy, ps_proto::Policy::Ssp { .. }).then_some(staleness);
+        let fields = policy.to_pb();
+        self.spec.policy = fields.kind as i32;
+        self.spec.staleness = matches!(policy, ps_proto::Policy::Ssp { .. }).then_some(fields.staleness);
+        self.spec.backup_workers = fields.backup_workers;
+        self.spec.staleness_scaling = fields.scaling as i32;
         self
     }
 
     /// Strong consistency for this tensor.
     pub fn sync(self) -> Self {
-        self.policy(ps_proto::Policy::Sync)
+        self.policy(ps_proto::Policy::SYNC)
     }
 
     /// Bounded staleness `s` for this tensor.
     pub fn ssp(self, staleness: u32) -> Self {
-        self.policy(ps_proto::Policy::Ssp { staleness })
+        self.policy(ps_proto::Policy::ssp(staleness))
     }
 
     /// Eventual consistency for this tensor.
     pub fn async_(self) -> Self {
-        self.policy(ps_proto::Policy::Async)
+        self.policy(ps_proto::Policy::ASYNC)
     }
 
     /// This tensor's optimizer (instead of the cluster's default).

@@ -74,7 +74,7 @@ fn main() {
     });
 
     // The recorder calls of one push and one pull, without any RPC.
-    let metrics = ShardMetrics::new(0, 1, ps_server::Policy::Async, true);
+    let metrics = ShardMetrics::new(0, 1, ps_server::Policy::ASYNC, true);
     let live = [true];
     let n = 1_000_000u64;
     let started = Instant::now();

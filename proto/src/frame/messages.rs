@@ -141,7 +141,7 @@ mod tests {
             message(&req).to_vec(),
             data_message_head(&fields, data.len()).to_vec(),
             data.clone(),
-            message(&pb::PushReply { applied: true }).to_vec(),
+            message(&pb::PushReply { applied: true, dropped: false }).to_vec(),
         ]
         .concat();
         for cut in 0..=wire.len() {
@@ -157,7 +157,7 @@ mod tests {
                 assert_eq!(got, fields, "cut {cut}");
                 assert_eq!(joined(&got_data), data, "cut {cut}");
                 let reply = reader.next_decoded::<pb::PushReply>().await.unwrap();
-                assert_eq!(reply, Some(pb::PushReply { applied: true }));
+                assert_eq!(reply, Some(pb::PushReply { applied: true, dropped: false }));
                 assert!(reader.next().await.unwrap().is_none());
                 assert!(reader.is_ended());
                 assert!(reader.trailers().is_some());
@@ -169,7 +169,7 @@ mod tests {
     /// exactly at the limit is read.
     #[tokio::test]
     async fn refuses_a_message_above_the_limit_from_its_prefix() {
-        let msg = message(&pb::PushReply { applied: true });
+        let msg = message(&pb::PushReply { applied: true, dropped: false });
         let len = msg.len() - 5;
         let mut reader = MessageReader::new(body(vec![msg.clone()], None), len);
         assert!(reader.next().await.unwrap().is_some());

@@ -80,6 +80,19 @@ struct Args {
     #[arg(long)]
     staleness: Option<u32>,
 
+    /// Backup workers b for --policy sync (only): a round closes on the
+    /// first W - b workers' gradients computed from its values; the others'
+    /// are dropped and their workers go on. At most W - 1 [default: 0].
+    #[arg(long)]
+    backup_workers: Option<u32>,
+
+    /// Staleness scaling for --policy ssp or async (only): none, or inverse,
+    /// which multiplies a push's gradient by 1/max(1, tau) before the
+    /// optimizer, tau being the updates applied to the tensor part since
+    /// the pusher last read it [default: none].
+    #[arg(long)]
+    staleness_scaling: Option<ps_proto::Scaling>,
+
     /// How gradients of different workers combine.
     #[arg(long, value_enum)]
     aggregation: Option<Aggregation>,
@@ -299,6 +312,23 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
             ));
         }
         cfg.staleness = s;
+    }
+    if let Some(b) = args.backup_workers {
+        if cfg.policy != PolicyName::Sync {
+            return Err(format!(
+                "--backup-workers {b} applies only to --policy sync, and the policy is {}: drop --backup-workers or use --policy sync",
+                cfg.policy.with_staleness(cfg.staleness)
+            ));
+        }
+        cfg.backup_workers = b;
+    }
+    if let Some(s) = args.staleness_scaling {
+        if cfg.policy == PolicyName::Sync && s != ps_proto::Scaling::None {
+            return Err(format!(
+                "--staleness-scaling {s} applies only to --policy ssp or async (sync reads are never stale): drop it or change --policy"
+            ));
+        }
+        cfg.staleness_scaling = s;
     }
     if let Some(a) = args.aggregation {
         cfg.aggregation = a;

@@ -80,10 +80,10 @@ impl PartCuts {
         optimizer: &Optimizer,
     ) -> Result<(), TooLate> {
         match clocks.policy() {
-            Policy::Sync if clocks.applied_clock() > cut.clock => {
+            Policy::Sync { .. } if clocks.applied_clock() > cut.clock => {
                 return Err(TooLate { worker: 0, clock: clocks.applied_clock() });
             }
-            Policy::Sync => {}
+            Policy::Sync { .. } => {}
             _ => {
                 let (worker, clock) = clocks.max_clock();
                 if clock > cut.clock {
@@ -126,7 +126,7 @@ impl PartCuts {
             let clock = self.pending[i].cut.clock;
             let complete = match clocks.policy() {
                 // Rounds are applied one at a time and this runs after each.
-                Policy::Sync => clocks.applied_clock() == clock,
+                Policy::Sync { .. } => clocks.applied_clock() == clock,
                 _ => clocks.cut_complete(clock),
             };
             if complete {

@@ -313,7 +313,7 @@ mod tests {
                 num_shards: 2,
                 split_threshold: 8,
                 num_workers: 2,
-                policy: Policy::Sync,
+                policy: Policy::SYNC,
                 aggregation: Aggregation::Mean,
             },
             written_unix_ms: 100 + u64::from(shard),
@@ -323,7 +323,7 @@ mod tests {
                 .map(|&(offset, len)| TensorEntry {
                     name: "w".into(),
                     shape: vec![4, 4],
-                    policy: Policy::Sync,
+                    policy: Policy::SYNC,
                     allow_non_finite: false,
                     optimizer: OptimizerConfig::sgd(0.1),
                     parts: vec![PartEntry {
@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(parse_name(&checkpoint_name(20, 0xabc)), Some((20, 0xabc)));
         assert_eq!(parse_name("ckpt-x-1"), None);
         assert_eq!(parse_name("other"), None);
-        for p in [Policy::Sync, Policy::Async, Policy::Ssp { staleness: 3 }] {
+        for p in [Policy::SYNC, Policy::ASYNC, Policy::ssp(3)] {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{p}\""), "manifests hold the text form");
             assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), p);

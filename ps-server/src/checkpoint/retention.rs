@@ -241,7 +241,7 @@ mod tests {
             format: super::super::format::FORMAT_VERSION,
             name: name.clone(),
             clock,
-            policy: crate::sync::Policy::Sync,
+            policy: crate::sync::Policy::SYNC,
             aggregation: crate::config::Aggregation::Mean,
             num_workers: 1,
             cluster: ClusterEntry { num_shards: 1, split_threshold: 8 },

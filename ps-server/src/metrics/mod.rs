@@ -95,6 +95,8 @@ pub struct ShardMetrics {
     waited_on: Vec<IntCounter>,
     rejected: IntCounterVec,
     duplicates: IntCounter,
+    dropped: IntCounter,
+    push_staleness: Histogram,
     update_waits: IntCounter,
     update_copies: IntCounter,
     tensors: IntGauge,
@@ -223,9 +225,8 @@ impl ShardMetrics {
             .expect("valid metric"),
         );
         let (name, bound) = match policy {
-            Policy::Sync => ("sync", String::new()),
-            Policy::Ssp { staleness } => ("ssp", staleness.to_string()),
-            Policy::Async => ("async", String::new()),
+            Policy::Ssp { staleness, .. } => ("ssp", staleness.to_string()),
+            _ => (policy.kind(), String::new()),
         };
         info.with_label_values(&[name, &bound]).set(1);
         let held = register(
@@ -319,6 +320,15 @@ impl ShardMetrics {
             duplicates: counter(
                 "ps_server_duplicate_pushes_total",
                 "Pushes acknowledged without effect because they were already applied (client retries)",
+            ),
+            dropped: counter(
+                "ps_server_dropped_pushes_total",
+                "Sync pushes with backup workers dropped because their round closed first",
+            ),
+            push_staleness: histogram(
+                "ps_server_push_staleness_updates",
+                "ssp and async pushes: updates applied to the part between the pusher's last read and the push (tau)",
+                vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0],
             ),
             update_waits: counter(
                 "ps_server_update_waits_total",
@@ -420,6 +430,22 @@ impl ShardMetrics {
             return;
         }
         self.update_copies.inc_by(copies);
+    }
+
+    /// Records a sync push dropped because its round closed first (backup workers).
+    pub fn dropped_push(&self) {
+        if !self.enabled {
+            return;
+        }
+        self.dropped.inc();
+    }
+
+    /// Records an ssp or async push's staleness τ.
+    pub fn push_staleness(&self, tau: u64) {
+        if !self.enabled {
+            return;
+        }
+        self.push_staleness.observe(tau as f64);
     }
 
     /// Records a push that was a retry of one already applied.

@@ -27,7 +27,7 @@ use crate::error::{PsError, shown};
 use crate::metrics::FirstRpc;
 use crate::readers::ReadLease;
 use crate::shard::{PushHead, PushTarget};
-use crate::tensor::Gradient;
+use crate::tensor::{Gradient, PushOutcome};
 
 pub(super) fn dtype(raw: i32) -> Result<WireDtype, PsError> {
     WireDtype::from_i32(raw)
@@ -86,26 +86,31 @@ impl Service {
         let head = push_head(&header);
         let first = (first.offset, first_data);
         let received = |target| self.receive(target, &header, dtype, first, &mut stream, Ends::AtStreamEnd);
-        let applied = self.shard.push_with(head, received).await?;
+        let outcome = self.shard.push_with(head, received).await?;
         let grad_bytes = header.len * dtype.size() as u64;
-        Ok(((pb::PushReply { applied }, header), grad_bytes))
+        let reply = pb::PushReply {
+            applied: outcome == PushOutcome::Counted,
+            dropped: outcome == PushOutcome::Dropped,
+        };
+        Ok(((reply, header), grad_bytes))
     }
 
     /// Applies the push whose header chunk `first` is, reading its other
     /// chunks from `stream` up to the next header chunk (a step's next
-    /// push), which is put back. Returns the push's payload bytes.
+    /// push), which is put back. Returns the push's payload bytes and
+    /// what became of it.
     pub(super) async fn push_one_of_several(
         &self,
         (first, first_data): (pb::PushChunk, Segments),
         header: &pb::PushHeader,
         stream: &mut PushFrames,
-    ) -> Result<u64, Rejected> {
+    ) -> Result<(u64, PushOutcome), Rejected> {
         let dtype = dtype(header.dtype)?;
         let head = push_head(header);
         let first = (first.offset, first_data);
         let received = |target| self.receive(target, header, dtype, first, stream, Ends::AtNextHeader);
-        self.shard.push_with(head, received).await?;
-        Ok(header.len * dtype.size() as u64)
+        let outcome = self.shard.push_with(head, received).await?;
+        Ok((header.len * dtype.size() as u64, outcome))
     }
 
     /// Reads the gradient of an accepted push into one f32 buffer, once the
@@ -203,6 +208,8 @@ impl Service {
             versions: snapshot.versions,
             total_bytes: payload_bytes,
             waited_us: snapshot.waited.as_micros().min(u128::from(u64::MAX)) as u64,
+            rounds: snapshot.rounds,
+            dropped: false,
             tensor: String::new(),
         };
         Ok((PullReply { header, values: snapshot.values, lease, dtype }, payload_bytes))

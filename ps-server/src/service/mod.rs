@@ -61,7 +61,7 @@ impl Service {
         let _lease = self.shard.lease(worker);
         let clock = self.shard.join(worker)?;
         let cfg = self.shard.config();
-        let (policy, staleness) = cfg.default_policy().to_pb();
+        let policy = cfg.default_policy().to_pb();
         Ok(pb::JoinReply {
             clock,
             shard: cfg.shard_id,
@@ -69,8 +69,10 @@ impl Service {
             num_workers: cfg.num_workers,
             session: self.shard.session(),
             job: Some(pb::JobSettings {
-                default_policy: policy as i32,
-                default_staleness: staleness,
+                default_policy: policy.kind as i32,
+                default_staleness: policy.staleness,
+                default_backup_workers: policy.backup_workers,
+                default_staleness_scaling: policy.scaling as i32,
                 default_optimizer: Some(cfg.optimizer.to_pb()),
                 split_threshold: cfg.split_threshold,
                 initial_workers: cfg.initial_workers.unwrap_or(cfg.num_workers),
@@ -133,22 +135,25 @@ impl Service {
 
     async fn status_inner(&self, _req: Request<pb::StatusRequest>) -> Result<pb::StatusReply, Rejected> {
         let cfg = self.shard.config();
+        let default = cfg.default_policy().to_pb();
         let origin = self.shard.origin();
         let tensors = self
             .shard
             .status()
             .into_iter()
             .map(|t| {
-                let (policy, staleness) = t.meta.policy.to_pb();
+                let policy = t.meta.policy.to_pb();
                 pb::TensorStatus {
                     name: t.meta.name,
                     shape: t.meta.shape,
                     offset: t.meta.offset,
                     len: t.meta.len,
-                    policy: policy as i32,
-                    staleness,
+                    policy: policy.kind as i32,
+                    staleness: policy.staleness,
                     versions: t.versions,
                     applied_clock: t.applied_clock,
+                    backup_workers: policy.backup_workers,
+                    staleness_scaling: policy.scaling as i32,
                 }
             })
             .collect();
@@ -156,8 +161,10 @@ impl Service {
             shard: cfg.shard_id,
             num_shards: cfg.num_shards,
             num_workers: cfg.num_workers,
-            default_policy: cfg.default_policy().to_pb().0 as i32,
-            default_staleness: cfg.default_policy().to_pb().1,
+            default_policy: default.kind as i32,
+            default_staleness: default.staleness,
+            default_backup_workers: default.backup_workers,
+            default_staleness_scaling: default.scaling as i32,
             live_workers: self.shard.live_workers(),
             tensors,
             session: self.shard.session(),

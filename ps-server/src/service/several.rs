@@ -28,6 +28,7 @@ use super::Service;
 use super::data::{LeasedValues, PullReply, dtype};
 use super::messages::{PushFrames, Rejected, grpc_response, ok_trailers, refused, served, unary_request};
 use crate::error::{PsError, shown};
+use crate::tensor::PushOutcome;
 
 /// Frames of a several-part reply queued before its sender waits for the
 /// transport.
@@ -147,7 +148,7 @@ impl Service {
         &self,
         stream: &mut PushFrames,
         step: &mut StepPushes,
-    ) -> Result<Option<pb::PullRequest>, Rejected> {
+    ) -> Result<Option<(pb::PullRequest, bool)>, Rejected> {
         let Some((mut first, data)) = stream.next().await? else { return Ok(None) };
         let header = first.header.take().ok_or_else(|| {
             PsError::InvalidArgument(
@@ -175,16 +176,18 @@ impl Service {
             )))
             .of_tensor(&header.tensor));
         }
-        step.bytes += self
+        let (bytes, outcome) = self
             .push_one_of_several((first, data), &header, stream)
             .await
             .map_err(|r| r.of_tensor(&header.tensor))?;
-        Ok(Some(pb::PullRequest {
+        step.bytes += bytes;
+        let pull = pb::PullRequest {
             worker: Some(header.worker),
             clock: header.clock.saturating_add(1),
             tensor: header.tensor,
             dtype: header.dtype,
-        }))
+        };
+        Ok(Some((pull, outcome == PushOutcome::Dropped)))
     }
 
     /// The rest of a `Step` after its first push: the other pushes, in
@@ -193,7 +196,7 @@ impl Service {
         self,
         mut stream: PushFrames,
         mut step: StepPushes,
-        first: pb::PullRequest,
+        first: (pb::PullRequest, bool),
         tx: mpsc::Sender<Out>,
     ) {
         let (pulls_tx, pulls) = mpsc::unbounded_channel();
@@ -262,7 +265,7 @@ impl Service {
         tokio::spawn(async move {
             let (pulls_tx, requests) = mpsc::unbounded_channel();
             for pull in pulls {
-                let _ = pulls_tx.send(Ok(pull));
+                let _ = pulls_tx.send(Ok((pull, false)));
             }
             drop(pulls_tx);
             service.stream_parts(requests, &tx).await;
@@ -270,14 +273,15 @@ impl Service {
         grpc_response(tonic::body::Body::new(PartsBody::new(frames)))
     }
 
-    /// Pulls each part `requests` names as it comes, sends each into `tx`
-    /// once released, and ends the reply: with an OK status once
+    /// Pulls each part `requests` names as it comes (with whether the
+    /// step's push of it was dropped), sends each into `tx` once released,
+    /// and ends the reply: with an OK status once
     /// `requests` closes and every part is sent, or with the first refusal
     /// (of a pull, or one `requests` passes on). Returns the parts sent
     /// and their payload bytes.
     async fn stream_parts(
         &self,
-        mut requests: mpsc::UnboundedReceiver<Result<pb::PullRequest, Rejected>>,
+        mut requests: mpsc::UnboundedReceiver<Result<(pb::PullRequest, bool), Rejected>>,
         tx: &mpsc::Sender<Out>,
     ) -> (usize, u64) {
         let mut pending = FuturesUnordered::new();
@@ -286,10 +290,10 @@ impl Service {
         loop {
             tokio::select! {
                 request = requests.recv(), if open => match request {
-                    Some(Ok(req)) => pending.push(async {
+                    Some(Ok((req, dropped))) => pending.push(async move {
                         let tensor = req.tensor.clone();
                         let pulled = self.unless_stopped(self.pull_inner(req)).await;
-                        (tensor.clone(), pulled.map_err(|r| r.of_tensor(&tensor)))
+                        (tensor.clone(), dropped, pulled.map_err(|r| r.of_tensor(&tensor)))
                     }),
                     Some(Err(r)) => {
                         let _ = tx.send(end(r.into())).await;
@@ -297,7 +301,7 @@ impl Service {
                     }
                     None => open = false,
                 },
-                Some((tensor, pulled)) = pending.next(), if !pending.is_empty() => {
+                Some((tensor, dropped, pulled)) = pending.next(), if !pending.is_empty() => {
                     let (mut reply, payload) = match pulled {
                         Ok(pulled) => pulled,
                         Err(r) => {
@@ -306,6 +310,7 @@ impl Service {
                         }
                     };
                     reply.header.tensor = tensor;
+                    reply.header.dropped = dropped;
                     for data in self.part_frames(reply) {
                         if tx.send(Out::Frame(data)).await.is_err() {
                             return (sent, bytes); // the client is gone

@@ -273,7 +273,7 @@ impl Shard {
 
     /// Adds (or, when `created` is false, removes) a part's bytes in the metrics.
     fn count_tensor(&self, tensor: &TensorPart, created: bool) {
-        let buffers = if tensor.meta().policy == Policy::Sync { tensor.meta().len as usize * 4 } else { 0 };
+        let buffers = if tensor.meta().policy.is_sync() { tensor.meta().len as usize * 4 } else { 0 };
         let (values, state) = (tensor.meta().len as usize * 4, tensor.optimizer().state_bytes());
         if created {
             self.metrics.tensor_created(values, state, buffers);
@@ -422,6 +422,17 @@ impl Shard {
                 .map_err(|e| PsError::InvalidArgument(format!("tensor {}: {e}", shown(&decl.name))))?;
         }
         let cfg = &self.config;
+        if let Some(backup) = decl.policy.map(|p| p.backup_workers()).filter(|b| *b > 0) {
+            let workers = cfg.initial_workers.unwrap_or(cfg.num_workers);
+            if backup >= workers {
+                return Err(PsError::InvalidArgument(format!(
+                    "tensor {}: {backup} backup workers leave no worker to close a round with {workers} \
+                     workers: use at most {}",
+                    shown(&decl.name),
+                    workers - 1
+                )));
+            }
+        }
         let part =
             placement::part_on_shard(&decl.name, len, cfg.num_shards, cfg.split_threshold, cfg.shard_id)
                 .ok_or_else(|| PsError::NotPlacedHere {

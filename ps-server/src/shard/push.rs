@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::{Shard, TensorCell};
 use crate::error::PsError;
 use crate::meta::TensorMeta;
-use crate::tensor::Gradient;
+use crate::tensor::{Gradient, PushOutcome};
 
 /// What a push's header says: whose push, of which clock, to which elements
 /// of which tensor.
@@ -57,7 +57,7 @@ impl Shard {
     /// `receive` read the gradient for that target, with anything that must
     /// live until it is applied (the share of a memory budget its buffer
     /// takes). The gradient is applied as [`Shard::push`] applies it.
-    /// Returns whether anything changed.
+    /// Returns what became of the push.
     ///
     /// A header refused here fails before `receive` runs, so nothing of the
     /// gradient is read; any failure leaves the part unchanged.
@@ -65,7 +65,7 @@ impl Shard {
         &self,
         head: PushHead<'_>,
         receive: impl FnOnce(PushTarget) -> Fut,
-    ) -> Result<bool, E>
+    ) -> Result<PushOutcome, E>
     where
         E: From<PsError>,
         Fut: Future<Output = Result<(Gradient, Held), E>>,

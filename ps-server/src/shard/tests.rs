@@ -30,7 +30,8 @@ fn push(shard: &Arc<Shard>, worker: u32, clock: u64) -> tokio::task::JoinHandle<
     let shard = Arc::clone(shard);
     tokio::spawn(async move {
         let cell = shard.tensor("w")?;
-        shard.push(&cell, worker, clock, None, Gradient { values: vec![1.0; 4] }).await
+        let outcome = shard.push(&cell, worker, clock, None, Gradient { values: vec![1.0; 4] }).await?;
+        Ok(outcome == crate::tensor::PushOutcome::Counted)
     })
 }
 

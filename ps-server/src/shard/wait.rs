@@ -16,12 +16,12 @@ use crate::readers::{ReadLease, UPDATE_WAIT};
 
 /// How often a shard says that a pull is still waiting, and for whom.
 pub const WAIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-use crate::tensor::{Gradient, PullStart, Snapshot, TensorPart};
+use crate::tensor::{Gradient, PullStart, PushOutcome, Snapshot, TensorPart};
 
 impl Shard {
     /// Applies (or, for a retry, ignores) a validated gradient: of the whole
     /// part, or of piece `piece` of it ([`TensorPart::push_piece`]).
-    /// Returns whether it was counted.
+    /// Returns what became of it.
     ///
     /// A push waits first for an update of the part that is still being
     /// applied. An update that pull replies still read from waits (at most
@@ -36,7 +36,7 @@ impl Shard {
         clock: u64,
         piece: Option<usize>,
         grad: Gradient,
-    ) -> Result<bool, PsError> {
+    ) -> Result<PushOutcome, PsError> {
         let deadline = tokio::time::Instant::now() + UPDATE_WAIT;
         let mut changed = cell.changed.subscribe();
         let mut closing = self.closing.subscribe();
@@ -82,12 +82,25 @@ impl Shard {
         if pushed.round.is_some() {
             tracing::debug!(worker, clock, elapsed_us = elapsed.as_micros() as u64, "aggregate applied");
         }
+        if let Some(staleness) = pushed.staleness {
+            self.metrics.push_staleness(staleness);
+        }
         if pushed.counted {
             self.metrics.push_applied(worker, clock, elapsed, pushed.round.is_some(), self.members().live());
+            Ok(PushOutcome::Counted)
+        } else if pushed.dropped {
+            tracing::debug!(
+                tensor = %cell.meta.name,
+                worker,
+                clock,
+                "push dropped: the round it was computed for closed without it (backup workers)"
+            );
+            self.metrics.dropped_push();
+            Ok(PushOutcome::Dropped)
         } else {
             self.metrics.duplicate_push();
+            Ok(PushOutcome::Duplicate)
         }
-        Ok(pushed.counted)
     }
 
     /// Applies `cell`'s pending update, if any, and hands on what it
@@ -125,7 +138,7 @@ impl Shard {
                 return Err(self.restarted(worker));
             }
             match part.pull(id, worker, clock)? {
-                PullStart::Read => return Ok(self.read(&part, worker, clock, started)),
+                PullStart::Read => return Ok(self.read(&mut part, worker, clock, started)),
                 PullStart::Wait(released) => released,
             }
         };
@@ -142,13 +155,13 @@ impl Shard {
             }
         };
         cancel.id = None;
-        let part = cell.lock();
+        let mut part = cell.lock();
         match outcome {
             _ if cell.is_retired() => {
                 drop(part);
                 Err(self.restarted(worker))
             }
-            Ok(Ok(())) => Ok(self.read(&part, worker, clock, started)),
+            Ok(Ok(())) => Ok(self.read(&mut part, worker, clock, started)),
             Ok(Err(source)) => Err(PsError::Clock { tensor: cell.meta.name.clone(), source }),
             Err(_) => Err(PsError::ShuttingDown { shard: self.config.shard_id }),
         }
@@ -183,14 +196,16 @@ impl Shard {
     /// A released pull's read: the snapshot, its lease, and its metrics.
     fn read(
         &self,
-        part: &TensorPart,
+        part: &mut TensorPart,
         worker: Option<u32>,
         clock: u64,
         started: std::time::Instant,
     ) -> (Snapshot, ReadLease) {
-        let snapshot = part.snapshot(started.elapsed());
+        let snapshot = part.read(worker, started.elapsed());
         let lease = part.readers().lease();
-        let staleness = worker.map(|_| {
+        // With backup workers, worker clocks and rounds move apart, and every
+        // read is of the latest round: there is no clock staleness to show.
+        let staleness = worker.filter(|_| part.meta().policy.backup_workers() == 0).map(|_| {
             let clocks = part.clocks();
             (0..clocks.num_workers())
                 .filter(|w| clocks.is_live(*w))

@@ -48,6 +48,14 @@ pub enum Event {
         /// The worker.
         worker: u32,
     },
+    /// `worker` read the current value (a released pull took its
+    /// snapshot): its next push is computed from this value. Sets the
+    /// round a backup-workers push counts for and the base of a push's
+    /// staleness τ.
+    Read {
+        /// The reader.
+        worker: u32,
+    },
 }
 
 /// What to do with a push that passed the clock checks.
@@ -59,6 +67,10 @@ pub enum PushDecision {
     Accumulate,
     /// The push was already counted (a client retry): change nothing, acknowledge.
     Duplicate,
+    /// Sync with backup workers: the round the gradient was computed for
+    /// closed without it (or it already gave one). The worker's clock moves
+    /// on; the gradient is discarded and acknowledged as dropped.
+    Dropped,
 }
 
 /// Whether a pull may read now.
@@ -89,6 +101,9 @@ pub enum Update {
         worker: u32,
         /// The gradient's clock.
         clock: u64,
+        /// Its staleness τ: updates applied to the part between the
+        /// worker's last read and this push.
+        staleness: u64,
     },
     /// Apply the aggregate of a completed sync round.
     Round(RoundComplete),
@@ -192,6 +207,12 @@ struct Slot {
     applied: i64,
     /// Sync only: contributed to the round in progress.
     in_round: bool,
+    /// Sync with backup workers: the round whose values the worker last
+    /// read; its next push counts only for that round.
+    read_round: u64,
+    /// [`ClockTable::updates`] at the worker's last read: the base of a
+    /// push's staleness τ.
+    read_updates: u64,
 }
 
 /// A pull waiting for its release rule.
@@ -206,8 +227,10 @@ struct Waiter {
 ///
 /// Invariants: a worker's pushes are counted only in clock order (`next`);
 /// a push for a clock below `next` is a duplicate; in sync, `round` is the
-/// number of applied clocks and every live worker's `next` is `round` or
-/// `round + 1`. While an [`Update`] is pending, the version vector and the
+/// number of applied rounds and, without backup workers, every live
+/// worker's `next` is `round` or `round + 1` (with backup workers, worker
+/// clocks and rounds move apart: a worker's clock counts its pushes, kept
+/// or dropped). While an [`Update`] is pending, the version vector and the
 /// release rules still describe the values without it.
 #[derive(Clone, Debug)]
 pub struct ClockTable {
@@ -215,6 +238,8 @@ pub struct ClockTable {
     slots: Vec<Slot>,
     /// Sync: number of rounds applied. Others: unused (0).
     round: u64,
+    /// Updates applied to the values (pushes, or rounds).
+    updates: u64,
     /// The update counted but not yet in the values.
     pending: Option<Update>,
     /// Pulls waiting for their release rule, in arrival order.
@@ -230,9 +255,17 @@ impl ClockTable {
     /// A table restored from a checkpoint at `clock`: every worker live, at
     /// `clock`, with the updates of clocks `< clock` applied.
     pub fn resumed(policy: Policy, num_workers: u32, clock: u64) -> Self {
-        let slot = Slot { live: true, next: clock, applied: clock as i64 - 1, in_round: false };
-        let round = if policy == Policy::Sync { clock } else { 0 };
-        Self { policy, slots: vec![slot; num_workers as usize], round, pending: None, waiting: Vec::new() }
+        let round = if policy.is_sync() { clock } else { 0 };
+        let slot = Slot {
+            live: true,
+            next: clock,
+            applied: clock as i64 - 1,
+            in_round: false,
+            read_round: round,
+            read_updates: 0,
+        };
+        let slots = vec![slot; num_workers as usize];
+        Self { policy, slots, round, updates: 0, pending: None, waiting: Vec::new() }
     }
 
     /// Takes one event and returns what follows from it. On error nothing
@@ -248,6 +281,14 @@ impl ClockTable {
             }
             Event::Join { worker } => self.join(worker),
             Event::Leave { worker } => self.leave(worker),
+            Event::Read { worker } => {
+                let (round, updates) = (self.round, self.updates);
+                if let Some(slot) = self.slots.get_mut(worker as usize) {
+                    slot.read_round = round;
+                    slot.read_updates = updates;
+                }
+                Ok(Ready::default())
+            }
         }
     }
 
@@ -278,10 +319,10 @@ impl ClockTable {
         self.slots.len() as u32
     }
 
-    /// Sync: clocks applied so far. Other policies: the minimum live clock.
+    /// Sync: rounds applied so far. Other policies: the minimum live clock.
     pub fn applied_clock(&self) -> u64 {
         match self.policy {
-            Policy::Sync => self.round,
+            Policy::Sync { .. } => self.round,
             _ => self.min_live_clock().unwrap_or(0),
         }
     }
@@ -320,7 +361,7 @@ impl ClockTable {
     /// updates are in the values.
     pub fn reached(&self, clock: u64) -> bool {
         match self.policy {
-            Policy::Sync => self.round >= clock,
+            Policy::Sync { .. } => self.round >= clock,
             _ => self.pending.is_none() && self.min_live_clock().is_none_or(|m| m >= clock),
         }
     }
@@ -334,9 +375,10 @@ impl ClockTable {
             return Vec::new();
         }
         let waits_for = |s: &Slot| match self.policy {
-            Policy::Sync => self.round < clock && !s.in_round,
-            Policy::Ssp { staleness } => s.next < clock.saturating_sub(u64::from(staleness)),
-            Policy::Async => false,
+            Policy::Sync { backup: 0 } => self.round < clock && !s.in_round,
+            Policy::Sync { .. } => !s.in_round,
+            Policy::Ssp { staleness, .. } => s.next < clock.saturating_sub(u64::from(staleness)),
+            Policy::Async { .. } => false,
         };
         (0..self.num_workers())
             .filter(|w| self.slots[*w as usize].live && waits_for(&self.slots[*w as usize]))
@@ -374,37 +416,67 @@ impl ClockTable {
             return Err(ClockError::PushGap { worker, expected: slot.next, got: clock });
         }
         let decision = match self.policy {
-            Policy::Sync if clock != self.round => {
+            Policy::Sync { backup: 0 } if clock != self.round => {
                 return Err(ClockError::PushAhead { worker, round: self.round, got: clock });
             }
-            Policy::Sync => PushDecision::Accumulate,
-            Policy::Ssp { .. } | Policy::Async => PushDecision::Apply,
+            Policy::Sync { backup: 0 } => PushDecision::Accumulate,
+            // With backup workers a push counts for the round its worker
+            // read, if that round is still open and has none of its pushes.
+            Policy::Sync { .. } if slot.in_round || slot.read_round != self.round => PushDecision::Dropped,
+            Policy::Sync { .. } => PushDecision::Accumulate,
+            Policy::Ssp { .. } | Policy::Async { .. } => PushDecision::Apply,
         };
         let mut ready = Ready { push: Some(decision), ..Ready::default() };
         if !complete {
             return Ok(ready);
         }
+        let updates = self.updates;
         let slot = &mut self.slots[worker as usize];
         slot.next = clock + 1;
-        ready.update = match self.policy {
-            Policy::Sync => {
+        ready.update = match decision {
+            PushDecision::Dropped => {
+                // Settled: this clock of the worker will never be applied.
+                slot.applied = slot.applied.max(clock as i64);
+                None
+            }
+            PushDecision::Accumulate => {
                 slot.in_round = true;
                 self.close_round()
             }
-            _ => Some(Update::Push { worker, clock }),
+            _ => Some(Update::Push { worker, clock, staleness: updates - slot.read_updates }),
         };
         self.pending = ready.update;
         Ok(ready)
     }
 
-    /// Sync: the round to apply if every live worker has contributed.
+    /// Sync: the round to apply if every live worker has contributed or,
+    /// with b backup workers, the first `min(W - b, live)` have.
     fn close_round(&self) -> Option<Update> {
         let contributors = self.slots.iter().filter(|s| s.in_round).count() as u32;
-        let waiting = self.slots.iter().any(|s| s.live && !s.in_round);
-        if contributors == 0 || waiting {
+        let complete = match self.policy.backup_workers() {
+            0 => !self.slots.iter().any(|s| s.live && !s.in_round),
+            backup => contributors >= self.quorum(backup),
+        };
+        if contributors == 0 || !complete {
             return None;
         }
         Some(Update::Round(RoundComplete { clock: self.round, contributors }))
+    }
+
+    /// With `backup` workers: the gradients a round closes on, `W - b`, or
+    /// every live worker's if fewer are live (at least 1).
+    fn quorum(&self, backup: u32) -> u32 {
+        let live = self.slots.iter().filter(|s| s.live).count() as u32;
+        self.num_workers().saturating_sub(backup).min(live).max(1)
+    }
+
+    /// Sync: the gradients the round in progress closes on (every live
+    /// worker's, or the quorum with backup workers).
+    pub fn round_size(&self) -> u32 {
+        match self.policy.backup_workers() {
+            0 => self.slots.iter().filter(|s| s.live).count() as u32,
+            backup => self.quorum(backup),
+        }
     }
 
     /// The pending update is in the values: versions show it, and waiting
@@ -412,19 +484,22 @@ impl ClockTable {
     fn applied(&mut self) -> Ready {
         match self.pending.take() {
             None => return Ready::default(),
-            Some(Update::Push { worker, clock }) => {
+            Some(Update::Push { worker, clock, .. }) => {
                 if let Some(slot) = self.slots.get_mut(worker as usize) {
                     slot.applied = slot.applied.max(clock as i64);
                 }
             }
-            Some(Update::Round(RoundComplete { clock, .. })) => {
+            Some(Update::Round(_)) => {
+                // A contributor's clock in the round is its last pushed one
+                // (the round's clock, without backup workers).
                 for s in self.slots.iter_mut().filter(|s| s.in_round) {
-                    s.applied = clock as i64;
+                    s.applied = s.next as i64 - 1;
                     s.in_round = false;
                 }
                 self.round += 1;
             }
         }
+        self.updates += 1;
         let mut ready = Ready { frontier: Some(self.applied_clock()), ..Ready::default() };
         self.release_into(&mut ready);
         ready
@@ -434,7 +509,8 @@ impl ClockTable {
     ///
     /// Release rules, with `c` the pull's clock:
     /// - sync: the worker must pull exactly its own clock, and reads once
-    ///   rounds `0..c` are applied;
+    ///   rounds `0..c` are applied; with backup workers, once the round its
+    ///   last push counted for is applied (at once after a dropped push);
     /// - ssp(s): reads once every live worker's clock is `>= c - s`;
     /// - async: always reads.
     ///
@@ -448,14 +524,15 @@ impl ClockTable {
             return Err(ClockError::PullAhead { worker, completed: slot.next, got: clock });
         }
         let rule = match self.policy {
-            Policy::Sync if clock < slot.next => {
+            Policy::Sync { .. } if clock < slot.next => {
                 return Err(ClockError::PullBehind { worker, expected: slot.next, got: clock });
             }
-            Policy::Sync => self.round >= clock,
-            Policy::Ssp { staleness } => {
+            Policy::Sync { backup: 0 } => self.round >= clock,
+            Policy::Sync { .. } => !slot.in_round,
+            Policy::Ssp { staleness, .. } => {
                 self.min_live_clock().is_none_or(|min| min >= clock.saturating_sub(u64::from(staleness)))
             }
-            Policy::Async => true,
+            Policy::Async { .. } => true,
         };
         Ok(rule && self.pending.is_none())
     }
@@ -498,7 +575,7 @@ impl ClockTable {
         }
         slot.live = false;
         let mut ready = Ready::default();
-        if self.policy == Policy::Sync {
+        if self.policy.is_sync() {
             ready.update = self.close_round();
             self.pending = ready.update;
         }
@@ -517,9 +594,10 @@ impl ClockTable {
         self.idle()?;
         let num_workers = self.num_workers();
         let frontier = match self.policy {
-            Policy::Sync => self.round,
+            Policy::Sync { .. } => self.round,
             _ => self.min_live_clock().unwrap_or(0),
         };
+        let (round, updates) = (self.round, self.updates);
         let slot =
             self.slots.get_mut(worker as usize).ok_or(ClockError::UnknownWorker { worker, num_workers })?;
         if !slot.live {
@@ -530,10 +608,12 @@ impl ClockTable {
             // The clocks it skipped have no updates: the version vector shows
             // them as applied, so readers see no staleness that isn't there.
             let settled = match self.policy {
-                Policy::Sync => frontier,
-                _ => slot.next,
+                Policy::Sync { backup: 0 } => frontier,
+                _ => slot.next - u64::from(slot.in_round),
             };
             slot.applied = slot.applied.max(settled as i64 - 1);
+            slot.read_round = round;
+            slot.read_updates = updates;
         }
         Ok(Ready { resumed_at: Some(slot.next), ..Ready::default() })
     }

@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub versions: Vec<i64>,
     /// How long the reader waited for the release rule.
     pub waited: std::time::Duration,
+    /// Sync: the rounds applied to `values`; other policies: 0.
+    pub rounds: u64,
 }
 
 /// The state of one tensor part. Not synchronised: the shard wraps it in a lock.
@@ -166,7 +168,7 @@ impl TensorPart {
                 clock,
                 worker,
                 got,
-                sync: self.meta.policy == Policy::Sync,
+                sync: self.meta.policy.is_sync(),
             },
         )
     }
@@ -247,6 +249,7 @@ impl TensorPart {
             self.clocks.step(Event::Push { worker, clock, complete: true }).map_err(|e| self.clock_err(e))?;
         match ready.push {
             None | Some(PushDecision::Duplicate) => return Ok(Pushed::DUPLICATE),
+            Some(PushDecision::Dropped) => return Ok(Pushed::DROPPED),
             Some(PushDecision::Apply) => self.pending_grad = Some(grad.values),
             Some(PushDecision::Accumulate) => {
                 // When some pieces of this push came first, the rest come from this one.
@@ -274,9 +277,9 @@ impl TensorPart {
         grad: &mut Vec<f32>,
     ) -> Result<Pushed, PsError> {
         let pieces = self.round.pieces();
-        if self.meta.policy != Policy::Sync {
+        if self.meta.policy != Policy::SYNC {
             return Err(PsError::InvalidArgument(format!(
-                "tensor {:?}, worker {worker}: only sync parts take pushes in pieces",
+                "tensor {:?}, worker {worker}: only sync parts without backup workers take pushes in pieces",
                 self.meta.name
             )));
         }
@@ -312,16 +315,17 @@ impl TensorPart {
     /// After a counted push: applies the update it completed, unless pull
     /// replies still read the values, and acts on the rest of `ready`.
     fn counted(&mut self, ready: Ready) -> Pushed {
-        let round = match ready.update {
-            Some(Update::Round(round)) => Some(round),
-            _ => None,
+        let (round, staleness) = match ready.update {
+            Some(Update::Round(round)) => (Some(round), None),
+            Some(Update::Push { staleness, .. }) => (None, Some(staleness)),
+            None => (None, None),
         };
         let pending = ready.update.is_some() && self.readers.reading() > 0;
         if ready.update.is_some() && !pending {
             self.finish_update();
         }
         self.settle(ready);
-        Pushed { counted: true, round, pending }
+        Pushed { counted: true, round, pending, dropped: false, staleness }
     }
 
     /// Whether an update is counted but not yet in the values: pulls wait
@@ -335,9 +339,9 @@ impl TensorPart {
     pub fn finish_update(&mut self) {
         let Some(update) = self.clocks.pending() else { return };
         match update {
-            Update::Push { clock, .. } => {
+            Update::Push { clock, staleness, .. } => {
                 let grad = self.pending_grad.take().unwrap_or_default();
-                self.apply_push(clock, &grad);
+                self.apply_push(clock, staleness, &grad);
             }
             Update::Round(round) => self.apply_round(round),
         }
@@ -347,13 +351,15 @@ impl TensorPart {
         }
     }
 
-    /// Applies one ssp/async gradient of `clock`, to the values and to the
-    /// copies kept for checkpoint cuts above `clock`.
-    fn apply_push(&mut self, clock: u64, grad: &[f32]) {
+    /// Applies one ssp/async gradient of `clock` and staleness τ, to the
+    /// values and to the copies kept for checkpoint cuts above `clock`.
+    /// The gradient is multiplied by the aggregation's factor (1/W for a
+    /// mean) and by the policy's staleness scaling of τ.
+    fn apply_push(&mut self, clock: u64, staleness: u64, grad: &[f32]) {
         let scale = match self.aggregation {
             Aggregation::Mean => 1.0 / self.clocks.num_workers().max(1) as f32,
             Aggregation::Sum => 1.0,
-        };
+        } * self.meta.policy.scaling().factor(staleness);
         self.cuts.before_apply(clock, &self.values, &self.optimizer);
         let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
         self.optimizer.step(values, grad, scale);
@@ -430,9 +436,23 @@ impl TensorPart {
     }
 
     /// The current values and their version vector, read after waiting
-    /// `waited`. Cheap: shares the values.
+    /// `waited`. Cheap: shares the values. A read of a worker (not an
+    /// observer) is what that worker's next push is computed from: it sets
+    /// the round a backup-workers push counts for and the base of the
+    /// push's staleness.
+    pub fn read(&mut self, worker: Option<u32>, waited: std::time::Duration) -> Snapshot {
+        if let Some(worker) = worker {
+            // A read changes no state a step could refuse.
+            let _ = self.clocks.step(Event::Read { worker });
+        }
+        self.snapshot(waited)
+    }
+
+    /// The current values and their version vector, read after waiting
+    /// `waited`, as an observer reads them. Cheap: shares the values.
     pub fn snapshot(&self, waited: std::time::Duration) -> Snapshot {
-        Snapshot { values: self.values.clone(), versions: self.clocks.versions(), waited }
+        let rounds = if self.meta.policy.is_sync() { self.clocks.applied_clock() } else { 0 };
+        Snapshot { values: self.values.clone(), versions: self.clocks.versions(), waited, rounds }
     }
 
     /// Removes `worker` from the live set, applying a sync round it completes.
@@ -483,10 +503,28 @@ pub struct Pushed {
     /// reading the values: wait for them (or not), then
     /// [`finish_update`](TensorPart::finish_update).
     pub pending: bool,
+    /// Sync with backup workers: its round closed first, so it was
+    /// dropped (not counted, nothing changed but the worker's clock).
+    pub dropped: bool,
+    /// ssp, async: its staleness τ (updates applied since the worker's last read).
+    pub staleness: Option<u64>,
 }
 
 impl Pushed {
-    const DUPLICATE: Self = Self { counted: false, round: None, pending: false };
+    const DUPLICATE: Self =
+        Self { counted: false, round: None, pending: false, dropped: false, staleness: None };
+    const DROPPED: Self = Self { dropped: true, ..Self::DUPLICATE };
+}
+
+/// What became of a push, as its sender is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Counted: applied, or in its round's aggregate.
+    Counted,
+    /// A retry of a push counted before: nothing changed.
+    Duplicate,
+    /// Sync with backup workers: its round closed first; discarded.
+    Dropped,
 }
 
 /// How a pull goes on.

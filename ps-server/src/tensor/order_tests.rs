@@ -24,7 +24,7 @@ fn sync_part(workers: u32, len: u64, piece_len: u64) -> TensorPart {
         shape: vec![len],
         offset: 0,
         len,
-        policy: Policy::Sync,
+        policy: Policy::SYNC,
         allow_non_finite: false,
         piece_len,
     };

@@ -19,7 +19,7 @@ fn grad(v: &[f32]) -> Gradient {
 
 #[test]
 fn sync_applies_the_mean_once_per_round() {
-    let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(0.5));
+    let mut p = part(Policy::SYNC, 2, OptimizerConfig::sgd(0.5));
     assert!(p.push(0, 0, grad(&[1.0, 2.0, 3.0])).unwrap().counted);
     assert_eq!(
         p.snapshot(Default::default()).values.to_vec(),
@@ -37,7 +37,7 @@ fn sync_applies_the_mean_once_per_round() {
 
 #[test]
 fn async_applies_each_push_scaled_by_the_job_size() {
-    let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(1.0));
+    let mut p = part(Policy::ASYNC, 2, OptimizerConfig::sgd(1.0));
     p.push(0, 0, grad(&[1.0, 1.0, 1.0])).unwrap();
     assert_eq!(p.snapshot(Default::default()).values.to_vec(), vec![0.5; 3]);
     assert_eq!(p.snapshot(Default::default()).versions, vec![0, -1]);
@@ -49,7 +49,7 @@ fn async_applies_each_push_scaled_by_the_job_size() {
 
 #[test]
 fn snapshot_is_not_changed_by_later_updates() {
-    let mut p = part(Policy::Async, 1, OptimizerConfig::sgd(1.0));
+    let mut p = part(Policy::ASYNC, 1, OptimizerConfig::sgd(1.0));
     let before = p.snapshot(Default::default());
     p.push(0, 0, grad(&[1.0, 1.0, 1.0])).unwrap();
     assert_eq!(before.values.to_vec(), vec![1.0; 3]);
@@ -62,7 +62,7 @@ fn snapshot_is_not_changed_by_later_updates() {
 /// it was and giving the copy readers of its own.
 #[test]
 fn a_held_snapshot_makes_exactly_one_update_copy_the_values() {
-    for policy in [Policy::Async, Policy::Sync] {
+    for policy in [Policy::ASYNC, Policy::SYNC] {
         let mut p = part(policy, 1, OptimizerConfig::sgd(1.0));
         let at = p.snapshot(Default::default()).values.as_ptr();
         p.push(0, 0, grad(&[1.0; 3])).unwrap();
@@ -100,7 +100,7 @@ fn grad_for(worker: u32, clock: u64) -> Gradient {
 
 #[test]
 fn sync_cut_is_captured_when_its_round_is_reached() {
-    let mut p = part(Policy::Sync, 2, OptimizerConfig::adam(0.1));
+    let mut p = part(Policy::SYNC, 2, OptimizerConfig::adam(0.1));
     p.register_cut(cut(2)).unwrap();
     for clock in 0..2 {
         assert!(p.take_captured().is_empty(), "captured before round {clock} was applied");
@@ -125,9 +125,80 @@ fn sync_cut_is_captured_when_its_round_is_reached() {
     assert!(err.to_string().contains("3 sync rounds are already applied"), "{err}");
 }
 
+/// Reads as worker `w` would (a released pull's snapshot), so that its
+/// next push counts from this value.
+fn read(p: &mut TensorPart, w: u32) -> Vec<f32> {
+    p.read(Some(w), Default::default()).values.to_vec()
+}
+
+#[test]
+fn backup_workers_close_a_round_on_its_quorum_and_drop_the_late_push() {
+    let mut p = part(Policy::Sync { backup: 1 }, 3, OptimizerConfig::sgd(1.0));
+    for w in 0..3 {
+        read(&mut p, w);
+    }
+    assert!(p.push(0, 0, grad(&[2.0, 2.0, 2.0])).unwrap().counted);
+    let closing = p.push(1, 0, grad(&[4.0, 4.0, 4.0])).unwrap();
+    assert_eq!(closing.round.map(|r| r.contributors), Some(2), "W - b = 2 pushes close the round");
+    // The mean of the two, not of three: 1 - 3.
+    assert_eq!(read(&mut p, 0), vec![-2.0; 3]);
+    let late = p.push(2, 0, grad(&[100.0; 3])).unwrap();
+    assert!(late.dropped && !late.counted, "{late:?}");
+    assert_eq!(read(&mut p, 1), vec![-2.0; 3], "a dropped push changes no value");
+    assert!(!p.push(2, 0, grad(&[100.0; 3])).unwrap().dropped, "a retry is a duplicate, not dropped twice");
+    assert_eq!(p.snapshot(Default::default()).versions, vec![0, 0, 0]);
+    assert_eq!(p.snapshot(Default::default()).rounds, 1);
+}
+
+#[test]
+fn backup_workers_cut_at_clock_c_holds_the_first_c_rounds() {
+    let mut p = part(Policy::Sync { backup: 1 }, 3, OptimizerConfig::sgd(0.5));
+    p.register_cut(cut(2)).unwrap();
+    for w in 0..3 {
+        read(&mut p, w);
+    }
+    // Round 0 from workers 0 and 1; worker 2's push comes late.
+    p.push(0, 0, grad_for(0, 0)).unwrap();
+    p.push(1, 0, grad_for(1, 0)).unwrap();
+    assert!(p.push(2, 0, grad_for(2, 0)).unwrap().dropped);
+    for w in 0..3 {
+        read(&mut p, w);
+    }
+    assert!(p.take_captured().is_empty(), "one round applied, the cut holds two");
+    // Round 1 from workers 2 and 0, on worker clocks 1.
+    p.push(2, 1, grad_for(2, 1)).unwrap();
+    p.push(0, 1, grad_for(0, 1)).unwrap();
+    let at_two = p.snapshot(Default::default()).values;
+    let snaps = p.take_captured();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!((snaps[0].values.clone(), snaps[0].optimizer.steps()), (at_two, 2));
+    // Rounds, not worker clocks, name cuts: round 2 is in progress.
+    let err = p.register_cut(cut(1)).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+#[test]
+fn inverse_staleness_scaling_divides_the_gradient_by_tau() {
+    let mut p = part(Policy::Async { scaling: ps_proto::Scaling::Inverse }, 2, OptimizerConfig::sgd(1.0));
+    let mut plain = part(Policy::ASYNC, 2, OptimizerConfig::sgd(1.0));
+    for q in [&mut p, &mut plain] {
+        read(q, 0);
+        read(q, 1);
+        // Worker 0's push has tau 0, then three of worker 1 on the same read:
+        // tau 1, 2, 3. The mean over W = 2 workers halves each.
+        assert_eq!(q.push(0, 0, grad(&[4.0; 3])).unwrap().staleness, Some(0));
+        for c in 0..3 {
+            assert_eq!(q.push(1, c, grad(&[12.0; 3])).unwrap().staleness, Some(c + 1));
+        }
+    }
+    // 1 - (4 + 12/1 + 12/2 + 12/3) / 2 = 1 - 13 = -12; unscaled 1 - 20 = -19.
+    assert_eq!(read(&mut p, 0), vec![-12.0; 3]);
+    assert_eq!(read(&mut plain, 0), vec![-19.0; 3]);
+}
+
 #[test]
 fn async_cut_is_late_once_any_worker_passed_it() {
-    let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(0.1));
+    let mut p = part(Policy::ASYNC, 2, OptimizerConfig::sgd(0.1));
     for clock in 0..4 {
         p.push(1, clock, grad_for(1, clock)).unwrap();
     }
@@ -153,7 +224,7 @@ fn replay(policy: Policy, opt: OptimizerConfig, history: &[(u32, u64)], below: u
 #[test]
 fn ssp_and_async_cuts_equal_a_replay_of_the_earlier_clocks() {
     use rand::{Rng, SeedableRng};
-    for policy in [Policy::Async, Policy::Ssp { staleness: 100 }] {
+    for policy in [Policy::ASYNC, Policy::ssp(100)] {
         for seed in 0..200u64 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let opt = if seed % 2 == 0 { OptimizerConfig::adam(0.05) } else { OptimizerConfig::sgd(0.1) };
@@ -195,7 +266,7 @@ fn ssp_and_async_cuts_equal_a_replay_of_the_earlier_clocks() {
 
 #[test]
 fn a_slow_worker_leaving_completes_an_async_cut() {
-    let mut p = part(Policy::Async, 3, OptimizerConfig::sgd(0.1));
+    let mut p = part(Policy::ASYNC, 3, OptimizerConfig::sgd(0.1));
     p.register_cut(cut(2)).unwrap();
     for clock in 0..4 {
         p.push(0, clock, grad_for(0, clock)).unwrap();
@@ -207,7 +278,7 @@ fn a_slow_worker_leaving_completes_an_async_cut() {
     p.leave(2).unwrap();
     let snaps = p.take_captured();
     assert_eq!(snaps.len(), 1);
-    let expected = replay(Policy::Async, OptimizerConfig::sgd(0.1), &[(0, 0), (0, 1)], 2);
+    let expected = replay(Policy::ASYNC, OptimizerConfig::sgd(0.1), &[(0, 0), (0, 1)], 2);
     assert_eq!(snaps[0].values, expected.snapshot(Default::default()).values);
     assert_eq!(p.checkpoint_shadow_bytes(), 0);
 }
@@ -220,7 +291,7 @@ fn pieced(workers: u32) -> TensorPart {
         shape: vec![5],
         offset: 0,
         len: 5,
-        policy: Policy::Sync,
+        policy: Policy::SYNC,
         allow_non_finite: false,
         piece_len: 2,
     };
@@ -354,7 +425,7 @@ fn any_interleaving_of_pieces_retries_and_whole_pushes_applies_each_push_once() 
                 shape: vec![len],
                 offset: 0,
                 len,
-                policy: Policy::Sync,
+                policy: Policy::SYNC,
                 allow_non_finite: false,
                 piece_len,
             };
@@ -403,7 +474,7 @@ fn any_interleaving_of_pieces_retries_and_whole_pushes_applies_each_push_once() 
 
 #[test]
 fn an_update_read_by_a_reply_waits_and_holds_pulls_until_finished() {
-    let mut p = part(Policy::Async, 2, OptimizerConfig::sgd(1.0));
+    let mut p = part(Policy::ASYNC, 2, OptimizerConfig::sgd(1.0));
     let lease = p.readers().lease();
     let pushed = p.push(0, 0, grad(&[2.0, 2.0, 2.0])).unwrap();
     assert!(pushed.counted && pushed.pending, "a reply reads the values: the update waits");
@@ -423,7 +494,7 @@ fn an_update_read_by_a_reply_waits_and_holds_pulls_until_finished() {
 
 #[test]
 fn an_update_finished_while_a_reply_still_reads_copies_the_values_once() {
-    let mut p = part(Policy::Sync, 1, OptimizerConfig::sgd(1.0));
+    let mut p = part(Policy::SYNC, 1, OptimizerConfig::sgd(1.0));
     let held = p.snapshot(Default::default());
     let _lease = p.readers().lease();
     assert!(p.push(0, 0, grad(&[1.0; 3])).unwrap().pending);
@@ -435,7 +506,7 @@ fn an_update_finished_while_a_reply_still_reads_copies_the_values_once() {
 
 #[test]
 fn a_worker_leaving_refuses_its_waiting_pull() {
-    let mut p = part(Policy::Sync, 2, OptimizerConfig::sgd(1.0));
+    let mut p = part(Policy::SYNC, 2, OptimizerConfig::sgd(1.0));
     p.push(0, 0, grad(&[1.0; 3])).unwrap();
     let PullStart::Wait(mut released) = p.pull(5, Some(0), 1).unwrap() else { panic!("waits for worker 1") };
     p.leave(0).unwrap();

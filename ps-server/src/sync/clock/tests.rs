@@ -42,7 +42,7 @@ fn check_pull(t: &mut ClockTable, worker: Option<u32>, clock: u64) -> Result<Pul
 
 #[test]
 fn sync_round_completes_when_all_live_workers_pushed() {
-    let mut t = ClockTable::new(Policy::Sync, 3);
+    let mut t = ClockTable::new(Policy::SYNC, 3);
     assert_eq!(check_pull(&mut t, Some(0), 0), Ok(Ready));
     let ready = t.step(Event::Push { worker: 0, clock: 0, complete: true }).unwrap();
     assert_eq!(ready.push, Some(Accumulate));
@@ -58,7 +58,7 @@ fn sync_round_completes_when_all_live_workers_pushed() {
 
 #[test]
 fn sync_rejects_out_of_order_clocks() {
-    let mut t = ClockTable::new(Policy::Sync, 2);
+    let mut t = ClockTable::new(Policy::SYNC, 2);
     assert_eq!(push(&mut t, 0, 1), Err(ClockError::PushGap { worker: 0, expected: 0, got: 1 }));
     commit(&mut t, 0, 0);
     assert_eq!(push(&mut t, 0, 0), Ok(Duplicate));
@@ -76,7 +76,7 @@ fn sync_rejects_out_of_order_clocks() {
 
 #[test]
 fn sync_leave_completes_round_with_remaining_contributors() {
-    let mut t = ClockTable::new(Policy::Sync, 3);
+    let mut t = ClockTable::new(Policy::SYNC, 3);
     commit(&mut t, 0, 0);
     commit(&mut t, 1, 0);
     assert_eq!(leave(&mut t, 2), Ok(Some(RoundComplete { clock: 0, contributors: 2 })));
@@ -96,7 +96,7 @@ fn sync_leave_completes_round_with_remaining_contributors() {
 
 #[test]
 fn sync_rejoin_keeps_a_pending_contribution() {
-    let mut t = ClockTable::new(Policy::Sync, 2);
+    let mut t = ClockTable::new(Policy::SYNC, 2);
     commit(&mut t, 0, 0);
     assert_eq!(leave(&mut t, 0), Ok(None), "worker 1 has not pushed round 0");
     assert_eq!(join(&mut t, 0), Ok(1), "worker 0 already pushed clock 0");
@@ -106,12 +106,13 @@ fn sync_rejoin_keeps_a_pending_contribution() {
 
 #[test]
 fn ssp_bounds_staleness() {
-    let mut t = ClockTable::new(Policy::Ssp { staleness: 2 }, 2);
+    let mut t = ClockTable::new(Policy::ssp(2), 2);
     for c in 0..3 {
         assert_eq!(check_pull(&mut t, Some(0), c), Ok(Ready));
         let ready = t.step(Event::Push { worker: 0, clock: c, complete: true }).unwrap();
         assert_eq!(ready.push, Some(Apply));
-        assert_eq!(ready.update, Some(Update::Push { worker: 0, clock: c }));
+        // No read in between: each push is computed from the start value.
+        assert_eq!(ready.update, Some(Update::Push { worker: 0, clock: c, staleness: c }));
         t.step(Event::Applied).unwrap();
     }
     // Worker 0 at clock 3, worker 1 at 0: pull(3) needs min >= 1.
@@ -124,7 +125,7 @@ fn ssp_bounds_staleness() {
 
 #[test]
 fn ssp_zero_is_lockstep() {
-    let mut t = ClockTable::new(Policy::Ssp { staleness: 0 }, 2);
+    let mut t = ClockTable::new(Policy::ssp(0), 2);
     commit(&mut t, 0, 0);
     assert_eq!(check_pull(&mut t, Some(0), 1), Ok(Wait));
     commit(&mut t, 1, 0);
@@ -133,7 +134,7 @@ fn ssp_zero_is_lockstep() {
 
 #[test]
 fn async_never_waits() {
-    let mut t = ClockTable::new(Policy::Async, 2);
+    let mut t = ClockTable::new(Policy::ASYNC, 2);
     for c in 0..100 {
         assert_eq!(check_pull(&mut t, Some(0), c), Ok(Ready));
         commit(&mut t, 0, c);
@@ -144,13 +145,13 @@ fn async_never_waits() {
 
 #[test]
 fn observers_never_wait() {
-    let mut t = ClockTable::new(Policy::Sync, 2);
+    let mut t = ClockTable::new(Policy::SYNC, 2);
     assert_eq!(check_pull(&mut t, None, 1000), Ok(Ready));
 }
 
 #[test]
 fn ssp_leave_releases_waiters_and_rejoin_starts_at_frontier() {
-    let mut t = ClockTable::new(Policy::Ssp { staleness: 1 }, 2);
+    let mut t = ClockTable::new(Policy::ssp(1), 2);
     for c in 0..4 {
         commit(&mut t, 0, c);
     }
@@ -163,7 +164,7 @@ fn ssp_leave_releases_waiters_and_rejoin_starts_at_frontier() {
 
 #[test]
 fn waiting_pulls_are_released_by_id_when_their_rule_holds() {
-    let mut t = ClockTable::new(Policy::Ssp { staleness: 0 }, 3);
+    let mut t = ClockTable::new(Policy::ssp(0), 3);
     commit(&mut t, 0, 0);
     commit(&mut t, 1, 0);
     let wait = |t: &mut ClockTable, id, worker| {
@@ -183,9 +184,9 @@ fn waiting_pulls_are_released_by_id_when_their_rule_holds() {
 
 #[test]
 fn a_pending_update_holds_pulls_and_refuses_other_changes() {
-    let mut t = ClockTable::new(Policy::Async, 2);
+    let mut t = ClockTable::new(Policy::ASYNC, 2);
     let ready = t.step(Event::Push { worker: 0, clock: 0, complete: true }).unwrap();
-    assert_eq!(ready.update, Some(Update::Push { worker: 0, clock: 0 }));
+    assert_eq!(ready.update, Some(Update::Push { worker: 0, clock: 0, staleness: 0 }));
     assert_eq!(t.versions(), vec![-1, -1], "versions describe the values without the update");
     assert_eq!(t.step(Event::Pull { id: 1, worker: Some(1), clock: 0 }).unwrap().pull, Some(Wait));
     assert_eq!(
@@ -204,7 +205,7 @@ fn a_pending_update_holds_pulls_and_refuses_other_changes() {
 
 #[test]
 fn a_leaving_worker_s_own_waiting_pulls_are_refused() {
-    let mut t = ClockTable::new(Policy::Sync, 2);
+    let mut t = ClockTable::new(Policy::SYNC, 2);
     commit(&mut t, 0, 0);
     assert_eq!(t.step(Event::Pull { id: 7, worker: Some(0), clock: 1 }).unwrap().pull, Some(Wait));
     let ready = t.step(Event::Leave { worker: 0 }).unwrap();
@@ -214,7 +215,7 @@ fn a_leaving_worker_s_own_waiting_pulls_are_refused() {
 
 #[test]
 fn a_piece_is_checked_but_not_counted_until_the_push_is_complete() {
-    let mut t = ClockTable::new(Policy::Sync, 1);
+    let mut t = ClockTable::new(Policy::SYNC, 1);
     let ready = t.step(Event::Push { worker: 0, clock: 0, complete: false }).unwrap();
     assert_eq!((ready.push, ready.update), (Some(Accumulate), None));
     assert_eq!(t.worker_clock(0), Some(0));
@@ -228,7 +229,7 @@ fn a_piece_is_checked_but_not_counted_until_the_push_is_complete() {
 
 #[test]
 fn holding_back_names_the_workers_a_pull_waits_for() {
-    let mut t = ClockTable::new(Policy::Sync, 3);
+    let mut t = ClockTable::new(Policy::SYNC, 3);
     commit(&mut t, 0, 0);
     assert_eq!(t.holding_back(1), vec![1, 2]);
     commit(&mut t, 2, 0);
@@ -237,12 +238,12 @@ fn holding_back_names_the_workers_a_pull_waits_for() {
     leave(&mut t, 1).unwrap();
     assert_eq!(t.holding_back(1), Vec::<u32>::new());
 
-    let mut t = ClockTable::new(Policy::Ssp { staleness: 1 }, 3);
+    let mut t = ClockTable::new(Policy::ssp(1), 3);
     for c in 0..3 {
         commit(&mut t, 0, c);
     }
     commit(&mut t, 1, 0);
     assert_eq!(t.holding_back(3), vec![1, 2], "pull(3) needs clocks >= 2: workers 1 (at 1) and 2 (at 0)");
     assert_eq!(t.holding_back(2), vec![2]);
-    assert_eq!(ClockTable::new(Policy::Async, 2).holding_back(9), Vec::<u32>::new());
+    assert_eq!(ClockTable::new(Policy::ASYNC, 2).holding_back(9), Vec::<u32>::new());
 }
