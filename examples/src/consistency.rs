@@ -5,6 +5,9 @@
 //! (start and end, on one clock for all workers), and the version vector it
 //! returned. From these alone the checker decides, per property, whether it
 //! held on every read, and counts the reads checked and the violations.
+//!
+//! With backup workers, [`check_rounds`] checks from the pushes alone
+//! that every round applied exactly its quorum of gradients.
 
 use std::collections::BTreeMap;
 
@@ -60,6 +63,54 @@ pub struct Report {
     pub bounded_staleness: Verdict,
     /// The largest staleness seen: `max_w (clock - 1 - versions[w])`, at least 0.
     pub max_staleness: i64,
+    /// Backup workers: every round held exactly its quorum ([`check_rounds`]).
+    pub rounds: Verdict,
+}
+
+/// One push under sync with backup workers, as its worker saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundPush {
+    /// The pushing worker.
+    pub worker: u32,
+    /// The tensor.
+    pub tensor: String,
+    /// The rounds applied to the values the gradient was computed from:
+    /// the round it counts for, unless dropped.
+    pub round: u64,
+    /// Whether the shard dropped it; `None` when not known.
+    pub dropped: Option<bool>,
+}
+
+/// Checks that every round holds exactly `quorum` gradients (`W - b`),
+/// per tensor: the pushes computed from the values of round `r` and not
+/// dropped are the ones round `r` applied. Checks the rounds during which
+/// all `workers` were still pushing (below each worker's last read round),
+/// where every push's fate is known.
+pub fn check_rounds(pushes: &[RoundPush], workers: u32, quorum: u32) -> Verdict {
+    let mut verdict = Verdict::default();
+    let mut by_tensor: BTreeMap<&str, Vec<&RoundPush>> = BTreeMap::new();
+    for p in pushes {
+        by_tensor.entry(p.tensor.as_str()).or_default().push(p);
+    }
+    for seq in by_tensor.values() {
+        let mut last = vec![None::<u64>; workers as usize];
+        for p in seq {
+            if let Some(l) = last.get_mut(p.worker as usize) {
+                *l = Some(l.map_or(p.round, |r| r.max(p.round)));
+            }
+        }
+        let Some(limit) = last.iter().map(|l| l.unwrap_or(0)).min() else { continue };
+        let mut kept: BTreeMap<u64, u32> = (0..limit).map(|r| (r, 0)).collect();
+        for p in seq.iter().filter(|p| p.round < limit) {
+            if p.dropped == Some(false) {
+                *kept.entry(p.round).or_default() += 1;
+            }
+        }
+        for n in kept.values() {
+            verdict.record(*n == quorum);
+        }
+    }
+    verdict
 }
 
 /// Checks a history; `bound` is the staleness bound to check (`Some(0)` for
@@ -184,6 +235,33 @@ mod tests {
     fn overlapping_reads_are_not_ordered() {
         let h = vec![read(0, 3, 0.0, &[2, 2]), read(1, 3, 0.2, &[1, 2])];
         assert_eq!(check(&h, None).monotonic_writes.checked, 0);
+    }
+
+    fn pushed(worker: u32, round: u64, dropped: bool) -> RoundPush {
+        RoundPush { worker, tensor: "w".into(), round, dropped: Some(dropped) }
+    }
+
+    #[test]
+    fn every_round_must_hold_its_quorum() {
+        // Three workers, one backup: rounds 0 and 1 each keep two pushes.
+        let mut h = vec![
+            pushed(0, 0, false),
+            pushed(1, 0, false),
+            pushed(2, 0, true),
+            pushed(0, 1, false),
+            pushed(2, 1, false),
+            pushed(1, 1, true),
+        ];
+        // The last reads (round 2): their fate is not part of the check.
+        h.extend((0..3).map(|w| RoundPush { worker: w, tensor: "w".into(), round: 2, dropped: None }));
+        assert_eq!(check_rounds(&h, 3, 2), Verdict { checked: 2, violations: 0 });
+        h[2].dropped = Some(false); // round 0 applied three gradients
+        assert_eq!(check_rounds(&h, 3, 2), Verdict { checked: 2, violations: 1 });
+        h[5].dropped = Some(true);
+        h[3].dropped = Some(true); // round 1 applied one
+        assert_eq!(check_rounds(&h, 3, 2).violations, 2);
+        // Rounds some worker never reached are not checked.
+        assert_eq!(check_rounds(&h[..6], 4, 2).checked, 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::job::data::Dataset;
 use crate::job::model::Model;
 use crate::job::train::StepRecord;
 
-use crate::consistency::{self, Read, Report};
+use crate::consistency::{self, Read, Report, RoundPush};
 use crate::run::Snapshot;
 
 /// Test accuracy of the parameters at one moment.
@@ -31,6 +31,10 @@ pub struct Outcome {
     pub label: String,
     /// Staleness bound the run is checked against (`None`: none, or baseline).
     pub bound: Option<u64>,
+    /// Sync with backup workers: the gradients each round must hold (`W - b`).
+    pub quorum: Option<u32>,
+    /// Workers of the run.
+    pub workers: u32,
     /// Steps of every worker (empty for the baseline).
     pub steps: Vec<StepRecord>,
     /// Accuracy over time on the evaluation subset.
@@ -85,6 +89,21 @@ pub fn reads(steps: &[StepRecord]) -> Vec<Read> {
         .collect()
 }
 
+/// The pushes of a backup-workers run, for [`consistency::check_rounds`].
+pub fn round_pushes(steps: &[StepRecord]) -> Vec<RoundPush> {
+    steps
+        .iter()
+        .flat_map(|s| {
+            s.rounds.iter().map(move |(tensor, round)| RoundPush {
+                worker: s.worker,
+                tensor: tensor.clone(),
+                round: *round,
+                dropped: s.dropped.as_ref().map(|d| d.contains(tensor)),
+            })
+        })
+        .collect()
+}
+
 /// One row of the summary table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SummaryRow {
@@ -124,10 +143,16 @@ pub fn summarize(outcomes: &[Outcome], target: f32) -> Vec<SummaryRow> {
                 vs_baseline: t.zip(baseline).map(|(t, b)| t / b.max(1e-9)),
                 final_accuracy: o.final_accuracy,
                 steps_per_second: o.total_steps as f64 / o.wall.as_secs_f64().max(1e-9),
-                staleness: (
-                    o.steps.iter().map(|s| s.staleness as f64).sum::<f64>() / n,
-                    o.steps.iter().map(|s| s.staleness).max().unwrap_or(0),
-                ),
+                // With backup workers every read is of the latest round and
+                // a kept gradient is of its round's values: 0 rounds stale
+                // (worker clocks, which move apart, do not measure it).
+                staleness: match o.quorum {
+                    Some(_) => (0.0, 0),
+                    None => (
+                        o.steps.iter().map(|s| s.staleness as f64).sum::<f64>() / n,
+                        o.steps.iter().map(|s| s.staleness).max().unwrap_or(0),
+                    ),
+                },
                 blocked: if busy > 0.0 { blocked / busy } else { 0.0 },
             }
         })
@@ -176,27 +201,30 @@ fn verdict(v: consistency::Verdict) -> String {
 /// The consistency checker's verdicts per policy, as a Markdown table.
 pub fn consistency_table(outcomes: &[Outcome]) -> (String, Vec<(String, Report)>) {
     let mut s = String::from(
-        "| policy | read-your-writes | monotonic reads | monotonic writes | bounded staleness | max staleness seen |\n\
-         |---|---|---|---|---|---:|\n",
+        "| policy | read-your-writes | monotonic reads | monotonic writes | bounded staleness | rounds of W-b | max staleness seen |\n\
+         |---|---|---|---|---|---|---:|\n",
     );
     let mut reports = Vec::new();
     for o in outcomes.iter().filter(|o| !o.steps.is_empty()) {
         let r = consistency::check(&reads(&o.steps), o.bound);
-        let bound = match o.bound {
-            Some(b) => format!("s = {b}: {}", verdict(r.bounded_staleness)),
-            None => "no bound (eventual)".into(),
+        let bound = match (o.bound, o.quorum) {
+            (Some(b), _) => format!("s = {b}: {}", verdict(r.bounded_staleness)),
+            (None, Some(_)) => "rounds, not clocks (backup)".into(),
+            (None, None) => "no bound (eventual)".into(),
         };
+        let rounds = o.quorum.map(|q| consistency::check_rounds(&round_pushes(&o.steps), o.workers, q));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             o.label,
             verdict(r.read_your_writes),
             verdict(r.monotonic_reads),
             verdict(r.monotonic_writes),
             bound,
-            r.max_staleness
+            rounds.map_or_else(|| "n/a".into(), verdict),
+            if o.quorum.is_some() { "0 rounds".to_string() } else { r.max_staleness.to_string() }
         );
-        reports.push((o.label.clone(), r));
+        reports.push((o.label.clone(), Report { rounds: rounds.unwrap_or_default(), ..r }));
     }
     (s, reports)
 }

@@ -11,8 +11,10 @@ use crate::pb;
 /// backup workers for sync, staleness scaling for ssp and async.
 ///
 /// Its text form is `sync`, `sync+backup(b)`, `ssp(s)`, `ssp(s,scaled)`,
-/// `async` or `async(scaled)`; since parentheses need quoting in a shell,
-/// `sync+backup:b`, `ssp:s`, `ssp:s:scaled` and `async:scaled` parse too:
+/// `async` or `async(scaled)`, where `scaled` is [`Scaling::Relative`]
+/// (`relative` parses too) and `inverse` names [`Scaling::Inverse`]; since
+/// parentheses need quoting in a shell, `sync+backup:b`, `ssp:s`,
+/// `ssp:s:scaled` and `async:scaled` parse too:
 ///
 /// ```
 /// use ps_proto::{Policy, Scaling};
@@ -20,7 +22,8 @@ use crate::pb;
 /// assert_eq!("ssp:3".parse::<Policy>(), Ok(Policy::ssp(3)));
 /// assert_eq!(Policy::ssp(3).to_string(), "ssp(3)");
 /// assert_eq!("sync+backup:1".parse::<Policy>(), Ok(Policy::Sync { backup: 1 }));
-/// assert_eq!(Policy::Async { scaling: Scaling::Inverse }.to_string(), "async(scaled)");
+/// assert_eq!(Policy::Async { scaling: Scaling::Relative }.to_string(), "async(scaled)");
+/// assert_eq!("async(inverse)".parse::<Policy>(), Ok(Policy::Async { scaling: Scaling::Inverse }));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Policy {
@@ -58,14 +61,20 @@ pub enum Scaling {
     None,
     /// Factor `1 / max(1, τ)` (Zhang et al. 2016, "Staleness-aware Async-SGD").
     Inverse,
+    /// Factor `min(1, (W - 1) / τ)`: a push counts fully up to the staleness
+    /// `W - 1` that W workers taking turns give every push, and inversely
+    /// to its staleness beyond that (a straggler's pushes).
+    Relative,
 }
 
 impl Scaling {
-    /// The factor a push of staleness `tau` is multiplied by before the optimizer.
-    pub fn factor(self, tau: u64) -> f32 {
+    /// The factor a push of staleness `tau` is multiplied by before the
+    /// optimizer, in a job of `workers` workers.
+    pub fn factor(self, tau: u64, workers: u32) -> f32 {
         match self {
             Scaling::None => 1.0,
             Scaling::Inverse => 1.0 / tau.max(1) as f32,
+            Scaling::Relative => (workers.saturating_sub(1).max(1) as f32 / tau.max(1) as f32).min(1.0),
         }
     }
 
@@ -73,6 +82,7 @@ impl Scaling {
         match self {
             Scaling::None => pb::StalenessScaling::None,
             Scaling::Inverse => pb::StalenessScaling::Inverse,
+            Scaling::Relative => pb::StalenessScaling::Relative,
         }
     }
 
@@ -80,6 +90,7 @@ impl Scaling {
         match pb::StalenessScaling::try_from(value) {
             Ok(pb::StalenessScaling::None) => Ok(Scaling::None),
             Ok(pb::StalenessScaling::Inverse) => Ok(Scaling::Inverse),
+            Ok(pb::StalenessScaling::Relative) => Ok(Scaling::Relative),
             Err(_) => Err(format!("unknown staleness scaling value {value}")),
         }
     }
@@ -90,6 +101,7 @@ impl fmt::Display for Scaling {
         f.write_str(match self {
             Scaling::None => "none",
             Scaling::Inverse => "inverse",
+            Scaling::Relative => "relative",
         })
     }
 }
@@ -101,7 +113,11 @@ impl FromStr for Scaling {
         match s {
             "none" => Ok(Scaling::None),
             "inverse" => Ok(Scaling::Inverse),
-            _ => Err(format!("unknown staleness scaling {s:?}: use none or inverse (1/max(1, tau))")),
+            "relative" => Ok(Scaling::Relative),
+            _ => Err(format!(
+                "unknown staleness scaling {s:?}: use none, inverse (1/max(1, tau)) or relative \
+                 (min(1, (W-1)/tau))"
+            )),
         }
     }
 }
@@ -219,9 +235,11 @@ impl fmt::Display for Policy {
             Policy::Sync { backup: 0 } => f.write_str("sync"),
             Policy::Sync { backup } => write!(f, "sync+backup({backup})"),
             Policy::Ssp { staleness, scaling: Scaling::None } => write!(f, "ssp({staleness})"),
-            Policy::Ssp { staleness, scaling: Scaling::Inverse } => write!(f, "ssp({staleness},scaled)"),
+            Policy::Ssp { staleness, scaling: Scaling::Inverse } => write!(f, "ssp({staleness},inverse)"),
+            Policy::Ssp { staleness, scaling: Scaling::Relative } => write!(f, "ssp({staleness},scaled)"),
             Policy::Async { scaling: Scaling::None } => f.write_str("async"),
-            Policy::Async { scaling: Scaling::Inverse } => f.write_str("async(scaled)"),
+            Policy::Async { scaling: Scaling::Inverse } => f.write_str("async(inverse)"),
+            Policy::Async { scaling: Scaling::Relative } => f.write_str("async(scaled)"),
         }
     }
 }
@@ -233,7 +251,8 @@ impl FromStr for Policy {
         let bad = || {
             format!(
                 "unknown policy {s:?}: use sync, sync+backup(B), ssp(N), ssp(N,scaled), async or \
-                 async(scaled) (or sync+backup:B, ssp:N, ssp:N:scaled, async:scaled)"
+                 async(scaled) (or sync+backup:B, ssp:N, ssp:N:scaled, async:scaled; inverse in \
+                 place of scaled for 1/max(1, tau))"
             )
         };
         // `name(args)` or `name:args`, args split on `,` or `:`.
@@ -247,7 +266,8 @@ impl FromStr for Policy {
         let args: Vec<&str> = args.map(|a| a.split([',', ':']).collect()).unwrap_or_default();
         let scaled = |arg: Option<&&str>| match arg {
             None => Ok(Scaling::None),
-            Some(&"scaled") => Ok(Scaling::Inverse),
+            Some(&"scaled" | &"relative") => Ok(Scaling::Relative),
+            Some(&"inverse") => Ok(Scaling::Inverse),
             Some(_) => Err(bad()),
         };
         let number = |arg: &str| arg.parse::<u32>().map_err(|_| bad());
@@ -283,8 +303,10 @@ mod tests {
 
     #[test]
     fn text_and_protocol_forms_round_trip() {
-        let scaled = Scaling::Inverse;
+        let scaled = Scaling::Relative;
         for p in [
+            Policy::Async { scaling: Scaling::Inverse },
+            Policy::Ssp { staleness: 2, scaling: Scaling::Inverse },
             Policy::SYNC,
             Policy::Sync { backup: 1 },
             Policy::ssp(0),
@@ -332,9 +354,12 @@ mod tests {
 
     #[test]
     fn inverse_scaling_divides_by_the_staleness_but_never_scales_up() {
-        assert_eq!(Scaling::Inverse.factor(0), 1.0);
-        assert_eq!(Scaling::Inverse.factor(1), 1.0);
-        assert_eq!(Scaling::Inverse.factor(4), 0.25);
-        assert_eq!(Scaling::None.factor(100), 1.0);
+        assert_eq!(Scaling::Inverse.factor(0, 4), 1.0);
+        assert_eq!(Scaling::Inverse.factor(1, 4), 1.0);
+        assert_eq!(Scaling::Inverse.factor(4, 4), 0.25);
+        assert_eq!(Scaling::None.factor(100, 4), 1.0);
+        assert_eq!(Scaling::Relative.factor(3, 4), 1.0);
+        assert_eq!(Scaling::Relative.factor(12, 4), 0.25);
+        assert_eq!(Scaling::Relative.factor(0, 1), 1.0);
     }
 }

@@ -40,7 +40,7 @@ fn step(workers: u32) -> impl Strategy<Value = Step> {
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    let scaling = prop_oneof![Just(Scaling::None), Just(Scaling::Inverse)];
+    let scaling = prop_oneof![Just(Scaling::None), Just(Scaling::Inverse), Just(Scaling::Relative)];
     prop_oneof![
         Just(Policy::SYNC),
         (1u32..4).prop_map(|backup| Policy::Sync { backup }),

@@ -64,7 +64,10 @@ struct Args {
     #[arg(long, default_value_t = 128)]
     hidden: usize,
 
-    /// Policies to run, comma-separated: sync, ssp:N (or ssp(N), quoted), async.
+    /// Policies to run, comma-separated: sync, sync+backup(B) (B backup
+    /// workers: rounds close on the first W-B gradients), ssp:N (or
+    /// ssp(N), quoted), ssp:N:scaled, async, async(scaled) (updates scaled
+    /// by 1/max(1, staleness)). Quote the parentheses in a shell.
     #[arg(long, value_delimiter = ',', default_value = "sync,ssp:1,ssp:3,ssp:10,async")]
     policies: Vec<Policy>,
 
@@ -325,9 +328,14 @@ fn run_all(args: &Args) -> Result<(), String> {
         let (curve, final_accuracy) =
             report::evaluate(&model, &result.snapshots, &splits.test, &splits.test, args.eval_examples);
         tracing::info!(policy = %policy.to_string(), wall_s = result.wall.as_secs_f64(), final_accuracy, "run done");
+        let backup = policy.backup_workers();
         outcomes.push(Outcome {
             label: policy.to_string(),
-            bound: policy.staleness_bound(),
+            // With backup workers, worker clocks and rounds move apart:
+            // rounds are checked instead of clock staleness.
+            bound: policy.staleness_bound().filter(|_| backup == 0),
+            quorum: (backup > 0).then(|| args.workers - backup),
+            workers: args.workers,
             total_steps: result.steps.len() as u64,
             clocks: steps,
             steps: result.steps,
@@ -346,6 +354,8 @@ fn run_all(args: &Args) -> Result<(), String> {
         Outcome {
             label: "baseline".into(),
             bound: None,
+            quorum: None,
+            workers: 1,
             steps: Vec::new(),
             curve,
             final_accuracy,

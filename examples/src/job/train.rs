@@ -131,6 +131,12 @@ pub struct StepRecord {
     pub push: Duration,
     /// The version vector of every tensor read.
     pub versions: Versions,
+    /// Sync tensors: the rounds applied to the value read (the clock,
+    /// unless the tensor has backup workers).
+    pub rounds: std::collections::BTreeMap<String, u64>,
+    /// Backup workers: the tensors whose push of this step was dropped
+    /// (their round closed first); `None` when not known (the last step).
+    pub dropped: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Version vectors by tensor name.
@@ -177,7 +183,12 @@ pub async fn train(
     // The read for the current clock, when the previous step's `Worker::step`
     // already made it (with when that call started and ended).
     let mut prefetched: Option<(ps_worker::Pulled, Instant, Instant)> = None;
-    while worker.clock() < total {
+    // Rounds applied to the values last read: with backup workers a round
+    // closes without the slowest pushes, so the job is done once `total`
+    // rounds are, though a slow worker has taken fewer steps (without
+    // backup workers, rounds are the clock).
+    let mut rounds_read = 0;
+    while worker.clock() < total && rounds_read < total {
         let clock = worker.clock();
         let every = cfg.checkpoint_every.unwrap_or(0);
         let epoch = clock / per_epoch;
@@ -238,6 +249,7 @@ pub async fn train(
             // The push, and with it the next step's read in the same round
             // trip (the last step only pushes).
             let mut next_wait = Duration::ZERO;
+            let mut dropped = None;
             if clock + 1 < total {
                 // Shared, the gradients go out from their own memory.
                 let shared: std::collections::BTreeMap<_, _> =
@@ -250,6 +262,7 @@ pub async fn train(
                     return Ok(None);
                 }
                 next_wait = next.waited;
+                dropped = Some(next.dropped.clone());
                 prefetched = Some((next, t2, Instant::now()));
             } else {
                 worker.push(&grads).await?;
@@ -271,6 +284,8 @@ pub async fn train(
                 compute: t2 - computing,
                 push: t3 - t2,
                 versions: pulled.versions,
+                rounds: pulled.rounds,
+                dropped,
             }))
         };
         let record = match step.await {
@@ -298,6 +313,9 @@ pub async fn train(
         };
         if let Some(m) = worker.metrics() {
             m.step(clock, record.loss, record.pull, record.compute, record.push, record.blocked);
+        }
+        if let Some((next, ..)) = &prefetched {
+            rounds_read = next.rounds.values().copied().min().unwrap_or(0);
         }
         on_step(&record);
         records.push(record);

@@ -359,7 +359,7 @@ impl TensorPart {
         let scale = match self.aggregation {
             Aggregation::Mean => 1.0 / self.clocks.num_workers().max(1) as f32,
             Aggregation::Sum => 1.0,
-        } * self.meta.policy.scaling().factor(staleness);
+        } * self.meta.policy.scaling().factor(staleness, self.clocks.num_workers());
         self.cuts.before_apply(clock, &self.values, &self.optimizer);
         let values = values_to_update(&mut self.values, &mut self.readers, &mut self.copies);
         self.optimizer.step(values, grad, scale);

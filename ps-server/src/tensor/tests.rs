@@ -197,6 +197,22 @@ fn inverse_staleness_scaling_divides_the_gradient_by_tau() {
 }
 
 #[test]
+fn relative_staleness_scaling_spares_pushes_up_to_w_minus_1_updates_stale() {
+    let mut p = part(Policy::Async { scaling: ps_proto::Scaling::Relative }, 3, OptimizerConfig::sgd(1.0));
+    read(&mut p, 0);
+    read(&mut p, 1);
+    // tau 0, then 1, 2, 3 for worker 1: factors 1, 1, 1 and 2/3 (W - 1 = 2).
+    p.push(0, 0, grad(&[9.0; 3])).unwrap();
+    for c in 0..3 {
+        p.push(1, c, grad(&[9.0; 3])).unwrap();
+    }
+    // 1 - (3 + 3 + 3 + 2), each push 9/W = 3 before scaling.
+    for v in read(&mut p, 0) {
+        assert!((v + 10.0).abs() < 1e-5, "{v}");
+    }
+}
+
+#[test]
 fn async_cut_is_late_once_any_worker_passed_it() {
     let mut p = part(Policy::ASYNC, 2, OptimizerConfig::sgd(0.1));
     for clock in 0..4 {
