@@ -84,7 +84,7 @@ pub(crate) fn check_same_job(
             (workers(first), workers(v), "--workers and --max-workers")
         } else if v.policy != first.policy {
             let policy = |v: &ShardView| named("policy", v.policy.map(|p| p.to_string()));
-            (policy(first), policy(v), "--policy and --staleness")
+            (policy(first), policy(v), "--policy, --staleness, --backup-workers and --staleness-scaling")
         } else if v.optimizer != first.optimizer {
             let optimizer = |v: &ShardView| named("optimizer", v.optimizer.map(|o| o.to_string()));
             (optimizer(first), optimizer(v), "--optimizer, --lr, --momentum and --weight-decay")

@@ -11,13 +11,14 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
-/// A policy: `"sync"`, `"async"`, `"ssp(3)"`, `"ssp:3"` or `("ssp", 3)`.
+/// A policy: `"sync"`, `"sync+backup(1)"`, `"async"`, `"async(scaled)"`,
+/// `"ssp(3)"`, `"ssp:3"`, `"ssp(3,scaled)"` or `("ssp", 3)`.
 pub(crate) fn policy(arg: &Bound<'_, PyAny>) -> PyResult<Policy> {
     if let Ok(t) = arg.cast::<PyTuple>()
         && let Ok((kind, staleness)) = t.extract::<(String, u32)>()
         && kind == "ssp"
     {
-        return Ok(Policy::Ssp { staleness });
+        return Ok(Policy::ssp(staleness));
     }
     let text: String = arg.extract().map_err(|_| {
         PyTypeError::new_err(format!(
