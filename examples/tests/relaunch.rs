@@ -205,8 +205,7 @@ fn restoring_onto_other_settings_is_refused_unless_allowed() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(
-        err.contains("--policy/--staleness sync (this shard: async)")
-            && err.contains("--allow-changed-settings"),
+        err.contains("--policy sync (this shard: async)") && err.contains("--allow-changed-settings"),
         "{err}"
     );
     // Allowed, it starts (and says what changed).

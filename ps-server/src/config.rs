@@ -208,12 +208,18 @@ impl ShardConfig {
     /// [`optimizer_note`](Self::optimizer_note)).
     pub fn differences_from(&self, manifest: &crate::checkpoint::format::Manifest) -> Vec<String> {
         let mut differences = Vec::new();
-        if manifest.policy != self.default_policy() {
-            differences.push(format!(
-                "--policy/--staleness/--backup-workers/--staleness-scaling {} (this shard: {})",
-                manifest.policy,
-                self.default_policy()
-            ));
+        let (theirs, ours) = (manifest.policy, self.default_policy());
+        if theirs != ours {
+            let flag = if theirs.kind() != ours.kind() {
+                "--policy"
+            } else if theirs.backup_workers() != ours.backup_workers() {
+                "--backup-workers"
+            } else if theirs.scaling() != ours.scaling() {
+                "--staleness-scaling"
+            } else {
+                "--staleness"
+            };
+            differences.push(format!("{flag} {theirs} (this shard: {ours})"));
         }
         if manifest.num_workers != self.num_workers {
             differences

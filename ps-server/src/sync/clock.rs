@@ -85,7 +85,8 @@ pub enum PullDecision {
 /// A sync round that just became complete: apply the aggregate now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundComplete {
-    /// The clock whose updates are aggregated.
+    /// The round: the clock whose updates are aggregated (with backup
+    /// workers, the round's number, which worker clocks need not match).
     pub clock: u64,
     /// How many workers contributed (the divisor of a mean).
     pub contributors: u32,

@@ -1,9 +1,9 @@
 //! The synchronisation core: a pure, I/O-free state machine per tensor part.
 //!
 //! [`ClockTable::step`] is the one entry point: an [`Event`] goes in (a
-//! push, an applied update, a pull, a cancelled pull, a join, a leave) and
-//! a [`Ready`] comes out, saying what follows: accumulate or apply the
-//! gradient, apply a completed round, which waiting pulls to release or
+//! push, an applied update, a pull, a cancelled pull, a join, a leave, a
+//! read) and a [`Ready`] comes out, saying what follows: accumulate, apply
+//! or drop the gradient (with its staleness), apply a completed round, which waiting pulls to release or
 //! refuse by id, and whether checkpoint cuts may be due. Each decision is
 //! made once, by the step that returns it. The table never touches
 //! tensors, sockets or time, so every rule of DESIGN §3 can be tested from
