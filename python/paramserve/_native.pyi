@@ -143,6 +143,8 @@ class LocalCluster:
         policy: str = "ssp",
         staleness: int = 3,
         *,
+        backup_workers: int = 0,
+        staleness_scaling: str = "none",
         optimizer: Optimizer = None,
         aggregation: str = "mean",
         checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
@@ -157,6 +159,10 @@ class LocalCluster:
     ) -> None:
         """``policy``: ``"sync"``, ``"ssp"`` (with ``staleness``) or
         ``"async"``, the default of tensors declared without one.
+        ``backup_workers``: sync rounds close on the first
+        ``workers - backup_workers`` gradients; later ones are dropped.
+        ``staleness_scaling``: ssp and async: ``"none"``, ``"inverse"``
+        (``1/max(1, tau)``) or ``"relative"`` (``min(1, (W-1)/tau)``).
         ``optimizer``: the default optimizer (SGD at lr 0.3 if ``None``).
         ``aggregation``: ``"mean"`` or ``"sum"`` of the workers' gradients.
         ``worker_timeout``: evict (or wait for, or ``"fail"`` the job on,

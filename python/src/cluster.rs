@@ -75,11 +75,13 @@ fn millis(name: &str, seconds: f64) -> PyResult<u64> {
 #[pymethods]
 impl LocalCluster {
     /// Starts `shards` shards of a job of `workers` workers under `policy`
-    /// (`'sync'`, `'ssp'` with `staleness`, or `'async'`) on ephemeral
+    /// (`'sync'` with `backup_workers`, `'ssp'` with `staleness`, or
+    /// `'async'`; ssp and async with `staleness_scaling`) on ephemeral
     /// ports of 127.0.0.1; returns once every shard accepts connections.
     #[new]
     #[pyo3(signature = (
-        shards=2, workers=4, policy="ssp", staleness=3, *, optimizer=None, aggregation="mean",
+        shards=2, workers=4, policy="ssp", staleness=3, *, backup_workers=0, staleness_scaling="none",
+        optimizer=None, aggregation="mean",
         checkpoint_dir=None, token=None, tls_cert=None, tls_key=None, worker_timeout=None,
         on_worker_loss="evict", join_grace=None, split_threshold=None, max_tensor_bytes=None
     ))]
@@ -90,6 +92,8 @@ impl LocalCluster {
         workers: u32,
         policy: &str,
         staleness: u32,
+        backup_workers: u32,
+        staleness_scaling: &str,
         optimizer: Option<&Bound<'_, PyAny>>,
         aggregation: &str,
         checkpoint_dir: Option<PathBuf>,
@@ -116,6 +120,10 @@ impl LocalCluster {
             num_workers: workers,
             policy: options::policy_name(policy)?,
             staleness,
+            backup_workers,
+            staleness_scaling: staleness_scaling
+                .parse()
+                .map_err(|e: String| PyValueError::new_err(format!("staleness_scaling: {e}")))?,
             aggregation: match aggregation {
                 "mean" => Aggregation::Mean,
                 "sum" => Aggregation::Sum,
@@ -154,7 +162,8 @@ impl LocalCluster {
         if let Some(b) = max_tensor_bytes {
             template.max_tensor_bytes = b;
         }
-        let policy = template.policy.with_staleness(staleness).to_string();
+        template.validate().map_err(PyValueError::new_err)?;
+        let policy = template.default_policy().to_string();
         let running = runtime::wait(py, ps_server::LocalCluster::start(shards, template))?
             .map_err(|e| PyOSError::new_err(format!("cannot start the shards: {e}")))?;
         let spec = running.spec().clone();

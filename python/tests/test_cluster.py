@@ -88,3 +88,27 @@ def test_repeated_clusters_leave_no_threads_behind():
     for _ in range(5):
         once()
     assert threads_of_this_process() <= baseline
+
+
+def test_backup_workers_drop_a_late_push_and_scaling_is_a_setting():
+    optimizer = {"kind": "sgd", "lr": 1.0}
+    with paramserve.LocalCluster(
+        shards=1, workers=2, policy="sync", backup_workers=1, optimizer=optimizer
+    ) as cluster:
+        assert cluster.policy == "sync+backup(1)"
+        with paramserve.Worker(cluster.shards, 0) as w0, paramserve.Worker(cluster.shards, 1) as w1:
+            for w in (w0, w1):
+                w.declare("w", (2,))
+                w.pull()
+            # A round closes on W - b = 1 gradient: worker 0's closes round 0.
+            first = w0.step({"w": np.ones(2, np.float32)})
+            np.testing.assert_array_equal(first["w"], [-1.0, -1.0])
+            # Worker 1's push was computed from round 0, now closed: dropped, not an error.
+            late = w1.step({"w": np.full(2, 100.0, np.float32)})
+            np.testing.assert_array_equal(late["w"], [-1.0, -1.0])
+    with paramserve.LocalCluster(shards=1, workers=2, policy="async", staleness_scaling="relative") as c:
+        assert c.policy == "async(scaled)"
+    with pytest.raises(ValueError, match="applies only to policy sync"):
+        paramserve.LocalCluster(shards=1, workers=2, policy="ssp", backup_workers=1)
+    with pytest.raises(ValueError, match="use none, inverse"):
+        paramserve.LocalCluster(shards=1, workers=2, policy="async", staleness_scaling="half")
