@@ -471,15 +471,6 @@ impl ClockTable {
         self.num_workers().saturating_sub(backup).min(live).max(1)
     }
 
-    /// Sync: the gradients the round in progress closes on (every live
-    /// worker's, or the quorum with backup workers).
-    pub fn round_size(&self) -> u32 {
-        match self.policy.backup_workers() {
-            0 => self.slots.iter().filter(|s| s.live).count() as u32,
-            backup => self.quorum(backup),
-        }
-    }
-
     /// The pending update is in the values: versions show it, and waiting
     /// pulls whose rule now holds are released.
     fn applied(&mut self) -> Ready {
