@@ -67,7 +67,8 @@ struct Args {
     /// Policies to run, comma-separated: sync, sync+backup(B) (B backup
     /// workers: rounds close on the first W-B gradients), ssp:N (or
     /// ssp(N), quoted), ssp:N:scaled, async, async(scaled) (updates scaled
-    /// by 1/max(1, staleness)). Quote the parentheses in a shell.
+    /// by min(1, (W-1)/staleness)) or async(inverse) (by 1/max(1,
+    /// staleness)). Quote the parentheses in a shell.
     #[arg(long, value_delimiter = ',', default_value = "sync,ssp:1,ssp:3,ssp:10,async")]
     policies: Vec<Policy>,
 
