@@ -240,6 +240,14 @@ impl http_body::Body for FedBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         self.frames.poll_recv(cx).map(|frame| frame.map(|data| Ok(http_body::Frame::data(data))))
     }
+
+    /// True once the feed has ended and its last frame is taken: the
+    /// transport then marks that frame as the request's end instead of
+    /// sending an empty frame to end it later, so the shard learns of the
+    /// end (and can send its status) without another write and wake-up.
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_closed() && self.frames.is_empty()
+    }
 }
 
 /// Like [`call`], with a body of the frames `feed` sends into the channel
@@ -311,6 +319,34 @@ impl Reply<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The next data frame of `body`, if one is ready.
+    fn take(body: &mut FedBody) -> Option<Bytes> {
+        use http_body::Body as _;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match Pin::new(body).poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+            _ => None,
+        }
+    }
+
+    /// A fed body ends with its last frame once the feed is done, so that
+    /// frame carries the request's end; while the feed may still send, it
+    /// does not end.
+    #[test]
+    fn a_fed_body_ends_with_its_last_frame_once_the_feed_is_done() {
+        use http_body::Body as _;
+        let (tx, frames) = tokio::sync::mpsc::channel(FEED_DEPTH);
+        let mut body = FedBody { frames };
+        tx.try_send(Bytes::from_static(b"first")).expect("room for a frame");
+        tx.try_send(Bytes::from_static(b"last")).expect("room for a frame");
+        assert_eq!(take(&mut body).as_deref(), Some(&b"first"[..]));
+        assert!(!body.is_end_stream(), "the feed may still send");
+        drop(tx);
+        assert!(!body.is_end_stream(), "a frame is still to be taken");
+        assert_eq!(take(&mut body).as_deref(), Some(&b"last"[..]));
+        assert!(body.is_end_stream(), "the feed is done and its last frame taken");
+    }
 
     #[test]
     fn timeouts_use_the_finest_unit_that_fits_eight_digits() {
