@@ -100,6 +100,13 @@ struct Args {
     /// shard's, 16 MiB / workers within 2-8 MiB; 0: whole pushes only).
     #[arg(long)]
     sync_piece_bytes: Option<u64>,
+    /// Tensors of more than this many elements are split across the
+    /// shards (ps-server's --split-threshold). Default: 1,024 with --sizes,
+    /// so that every size is split over the shards of a multi-shard run;
+    /// with --models, ps-server's own default (1,048,576), so the model is
+    /// placed as on a cluster started with default flags.
+    #[arg(long)]
+    split_threshold: Option<u64>,
     /// A small, fast run for CI: 4K and 1M, one shard, one worker, async.
     #[arg(long)]
     quick: bool,
@@ -132,6 +139,7 @@ fn start_shards(
     push_budget: Option<u64>,
     sync_piece_bytes: Option<u64>,
     threads: Option<u16>,
+    split_threshold: u64,
 ) -> Result<(Vec<Shard>, ClusterSpec), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("ps-server");
     let (workers, push_budget, sync_piece_bytes, threads) = (
@@ -143,7 +151,7 @@ fn start_shards(
     let mut args = vec!["--metrics-listen", "off", "--workers", &workers, "--policy", policy];
     args.extend(["--max-message-bytes", "67108864"]);
     args.extend([&push_budget, &sync_piece_bytes, &threads].into_iter().flatten().map(String::as_str));
-    ps_server::process::start_cluster(&exe, n, 1024, &args)
+    ps_server::process::start_cluster(&exe, n, split_threshold, &args)
 }
 
 /// How the workers hand their gradients to `Worker::push_pull`.
@@ -422,6 +430,11 @@ fn main() -> Result<(), String> {
         args.iterations = 5;
         args.seconds = 1.0;
     }
+    let split_threshold = args.split_threshold.unwrap_or(if args.models.is_empty() {
+        1024
+    } else {
+        ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD
+    });
     let loads: Vec<Load> = if args.models.is_empty() {
         args.sizes.iter().map(|s| Ok(Load::one_tensor(s, parse_size(s)?))).collect::<Result<_, String>>()?
     } else {
@@ -479,6 +492,7 @@ fn main() -> Result<(), String> {
                             args.push_budget,
                             args.sync_piece_bytes,
                             args.shard_threads,
+                            split_threshold,
                         )?;
                         let (throughput, mut lat) =
                             measure(runtime.as_ref(), &spec, load, workers, dtype, step, &args)?;
