@@ -100,7 +100,7 @@ struct Args {
     /// shard's, 16 MiB / workers within 2-8 MiB; 0: whole pushes only).
     #[arg(long)]
     sync_piece_bytes: Option<u64>,
-    /// Tensors of more than this many elements are split across the
+    /// Tensors with at least this many elements are split across the
     /// shards (ps-server's --split-threshold). Default: 1,024 with --sizes,
     /// so that every size is split over the shards of a multi-shard run;
     /// with --models, ps-server's own default (1,048,576), so the model is
