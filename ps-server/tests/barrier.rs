@@ -69,3 +69,38 @@ async fn shutdown_fails_waiting_pulls_with_unavailable() {
     let err = pull.await.expect("task").expect_err("the pull cannot complete");
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_step_stops_waiting_once_its_worker_is_gone() {
+    let config = ShardConfig { num_workers: 2, policy: PolicyName::Sync, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let mut w = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
+    w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
+    let waiting = |n: u32| {
+        let line = format!(" {n}");
+        move |text: &str| {
+            text.lines().any(|l| l.starts_with("ps_server_pulls_waiting{") && l.ends_with(&line))
+        }
+    };
+    // The step's pull at clock 1 waits for worker 1, which never comes.
+    let step = tokio::spawn(async move {
+        w.step(&[("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())].into()).await
+    });
+    let mut polls = 0;
+    while !waiting(1)(&ps_server::metrics::encode(cluster.registries())) {
+        polls += 1;
+        assert!(polls < 10_000, "the step's pull never started waiting");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The worker goes away (its step and connection dropped): the shard
+    // stops waiting on its behalf, rather than until worker 1 comes.
+    step.abort();
+    assert!(step.await.expect_err("aborted").is_cancelled());
+    let mut polls = 0;
+    while !waiting(0)(&ps_server::metrics::encode(cluster.registries())) {
+        polls += 1;
+        assert!(polls < 10_000, "the gone worker's pull still waits");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cluster.shutdown().await.expect("shutdown");
+}

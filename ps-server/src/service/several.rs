@@ -277,8 +277,9 @@ impl Service {
     /// step's push of it was dropped), sends each into `tx` once released,
     /// and ends the reply: with an OK status once
     /// `requests` closes and every part is sent, or with the first refusal
-    /// (of a pull, or one `requests` passes on). Returns the parts sent
-    /// and their payload bytes.
+    /// (of a pull, or one `requests` passes on). Stops as soon as the
+    /// client is gone, so its pulls wait for no one any longer. Returns the
+    /// parts sent and their payload bytes.
     async fn stream_parts(
         &self,
         mut requests: mpsc::UnboundedReceiver<Result<(pb::PullRequest, bool), Rejected>>,
@@ -287,8 +288,13 @@ impl Service {
         let mut pending = FuturesUnordered::new();
         let (mut sent, mut bytes, mut open) = (0, 0, true);
         let end = |status: tonic::Status| Out::End(status_trailers(status));
+        // A client that is gone (its reply dropped) waits for nothing:
+        // dropping the pending pulls cancels their waits.
+        let gone = tx.closed();
+        tokio::pin!(gone);
         loop {
             tokio::select! {
+                () = &mut gone, if open || !pending.is_empty() => return (sent, bytes),
                 request = requests.recv(), if open => match request {
                     Some(Ok((req, dropped))) => pending.push(async move {
                         let tensor = req.tensor.clone();
