@@ -219,9 +219,10 @@ fn restoring_onto_other_settings_is_refused_unless_allowed() {
 }
 
 #[test]
-fn a_sigkilled_sync_worker_is_named_in_the_shards_log_within_10_s() {
+fn a_sigkilled_sync_worker_is_named_in_the_shards_and_the_survivors_logs_within_10_s() {
     let dir = scratch("killed-sync-worker");
     let log = dir.join("shard.log");
+    let survivor_log = dir.join("worker0.log");
     let mut command = std::process::Command::new(common::ps_server());
     command
         .args(["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "sync", "--metrics-listen", "off"])
@@ -240,8 +241,9 @@ fn a_sigkilled_sync_worker_is_named_in_the_shards_log_within_10_s() {
             .spawn()
             .expect("spawn ps-worker")
     };
+    let survivor_stderr = std::fs::File::create(&survivor_log).expect("log file");
     let (mut survivor, mut victim) =
-        (plain(0, std::process::Stdio::null()), plain(1, std::process::Stdio::piped()));
+        (plain(0, survivor_stderr.into()), plain(1, std::process::Stdio::piped()));
     // Kill worker 1 once it has trained a step (its first step line).
     let stderr = victim.stderr.take().expect("stderr");
     let first_step = BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("step"));
@@ -249,16 +251,24 @@ fn a_sigkilled_sync_worker_is_named_in_the_shards_log_within_10_s() {
     victim.kill().expect("SIGKILL worker 1");
     let _ = victim.wait();
     let killed = std::time::Instant::now();
-    let line = loop {
-        let text = std::fs::read_to_string(&log).expect("read log");
-        if let Some(line) = text.lines().find(|l| l.contains("a pull has waited")) {
+    let logged = |log: &std::path::Path, what: &str| loop {
+        let text = std::fs::read_to_string(log).expect("read log");
+        if let Some(line) = text.lines().find(|l| l.contains(what)) {
             break line.to_string();
         }
-        assert!(killed.elapsed() < Duration::from_secs(30), "no wait logged within 30 s:\n{text}");
+        assert!(killed.elapsed() < Duration::from_secs(30), "no {what:?} within 30 s:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let line = logged(&log, "a pull has waited");
     assert!(killed.elapsed() < Duration::from_secs(10), "logged {:?} after the kill", killed.elapsed());
     assert!(line.contains("for workers [1] to push"), "names worker 1: {line}");
+    // The surviving worker says so too, naming the shard and the worker.
+    let line = logged(&survivor_log, "has waited");
+    assert!(killed.elapsed() < Duration::from_secs(10), "logged {:?} after the kill", killed.elapsed());
+    assert!(
+        line.contains(&format!("for shard 0 ({addr})")) && line.contains("waits for workers [1] to push"),
+        "names shard 0 and worker 1: {line}"
+    );
     let _ = survivor.kill();
     let _ = survivor.wait();
     drop(shard);

@@ -161,7 +161,8 @@ struct State {
 }
 
 async fn state(client: &mut Client) -> State {
-    let mut status = client.control.status(pb::StatusRequest {}).await.expect("status answers").into_inner();
+    let mut status =
+        client.control.status(pb::StatusRequest::default()).await.expect("status answers").into_inner();
     status.session = 0;
     let mut values = Vec::new();
     for t in &status.tensors {
@@ -220,7 +221,7 @@ async fn send(client: &mut Client, req: Req) -> Result<bool, ()> {
         Req::Rewind(checkpoint, cause, worker) => {
             client.control.rewind(pb::RewindRequest { checkpoint, cause, worker }).await.map(|_| ())
         }
-        Req::Status => client.control.status(pb::StatusRequest {}).await.map(|_| ()),
+        Req::Status => client.control.status(pb::StatusRequest::default()).await.map(|_| ()),
     };
     Ok(outcome.is_ok())
 }

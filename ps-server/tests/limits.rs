@@ -183,7 +183,7 @@ async fn floods_of_unfinished_pushes_carrying_data_stay_within_the_budget() {
     let mut extras = Vec::new();
     for _ in 0..3 {
         if let Ok(mut extra) = ParameterServerClient::connect(addr.clone()).await
-            && extra.status(pb::StatusRequest {}).await.is_ok()
+            && extra.status(pb::StatusRequest::default()).await.is_ok()
         {
             extras.push(extra);
             continue;

@@ -234,7 +234,7 @@ async fn a_missed_client_deadline_is_deadline_exceeded() {
     assert_eq!(sample(&cluster, "ps_server_requests_total", &[r#"rpc="pull""#, code]), 1.0);
     assert_eq!(sample(&cluster, "ps_server_requests_total", &[r#"rpc="barrier""#, code]), 1.0);
     // A deadline that is not missed changes nothing.
-    let status = pb::StatusRequest {};
+    let status = pb::StatusRequest::default();
     let r = raw::call(&addr, &control("Status"), &[("grpc-timeout", "10S")], raw::message(&status)).await;
     assert_eq!(r.code, Code::Ok, "{r:?}");
     cluster.shutdown().await.expect("shutdown");

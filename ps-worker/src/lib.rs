@@ -35,6 +35,8 @@
 //!   shard releases it.
 //! - `pull` — pull of one tensor: one request per part, each reply checked
 //!   chunk by chunk and decoded into the tensor ([`Pulled`]).
+//! - `held` — what a worker logs while a shard's policy holds its step or
+//!   pull back, naming the workers the shard waits for.
 //! - `declared` — the declared tensors: shape, parts, pieces, name on the shards.
 //! - `data_path` — `Push`/`Pull`/`PushPull` requests of the data service
 //!   as raw gRPC on a shard's channel, and their replies' messages.
@@ -62,6 +64,7 @@ mod connection;
 mod data_path;
 mod declared;
 pub mod error;
+mod held;
 mod job;
 mod membership;
 pub mod metrics;

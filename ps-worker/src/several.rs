@@ -20,6 +20,7 @@ use crate::connection::{Attempt, Failure, Shards};
 use crate::data_path::Outgoing;
 use crate::declared::{Declared, TensorInfo};
 use crate::error::WorkerError;
+use crate::held::Held;
 use crate::pull::{PartBuffer, Pulled, merge_versions, reply_chunk};
 use crate::push::{GradientData, check_gradients, contiguous, push_header, push_pieces};
 
@@ -92,12 +93,14 @@ pub(crate) async fn step<G: GradientData>(
             entries.push(Entry { tensor: i, wire_name: &info.wire_name, part, dst });
         }
     }
-    let sent = requests.into_iter().map(|(shard, (pushes, entries))| {
+    let infos = &infos;
+    let sent = requests.into_iter().map(|(shard, (pushes, entries))| async move {
         let request = ShardRequest::new(shards, shard, frame::STEP_PATH, Outgoing::Several(pushes), entries);
-        shards.retrying("step", shard, None, true, request)
+        let held = Held { shards, shard, op: "step", clock, pull_clock: clock + 1, tensors: infos };
+        held.awaiting(shards.retrying("step", shard, None, true, request)).await
     });
     let pulled = try_join_all(sent).await?;
-    assemble(&infos, buffers, pulled)
+    assemble(infos, buffers, pulled)
 }
 
 /// Pulls every declared tensor at `clock` as this worker (waiting as the
@@ -118,15 +121,17 @@ pub(crate) async fn pull(shards: &Shards, tensors: &Declared, clock: u64) -> Res
     }
     let cfg = shards.config();
     let dtype = pb::WireDtype::from(cfg.wire_dtype) as i32;
+    let infos = &infos;
     let sent = requests.into_iter().map(|(shard, entries)| {
         let tensors = entries.iter().map(|e| e.wire_name.to_string()).collect();
         let req = pb::PullManyRequest { worker: Some(cfg.worker), clock, tensors, dtype };
         let outgoing = Outgoing::Message(frame::message(&req));
         let request = ShardRequest::new(shards, shard, frame::PULL_MANY_PATH, outgoing, entries);
-        shards.retrying("pull", shard, None, true, request)
+        let held = Held { shards, shard, op: "pull", clock, pull_clock: clock, tensors: infos };
+        async move { held.awaiting(shards.retrying("pull", shard, None, true, request)).await }
     });
     let pulled = try_join_all(sent).await?;
-    assemble(&infos, buffers, pulled)
+    assemble(infos, buffers, pulled)
 }
 
 /// Per tensor, the buffer its pulled values go in: one part's is filled by

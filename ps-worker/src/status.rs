@@ -85,15 +85,18 @@ impl ShardStatus {
 /// The status of every shard, in shard order.
 pub(crate) async fn status(shards: &Shards) -> Result<Vec<ShardStatus>, WorkerError> {
     let replies = shards
-        .broadcast("status", false, pb::StatusRequest {}, |mut c, r| async move { c.status(r).await })
+        .broadcast("status", false, pb::StatusRequest::default(), |mut c, r| async move { c.status(r).await })
         .await?;
     replies.into_iter().enumerate().map(|(shard, r)| ShardStatus::from_pb(shard as u32, r)).collect()
 }
 
 /// Shard 0's session, which names checkpoints.
 pub(crate) async fn session(shards: &Shards) -> Result<u64, WorkerError> {
-    let reply = shards
-        .call("status", 0, None, false, &pb::StatusRequest {}, |mut c, r| async move { c.status(r).await })
-        .await?;
+    let reply =
+        shards
+            .call("status", 0, None, false, &pb::StatusRequest::default(), |mut c, r| async move {
+                c.status(r).await
+            })
+            .await?;
     Ok(reply.session)
 }

@@ -82,7 +82,7 @@ impl Service {
                 clock: o.clock,
                 cause: o.cause,
             }),
-            has_tensors: !self.shard.status().is_empty(),
+            has_tensors: !self.shard.status(None).is_empty(),
         })
     }
 
@@ -133,13 +133,13 @@ impl Service {
         Ok(pb::BarrierReply {})
     }
 
-    async fn status_inner(&self, _req: Request<pb::StatusRequest>) -> Result<pb::StatusReply, Rejected> {
+    async fn status_inner(&self, req: Request<pb::StatusRequest>) -> Result<pb::StatusReply, Rejected> {
         let cfg = self.shard.config();
         let default = cfg.default_policy().to_pb();
         let origin = self.shard.origin();
         let tensors = self
             .shard
-            .status()
+            .status(req.get_ref().pull_clock)
             .into_iter()
             .map(|t| {
                 let policy = t.meta.policy.to_pb();
@@ -154,6 +154,7 @@ impl Service {
                     applied_clock: t.applied_clock,
                     backup_workers: policy.backup_workers,
                     staleness_scaling: policy.scaling as i32,
+                    holding_back: t.holding_back,
                 }
             })
             .collect();

@@ -128,6 +128,9 @@ pub struct TensorStatus {
     pub applied_clock: u64,
     /// Bytes of values, optimizer state and buffers.
     pub bytes_held: usize,
+    /// The live workers a pull at the clock asked about waits for, in id
+    /// order (empty when none does, or no clock was asked about).
+    pub holding_back: Vec<u32>,
 }
 
 /// A shard's state. Cloning the `Arc` around it is how handlers share it.
@@ -531,8 +534,9 @@ impl Shard {
         Ok(resume)
     }
 
-    /// A summary of every tensor part, by name.
-    pub fn status(&self) -> Vec<TensorStatus> {
+    /// A summary of every tensor part, by name; with `pull_clock`, each
+    /// names the workers a pull at that clock waits for.
+    pub fn status(&self, pull_clock: Option<u64>) -> Vec<TensorStatus> {
         self.tensors
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -544,6 +548,7 @@ impl Shard {
                     versions: part.clocks().versions(),
                     applied_clock: part.clocks().applied_clock(),
                     bytes_held: part.bytes_held(),
+                    holding_back: pull_clock.map(|c| part.clocks().holding_back(c)).unwrap_or_default(),
                 }
             })
             .collect()
