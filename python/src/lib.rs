@@ -17,11 +17,13 @@
 //!   `paramserve.errors` it stands for.
 //! - `runtime` — the process's Tokio runtime, and the one way a call waits
 //!   on it: GIL released, Ctrl-C heard.
+//! - `logging` — the library's logs to stderr, filtered by `PARAMSERVE_LOG`.
 
 mod arrays;
 mod bench;
 mod cluster;
 mod errors;
+mod logging;
 mod options;
 mod runtime;
 mod worker;
@@ -36,6 +38,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The native module: `Worker`, `LocalCluster` and the benchmark's Rust loop.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::init();
     m.add_class::<worker::Worker>()?;
     m.add_class::<cluster::LocalCluster>()?;
     m.add_function(wrap_pyfunction!(bench::rust_step_loop, m)?)?;
