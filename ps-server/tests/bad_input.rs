@@ -230,3 +230,29 @@ async fn oversized_messages_are_resource_exhausted() {
     small.push_tensor("big", 0, &g).await.expect("push in small chunks");
     assert_ne!(small.observe("big").await.expect("observe").0, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_shard_list_or_worker_id_is_refused_saying_what_to_change() {
+    let config = ShardConfig { num_workers: 2, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(2, config).await.expect("cluster");
+    let right = cluster.spec().clone();
+    let no_retry = |spec: ps_proto::ClusterSpec, id: u32| WorkerConfig {
+        retry: ps_worker::RetryPolicy::never(),
+        ..WorkerConfig::new(spec, id)
+    };
+    let swapped = ps_proto::ClusterSpec::new(right.shards.iter().rev().cloned().collect());
+    let e = Worker::connect(no_retry(swapped, 0)).await.expect_err("shards listed out of order");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("at position 0 ({})", right.shards[1]))
+            && text.contains("says it is shard 1 of 2")
+            && text.contains("in shard-id order"),
+        "{text}"
+    );
+    let short = ps_proto::ClusterSpec::new(vec![right.shards[0].clone()]);
+    let text = Worker::connect(no_retry(short, 0)).await.expect_err("one shard of two").to_string();
+    assert!(text.contains("lists 1 shard, but") && text.contains("of 2"), "{text}");
+    let text = Worker::connect(no_retry(right, 5)).await.expect_err("worker 5 of 2").to_string();
+    assert!(text.contains("FailedPrecondition: unknown worker 5: this job has workers 0..2"), "{text}");
+    cluster.shutdown().await.expect("shutdown");
+}

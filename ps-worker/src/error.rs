@@ -40,7 +40,7 @@ pub enum WorkerError {
         addr: String,
     },
     /// A shard refused or failed a request (after retries for transient errors).
-    #[error("{op}{} on shard {shard} failed after {attempts} attempt(s): {}: {}", tensor.as_ref().map(|t| format!(" of tensor {t:?}")).unwrap_or_default(), status.code(), status.message())]
+    #[error("{op}{} on shard {shard} failed after {attempts} attempt(s): {:?}: {}", tensor.as_ref().map(|t| format!(" of tensor {t:?}")).unwrap_or_default(), status.code(), status.message())]
     Rpc {
         /// The operation that failed.
         op: &'static str,

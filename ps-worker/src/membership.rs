@@ -54,9 +54,13 @@ async fn join_once(shards: &Shards) -> Result<(Joined, Histories), WorkerError> 
         .await?;
     for (shard, r) in replies.iter().enumerate() {
         if r.num_shards != n || r.shard != shard as u32 {
+            let addr = shards.config().cluster.shards.get(shard).map_or("?", String::as_str);
             return Err(WorkerError::Cluster(format!(
-                "the cluster spec lists {n} shards, but the shard at position {shard} says it is shard {} of {}",
-                r.shard, r.num_shards
+                "the cluster spec lists {n} shard{}, but the shard at position {shard} ({addr}) says it is shard {} of {}: \
+                 give the worker every shard's address, in shard-id order (the shards' --shards list)",
+                if n == 1 { "" } else { "s" },
+                r.shard,
+                r.num_shards
             )));
         }
     }
