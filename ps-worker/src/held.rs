@@ -1,17 +1,16 @@
 //! What a worker says while a shard's policy holds its step or pull back:
 //! every [`HELD_LOG_EVERY`] that the request still waits, on which shard and
-//! tensors, and for which workers (the shard's `Status`, asked at the
+//! tensors, and for which workers (the shard's `Status`, asked about the
 //! request's pull clock, names them). Silence while waiting is a bug.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use ps_proto::pb;
-
 use crate::connection::Shards;
 use crate::declared::TensorInfo;
 use crate::error::WorkerError;
+use crate::status;
 
 /// How often a worker says that a request is still held back.
 pub(crate) const HELD_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -68,17 +67,12 @@ impl Held<'_> {
     /// The workers the shard says a pull of the request's tensors at
     /// `pull_clock` waits for, in id order.
     async fn holding_back(&self) -> Result<Vec<u32>, WorkerError> {
-        let request = pb::StatusRequest { pull_clock: Some(self.pull_clock) };
-        let reply = self
-            .shards
-            .call("status", self.shard, None, false, &request, |mut c, r| async move { c.status(r).await })
-            .await?;
+        let parts = status::holding_back(self.shards, self.shard, self.pull_clock).await?;
         let names: std::collections::HashSet<&str> = self.names().collect();
-        let mut who: Vec<u32> = reply
-            .tensors
-            .iter()
-            .filter(|t| names.contains(t.name.as_str()))
-            .flat_map(|t| t.holding_back.iter().copied())
+        let mut who: Vec<u32> = parts
+            .into_iter()
+            .filter(|(name, _)| names.contains(name.as_str()))
+            .flat_map(|(_, workers)| workers)
             .collect();
         who.sort_unstable();
         who.dedup();

@@ -27,7 +27,6 @@
 //!   they agree on its settings and hold the same history.
 //! - `checkpoint` — request a checkpoint, its status per shard, wait for it
 //!   ([`CheckpointDone`], [`CheckpointStatus`]).
-//! - `status` — what each shard reports of itself ([`ShardStatus`]).
 //! - `push` — push and push_pull: gradients split into parts and pieces
 //!   ([`GradientData`]).
 //! - `several` — a step and a pull of every tensor in one request per
@@ -37,6 +36,8 @@
 //!   chunk by chunk and decoded into the tensor ([`Pulled`]).
 //! - `held` — what a worker logs while a shard's policy holds its step or
 //!   pull back, naming the workers the shard waits for.
+//! - `status` — what each shard reports of itself ([`ShardStatus`]), and
+//!   whom a pull at a given clock waits for.
 //! - `declared` — the declared tensors: shape, parts, pieces, name on the shards.
 //! - `data_path` — `Push`/`Pull`/`PushPull` requests of the data service
 //!   as raw gRPC on a shard's channel, and their replies' messages.

@@ -84,19 +84,34 @@ impl ShardStatus {
 
 /// The status of every shard, in shard order.
 pub(crate) async fn status(shards: &Shards) -> Result<Vec<ShardStatus>, WorkerError> {
-    let replies = shards
-        .broadcast("status", false, pb::StatusRequest::default(), |mut c, r| async move { c.status(r).await })
-        .await?;
+    let request = pb::StatusRequest::default();
+    let replies =
+        shards.broadcast("status", false, request, |mut c, r| async move { c.status(r).await }).await?;
     replies.into_iter().enumerate().map(|(shard, r)| ShardStatus::from_pb(shard as u32, r)).collect()
 }
 
 /// Shard 0's session, which names checkpoints.
 pub(crate) async fn session(shards: &Shards) -> Result<u64, WorkerError> {
-    let reply =
-        shards
-            .call("status", 0, None, false, &pb::StatusRequest::default(), |mut c, r| async move {
-                c.status(r).await
-            })
-            .await?;
-    Ok(reply.session)
+    Ok(status_of(shards, 0, None).await?.session)
+}
+
+/// Per tensor part `shard` holds (by its name on the shards), the live
+/// workers a pull at `pull_clock` waits for.
+pub(crate) async fn holding_back(
+    shards: &Shards,
+    shard: u32,
+    pull_clock: u64,
+) -> Result<Vec<(String, Vec<u32>)>, WorkerError> {
+    let reply = status_of(shards, shard, Some(pull_clock)).await?;
+    Ok(reply.tensors.into_iter().map(|t| (t.name, t.holding_back)).collect())
+}
+
+/// `shard`'s status reply, asked about a pull at `pull_clock` if given.
+async fn status_of(
+    shards: &Shards,
+    shard: u32,
+    pull_clock: Option<u64>,
+) -> Result<pb::StatusReply, WorkerError> {
+    let request = pb::StatusRequest { pull_clock };
+    shards.call("status", shard, None, false, &request, |mut c, r| async move { c.status(r).await }).await
 }
