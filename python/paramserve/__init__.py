@@ -3,7 +3,10 @@
 The worker is the Rust worker library (retries, exactly-once pushes,
 recovery after a shard restart, chunked and f16/bf16 transfers) compiled
 with PyO3; this package adds numpy arrays in and out, typed exceptions and
-PyTorch glue (:mod:`paramserve.torch`).
+PyTorch glue (:mod:`paramserve.torch`). Its warnings (a step held back by
+other workers, a shard being retried) go to stderr; the environment
+variable ``PARAMSERVE_LOG`` (``info``, ``debug``, ``off``), read at import,
+sets the level.
 
 >>> import numpy as np, paramserve
 >>> with paramserve.LocalCluster(shards=2, workers=1, policy="sync") as cluster:
