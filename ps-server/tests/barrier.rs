@@ -104,3 +104,36 @@ async fn a_held_step_stops_waiting_once_its_worker_is_gone() {
     }
     cluster.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_workers_a_pull_or_a_barrier_waits_for() {
+    use ps_proto::pb;
+    let config =
+        ShardConfig { num_workers: 2, policy: PolicyName::Ssp, staleness: 1, ..ShardConfig::default() };
+    let cluster = LocalCluster::start(1, config).await.expect("cluster");
+    let mut w = Worker::connect(WorkerConfig::new(cluster.spec().clone(), 0)).await.expect("connect");
+    w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
+    for _ in 0..3 {
+        w.push(&[("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())].into()).await.expect("push");
+    }
+    let addr = format!("http://{}", cluster.spec().shards[0]);
+    let mut client =
+        pb::parameter_server_client::ParameterServerClient::connect(addr).await.expect("connect");
+    let mut held = async |pull_clock, barrier_clock| {
+        let reply = client.status(pb::StatusRequest { pull_clock, barrier_clock }).await?.into_inner();
+        Ok::<_, tonic::Status>(
+            reply.tensors.into_iter().map(|t| (t.name, t.holding_back)).collect::<Vec<_>>(),
+        )
+    };
+    let w_held_by = |workers: Vec<u32>| vec![("w".to_string(), workers)];
+    // Worker 0 has completed 3 clocks, worker 1 none: under ssp(1) a pull
+    // at 3 needs worker 1 at clock 2, one at 1 needs nothing; a barrier
+    // at 1 needs every worker to have completed clock 0.
+    assert_eq!(held(Some(3), None).await.expect("status"), w_held_by(vec![1]));
+    assert_eq!(held(Some(1), None).await.expect("status"), w_held_by(vec![]));
+    assert_eq!(held(None, Some(1)).await.expect("status"), w_held_by(vec![1]));
+    assert_eq!(held(None, None).await.expect("status"), w_held_by(vec![]));
+    let both = held(Some(1), Some(1)).await.expect_err("a pull's and a barrier's clock at once");
+    assert_eq!(both.code(), tonic::Code::InvalidArgument, "{both:?}");
+    cluster.shutdown().await.expect("shutdown");
+}

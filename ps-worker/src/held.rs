@@ -1,7 +1,7 @@
-//! What a worker says while a shard's policy holds its step or pull back:
+//! What a worker says while a shard holds its step, pull or barrier back:
 //! every [`HELD_LOG_EVERY`] that the request still waits, on which shard and
 //! tensors, and for which workers (the shard's `Status`, asked about the
-//! request's pull clock, names them). Silence while waiting is a bug.
+//! request's wait, names them). Silence while waiting is a bug.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,21 +10,21 @@ use std::time::{Duration, Instant};
 use crate::connection::Shards;
 use crate::declared::TensorInfo;
 use crate::error::WorkerError;
-use crate::status;
+use crate::status::{self, WaitAt};
 
 /// How often a worker says that a request is still held back.
 pub(crate) const HELD_LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// A request to one shard that the shard's policy may hold back.
+/// A request to one shard that the shard may hold back for other workers.
 pub(crate) struct Held<'a> {
     pub(crate) shards: &'a Shards,
     pub(crate) shard: u32,
-    /// `"step"` or `"pull"`.
+    /// `"step"`, `"pull"` or `"barrier"`.
     pub(crate) op: &'static str,
     /// The worker's clock of the request.
     pub(crate) clock: u64,
-    /// The clock its parts are pulled at.
-    pub(crate) pull_clock: u64,
+    /// What the request waits for on the shard.
+    pub(crate) wait: WaitAt,
     /// The request's tensors (those with no part on `shard` are skipped).
     pub(crate) tensors: &'a [&'a TensorInfo],
 }
@@ -64,10 +64,10 @@ impl Held<'_> {
             .map(|t| t.wire_name.as_str())
     }
 
-    /// The workers the shard says a pull of the request's tensors at
-    /// `pull_clock` waits for, in id order.
+    /// The workers the shard says the request's wait on its tensors waits
+    /// for, in id order.
     async fn holding_back(&self) -> Result<Vec<u32>, WorkerError> {
-        let parts = status::holding_back(self.shards, self.shard, self.pull_clock).await?;
+        let parts = status::holding_back(self.shards, self.shard, self.wait).await?;
         let names: std::collections::HashSet<&str> = self.names().collect();
         let mut who: Vec<u32> = parts
             .into_iter()
@@ -93,9 +93,13 @@ impl Held<'_> {
         };
         let secs = waited.as_secs();
         let give_up = cfg.wait_timeout.as_secs();
+        let until = match self.wait {
+            WaitAt::Pull(_) => format!("release {tensors}"),
+            WaitAt::Barrier(clock) => format!("see every live worker reach clock {clock} on {tensors}"),
+        };
         let why = match &who {
             Ok(who) if !who.is_empty() => format!(
-                "its policy waits for workers {who:?} to push; if one has stopped, restart it \
+                "it waits for workers {who:?} to push; if one has stopped, restart it \
                  (it joins again) or start the shards with --worker-timeout SECONDS"
             ),
             Ok(_) => "the shard names no worker it waits for: an update or a checkpoint is in \
@@ -111,8 +115,8 @@ impl Held<'_> {
             clock,
             waited_s = secs,
             waiting_for = ?who.as_ref().ok(),
-            "{op} at clock {clock} has waited {secs} s for shard {shard} ({addr}) to release \
-             {tensors}: {why}; giving up after {give_up} s"
+            "{op} at clock {clock} has waited {secs} s for shard {shard} ({addr}) to {until}: \
+             {why}; giving up after {give_up} s"
         );
     }
 }

@@ -34,10 +34,10 @@
 //!   shard releases it.
 //! - `pull` — pull of one tensor: one request per part, each reply checked
 //!   chunk by chunk and decoded into the tensor ([`Pulled`]).
-//! - `held` — what a worker logs while a shard's policy holds its step or
-//!   pull back, naming the workers the shard waits for.
+//! - `held` — what a worker logs while a shard holds its step, pull or
+//!   barrier back, naming the workers the shard waits for.
 //! - `status` — what each shard reports of itself ([`ShardStatus`]), and
-//!   whom a pull at a given clock waits for.
+//!   whom a pull or a barrier at a given clock waits for.
 //! - `declared` — the declared tensors: shape, parts, pieces, name on the shards.
 //! - `data_path` — `Push`/`Pull`/`PushPull` requests of the data service
 //!   as raw gRPC on a shard's channel, and their replies' messages.

@@ -3,9 +3,14 @@
 
 use ps_proto::{OptimizerConfig, Policy, pb};
 
+use futures::future::try_join_all;
+
 use crate::connection::Shards;
+use crate::declared::{Declared, TensorInfo};
 use crate::error::{Restart, WorkerError};
+use crate::held::Held;
 use crate::job::{self, Histories, ShardView};
+use crate::status::WaitAt;
 
 /// What the shards told a worker that joined.
 #[derive(Clone, Debug)]
@@ -129,10 +134,19 @@ pub(crate) async fn leave(shards: &Shards) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// Waits until every live worker has completed `clock` clocks on every shard.
-pub(crate) async fn barrier(shards: &Shards, clock: u64) -> Result<(), WorkerError> {
+/// Waits until every live worker has completed `clock` clocks on every
+/// shard; says every few seconds on which shards and for whom it waits.
+pub(crate) async fn barrier(shards: &Shards, tensors: &Declared, clock: u64) -> Result<(), WorkerError> {
     let worker = shards.config().worker;
     let request = pb::BarrierRequest { worker, clock };
-    shards.broadcast("barrier", true, request, |mut c, r| async move { c.barrier(r).await }).await?;
+    let infos: Vec<&TensorInfo> = tensors.iter().collect();
+    let (request, infos) = (&request, infos.as_slice());
+    try_join_all((0..shards.count()).map(|shard| async move {
+        let held = Held { shards, shard, op: "barrier", clock, wait: WaitAt::Barrier(clock), tensors: infos };
+        let call =
+            shards.call("barrier", shard, None, true, request, |mut c, r| async move { c.barrier(r).await });
+        held.awaiting(call).await
+    }))
+    .await?;
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::error::WorkerError;
 use crate::held::Held;
 use crate::pull::{PartBuffer, Pulled, merge_versions, reply_chunk};
 use crate::push::{GradientData, check_gradients, contiguous, push_header, push_pieces};
+use crate::status::WaitAt;
 
 /// One part of a several-part request: its tensor (an index into the
 /// tensors the request is for), and where its pulled elements go.
@@ -96,7 +97,7 @@ pub(crate) async fn step<G: GradientData>(
     let infos = &infos;
     let sent = requests.into_iter().map(|(shard, (pushes, entries))| async move {
         let request = ShardRequest::new(shards, shard, frame::STEP_PATH, Outgoing::Several(pushes), entries);
-        let held = Held { shards, shard, op: "step", clock, pull_clock: clock + 1, tensors: infos };
+        let held = Held { shards, shard, op: "step", clock, wait: WaitAt::Pull(clock + 1), tensors: infos };
         held.awaiting(shards.retrying("step", shard, None, true, request)).await
     });
     let pulled = try_join_all(sent).await?;
@@ -127,7 +128,7 @@ pub(crate) async fn pull(shards: &Shards, tensors: &Declared, clock: u64) -> Res
         let req = pb::PullManyRequest { worker: Some(cfg.worker), clock, tensors, dtype };
         let outgoing = Outgoing::Message(frame::message(&req));
         let request = ShardRequest::new(shards, shard, frame::PULL_MANY_PATH, outgoing, entries);
-        let held = Held { shards, shard, op: "pull", clock, pull_clock: clock, tensors: infos };
+        let held = Held { shards, shard, op: "pull", clock, wait: WaitAt::Pull(clock), tensors: infos };
         async move { held.awaiting(shards.retrying("pull", shard, None, true, request)).await }
     });
     let pulled = try_join_all(sent).await?;

@@ -92,26 +92,38 @@ pub(crate) async fn status(shards: &Shards) -> Result<Vec<ShardStatus>, WorkerEr
 
 /// Shard 0's session, which names checkpoints.
 pub(crate) async fn session(shards: &Shards) -> Result<u64, WorkerError> {
-    Ok(status_of(shards, 0, None).await?.session)
+    Ok(status_of(shards, 0, pb::StatusRequest::default()).await?.session)
+}
+
+/// A wait whose workers a shard can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitAt {
+    /// A pull at this clock (a step's pull is at its clock + 1).
+    Pull(u64),
+    /// A barrier at this clock.
+    Barrier(u64),
 }
 
 /// Per tensor part `shard` holds (by its name on the shards), the live
-/// workers a pull at `pull_clock` waits for.
+/// workers `wait` waits for there.
 pub(crate) async fn holding_back(
     shards: &Shards,
     shard: u32,
-    pull_clock: u64,
+    wait: WaitAt,
 ) -> Result<Vec<(String, Vec<u32>)>, WorkerError> {
-    let reply = status_of(shards, shard, Some(pull_clock)).await?;
+    let request = match wait {
+        WaitAt::Pull(clock) => pb::StatusRequest { pull_clock: Some(clock), ..Default::default() },
+        WaitAt::Barrier(clock) => pb::StatusRequest { barrier_clock: Some(clock), ..Default::default() },
+    };
+    let reply = status_of(shards, shard, request).await?;
     Ok(reply.tensors.into_iter().map(|t| (t.name, t.holding_back)).collect())
 }
 
-/// `shard`'s status reply, asked about a pull at `pull_clock` if given.
+/// `shard`'s reply to `request`.
 async fn status_of(
     shards: &Shards,
     shard: u32,
-    pull_clock: Option<u64>,
+    request: pb::StatusRequest,
 ) -> Result<pb::StatusReply, WorkerError> {
-    let request = pb::StatusRequest { pull_clock };
     shards.call("status", shard, None, false, &request, |mut c, r| async move { c.status(r).await }).await
 }

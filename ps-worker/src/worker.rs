@@ -278,7 +278,7 @@ impl Worker {
 
     /// Waits until every live worker has completed `clock` clocks on every shard.
     pub async fn barrier(&self, clock: u64) -> Result<(), WorkerError> {
-        membership::barrier(&self.shards, clock).await
+        membership::barrier(&self.shards, &self.tensors, clock).await
     }
 
     /// Requests the consistent checkpoint at `clock` on every shard and

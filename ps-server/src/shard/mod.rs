@@ -128,9 +128,18 @@ pub struct TensorStatus {
     pub applied_clock: u64,
     /// Bytes of values, optimizer state and buffers.
     pub bytes_held: usize,
-    /// The live workers a pull at the clock asked about waits for, in id
-    /// order (empty when none does, or no clock was asked about).
+    /// The live workers the wait asked about waits for, in id order
+    /// (empty when none does, or no wait was asked about).
     pub holding_back: Vec<u32>,
+}
+
+/// A wait whose workers a status names ([`Shard::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitAt {
+    /// A pull at this clock.
+    Pull(u64),
+    /// A barrier at this clock.
+    Barrier(u64),
 }
 
 /// A shard's state. Cloning the `Arc` around it is how handlers share it.
@@ -534,9 +543,9 @@ impl Shard {
         Ok(resume)
     }
 
-    /// A summary of every tensor part, by name; with `pull_clock`, each
-    /// names the workers a pull at that clock waits for.
-    pub fn status(&self, pull_clock: Option<u64>) -> Vec<TensorStatus> {
+    /// A summary of every tensor part, by name; with `wait`, each names
+    /// the workers that wait would wait for.
+    pub fn status(&self, wait: Option<WaitAt>) -> Vec<TensorStatus> {
         self.tensors
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -548,7 +557,11 @@ impl Shard {
                     versions: part.clocks().versions(),
                     applied_clock: part.clocks().applied_clock(),
                     bytes_held: part.bytes_held(),
-                    holding_back: pull_clock.map(|c| part.clocks().holding_back(c)).unwrap_or_default(),
+                    holding_back: match wait {
+                        None => Vec::new(),
+                        Some(WaitAt::Pull(clock)) => part.clocks().holding_back(clock),
+                        Some(WaitAt::Barrier(clock)) => part.clocks().behind_barrier(clock),
+                    },
                 }
             })
             .collect()

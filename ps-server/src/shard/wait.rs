@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use std::sync::atomic::Ordering;
 
 use super::cell::{CancelPull, FinishUpdate};
-use super::{Shard, TensorCell};
+use super::{Shard, TensorCell, WaitAt};
 use crate::error::PsError;
 use crate::readers::{ReadLease, UPDATE_WAIT};
 
@@ -151,7 +151,9 @@ impl Shard {
             tokio::select! {
                 outcome = &mut released => break outcome,
                 e = self.closed(&mut closing) => return Err(e),
-                () = tokio::time::sleep(WAIT_LOG_EVERY) => self.log_wait(cell, worker, clock, started),
+                () = tokio::time::sleep(WAIT_LOG_EVERY) => {
+                    self.log_wait(cell, worker, WaitAt::Pull(clock), started);
+                }
             }
         };
         cancel.id = None;
@@ -168,8 +170,8 @@ impl Shard {
     }
 
     /// Says, at most once per [`WAIT_LOG_EVERY`] for the whole shard, that
-    /// a pull is still waiting and for which workers.
-    fn log_wait(&self, cell: &TensorCell, worker: Option<u32>, clock: u64, started: std::time::Instant) {
+    /// a pull or a barrier is still waiting and for which workers.
+    fn log_wait(&self, cell: &TensorCell, worker: Option<u32>, wait: WaitAt, started: std::time::Instant) {
         let now = std::time::Instant::now();
         {
             let mut last = self.wait_logged.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,7 +180,10 @@ impl Shard {
             }
             *last = Some(now);
         }
-        let waiting_for = cell.lock().clocks().holding_back(clock);
+        let (waiting_for, what, clock) = match wait {
+            WaitAt::Pull(clock) => (cell.lock().clocks().holding_back(clock), "a pull", clock),
+            WaitAt::Barrier(clock) => (cell.lock().clocks().behind_barrier(clock), "a barrier", clock),
+        };
         self.metrics.waited_on(&waiting_for, WAIT_LOG_EVERY.as_secs());
         let waited = started.elapsed().as_secs();
         tracing::warn!(
@@ -188,7 +193,7 @@ impl Shard {
             clock,
             waited_s = waited,
             ?waiting_for,
-            "a pull has waited {waited} s for workers {waiting_for:?} to push; if one has stopped, \
+            "{what} has waited {waited} s for workers {waiting_for:?} to push; if one has stopped, \
              restart it (it joins again) or start the shards with --worker-timeout SECONDS"
         );
     }
@@ -245,7 +250,8 @@ impl Shard {
     }
 
     /// Waits until every live worker has completed `clock` clocks on every
-    /// tensor of this shard (in sync: those rounds are applied).
+    /// tensor of this shard (in sync: those rounds are applied). Says
+    /// every [`WAIT_LOG_EVERY`] for which workers it still waits.
     pub async fn barrier(&self, worker: u32, clock: u64) -> Result<(), PsError> {
         // Cells first, then the check: a rewind in between is then refused.
         let cells: Vec<Arc<TensorCell>> =
@@ -253,13 +259,21 @@ impl Shard {
         self.check_worker(worker)?;
         let started = std::time::Instant::now();
         let mut closing = self.closing.subscribe();
+        let mut next_log = tokio::time::Instant::now() + WAIT_LOG_EVERY;
         for cell in cells {
             let mut changed = cell.changed.subscribe();
             while !cell.lock().clocks().reached(clock) {
                 if cell.is_retired() {
                     return Err(self.restarted(Some(worker)));
                 }
-                self.wait_for_change(&mut changed, &mut closing).await?;
+                // A change seen or not, the loop checks again.
+                tokio::select! {
+                    changed = self.wait_for_change(&mut changed, &mut closing) => changed?,
+                    () = tokio::time::sleep_until(next_log) => {
+                        next_log += WAIT_LOG_EVERY;
+                        self.log_wait(&cell, Some(worker), WaitAt::Barrier(clock), started);
+                    }
+                }
             }
         }
         self.metrics.barrier_waited(started.elapsed());

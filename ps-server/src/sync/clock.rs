@@ -386,6 +386,19 @@ impl ClockTable {
             .collect()
     }
 
+    /// The live workers a barrier at `clock` ([`reached`](Self::reached))
+    /// still waits for: sync, as a pull at `clock`; ssp and async, those
+    /// that have not completed `clock` clocks. Empty while an update is
+    /// pending.
+    pub fn behind_barrier(&self, clock: u64) -> Vec<u32> {
+        if matches!(self.policy, Policy::Sync { .. }) || self.pending.is_some() {
+            return self.holding_back(clock);
+        }
+        (0..self.num_workers())
+            .filter(|w| self.slots[*w as usize].live && self.slots[*w as usize].next < clock)
+            .collect()
+    }
+
     fn slot(&self, worker: u32) -> Result<&Slot, ClockError> {
         let slot = self
             .slots

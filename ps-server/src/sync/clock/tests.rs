@@ -247,3 +247,21 @@ fn holding_back_names_the_workers_a_pull_waits_for() {
     assert_eq!(t.holding_back(2), vec![2]);
     assert_eq!(ClockTable::new(Policy::ASYNC, 2).holding_back(9), Vec::<u32>::new());
 }
+
+#[test]
+fn behind_barrier_names_the_workers_a_barrier_waits_for() {
+    let mut t = ClockTable::new(Policy::ssp(1), 3);
+    for c in 0..3 {
+        commit(&mut t, 0, c);
+    }
+    commit(&mut t, 1, 0);
+    assert_eq!(t.behind_barrier(3), vec![1, 2], "a barrier ignores the staleness bound");
+    assert_eq!(t.behind_barrier(1), vec![2]);
+    assert!(!t.reached(1) && t.behind_barrier(0).is_empty() && t.reached(0));
+    let mut t = ClockTable::new(Policy::ASYNC, 2);
+    commit(&mut t, 1, 0);
+    assert_eq!(t.behind_barrier(1), vec![0], "async barriers wait too");
+    let mut t = ClockTable::new(Policy::SYNC, 2);
+    commit(&mut t, 0, 0);
+    assert_eq!(t.behind_barrier(1), vec![1]);
+}
