@@ -7,6 +7,7 @@
 //! - [`cluster`]: the cluster spec every process agrees on.
 //! - [`optimizer`]: the optimizer a tensor is declared with, its defaults and forms.
 //! - [`restart`]: how a shard tells a worker it came back from a checkpoint.
+//! - [`wait_at`]: the wait a `Status` request asks the shard to name the workers of.
 //! - [`policy`]: a tensor's synchronisation policy, its text and protocol forms.
 //! - [`placement`]: which shard holds which element range of a tensor; a pure
 //!   function of the cluster spec, so servers and workers compute it identically.
@@ -26,6 +27,7 @@ pub mod placement;
 pub mod policy;
 pub mod restart;
 pub mod rope;
+pub mod wait_at;
 pub mod wire;
 
 /// Generated protocol types (package `ps.v1`): the messages, the
@@ -43,4 +45,5 @@ pub use optimizer::{OptimizerConfig, OptimizerKind};
 pub use placement::{Part, place};
 pub use policy::{Policy, PolicyFields, Scaling};
 pub use restart::{RESTART_CAUSE, RESTART_CHECKPOINT, Restart};
+pub use wait_at::WaitAt;
 pub use wire::WireDtype;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crate::connection::Shards;
 use crate::declared::TensorInfo;
 use crate::error::WorkerError;
-use crate::status::{self, WaitAt};
+use crate::status;
+use ps_proto::WaitAt;
 
 /// How often a worker says that a request is still held back.
 pub(crate) const HELD_LOG_EVERY: Duration = Duration::from_secs(5);

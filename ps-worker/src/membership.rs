@@ -10,7 +10,7 @@ use crate::declared::{Declared, TensorInfo};
 use crate::error::{Restart, WorkerError};
 use crate::held::Held;
 use crate::job::{self, Histories, ShardView};
-use crate::status::WaitAt;
+use ps_proto::WaitAt;
 
 /// What the shards told a worker that joined.
 #[derive(Clone, Debug)]

@@ -23,7 +23,7 @@ use crate::error::WorkerError;
 use crate::held::Held;
 use crate::pull::{PartBuffer, Pulled, merge_versions, reply_chunk};
 use crate::push::{GradientData, check_gradients, contiguous, push_header, push_pieces};
-use crate::status::WaitAt;
+use ps_proto::WaitAt;
 
 /// One part of a several-part request: its tensor (an index into the
 /// tensors the request is for), and where its pulled elements go.

@@ -1,7 +1,7 @@
 //! What each shard reports of itself: [`ShardStatus`], for monitoring and
 //! operators' tools.
 
-use ps_proto::{Policy, pb};
+use ps_proto::{Policy, WaitAt, pb};
 
 use crate::connection::Shards;
 use crate::error::WorkerError;
@@ -95,15 +95,6 @@ pub(crate) async fn session(shards: &Shards) -> Result<u64, WorkerError> {
     Ok(status_of(shards, 0, pb::StatusRequest::default()).await?.session)
 }
 
-/// A wait whose workers a shard can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WaitAt {
-    /// A pull at this clock (a step's pull is at its clock + 1).
-    Pull(u64),
-    /// A barrier at this clock.
-    Barrier(u64),
-}
-
 /// Per tensor part `shard` holds (by its name on the shards), the live
 /// workers `wait` waits for there.
 pub(crate) async fn holding_back(
@@ -111,11 +102,7 @@ pub(crate) async fn holding_back(
     shard: u32,
     wait: WaitAt,
 ) -> Result<Vec<(String, Vec<u32>)>, WorkerError> {
-    let request = match wait {
-        WaitAt::Pull(clock) => pb::StatusRequest { pull_clock: Some(clock), ..Default::default() },
-        WaitAt::Barrier(clock) => pb::StatusRequest { barrier_clock: Some(clock), ..Default::default() },
-    };
-    let reply = status_of(shards, shard, request).await?;
+    let reply = status_of(shards, shard, wait.status_request()).await?;
     Ok(reply.tensors.into_iter().map(|t| (t.name, t.holding_back)).collect())
 }
 

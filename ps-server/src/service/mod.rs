@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use ps_proto::pb;
 use ps_proto::pb::parameter_server_server::ParameterServer;
+use ps_proto::{WaitAt, pb};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -20,7 +20,7 @@ use crate::budget::PushBudget;
 use crate::convert;
 use crate::error::PsError;
 use crate::metrics::Served;
-use crate::shard::{Shard, WaitAt};
+use crate::shard::Shard;
 
 mod data;
 mod messages;
@@ -139,7 +139,7 @@ impl Service {
         let origin = self.shard.origin();
         let tensors = self
             .shard
-            .status(wait_at(req.get_ref())?)
+            .status(WaitAt::of_status_request(req.get_ref()).map_err(PsError::InvalidArgument)?)
             .into_iter()
             .map(|t| {
                 let policy = t.meta.policy.to_pb();
@@ -230,19 +230,6 @@ impl Service {
         };
         reply.state = state as i32;
         Ok(reply)
-    }
-}
-
-/// The wait a status request asks about, if any: a pull's or a barrier's.
-fn wait_at(req: &pb::StatusRequest) -> Result<Option<WaitAt>, Rejected> {
-    match (req.pull_clock, req.barrier_clock) {
-        (Some(_), Some(_)) => {
-            Err(PsError::InvalidArgument("status request: give pull_clock or barrier_clock, not both".into())
-                .into())
-        }
-        (Some(clock), None) => Ok(Some(WaitAt::Pull(clock))),
-        (None, Some(clock)) => Ok(Some(WaitAt::Barrier(clock))),
-        (None, None) => Ok(None),
     }
 }
 

@@ -31,7 +31,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use ps_proto::placement;
+use ps_proto::{WaitAt, placement};
 use tokio::sync::watch;
 
 use crate::buffers::PieceBuffers;
@@ -131,15 +131,6 @@ pub struct TensorStatus {
     /// The live workers the wait asked about waits for, in id order
     /// (empty when none does, or no wait was asked about).
     pub holding_back: Vec<u32>,
-}
-
-/// A wait whose workers a status names ([`Shard::status`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WaitAt {
-    /// A pull at this clock.
-    Pull(u64),
-    /// A barrier at this clock.
-    Barrier(u64),
 }
 
 /// A shard's state. Cloning the `Arc` around it is how handlers share it.

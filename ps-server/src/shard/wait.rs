@@ -10,9 +10,10 @@ use tokio::sync::watch;
 use std::sync::atomic::Ordering;
 
 use super::cell::{CancelPull, FinishUpdate};
-use super::{Shard, TensorCell, WaitAt};
+use super::{Shard, TensorCell};
 use crate::error::PsError;
 use crate::readers::{ReadLease, UPDATE_WAIT};
+use ps_proto::WaitAt;
 
 /// How often a shard says that a pull is still waiting, and for whom.
 pub const WAIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
