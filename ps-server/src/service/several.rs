@@ -204,10 +204,10 @@ impl Service {
         let pushes = async {
             loop {
                 match self.unless_stopped(self.next_push(&mut stream, &mut step)).await {
+                    // Once the client is gone its pulls are not wanted, but
+                    // every push it sent is still applied.
                     Ok(Some(pull)) => {
-                        if pulls_tx.send(Ok(pull)).is_err() {
-                            break;
-                        }
+                        let _ = pulls_tx.send(Ok(pull));
                     }
                     Ok(None) => break,
                     Err(r) => {
