@@ -7,11 +7,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use ps_proto::WaitAt;
+
 use crate::connection::Shards;
 use crate::declared::TensorInfo;
 use crate::error::WorkerError;
 use crate::status;
-use ps_proto::WaitAt;
 
 /// How often a worker says that a request is still held back.
 pub(crate) const HELD_LOG_EVERY: Duration = Duration::from_secs(5);

@@ -1,16 +1,14 @@
 //! A worker's place in the job: joining every shard, catching up with a
 //! shard restart, leaving, and waiting at a barrier.
 
-use ps_proto::{OptimizerConfig, Policy, pb};
-
 use futures::future::try_join_all;
+use ps_proto::{OptimizerConfig, Policy, WaitAt, pb};
 
 use crate::connection::Shards;
 use crate::declared::{Declared, TensorInfo};
 use crate::error::{Restart, WorkerError};
 use crate::held::Held;
 use crate::job::{self, Histories, ShardView};
-use ps_proto::WaitAt;
 
 /// What the shards told a worker that joined.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@ use ndarray::{ArrayD, IxDyn};
 use ps_proto::chunk::ChunkSequence;
 use ps_proto::placement::Part;
 use ps_proto::wire::WireDtype;
-use ps_proto::{frame, pb, rope};
+use ps_proto::{WaitAt, frame, pb, rope};
 
 use crate::connection::{Attempt, Failure, Shards};
 use crate::data_path::Outgoing;
@@ -23,7 +23,6 @@ use crate::error::WorkerError;
 use crate::held::Held;
 use crate::pull::{PartBuffer, Pulled, merge_versions, reply_chunk};
 use crate::push::{GradientData, check_gradients, contiguous, push_header, push_pieces};
-use ps_proto::WaitAt;
 
 /// One part of a several-part request: its tensor (an index into the
 /// tensors the request is for), and where its pulled elements go.
