@@ -111,3 +111,45 @@ async fn sync_worker_killed_with_sigkill_is_evicted_and_the_others_finish() {
     let (served_b, _) = observer.observe("b").await.expect("observe b");
     assert!((served_b[[0]] - b).abs() <= 1e-5, "b: served {} vs replay {b}", served_b[[0]]);
 }
+
+/// Runs `steps` sync steps of workers 0 and 1 in one task, in lockstep.
+async fn lockstep(workers: &mut [Worker; 2], steps: std::ops::Range<u64>) {
+    for step in steps {
+        for (id, worker) in workers.iter_mut().enumerate() {
+            assert_eq!(worker.clock(), step);
+            let (w, b) = unpack(&worker.pull().await.expect("pull").values);
+            worker.push(&grad_map(&w, b, id as u32, step)).await.expect("push");
+        }
+    }
+}
+
+/// A worker that dies after its step reached some tensors (here `b`'s
+/// shard) but not the others joins again at the lowest clock, reads that
+/// clock again while its round is still open on every tensor, and the run
+/// ends where an uninterrupted one does: `b`'s push is not applied twice
+/// and `w`'s is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_worker_that_died_mid_step_resumes_and_the_run_equals_an_uninterrupted_one() {
+    const DIED_AT: u64 = 6;
+    let (_servers, spec) = spawn_cluster(2, 8, &["--workers", "2", "--policy", "sync", "--lr", "0.05"]);
+    let mut workers = [connect(&spec, 0).await, connect(&spec, 1).await];
+    lockstep(&mut workers, 0..DIED_AT).await;
+    // Worker 0's last step: only `b`'s gradient gets out before it dies.
+    let (w, b) = unpack(&workers[0].pull().await.expect("pull").values);
+    let grads = grad_map(&w, b, 0, DIED_AT);
+    workers[0].push_tensor("b", DIED_AT, &grads["b"]).await.expect("push b");
+    let [dead, survivor] = workers;
+    drop(dead);
+    let relaunched = connect(&spec, 0).await;
+    assert_eq!(relaunched.clock(), DIED_AT, "the relaunched worker resumes at the clock it did not finish");
+    let mut workers = [relaunched, survivor];
+    lockstep(&mut workers, DIED_AT..STEPS).await;
+
+    let (served_w, versions) = workers[0].observe("w").await.expect("observe w");
+    assert_eq!(versions, vec![STEPS as i64 - 1; 2]);
+    let (served_b, _) = workers[0].observe("b").await.expect("observe b");
+    let (w, b) = reference_sgd(STEPS, LR, |_| 2);
+    let max_diff = served_w.iter().zip(w.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff <= 1e-5, "w differs from uninterrupted SGD by {max_diff}");
+    assert!((served_b[[0]] - b).abs() <= 1e-5, "b: served {} vs uninterrupted {b}", served_b[[0]]);
+}

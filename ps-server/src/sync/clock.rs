@@ -181,9 +181,11 @@ pub enum ClockError {
         /// What was received.
         got: u64,
     },
-    /// A sync pull for a clock whose exact snapshot is gone.
+    /// A sync pull for a clock whose exact snapshot is gone: the worker
+    /// pushed it and its round's update is applied.
     #[error(
-        "worker {worker} pulled clock {got} in sync mode but has already pushed it; pull clock {expected}"
+        "worker {worker} pulled clock {got} in sync mode but has already pushed it and its round is applied; \
+         pull clock {expected}"
     )]
     PullBehind {
         /// The worker's id.
@@ -513,9 +515,12 @@ impl ClockTable {
     /// Whether `worker` may read at `clock` now, `Err` when it never will.
     ///
     /// Release rules, with `c` the pull's clock:
-    /// - sync: the worker must pull exactly its own clock, and reads once
-    ///   rounds `0..c` are applied; with backup workers, once the round its
-    ///   last push counted for is applied (at once after a dropped push);
+    /// - sync: the worker pulls its own clock and reads once rounds `0..c`
+    ///   are applied; it may also pull the clock it just pushed while that
+    ///   round is still open (the values are still exactly those of `c`).
+    ///   With backup workers, it pulls exactly its own clock and reads once
+    ///   the round its last push counted for is applied (at once after a
+    ///   dropped push);
     /// - ssp(s): reads once every live worker's clock is `>= c - s`;
     /// - async: always reads.
     ///
@@ -529,10 +534,17 @@ impl ClockTable {
             return Err(ClockError::PullAhead { worker, completed: slot.next, got: clock });
         }
         let rule = match self.policy {
-            Policy::Sync { .. } if clock < slot.next => {
+            // A clock the worker already pushed is still exact while its
+            // round is open: nothing of it is in the values yet. A worker
+            // killed after its step reached some shards but not others
+            // resumes by reading it again.
+            Policy::Sync { backup: 0 } if clock < slot.next && clock < self.round => {
                 return Err(ClockError::PullBehind { worker, expected: slot.next, got: clock });
             }
             Policy::Sync { backup: 0 } => self.round >= clock,
+            Policy::Sync { .. } if clock < slot.next => {
+                return Err(ClockError::PullBehind { worker, expected: slot.next, got: clock });
+            }
             Policy::Sync { .. } => !slot.in_round,
             Policy::Ssp { staleness, .. } => {
                 self.min_live_clock().is_none_or(|min| min >= clock.saturating_sub(u64::from(staleness)))

@@ -63,13 +63,16 @@ fn sync_rejects_out_of_order_clocks() {
     commit(&mut t, 0, 0);
     assert_eq!(push(&mut t, 0, 0), Ok(Duplicate));
     assert_eq!(push(&mut t, 0, 1), Err(ClockError::PushAhead { worker: 0, round: 0, got: 1 }));
+    // Round 0 is open: its values are still exactly those of clock 0.
+    assert_eq!(check_pull(&mut t, Some(0), 0), Ok(Ready));
+    commit(&mut t, 1, 0);
     assert_eq!(
         check_pull(&mut t, Some(0), 0),
         Err(ClockError::PullBehind { worker: 0, expected: 1, got: 0 })
     );
     assert_eq!(
-        check_pull(&mut t, Some(1), 1),
-        Err(ClockError::PullAhead { worker: 1, completed: 0, got: 1 })
+        check_pull(&mut t, Some(1), 2),
+        Err(ClockError::PullAhead { worker: 1, completed: 1, got: 2 })
     );
     assert_eq!(push(&mut t, 2, 0), Err(ClockError::UnknownWorker { worker: 2, num_workers: 2 }));
 }
