@@ -67,6 +67,12 @@ fn relaunched_workers_resume_where_the_shards_are_bit_identical_to_an_uninterrup
     first_complete_checkpoint(&dir.join("ckpt"), &mut first);
     kill_all(first);
     let relaunched = finish(workers(&shards, &dir.join("relaunched"), EVERY_20));
+    // A SIGKILL that lands between a worker's two shard requests, after the
+    // round it reached was applied, leaves a step that cannot be redone
+    // exactly: the worker gives it up where it did not arrive and says so
+    // (tested on its own in ps-server's worker_kill tests). Rare; then the
+    // run cannot be bit-identical, and it must still finish and train.
+    let gave_up = relaunched.iter().any(|(_, stderr)| stderr.contains("cannot be read again exactly"));
     for ((stdout, _), (reference, _)) in relaunched.iter().zip(&reference) {
         let steps: u64 = stdout
             .split(" steps in ")
@@ -75,9 +81,14 @@ fn relaunched_workers_resume_where_the_shards_are_bit_identical_to_an_uninterrup
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no step count in {stdout}"));
         assert!(steps < 1200, "the relaunched worker resumed rather than starting over: {stdout}");
-        assert_eq!(accuracy(stdout), accuracy(reference));
+        match gave_up {
+            false => assert_eq!(accuracy(stdout), accuracy(reference)),
+            true => assert!((accuracy(stdout) - accuracy(reference)).abs() < 0.02, "{stdout}"),
+        }
     }
-    assert_same_parameters(&dir, "relaunched");
+    if !gave_up {
+        assert_same_parameters(&dir, "relaunched");
+    }
     drop((s0, s1));
     let _ = std::fs::remove_dir_all(&dir);
 }

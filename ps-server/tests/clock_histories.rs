@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use ps_proto::Scaling;
-use ps_server::sync::{ClockError, ClockTable, Event, Policy, PullDecision, PushDecision, Update};
+use ps_server::sync::{ClockError, ClockTable, Event, Policy, PullDecision, PushDecision, Ready, Update};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -24,8 +24,9 @@ enum Step {
     Apply,
     /// Worker leaves.
     Leave(u32),
-    /// Worker (re)joins.
-    Join(u32),
+    /// Worker (re)joins; with `true`, giving up the clock it is at (as a
+    /// worker does whose step reached only some shards).
+    Join(u32, bool),
 }
 
 fn step(workers: u32) -> impl Strategy<Value = Step> {
@@ -35,7 +36,7 @@ fn step(workers: u32) -> impl Strategy<Value = Step> {
         6 => (0..workers).prop_map(Step::Pull),
         6 => Just(Step::Apply),
         1 => (0..workers).prop_map(Step::Leave),
-        1 => (0..workers).prop_map(Step::Join),
+        1 => (0..workers, any::<bool>()).prop_map(|(w, skip)| Step::Join(w, skip)),
     ]
 }
 
@@ -93,6 +94,18 @@ fn check_read(
         Policy::Async { .. } => {}
     }
     Ok(())
+}
+
+/// Sync: `rounds` after a leave or join that may have let a round pass
+/// with no update (every live worker gave it up, none contributed); at
+/// most one passes.
+fn passed_empty_round(t: &ClockTable, ready: &Ready, rounds: u64) -> Result<u64, TestCaseError> {
+    if t.policy() != Policy::SYNC || ready.update.is_some() {
+        return Ok(rounds);
+    }
+    let now = t.applied_clock();
+    prop_assert!(now == rounds || now == rounds + 1, "rounds {} -> {}", rounds, now);
+    Ok(now)
 }
 
 /// A read of `worker` took place: the table and the model both note it.
@@ -194,16 +207,19 @@ proptest! {
                         }
                         rounds += 1;
                     }
+                    rounds = passed_empty_round(&t, &ready, rounds)?;
                     ready
                 }
-                Step::Join(w) => {
+                Step::Join(w, skip) => {
                     let was_live = t.is_live(w);
-                    let Ok(ready) = t.step(Event::Join { worker: w }) else { continue };
+                    let skip_to = if skip { t.worker_clock(w).map_or(0, |c| c.max(t.applied_clock()) + 1) } else { 0 };
+                    let Ok(ready) = t.step(Event::Join { worker: w, skip_to }) else { continue };
                     if !was_live {
                         // A rejoining worker reads again before it pushes.
                         model.read_at[w as usize] = model.applied;
                         model.read_round[w as usize] = t.applied_clock();
                     }
+                    rounds = passed_empty_round(&t, &ready, rounds)?;
                     ready
                 }
             };

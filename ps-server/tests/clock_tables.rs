@@ -12,7 +12,8 @@
 //!
 //! Events: `push wW cC` (a whole push), `piece wW cC` (a piece, not the
 //! push's last), `applied`, `pull #ID wW cC`, `observe #ID cC`,
-//! `cancel #ID`, `join wW`, `leave wW`, `read wW` (a released pull took
+//! `cancel #ID`, `join wW` (`join wW skip cC`: giving up the clock it
+//! could not finish), `leave wW`, `read wW` (a released pull took
 //! its snapshot). Decisions are written in a fixed
 //! order, separated by `; `: the push decision, `update ...`, `read` or
 //! `wait`, `resume cC`, `release #ID...`, `refuse #ID(reason)...`,
@@ -90,6 +91,15 @@ fn num(word: Option<&str>, tag: char, line: &str) -> u64 {
 fn event(text: &str) -> Event {
     let mut words = text.split_whitespace();
     let verb = words.next().unwrap_or_default();
+    if verb == "join" {
+        let worker = num(words.next(), 'w', text) as u32;
+        let skip_to = match words.next() {
+            None => 0,
+            Some("skip") => num(words.next(), 'c', text),
+            Some(other) => panic!("{text:?}: expected `skip cC`, got {other:?}"),
+        };
+        return Event::Join { worker, skip_to };
+    }
     let mut next = |tag| num(words.next(), tag, text);
     match verb {
         "push" | "piece" => {
@@ -107,7 +117,6 @@ fn event(text: &str) -> Event {
             Event::Pull { id, worker: None, clock: next('c') }
         }
         "cancel" => Event::Cancel { id: next('#') },
-        "join" => Event::Join { worker: next('w') as u32 },
         "leave" => Event::Leave { worker: next('w') as u32 },
         "read" => Event::Read { worker: next('w') as u32 },
         _ => panic!("{text:?}: unknown event {verb:?}"),

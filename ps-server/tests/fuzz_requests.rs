@@ -182,7 +182,7 @@ async fn state(client: &mut Client) -> State {
 async fn send(client: &mut Client, req: Req) -> Result<bool, ()> {
     let bounded = Duration::from_millis(100);
     let outcome = match req {
-        Req::Join(worker) => client.control.join(pb::JoinRequest { worker }).await.map(|_| ()),
+        Req::Join(worker) => client.control.join(pb::JoinRequest { worker, skip_to: 0 }).await.map(|_| ()),
         Req::Leave(worker) => client.control.leave(pb::LeaveRequest { worker }).await.map(|_| ()),
         Req::Declare(spec) => {
             client.control.declare(pb::DeclareRequest { spec: Some(spec) }).await.map(|_| ())

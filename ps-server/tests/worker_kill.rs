@@ -112,6 +112,9 @@ async fn sync_worker_killed_with_sigkill_is_evicted_and_the_others_finish() {
     assert!((served_b[[0]] - b).abs() <= 1e-5, "b: served {} vs replay {b}", served_b[[0]]);
 }
 
+/// The step in which worker 0 dies in the mid-step tests.
+const DIED_AT: u64 = 6;
+
 /// Runs `steps` sync steps of workers 0 and 1 in one task, in lockstep.
 async fn lockstep(workers: &mut [Worker; 2], steps: std::ops::Range<u64>) {
     for step in steps {
@@ -123,6 +126,60 @@ async fn lockstep(workers: &mut [Worker; 2], steps: std::ops::Range<u64>) {
     }
 }
 
+/// Workers 0 and 1 train in sync on 2 shards until worker 0 dies in step
+/// `DIED_AT`, after its gradient of `b` (one shard) got out and before
+/// that of `w` (both shards) did; worker 1 has pushed that step already
+/// when `survivor_first`. A relaunched worker 0 joins and both finish.
+/// Returns the served `w` and `b`, and where the relaunched worker resumed.
+async fn die_mid_step_and_relaunch(survivor_first: bool) -> (ndarray::ArrayD<f32>, f32, u64) {
+    let (_servers, spec) = spawn_cluster(2, 8, &["--workers", "2", "--policy", "sync", "--lr", "0.05"]);
+    let mut workers = [connect(&spec, 0).await, connect(&spec, 1).await];
+    lockstep(&mut workers, 0..DIED_AT).await;
+    let [dead, mut survivor] = workers;
+    let (w, b) = unpack(&dead.pull().await.expect("pull").values);
+    if survivor_first {
+        let (w, b) = unpack(&survivor.pull().await.expect("pull").values);
+        survivor.push(&grad_map(&w, b, 1, DIED_AT)).await.expect("push");
+    }
+    let grads = grad_map(&w, b, 0, DIED_AT);
+    dead.push_tensor("b", DIED_AT, &grads["b"]).await.expect("push b");
+    drop(dead);
+    let relaunched = connect(&spec, 0).await;
+    let resumed = relaunched.clock();
+    let mut workers = [relaunched, survivor];
+    lockstep(&mut workers, resumed..STEPS).await;
+    let (served_w, versions) = workers[0].observe("w").await.expect("observe w");
+    assert_eq!(versions, vec![STEPS as i64 - 1; 2]);
+    let (served_b, _) = workers[0].observe("b").await.expect("observe b");
+    (served_w, served_b[[0]], resumed)
+}
+
+/// Single-process SGD of workers 0 and 1, where worker 0's gradient of `w`
+/// is missing at step `without_w0` (`None`: nowhere).
+fn reference_two_workers(without_w0: Option<u64>) -> (ndarray::Array1<f32>, f32) {
+    let mut w: ndarray::Array1<f32> =
+        ps_server::init::Init::Normal { mean: 0.0, std: 0.1, seed: 11 }.fill(0, DIM).into();
+    let mut b = 0.0f32;
+    for step in 0..STEPS {
+        let g: Vec<_> = (0..2)
+            .map(|id| {
+                let (x, y) = batch(id, step);
+                gradients(&w, b, &x, &y)
+            })
+            .collect();
+        let from: &[usize] = if Some(step) == without_w0 { &[1] } else { &[0, 1] };
+        w = &w - &(mean_rows(&from.iter().map(|&i| g[i].0.clone()).collect::<Vec<_>>()) * LR);
+        b -= LR * (g[0].1 + g[1].1) / 2.0;
+    }
+    (w, b)
+}
+
+fn assert_served(served: (ndarray::ArrayD<f32>, f32), expected: (ndarray::Array1<f32>, f32)) {
+    let max_diff = served.0.iter().zip(expected.0.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff <= 1e-5, "w differs from the reference by {max_diff}");
+    assert!((served.1 - expected.1).abs() <= 1e-5, "b: served {} vs reference {}", served.1, expected.1);
+}
+
 /// A worker that dies after its step reached some tensors (here `b`'s
 /// shard) but not the others joins again at the lowest clock, reads that
 /// clock again while its round is still open on every tensor, and the run
@@ -130,26 +187,19 @@ async fn lockstep(workers: &mut [Worker; 2], steps: std::ops::Range<u64>) {
 /// and `w`'s is not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_worker_that_died_mid_step_resumes_and_the_run_equals_an_uninterrupted_one() {
-    const DIED_AT: u64 = 6;
-    let (_servers, spec) = spawn_cluster(2, 8, &["--workers", "2", "--policy", "sync", "--lr", "0.05"]);
-    let mut workers = [connect(&spec, 0).await, connect(&spec, 1).await];
-    lockstep(&mut workers, 0..DIED_AT).await;
-    // Worker 0's last step: only `b`'s gradient gets out before it dies.
-    let (w, b) = unpack(&workers[0].pull().await.expect("pull").values);
-    let grads = grad_map(&w, b, 0, DIED_AT);
-    workers[0].push_tensor("b", DIED_AT, &grads["b"]).await.expect("push b");
-    let [dead, survivor] = workers;
-    drop(dead);
-    let relaunched = connect(&spec, 0).await;
-    assert_eq!(relaunched.clock(), DIED_AT, "the relaunched worker resumes at the clock it did not finish");
-    let mut workers = [relaunched, survivor];
-    lockstep(&mut workers, DIED_AT..STEPS).await;
+    let (w, b, resumed) = die_mid_step_and_relaunch(false).await;
+    assert_eq!(resumed, DIED_AT);
+    assert_served((w, b), reference_two_workers(None));
+}
 
-    let (served_w, versions) = workers[0].observe("w").await.expect("observe w");
-    assert_eq!(versions, vec![STEPS as i64 - 1; 2]);
-    let (served_b, _) = workers[0].observe("b").await.expect("observe b");
-    let (w, b) = reference_sgd(STEPS, LR, |_| 2);
-    let max_diff = served_w.iter().zip(w.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(max_diff <= 1e-5, "w differs from uninterrupted SGD by {max_diff}");
-    assert!((served_b[[0]] - b).abs() <= 1e-5, "b: served {} vs uninterrupted {b}", served_b[[0]]);
+/// The same, but `b`'s round of the step closed (worker 1 had pushed it)
+/// before the relaunch: that clock cannot be read again exactly, so the
+/// relaunched worker gives it up where it did not arrive. `b`'s round has
+/// both gradients, `w`'s closes with worker 1's alone, and both workers go
+/// on from the next clock: nothing is applied twice and nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_worker_whose_half_step_was_applied_gives_it_up_where_it_did_not_arrive() {
+    let (w, b, resumed) = die_mid_step_and_relaunch(true).await;
+    assert_eq!(resumed, DIED_AT + 1);
+    assert_served((w, b), reference_two_workers(Some(DIED_AT)));
 }

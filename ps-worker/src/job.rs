@@ -20,6 +20,10 @@ pub(crate) struct ShardView {
     /// Where this worker resumes, by this shard; meaningful only when the
     /// shard holds tensors.
     pub(crate) clock: u64,
+    /// The lowest clock this worker may still pull on every tensor of the
+    /// shard (above `clock` after a step that reached only some tensors,
+    /// whose sync rounds were applied since).
+    pub(crate) read_floor: u64,
     pub(crate) has_tensors: bool,
 }
 
@@ -43,6 +47,7 @@ impl ShardView {
             split_threshold: job.split_threshold,
             origin: r.origin.clone(),
             clock: r.clock,
+            read_floor: r.read_floor,
             has_tensors: r.has_tensors,
         }
     }
@@ -170,6 +175,7 @@ mod tests {
             split_threshold: 100,
             origin: None,
             clock,
+            read_floor: 0,
             has_tensors: true,
         }
     }

@@ -15,6 +15,13 @@ use crate::job::{self, Histories, ShardView};
 pub(crate) struct Joined {
     /// The clock to resume at: the lowest any shard reports.
     pub(crate) clock: u64,
+    /// The lowest clock the worker may still pull everywhere: above
+    /// `clock` when its last step reached some tensors and not others, and
+    /// the sync rounds of the ones it reached were applied since.
+    floor: u64,
+    /// Per shard, where it resumes this worker (`u64::MAX` for a shard
+    /// holding no tensor).
+    shard_clocks: Vec<u64>,
     /// Workers in the job.
     pub(crate) num_workers: u32,
     /// Shard 0's session, which names checkpoints.
@@ -34,6 +41,7 @@ pub(crate) struct Joined {
 pub(crate) async fn join(shards: &Shards) -> Result<Joined, WorkerError> {
     let (joined, histories) = join_once(shards).await?;
     match histories {
+        Histories::Same if joined.floor > joined.clock => give_up_half_step(shards, &joined).await,
         Histories::Same => Ok(joined),
         Histories::Rewind(restart) => {
             tracing::warn!(
@@ -47,13 +55,54 @@ pub(crate) async fn join(shards: &Shards) -> Result<Joined, WorkerError> {
     }
 }
 
+/// Clock `c`, where the worker resumes, cannot be read exactly on every
+/// tensor: the sync rounds of `c` were applied on some already (a step of
+/// this worker reached them before it stopped, or the other workers' steps
+/// did before it joined). The worker then cannot take part in step `c`
+/// exactly, so it gives it up where it did not arrive: on every shard still
+/// at `c`, it leaves (the rounds of `c` close without its gradient, as for
+/// an evicted worker) and joins again at `c + 1`. Where it arrived, it
+/// counts.
+async fn give_up_half_step(shards: &Shards, joined: &Joined) -> Result<Joined, WorkerError> {
+    let worker = shards.config().worker;
+    let (clock, floor) = (joined.clock, joined.floor);
+    tracing::warn!(
+        worker,
+        clock,
+        "clock {clock} cannot be read again exactly: its sync rounds were applied on some tensors (this \
+         worker's step reached them before it stopped, or the other workers' steps did before it joined); \
+         the rounds of clock {clock} still open close without this worker's gradient, and it resumes at \
+         clock {floor}"
+    );
+    let behind: Vec<u32> =
+        joined.shard_clocks.iter().enumerate().filter(|(_, c)| **c < floor).map(|(s, _)| s as u32).collect();
+    try_join_all(behind.iter().map(|&shard| async move {
+        let leave = pb::LeaveRequest { worker };
+        shards.call("leave", shard, None, false, &leave, |mut c, r| async move { c.leave(r).await }).await?;
+        let join = pb::JoinRequest { worker, skip_to: floor };
+        shards.call("join", shard, None, false, &join, |mut c, r| async move { c.join(r).await }).await
+    }))
+    .await?;
+    let (joined, _) = join_once(shards).await?;
+    if joined.clock != floor || joined.floor > joined.clock {
+        return Err(WorkerError::Cluster(format!(
+            "worker {worker} gave up clock {clock} but the shards resume it at clock {} (lowest clock \
+             it may read: {}): restart every shard with --restore from the newest checkpoint",
+            joined.clock, joined.floor
+        )));
+    }
+    Ok(joined)
+}
+
 /// One join of every shard, with the checks of the job's settings; says
 /// whether the shards' histories agree.
 async fn join_once(shards: &Shards) -> Result<(Joined, Histories), WorkerError> {
     let worker = shards.config().worker;
     let n = shards.count();
     let replies = shards
-        .broadcast("join", false, pb::JoinRequest { worker }, |mut c, r| async move { c.join(r).await })
+        .broadcast("join", false, pb::JoinRequest { worker, skip_to: 0 }, |mut c, r| async move {
+            c.join(r).await
+        })
         .await?;
     for (shard, r) in replies.iter().enumerate() {
         if r.num_shards != n || r.shard != shard as u32 {
@@ -86,6 +135,8 @@ async fn join_once(shards: &Shards) -> Result<(Joined, Histories), WorkerError> 
             .map(|v| v.clock)
             .min()
             .unwrap_or_else(|| replies.iter().map(|r| r.clock).min().unwrap_or(0)),
+        floor: views.iter().filter(|v| v.has_tensors).map(|v| v.read_floor).max().unwrap_or(0),
+        shard_clocks: views.iter().map(|v| if v.has_tensors { v.clock } else { u64::MAX }).collect(),
         num_workers: replies.first().map_or(0, |r| r.num_workers),
         session: replies.first().map(|r| r.session),
         policy: views.first().and_then(|v| v.policy),

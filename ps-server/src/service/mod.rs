@@ -57,13 +57,15 @@ impl Service {
     }
 
     async fn join_inner(&self, req: Request<pb::JoinRequest>) -> Result<pb::JoinReply, Rejected> {
-        let worker = req.into_inner().worker;
+        let req = req.into_inner();
+        let worker = req.worker;
         let _lease = self.shard.lease(worker);
-        let clock = self.shard.join(worker)?;
+        let joined = self.shard.join(worker, req.skip_to)?;
         let cfg = self.shard.config();
         let policy = cfg.default_policy().to_pb();
         Ok(pb::JoinReply {
-            clock,
+            clock: joined.clock,
+            read_floor: joined.floor,
             shard: cfg.shard_id,
             num_shards: cfg.num_shards,
             num_workers: cfg.num_workers,

@@ -106,6 +106,18 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// Where a joining worker resumes, as this shard sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The smallest of the worker's per-tensor clocks.
+    pub clock: u64,
+    /// The lowest clock the worker may still pull on every tensor: above
+    /// `clock` when a step of the worker reached some tensors, and their
+    /// sync rounds have been applied since, so that clock can no longer be
+    /// read there exactly.
+    pub floor: u64,
+}
+
 /// The outcome of a rewind request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rewound {
@@ -514,16 +526,23 @@ impl Shard {
         Ok(())
     }
 
-    /// Makes `worker` live on every tensor and returns the clock it resumes
-    /// at: the smallest of its per-tensor clocks, so a worker that crashed
-    /// mid-step re-pushes what is missing (duplicates are ignored).
-    pub fn join(&self, worker: u32) -> Result<u64, PsError> {
+    /// Makes `worker` live on every tensor and says where it resumes: the
+    /// smallest of its per-tensor clocks, so a worker that crashed mid-step
+    /// re-pushes what is missing (duplicates are ignored); and the lowest
+    /// clock it may still pull on every tensor ([`Joined::floor`]). A worker
+    /// that had left may skip the one clock it could not finish (`skip_to`,
+    /// see [`Event::Join`](crate::sync::Event::Join)).
+    pub fn join(&self, worker: u32, skip_to: u64) -> Result<Joined, PsError> {
         let mut members = self.members();
         members.join(worker, Instant::now()).map_err(PsError::Worker)?;
         let mut resume: Option<u64> = None;
+        let mut floor = 0;
         let tensors = self.tensors.read().unwrap_or_else(|p| p.into_inner());
         for cell in tensors.values() {
-            let clock = cell.lock().join(worker)?;
+            let mut part = cell.lock();
+            let clock = part.join(worker, skip_to)?;
+            floor = floor.max(part.clocks().read_floor(worker));
+            drop(part);
             cell.notify();
             resume = Some(resume.map_or(clock, |r| r.min(clock)));
         }
@@ -531,7 +550,7 @@ impl Shard {
         drop(tensors);
         self.metrics.membership(true, members.live_count());
         tracing::info!(shard = self.config.shard_id, worker, clock = resume, "worker joined");
-        Ok(resume)
+        Ok(Joined { clock: resume, floor })
     }
 
     /// A summary of every tensor part, by name; with `wait`, each names

@@ -42,6 +42,11 @@ pub enum Event {
     Join {
         /// The worker.
         worker: u32,
+        /// A worker joining again after it left may give up the one clock
+        /// it could not finish: it resumes at `skip_to` if that is one
+        /// clock past where it would resume (the clock's round closes
+        /// without it). 0, or any other value, skips nothing.
+        skip_to: u64,
     },
     /// `worker` leaves, or is made to.
     Leave {
@@ -282,7 +287,7 @@ impl ClockTable {
                 self.waiting.retain(|w| w.id != id);
                 Ok(Ready::default())
             }
-            Event::Join { worker } => self.join(worker),
+            Event::Join { worker, skip_to } => self.join(worker, skip_to),
             Event::Leave { worker } => self.leave(worker),
             Event::Read { worker } => {
                 let (round, updates) = (self.round, self.updates);
@@ -335,6 +340,18 @@ impl ClockTable {
         self.slots.get(worker as usize).map(|s| s.next)
     }
 
+    /// The lowest clock `worker` may still pull here: sync, the round in
+    /// progress (a clock the worker pushed reads exactly only while its
+    /// round is open); with backup workers, the worker's own clock; other
+    /// policies, 0 (any clock it reached).
+    pub fn read_floor(&self, worker: u32) -> u64 {
+        match self.policy {
+            Policy::Sync { backup: 0 } => self.round,
+            Policy::Sync { .. } => self.worker_clock(worker).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// Whether `worker` is live.
     pub fn is_live(&self, worker: u32) -> bool {
         self.slots.get(worker as usize).is_some_and(|s| s.live)
@@ -378,7 +395,7 @@ impl ClockTable {
             return Vec::new();
         }
         let waits_for = |s: &Slot| match self.policy {
-            Policy::Sync { backup: 0 } => self.round < clock && !s.in_round,
+            Policy::Sync { backup: 0 } => self.round < clock && !s.in_round && s.next <= self.round,
             Policy::Sync { .. } => !s.in_round,
             Policy::Ssp { staleness, .. } => s.next < clock.saturating_sub(u64::from(staleness)),
             Policy::Async { .. } => false,
@@ -470,7 +487,7 @@ impl ClockTable {
     fn close_round(&self) -> Option<Update> {
         let contributors = self.slots.iter().filter(|s| s.in_round).count() as u32;
         let complete = match self.policy.backup_workers() {
-            0 => !self.slots.iter().any(|s| s.live && !s.in_round),
+            0 => !self.slots.iter().any(|s| s.live && !s.in_round && s.next <= self.round),
             backup => contributors >= self.quorum(backup),
         };
         if contributors == 0 || !complete {
@@ -595,6 +612,9 @@ impl ClockTable {
         if self.policy.is_sync() {
             ready.update = self.close_round();
             self.pending = ready.update;
+            if ready.update.is_none() {
+                self.skip_empty_round();
+            }
         }
         ready.frontier = Some(self.applied_clock());
         self.release_into(&mut ready);
@@ -606,8 +626,9 @@ impl ClockTable {
     /// resumes at the current frontier (sync: the round in progress;
     /// others: the smallest live clock), or at its own clock if that is
     /// larger, so it never blocks others for clocks it missed and never
-    /// pushes a clock twice.
-    fn join(&mut self, worker: u32) -> Result<Ready, ClockError> {
+    /// pushes a clock twice; or one clock later, if it asks to skip the
+    /// one it could not finish (sync: that round closes without it).
+    fn join(&mut self, worker: u32, skip_to: u64) -> Result<Ready, ClockError> {
         self.idle()?;
         let num_workers = self.num_workers();
         let frontier = match self.policy {
@@ -622,6 +643,9 @@ impl ClockTable {
             // Never below its own clock: a clock it pushed before leaving
             // stays pushed, so a rejoin cannot apply it twice.
             slot.next = slot.next.max(frontier);
+            if skip_to == slot.next + 1 {
+                slot.next = skip_to;
+            }
             // The clocks it skipped have no updates: the version vector shows
             // them as applied, so readers see no staleness that isn't there.
             let settled = match self.policy {
@@ -632,7 +656,27 @@ impl ClockTable {
             slot.read_round = round;
             slot.read_updates = updates;
         }
-        Ok(Ready { resumed_at: Some(slot.next), ..Ready::default() })
+        let mut ready = Ready { resumed_at: Some(slot.next), ..Ready::default() };
+        if self.skip_empty_round() {
+            ready.frontier = Some(self.applied_clock());
+            self.release_into(&mut ready);
+        }
+        Ok(ready)
+    }
+
+    /// Sync without backup workers: when every live worker gave up the
+    /// round in progress and none contributed to it, the round passes with
+    /// no update, so that no one waits for it forever. Says whether it did.
+    fn skip_empty_round(&mut self) -> bool {
+        let round = self.round;
+        let given_up = self.slots.iter().filter(|s| s.live).all(|s| s.next > round);
+        let anyone = self.slots.iter().any(|s| s.live);
+        let contributed = self.slots.iter().any(|s| s.in_round);
+        if self.policy != (Policy::Sync { backup: 0 }) || !anyone || contributed || !given_up {
+            return false;
+        }
+        self.round += 1;
+        true
     }
 }
 

@@ -482,10 +482,12 @@ impl TensorPart {
         Ok(())
     }
 
-    /// Makes `worker` live (again); returns the clock it resumes at.
-    pub fn join(&mut self, worker: u32) -> Result<u64, PsError> {
+    /// Makes `worker` live (again); returns the clock it resumes at. A
+    /// worker that had left may skip the one clock it could not finish
+    /// (`skip_to`, see [`Event::Join`]).
+    pub fn join(&mut self, worker: u32, skip_to: u64) -> Result<u64, PsError> {
         self.finish_update();
-        let ready = self.clocks.step(Event::Join { worker }).map_err(|e| self.clock_err(e))?;
+        let ready = self.clocks.step(Event::Join { worker, skip_to }).map_err(|e| self.clock_err(e))?;
         let resumed_at = ready.resumed_at.unwrap_or(0);
         self.settle(ready);
         Ok(resumed_at)

@@ -271,7 +271,7 @@ fn a_worker_rejoining_after_its_turn_passed_is_added_when_it_arrives() {
     p.leave(0).unwrap();
     deliver(&mut p, 1, 0, None);
     assert_eq!(p.held_gradients(), 0, "worker 0 is gone: worker 1 is folded at once");
-    assert_eq!(p.join(0).unwrap(), 0);
+    assert_eq!(p.join(0, 0).unwrap(), 0);
     deliver(&mut p, 0, 0, None);
     let pushed = deliver(&mut p, 2, 0, None);
     assert_eq!(pushed.round.map(|r| r.contributors), Some(3));

@@ -30,7 +30,7 @@ fn leave(t: &mut ClockTable, worker: u32) -> Result<Option<RoundComplete>, Clock
 }
 
 fn join(t: &mut ClockTable, worker: u32) -> Result<u64, ClockError> {
-    Ok(t.step(Event::Join { worker })?.resumed_at.expect("a join resumes somewhere"))
+    Ok(t.step(Event::Join { worker, skip_to: 0 })?.resumed_at.expect("a join resumes somewhere"))
 }
 
 /// Whether `worker` may read at `clock` now, leaving no waiter behind.
@@ -199,7 +199,7 @@ fn a_pending_update_holds_pulls_and_refuses_other_changes() {
     );
     assert_eq!(t.step(Event::Push { worker: 1, clock: 0, complete: true }), Err(ClockError::UpdatePending));
     assert_eq!(t.step(Event::Leave { worker: 1 }), Err(ClockError::UpdatePending));
-    assert_eq!(t.step(Event::Join { worker: 1 }), Err(ClockError::UpdatePending));
+    assert_eq!(t.step(Event::Join { worker: 1, skip_to: 0 }), Err(ClockError::UpdatePending));
     let ready = t.step(Event::Applied).unwrap();
     assert_eq!(ready.release, vec![1]);
     assert_eq!(t.versions(), vec![0, -1]);
