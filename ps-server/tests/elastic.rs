@@ -92,6 +92,52 @@ async fn sync_counts_a_joining_worker_from_the_round_it_joins() {
     assert!((served_b[[0]] - b).abs() <= 1e-5, "b: served {} vs reference {b}", served_b[[0]]);
 }
 
+/// A sync round closes on each tensor on its own, so a worker may join
+/// when the round of the job's clock is applied on some tensors and not on
+/// others. It cannot read that clock exactly any more, so it joins at the
+/// next one, and the rounds still open close without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_admits_a_worker_joining_between_two_tensors_rounds_at_the_next_clock() {
+    let args = ["--workers", "2", "--max-workers", "3", "--lr", "0.05", "--policy", "sync"];
+    let (_servers, spec) = spawn_cluster(2, 8, &args);
+    let mut first = Vec::new();
+    for id in 0..2 {
+        first.push(train(connect(&spec, id).await, id, JOIN, 2));
+    }
+    let mut first: Vec<Worker> = futures::future::join_all(first).await.into_iter().map(|(w, _)| w).collect();
+    // Both pull clock JOIN and push `b` only: `b`'s round of JOIN is applied, `w`'s is open.
+    let mut grads = Vec::new();
+    for (id, worker) in first.iter().enumerate() {
+        let (w, b) = unpack(&worker.pull().await.expect("pull").values);
+        let g = grad_map(&w, b, id as u32, JOIN);
+        worker.push_tensor("b", JOIN, &g["b"]).await.expect("push b");
+        grads.push(g);
+    }
+    let late = connect(&spec, 2).await;
+    assert_eq!(late.clock(), JOIN + 1, "the joining worker cannot read clock {JOIN} of `b` any more");
+    for (worker, g) in first.iter_mut().zip(&grads) {
+        worker.push(g).await.expect("the rest of the step");
+    }
+    first.push(late);
+    let tasks: Vec<_> = first
+        .into_iter()
+        .enumerate()
+        .map(|(id, w)| tokio::spawn(async move { train(w, id as u32, STEPS, 3).await }))
+        .collect();
+    for t in tasks {
+        let (_, worst) = tokio::time::timeout(Duration::from_secs(60), t).await.expect("hung").expect("task");
+        assert_eq!(worst, 0, "sync reads are never stale");
+    }
+    let observer = connect(&spec, 0).await;
+    let (served_w, versions) = observer.observe("w").await.expect("observe w");
+    assert_eq!(versions, vec![STEPS as i64 - 1; 3]);
+    let (served_b, _) = observer.observe("b").await.expect("observe b");
+    let (w, b) = reference_sgd(STEPS, LR, |step| if step <= JOIN { 2 } else { 3 });
+    let max_diff = served_w.iter().zip(w.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff <= 1e-5, "w differs from SGD with 2 then 3 workers by {max_diff}");
+    assert!((served_b[[0]] - b).abs() <= 1e-5, "b: served {} vs reference {b}", served_b[[0]]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssp_admits_a_joining_worker_within_the_staleness_bound() {
     let (_servers, _, worst) = scale_out(&["--policy", "ssp", "--staleness", "2"]).await;

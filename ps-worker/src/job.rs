@@ -21,8 +21,8 @@ pub(crate) struct ShardView {
     /// shard holds tensors.
     pub(crate) clock: u64,
     /// The lowest clock this worker may still pull on every tensor of the
-    /// shard (above `clock` after a step that reached only some tensors,
-    /// whose sync rounds were applied since).
+    /// shard (above `clock` when the sync rounds of `clock` were applied on
+    /// some tensors already).
     pub(crate) read_floor: u64,
     pub(crate) has_tensors: bool,
 }

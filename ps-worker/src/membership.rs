@@ -16,8 +16,8 @@ pub(crate) struct Joined {
     /// The clock to resume at: the lowest any shard reports.
     pub(crate) clock: u64,
     /// The lowest clock the worker may still pull everywhere: above
-    /// `clock` when its last step reached some tensors and not others, and
-    /// the sync rounds of the ones it reached were applied since.
+    /// `clock` when the sync rounds of `clock` were applied on some
+    /// tensors already (see [`give_up_half_step`]).
     floor: u64,
     /// Per shard, where it resumes this worker (`u64::MAX` for a shard
     /// holding no tensor).

@@ -112,9 +112,10 @@ pub struct Joined {
     /// The smallest of the worker's per-tensor clocks.
     pub clock: u64,
     /// The lowest clock the worker may still pull on every tensor: above
-    /// `clock` when a step of the worker reached some tensors, and their
-    /// sync rounds have been applied since, so that clock can no longer be
-    /// read there exactly.
+    /// `clock` when the sync rounds of `clock` were applied on some tensors
+    /// already (the worker's step reached them before it stopped, or the
+    /// other workers' steps did before it joined), so that clock can no
+    /// longer be read there exactly.
     pub floor: u64,
 }
 

@@ -643,12 +643,14 @@ impl ClockTable {
             // Never below its own clock: a clock it pushed before leaving
             // stays pushed, so a rejoin cannot apply it twice.
             slot.next = slot.next.max(frontier);
-            if skip_to == slot.next + 1 {
+            let skipped = skip_to == slot.next + 1;
+            if skipped {
                 slot.next = skip_to;
             }
             // The clocks it skipped have no updates: the version vector shows
             // them as applied, so readers see no staleness that isn't there.
             let settled = match self.policy {
+                Policy::Sync { backup: 0 } if skipped => skip_to,
                 Policy::Sync { backup: 0 } => frontier,
                 _ => slot.next - u64::from(slot.in_round),
             };
