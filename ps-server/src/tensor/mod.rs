@@ -471,6 +471,7 @@ impl TensorPart {
             }
             self.settle(ready);
         }
+        let before = self.clocks.applied_clock();
         let ready = self.clocks.step(Event::Leave { worker }).map_err(|e| self.clock_err(e))?;
         // The gradients held behind `worker` need not wait for it now.
         let clocks = &self.clocks;
@@ -478,8 +479,18 @@ impl TensorPart {
         if ready.update.is_some() {
             self.finish_update();
         }
+        self.finish_empty_round(before, &ready);
         self.settle(ready);
         Ok(())
+    }
+
+    /// A sync round that every live worker gave up passed with no update
+    /// (see [`Event::Join`]): the next round's sum starts afresh, every
+    /// worker's turn back at the start, as after an applied round.
+    fn finish_empty_round(&mut self, before: u64, ready: &Ready) {
+        if self.clocks.policy().is_sync() && ready.update.is_none() && self.clocks.applied_clock() > before {
+            self.round.finish();
+        }
     }
 
     /// Makes `worker` live (again); returns the clock it resumes at. A
@@ -487,8 +498,10 @@ impl TensorPart {
     /// (`skip_to`, see [`Event::Join`]).
     pub fn join(&mut self, worker: u32, skip_to: u64) -> Result<u64, PsError> {
         self.finish_update();
+        let before = self.clocks.applied_clock();
         let ready = self.clocks.step(Event::Join { worker, skip_to }).map_err(|e| self.clock_err(e))?;
         let resumed_at = ready.resumed_at.unwrap_or(0);
+        self.finish_empty_round(before, &ready);
         self.settle(ready);
         Ok(resumed_at)
     }

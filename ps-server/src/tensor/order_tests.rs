@@ -278,3 +278,26 @@ fn a_worker_rejoining_after_its_turn_passed_is_added_when_it_arrives() {
     let grads: Vec<Vec<f32>> = [1, 0, 2].iter().map(|w| gradient(*w, 0, 6)).collect();
     assert_eq!(bits(&p), folded_bits(&grads), "1, then 0 when it arrived, then 2");
 }
+
+#[test]
+fn after_a_round_every_worker_gave_up_the_next_folds_in_worker_order_again() {
+    let mut p = sync_part(3, 6, 0);
+    for w in 0..3 {
+        deliver(&mut p, w, 0, None);
+    }
+    let after_round_0 = bits(&p);
+    // Round 1: every worker gives it up (leaves, and joins again skipping it).
+    for w in 0..3 {
+        p.leave(w).unwrap();
+        assert_eq!(p.join(w, 2).unwrap(), 2);
+    }
+    assert_eq!(p.clocks().applied_clock(), 2, "round 1 passed");
+    assert_eq!(bits(&p), after_round_0, "with no update");
+    // Round 2 arrives 2, 1, 0: 2 and 1 wait for 0's turn, as in any round.
+    deliver(&mut p, 2, 2, None);
+    deliver(&mut p, 1, 2, None);
+    assert_eq!(p.held_gradients(), 2, "the turns start at worker 0 again");
+    let pushed = deliver(&mut p, 0, 2, None);
+    assert_eq!(pushed.round.map(|r| r.contributors), Some(3));
+    assert_eq!(p.held_gradients(), 0);
+}
