@@ -144,14 +144,28 @@ async fn die_mid_step_and_relaunch(survivor_first: bool) -> (ndarray::ArrayD<f32
     let grads = grad_map(&w, b, 0, DIED_AT);
     dead.push_tensor("b", DIED_AT, &grads["b"]).await.expect("push b");
     drop(dead);
-    let relaunched = connect(&spec, 0).await;
+    let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(0, None));
+    let mut cfg = WorkerConfig::new(spec.clone(), 0);
+    cfg.metrics = Some(std::sync::Arc::clone(&metrics));
+    let mut relaunched = Worker::connect(cfg).await.expect("relaunch");
+    relaunched.declare(&TensorDecl::new("w", &[DIM]).normal(0.0, 0.1, 11)).await.expect("declare w");
+    relaunched.declare(&TensorDecl::new("b", &[1])).await.expect("declare b");
     let resumed = relaunched.clock();
+    assert_eq!(clocks_given_up(&metrics), u64::from(survivor_first), "ps_worker_clocks_given_up_total");
     let mut workers = [relaunched, survivor];
     lockstep(&mut workers, resumed..STEPS).await;
     let (served_w, versions) = workers[0].observe("w").await.expect("observe w");
     assert_eq!(versions, vec![STEPS as i64 - 1; 2]);
     let (served_b, _) = workers[0].observe("b").await.expect("observe b");
     (served_w, served_b[[0]], resumed)
+}
+
+/// The worker's `ps_worker_clocks_given_up_total`, as scraped.
+fn clocks_given_up(metrics: &ps_worker::metrics::WorkerMetrics) -> u64 {
+    let text = ps_proto::exposition::encode(std::slice::from_ref(metrics.registry()));
+    let line = text.lines().find(|l| l.starts_with("ps_worker_clocks_given_up_total{"));
+    let value = line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok());
+    value.unwrap_or_else(|| panic!("no ps_worker_clocks_given_up_total in {text}"))
 }
 
 /// Single-process SGD of workers 0 and 1, where worker 0's gradient of `w`

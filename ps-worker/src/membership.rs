@@ -74,6 +74,9 @@ async fn give_up_half_step(shards: &Shards, joined: &Joined) -> Result<Joined, W
          the rounds of clock {clock} still open close without this worker's gradient, and it resumes at \
          clock {floor}"
     );
+    if let Some(metrics) = &shards.config().metrics {
+        metrics.gave_up_clock();
+    }
     let behind: Vec<u32> =
         joined.shard_clocks.iter().enumerate().filter(|(_, c)| **c < floor).map(|(s, _)| s as u32).collect();
     try_join_all(behind.iter().map(|&shard| async move {

@@ -58,6 +58,7 @@ pub struct WorkerMetrics {
     push: Histogram,
     blocked: Histogram,
     steps: IntCounter,
+    given_up: IntCounter,
     clock: IntGauge,
     loss: LateGauge,
     accuracy: LateGauge,
@@ -129,6 +130,15 @@ impl WorkerMetrics {
                 r,
                 IntCounter::new("ps_worker_steps_total", "Training steps completed").expect("valid"),
             ),
+            given_up: register(
+                r,
+                IntCounter::new(
+                    "ps_worker_clocks_given_up_total",
+                    "Clocks this worker gave up at a join because they could no longer be read exactly \
+                     (a step that reached some shards but not all before it stopped)",
+                )
+                .expect("valid"),
+            ),
             clock: register(
                 r,
                 IntGauge::new("ps_worker_clock", "The worker's clock: steps completed").expect("valid"),
@@ -175,6 +185,11 @@ impl WorkerMetrics {
         self.steps.inc();
         self.clock.set(clock as i64 + 1);
         self.loss.set(f64::from(loss));
+    }
+
+    /// Records a clock given up at a join.
+    pub fn gave_up_clock(&self) {
+        self.given_up.inc();
     }
 
     /// Records an evaluation's test accuracy.
@@ -252,6 +267,7 @@ mod tests {
             text.contains(r#"ps_worker_errors_total{code="unavailable",op="pull",worker="3"} 0"#),
             "{text}"
         );
+        assert!(text.contains(r#"ps_worker_clocks_given_up_total{worker="3"} 0"#), "{text}");
         assert!(!text.contains("ps_worker_test_accuracy"), "{text}");
         assert!(!text.contains("ps_worker_train_loss"), "{text}");
         assert!(!text.contains("policy="), "no policy before it is known: {text}");
