@@ -22,7 +22,12 @@ const KILL_AT: u64 = 10;
 const CHILD_ENV: &str = "PS_TEST_CHILD_SHARDS";
 
 async fn connect(spec: &ClusterSpec, id: u32) -> Worker {
-    let mut w = Worker::connect(WorkerConfig::new(spec.clone(), id)).await.expect("connect");
+    connect_with(WorkerConfig::new(spec.clone(), id)).await
+}
+
+/// A worker connected with `cfg` that declared the model's tensors.
+async fn connect_with(cfg: WorkerConfig) -> Worker {
+    let mut w = Worker::connect(cfg).await.expect("connect");
     w.declare(&TensorDecl::new("w", &[DIM]).normal(0.0, 0.1, 11)).await.expect("declare w");
     w.declare(&TensorDecl::new("b", &[1])).await.expect("declare b");
     w
@@ -147,9 +152,7 @@ async fn die_mid_step_and_relaunch(survivor_first: bool) -> (ndarray::ArrayD<f32
     let metrics = std::sync::Arc::new(ps_worker::metrics::WorkerMetrics::new(0, None));
     let mut cfg = WorkerConfig::new(spec.clone(), 0);
     cfg.metrics = Some(std::sync::Arc::clone(&metrics));
-    let mut relaunched = Worker::connect(cfg).await.expect("relaunch");
-    relaunched.declare(&TensorDecl::new("w", &[DIM]).normal(0.0, 0.1, 11)).await.expect("declare w");
-    relaunched.declare(&TensorDecl::new("b", &[1])).await.expect("declare b");
+    let relaunched = connect_with(cfg).await;
     let resumed = relaunched.clock();
     assert_eq!(clocks_given_up(&metrics), u64::from(survivor_first), "ps_worker_clocks_given_up_total");
     let mut workers = [relaunched, survivor];
