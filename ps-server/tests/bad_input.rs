@@ -162,7 +162,7 @@ async fn unknown_or_departed_workers_are_failed_precondition() {
     f.refused(
         vec![f.chunk(header(7, 0, 0, 6), 0, &[0.0; 6])],
         Code::FailedPrecondition,
-        &["unknown worker 7", "0..2"],
+        &["unknown worker 7", "ids are 0 to 1", "an id below 2"],
     )
     .await;
     let mut leaver =
@@ -253,6 +253,6 @@ async fn a_wrong_shard_list_or_worker_id_is_refused_saying_what_to_change() {
     let text = Worker::connect(no_retry(short, 0)).await.expect_err("one shard of two").to_string();
     assert!(text.contains("lists 1 shard, but") && text.contains("of 2"), "{text}");
     let text = Worker::connect(no_retry(right, 5)).await.expect_err("worker 5 of 2").to_string();
-    assert!(text.contains("FailedPrecondition: unknown worker 5: this job has workers 0..2"), "{text}");
+    assert!(text.contains("FailedPrecondition: unknown worker 5: this job's worker ids are 0 to 1: give each worker an id below 2"), "{text}");
     cluster.shutdown().await.expect("shutdown");
 }

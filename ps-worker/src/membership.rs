@@ -126,7 +126,9 @@ async fn join_once(shards: &Shards) -> Result<(Joined, Histories), WorkerError> 
         && worker >= r.num_workers
     {
         return Err(WorkerError::Cluster(format!(
-            "worker id {worker} is out of range: the job has workers 0..{} (the shards' --workers)",
+            "worker id {worker} is out of range: this job's worker ids are 0 to {}: give each worker \
+             an id below {} (the shards' --workers)",
+            r.num_workers.saturating_sub(1),
             r.num_workers
         )));
     }

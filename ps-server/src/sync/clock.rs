@@ -141,7 +141,11 @@ pub struct Ready {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClockError {
     /// The worker id is not part of the job.
-    #[error("unknown worker {worker}: this job has workers 0..{num_workers}")]
+    #[error(
+        "unknown worker {worker}: this job's worker ids are 0 to {}: give each worker an id below \
+         {num_workers} (the shards' --workers, or --max-workers for workers that join later)",
+        num_workers.saturating_sub(1)
+    )]
     UnknownWorker {
         /// The worker's id.
         worker: u32,
