@@ -34,9 +34,52 @@ impl WaitAt {
     }
 }
 
+/// What to do about a wait for `workers`, given the workers the shard has
+/// heard nothing from since it started (`unheard`): a worker never started
+/// is told apart from one that stopped. The advice the shard's wait log and
+/// the waiting worker's give alike.
+pub fn advice(workers: &[u32], unheard: &[u32]) -> String {
+    let (absent, present): (Vec<u32>, Vec<u32>) = workers.iter().partition(|w| unheard.contains(w));
+    let mut advice = Vec::new();
+    match absent.as_slice() {
+        [] => {}
+        [one] => advice.push(format!(
+            "worker {one} has sent nothing to this shard since it started: start it, or start the \
+             shards with a smaller --workers"
+        )),
+        many => advice.push(format!(
+            "workers {many:?} have sent nothing to this shard since it started: start them, or \
+             start the shards with a smaller --workers"
+        )),
+    }
+    if !present.is_empty() || absent.is_empty() {
+        advice.push(
+            "if one has stopped, restart it (it joins again) or start the shards with \
+             --worker-timeout SECONDS"
+                .to_string(),
+        );
+    }
+    advice.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_advice_tells_a_worker_never_started_from_one_that_stopped() {
+        let stopped = advice(&[1], &[]);
+        assert!(stopped.starts_with("if one has stopped, restart it"), "{stopped}");
+        let never = advice(&[1], &[1, 3]);
+        assert!(
+            never.starts_with("worker 1 has sent nothing to this shard since it started: start it"),
+            "{never}"
+        );
+        assert!(!never.contains("if one has stopped"), "{never}");
+        let both = advice(&[1, 2, 3], &[1, 3]);
+        assert!(both.starts_with("workers [1, 3] have sent nothing"), "{both}");
+        assert!(both.contains("; if one has stopped"), "{both}");
+    }
 
     #[test]
     fn a_wait_survives_its_request_and_both_clocks_are_refused() {

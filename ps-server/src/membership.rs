@@ -257,6 +257,13 @@ impl Membership {
         self.members.iter().filter(|m| m.silent).count()
     }
 
+    /// The live workers not heard from in this life: no join or request
+    /// since the shard started, was restored or rewound.
+    pub fn unheard(&self) -> Vec<u32> {
+        let unheard = self.members.iter().zip(&self.live).map(|(m, live)| *live && !m.contacted);
+        unheard.enumerate().filter(|(_, u)| *u).map(|(w, _)| w as u32).collect()
+    }
+
     /// Whether `worker` may push and pull in this life without joining.
     /// Unknown ids pass: the clock rules refuse them with a better message.
     pub fn has_joined(&self, worker: u32) -> bool {
@@ -272,6 +279,20 @@ mod tests {
 
     fn table(on_loss: WorkerLoss, t0: Instant) -> Membership {
         Membership::new(vec![true, true, false], true, Some(T), on_loss, t0).with_join_grace(Duration::ZERO)
+    }
+
+    #[test]
+    fn unheard_workers_are_the_live_ones_without_a_request_or_join_in_this_life() {
+        let t0 = Instant::now();
+        let mut m = table(WorkerLoss::Evict, t0);
+        assert_eq!(m.unheard(), vec![0, 1], "worker 2 is not live");
+        assert!(m.begin(1, t0));
+        m.end(1, t0);
+        assert_eq!(m.unheard(), vec![0]);
+        m.join(2, t0).expect("join");
+        assert_eq!(m.unheard(), vec![0]);
+        m.rewound(|w| w != 0, t0);
+        assert_eq!(m.unheard(), vec![1, 2], "a rewind starts a new life");
     }
 
     #[test]

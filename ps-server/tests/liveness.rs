@@ -142,7 +142,31 @@ async fn on_worker_loss_fail_stops_the_job_with_a_clear_error() {
 /// wait, naming the worker it waits for, within `WAIT_LOG_EVERY` (5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_waiting_on_a_silent_worker_is_logged_naming_it() {
-    let dir = std::env::temp_dir().join(format!("ps-wait-log-{}", std::process::id()));
+    let line = wait_logged("stopped", true).await;
+    assert!(line.contains("for workers [1] to push"), "names worker 1: {line}");
+    assert!(line.contains("if one has stopped, restart it"), "says what to do: {line}");
+    assert!(line.contains("--worker-timeout"), "says what to do: {line}");
+    assert!(!line.contains("sent nothing"), "worker 1 did contact the shard: {line}");
+}
+
+/// A worker that was never started is told apart from one that stopped:
+/// the wait log says the shard has heard nothing from it, and to start it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_waiting_on_a_worker_never_started_says_to_start_it() {
+    let line = wait_logged("never", false).await;
+    assert!(line.contains("for workers [1] to push"), "names worker 1: {line}");
+    assert!(
+        line.contains("worker 1 has sent nothing to this shard since it started: start it"),
+        "says what to do: {line}"
+    );
+    assert!(!line.contains("if one has stopped"), "worker 1 never ran: {line}");
+}
+
+/// Starts a real sync shard for 2 workers; worker 0 pushes clock 0 and
+/// waits for the round, while worker 1 (connected if `second_connects`)
+/// never pushes. Returns the shard's first wait log line.
+async fn wait_logged(case: &str, second_connects: bool) -> String {
+    let dir = std::env::temp_dir().join(format!("ps-wait-log-{case}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let log = dir.join("shard.log");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ps-server"));
@@ -155,7 +179,7 @@ async fn a_pull_waiting_on_a_silent_worker_is_logged_naming_it() {
     let spec = ps_proto::ClusterSpec::new(vec![shard.addr().to_string()]);
     let grads = BTreeMap::from([("w".to_string(), ndarray::arr1(&[1.0f32, 1.0]).into_dyn())]);
     let mut workers = Vec::new();
-    for id in 0..2 {
+    for id in 0..if second_connects { 2 } else { 1 } {
         let mut w = Worker::connect(WorkerConfig::new(spec.clone(), id)).await.expect("connect");
         w.declare(&TensorDecl::new("w", &[2])).await.expect("declare");
         w.pull().await.expect("pull");
@@ -175,12 +199,11 @@ async fn a_pull_waiting_on_a_silent_worker_is_logged_naming_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(started.elapsed() < Duration::from_secs(10), "logged after {:?}", started.elapsed());
-    assert!(line.contains("for workers [1] to push"), "names worker 1: {line}");
-    assert!(line.contains("--worker-timeout"), "says what to do: {line}");
     assert!(!blocked.is_finished(), "the pull still waits");
     blocked.abort();
     drop(workers);
     let _ = std::fs::remove_dir_all(&dir);
+    line
 }
 
 /// The metric that says which worker the job waits for: pulls waiting on

@@ -31,7 +31,15 @@ pub(crate) struct Held<'a> {
     pub(crate) tensors: &'a [&'a TensorInfo],
 }
 
-type Asking<'a> = Pin<Box<dyn Future<Output = Result<Vec<u32>, WorkerError>> + Send + 'a>>;
+/// Whom a held request waits for on its shard.
+struct Waits {
+    /// The live workers its tensors wait for, in id order.
+    on: Vec<u32>,
+    /// The live workers the shard has heard nothing from since it started.
+    unheard: Vec<u32>,
+}
+
+type Asking<'a> = Pin<Box<dyn Future<Output = Result<Waits, WorkerError>> + Send + 'a>>;
 
 impl Held<'_> {
     /// Awaits `request`; while it is unanswered, says every
@@ -68,21 +76,22 @@ impl Held<'_> {
 
     /// The workers the shard says the request's wait on its tensors waits
     /// for, in id order.
-    async fn holding_back(&self) -> Result<Vec<u32>, WorkerError> {
-        let parts = status::holding_back(self.shards, self.shard, self.wait).await?;
+    async fn holding_back(&self) -> Result<Waits, WorkerError> {
+        let held = status::holding_back(self.shards, self.shard, self.wait).await?;
         let names: std::collections::HashSet<&str> = self.names().collect();
-        let mut who: Vec<u32> = parts
+        let mut on: Vec<u32> = held
+            .parts
             .into_iter()
             .filter(|(name, _)| names.contains(name.as_str()))
             .flat_map(|(_, workers)| workers)
             .collect();
-        who.sort_unstable();
-        who.dedup();
-        Ok(who)
+        on.sort_unstable();
+        on.dedup();
+        Ok(Waits { on, unheard: held.unheard })
     }
 
     /// Logs that the request has waited `waited`, and for whom.
-    fn say(&self, waited: Duration, who: Result<Vec<u32>, WorkerError>) {
+    fn say(&self, waited: Duration, who: Result<Waits, WorkerError>) {
         let cfg = self.shards.config();
         let (worker, shard, op, clock) = (cfg.worker, self.shard, self.op, self.clock);
         let addr = cfg.cluster.shards.get(shard as usize).map_or("?", String::as_str);
@@ -100,15 +109,16 @@ impl Held<'_> {
             WaitAt::Barrier(clock) => format!("see every live worker reach clock {clock} on {tensors}"),
         };
         let why = match &who {
-            Ok(who) if !who.is_empty() => format!(
-                "it waits for workers {who:?} to push; if one has stopped, restart it \
-                 (it joins again) or start the shards with --worker-timeout SECONDS"
-            ),
+            Ok(Waits { on, unheard }) if !on.is_empty() => {
+                format!("it waits for workers {on:?} to push; {}", ps_proto::wait_at::advice(on, unheard))
+            }
             Ok(_) => "the shard names no worker it waits for: an update or a checkpoint is in \
                       progress, or the shard is overloaded"
                 .to_string(),
             Err(e) => format!("the shard did not say for whom ({e})"),
         };
+        // The same field as the shard's own wait log: the workers, or "unknown".
+        let waiting_for = who.as_ref().map_or_else(|_| "unknown".to_string(), |w| format!("{:?}", w.on));
         tracing::warn!(
             worker,
             shard,
@@ -116,7 +126,7 @@ impl Held<'_> {
             op,
             clock,
             waited_s = secs,
-            waiting_for = ?who.as_ref().ok(),
+            %waiting_for,
             "{op} at clock {clock} has waited {secs} s for shard {shard} ({addr}) to {until}: \
              {why}; giving up after {give_up} s"
         );

@@ -95,15 +95,20 @@ pub(crate) async fn session(shards: &Shards) -> Result<u64, WorkerError> {
     Ok(status_of(shards, 0, pb::StatusRequest::default()).await?.session)
 }
 
-/// Per tensor part `shard` holds (by its name on the shards), the live
-/// workers `wait` waits for there.
-pub(crate) async fn holding_back(
-    shards: &Shards,
-    shard: u32,
-    wait: WaitAt,
-) -> Result<Vec<(String, Vec<u32>)>, WorkerError> {
+/// Whom a wait on one shard waits for, as the shard sees it.
+pub(crate) struct HeldBack {
+    /// Per tensor part the shard holds (by its name on the shards), the
+    /// live workers the wait waits for there.
+    pub(crate) parts: Vec<(String, Vec<u32>)>,
+    /// The live workers the shard has heard nothing from since it started.
+    pub(crate) unheard: Vec<u32>,
+}
+
+/// Whom `wait` waits for on `shard`.
+pub(crate) async fn holding_back(shards: &Shards, shard: u32, wait: WaitAt) -> Result<HeldBack, WorkerError> {
     let reply = status_of(shards, shard, wait.status_request()).await?;
-    Ok(reply.tensors.into_iter().map(|t| (t.name, t.holding_back)).collect())
+    let parts = reply.tensors.into_iter().map(|t| (t.name, t.holding_back)).collect();
+    Ok(HeldBack { parts, unheard: reply.unheard_workers })
 }
 
 /// `shard`'s reply to `request`.

@@ -47,6 +47,8 @@ def test_a_held_step_is_logged_naming_the_shard_and_the_missing_worker():
     held = [line for line in out.stderr.splitlines() if "step at clock 0 has waited" in line]
     assert held, out.stderr
     assert "for shard 0 (127.0.0.1:" in held[0] and "waits for workers [1] to push" in held[0], held[0]
+    # Worker 1 was never started, and the line says so.
+    assert "worker 1 has sent nothing to this shard since it started: start it" in held[0], held[0]
     # The shard, in the same process, says it too; info lines stay out by default.
     assert "a pull has waited" in out.stderr and "worker joined" not in out.stderr, out.stderr
 

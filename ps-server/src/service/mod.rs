@@ -169,6 +169,7 @@ impl Service {
             default_backup_workers: default.backup_workers,
             default_staleness_scaling: default.scaling as i32,
             live_workers: self.shard.live_workers(),
+            unheard_workers: self.shard.unheard_workers(),
             tensors,
             session: self.shard.session(),
             restored_clock: origin.as_ref().map(|o| o.clock),

@@ -325,6 +325,12 @@ impl Shard {
         members.live().iter().enumerate().filter(|(_, l)| **l).map(|(w, _)| w as u32).collect()
     }
 
+    /// The live workers this shard has heard nothing from since it started
+    /// (or was restored or rewound), in id order.
+    pub fn unheard_workers(&self) -> Vec<u32> {
+        self.members().unheard()
+    }
+
     /// Checks that `worker` exists and is live (a cheap early check; the
     /// authoritative one happens under the tensor's lock).
     pub fn check_worker(&self, worker: u32) -> Result<(), PsError> {

@@ -186,6 +186,7 @@ impl Shard {
             WaitAt::Barrier(clock) => (cell.lock().clocks().behind_barrier(clock), "a barrier", clock),
         };
         self.metrics.waited_on(&waiting_for, WAIT_LOG_EVERY.as_secs());
+        let advice = ps_proto::wait_at::advice(&waiting_for, &self.unheard_workers());
         let waited = started.elapsed().as_secs();
         tracing::warn!(
             shard = self.config.shard_id,
@@ -194,8 +195,7 @@ impl Shard {
             clock,
             waited_s = waited,
             ?waiting_for,
-            "{what} has waited {waited} s for workers {waiting_for:?} to push; if one has stopped, \
-             restart it (it joins again) or start the shards with --worker-timeout SECONDS"
+            "{what} has waited {waited} s for workers {waiting_for:?} to push; {advice}"
         );
     }
 
