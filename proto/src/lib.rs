@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`pb`]: code generated from `proto/ps.proto` and `proto/data.proto` (messages, clients, server trait).
 //! - [`auth`]: the bearer token workers send and shards check.
+//! - [`byte_size`]: byte counts as written on a command line (`4M`).
 //! - [`cluster`]: the cluster spec every process agrees on.
 //! - [`optimizer`]: the optimizer a tensor is declared with, its defaults and forms.
 //! - [`restart`]: how a shard tells a worker it came back from a checkpoint.
@@ -18,6 +19,7 @@
 //! - [`exposition`]: Prometheus text exposition and the `/metrics` endpoint.
 
 pub mod auth;
+pub mod byte_size;
 pub mod chunk;
 pub mod cluster;
 pub mod exposition;

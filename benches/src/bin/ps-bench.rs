@@ -122,12 +122,8 @@ struct Args {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let (num, mult) = match s.chars().last() {
-        Some('K') | Some('k') => (&s[..s.len() - 1], 1 << 10),
-        Some('M') | Some('m') => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    num.parse::<usize>().map(|n| n * mult).map_err(|e| format!("size {s:?}: {e}"))
+    let bytes = ps_proto::byte_size::parse(s)?;
+    usize::try_from(bytes).map_err(|_| format!("size {s:?} is more than this machine can address"))
 }
 
 use ps_server::process::ShardProcess as Shard;

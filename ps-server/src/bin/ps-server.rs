@@ -135,7 +135,7 @@ struct Args {
 
     /// Largest tensor part this shard accepts, in bytes of f32 [default: 16 GiB];
     /// larger declarations get RESOURCE_EXHAUSTED.
-    #[arg(long)]
+    #[arg(long, value_parser = ps_proto::byte_size::parse)]
     max_tensor_bytes: Option<u64>,
 
     /// Concurrent requests per client connection [default: 256]; more wait on the client side.
@@ -152,7 +152,7 @@ struct Args {
     /// larger than this is received alone). With --max-connections this
     /// bounds the memory clients can make the shard hold: model + optimizer
     /// state + this + waiting pushes x 2 MiB (at most connections x 64 MiB).
-    #[arg(long)]
+    #[arg(long, value_parser = ps_proto::byte_size::parse)]
     max_push_bytes_in_flight: Option<u64>,
 
     /// Sync parts larger than this many bytes (of f32) also take each push in
@@ -160,7 +160,7 @@ struct Args {
     /// holds a piece-sized buffer rather than a part-sized one; workers learn
     /// the size when they declare [default: 16 MiB / --workers, within 2-8 MiB,
     /// so the pieces in flight stay near 16 MiB]. 0: whole pushes only.
-    #[arg(long)]
+    #[arg(long, value_parser = ps_proto::byte_size::parse)]
     sync_piece_bytes: Option<u64>,
 
     /// What to do about a worker silent for --worker-timeout: evict it (the others
@@ -170,8 +170,8 @@ struct Args {
     on_worker_loss: Option<ps_server::WorkerLoss>,
 
     /// Largest gRPC message accepted, in bytes; larger push chunks get RESOURCE_EXHAUSTED.
-    #[arg(long)]
-    max_message_bytes: Option<usize>,
+    #[arg(long, value_parser = ps_proto::byte_size::parse)]
+    max_message_bytes: Option<u64>,
 
     /// Directory for checkpoints (one subdirectory each), shared by every shard of the cluster.
     #[arg(long)]
@@ -351,7 +351,8 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
         cfg.join_grace_ms = (g * 1000.0).ceil() as u64;
     }
     if let Some(m) = args.max_message_bytes {
-        cfg.max_message_bytes = m;
+        cfg.max_message_bytes = usize::try_from(m)
+            .map_err(|_| format!("--max-message-bytes {m} is more than this machine can address"))?;
     }
     if let Some(m) = args.max_tensor_bytes {
         cfg.max_tensor_bytes = m;
@@ -399,7 +400,7 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     if let Some(m) = args.momentum {
         if cfg.optimizer.kind() != OptimizerKind::Sgd {
             return Err(format!(
-                "--momentum applies only to sgd, and the optimizer is {}",
+                "--momentum applies only to sgd, and the optimizer is {}: drop --momentum or use --optimizer sgd",
                 cfg.optimizer.name()
             ));
         }
@@ -413,9 +414,20 @@ fn shard_config(args: &Args) -> Result<ShardConfig, String> {
     {
         check_listen_matches(args.listen, cfg.shard_id, entry, spec.num_shards())?;
     }
+    if let Some(b) = cfg.sync_piece_bytes.filter(|b| (1..MIN_SYNC_PIECE_BYTES).contains(b)) {
+        return Err(format!(
+            "--sync-piece-bytes {b} would send a large sync push as one request per {b} bytes: \
+             give at least 64K, or 0 for whole pushes"
+        ));
+    }
     cfg.validate()?;
     Ok(cfg)
 }
+
+/// The smallest piece size the binary accepts: smaller pieces turn one push
+/// into thousands of requests. (Tests of the library use smaller ones to
+/// piece small tensors.)
+const MIN_SYNC_PIECE_BYTES: u64 = 64 << 10;
 
 /// Refuses a `--listen` port that differs from this shard's entry in the
 /// shard list: workers would look for the shard at the entry. (The host may
