@@ -36,7 +36,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Tensor sizes in bytes of f32 (suffixes K and M are powers of 1024).
+    /// Tensor sizes in bytes of f32 (suffixes K, M and G are powers of 1024).
     #[arg(long, value_delimiter = ',', default_value = "4K,64K,1M,4M,64M,256M")]
     sizes: Vec<String>,
     /// Instead of --sizes, models whose tensors every step pushes and pulls
