@@ -96,3 +96,32 @@ fn the_optimizer_is_set_on_the_shards_only() {
         assert!(err.contains(&format!("unexpected argument '{flag}'")), "{err}");
     }
 }
+
+/// `--checkpoint-every` against shards that write no checkpoints is refused
+/// at start, naming the shard and what to change, instead of training on
+/// with every checkpoint skipped.
+#[test]
+fn checkpoints_asked_of_shards_without_a_checkpoint_dir_are_refused() {
+    let split_threshold = ps_proto::cluster::DEFAULT_SPLIT_THRESHOLD;
+    let (_server, spec) = start_cluster(&ps_server(), 1, split_threshold, &["--workers", "1"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = spec.shards[0].clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_ps-worker"))
+        .args(["--shards", &addr, "--worker", "0", "--metrics-listen", "off", "--checkpoint-every", "100"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ps-worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line, got {err:?}");
+    let expected = format!(
+        "--checkpoint-every 100 asks for checkpoints, but shard 0 ({addr}) was started without --checkpoint-dir"
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("or drop --checkpoint-every"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "no training: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

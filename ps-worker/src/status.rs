@@ -21,6 +21,8 @@ pub struct ShardStatus {
     pub live_workers: Vec<u32>,
     /// The tensor parts the shard holds.
     pub tensors: Vec<TensorStatus>,
+    /// Whether the shard writes checkpoints (started with a checkpoint directory).
+    pub checkpoints: bool,
 }
 
 /// One tensor part a shard holds, as the shard reports it.
@@ -77,6 +79,7 @@ impl ShardStatus {
                 "",
             )?,
             live_workers: reply.live_workers,
+            checkpoints: reply.checkpoints,
             tensors,
         })
     }

@@ -230,6 +230,22 @@ fn check_job(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses `--checkpoint-every` when a shard writes no checkpoints: each
+/// request would fail, and the job would go on without any.
+async fn checkpoints_possible(worker: &Worker, every: u64) -> Result<(), Failure> {
+    let statuses = worker.status().await?;
+    match statuses.iter().find(|s| !s.checkpoints) {
+        None => Ok(()),
+        Some(s) => Err(Failure::Usage(format!(
+            "--checkpoint-every {every} asks for checkpoints, but shard {} ({}) was started without \
+             --checkpoint-dir: start every ps-server with the same --checkpoint-dir DIR, or drop \
+             --checkpoint-every",
+            s.shard,
+            worker.cluster().shards.get(s.shard as usize).map_or("?", String::as_str),
+        ))),
+    }
+}
+
 async fn run(args: Args) -> Result<(), Failure> {
     let spec = cluster_spec(args.shards.as_ref(), args.cluster.as_ref(), args.split_threshold)?;
     spec.validate().map_err(Failure::Usage)?;
@@ -265,6 +281,9 @@ async fn run(args: Args) -> Result<(), Failure> {
     };
     let config = args.access.apply(config).map_err(Failure::Usage)?;
     let mut worker = Worker::connect(config).await?;
+    if let Some(every) = args.checkpoint_every {
+        checkpoints_possible(&worker, every).await?;
+    }
     let cfg = TrainConfig {
         model: Model {
             kind: args.model,

@@ -170,6 +170,7 @@ impl Service {
             default_staleness_scaling: default.scaling as i32,
             live_workers: self.shard.live_workers(),
             unheard_workers: self.shard.unheard_workers(),
+            checkpoints: cfg.checkpoint_dir.is_some(),
             tensors,
             session: self.shard.session(),
             restored_clock: origin.as_ref().map(|o| o.clock),
