@@ -126,8 +126,9 @@ class Worker:
         "complete", ...}``. NotFoundError: no such checkpoint."""
     def status(self) -> List[Dict[str, Any]]:
         """Per shard: ``shard``, ``num_shards``, ``num_workers``,
-        ``default_policy``, ``live_workers`` and ``tensors`` (name, offset,
-        len, policy, versions, applied_clock)."""
+        ``default_policy``, ``live_workers``, ``checkpoints`` (whether the
+        shard writes checkpoints) and ``tensors`` (name, offset, len, policy,
+        versions, applied_clock)."""
     def leave(self) -> None:
         """Leaves the job: nothing waits for this worker any more (a no-op for an observer)."""
 

@@ -343,6 +343,7 @@ impl Worker {
             d.set_item("num_workers", s.num_workers)?;
             d.set_item("default_policy", s.default_policy.to_string())?;
             d.set_item("live_workers", s.live_workers)?;
+            d.set_item("checkpoints", s.checkpoints)?;
             let tensors = PyList::empty(py);
             for t in s.tensors {
                 let td = PyDict::new(py);

@@ -62,6 +62,7 @@ def test_not_found_for_an_unknown_checkpoint(make_cluster, tmp_path):
         with pytest.raises(errors.NotFoundError) as e:
             w.checkpoint_status("ckpt-that-never-was")
         assert e.value.code == "NOT_FOUND" and "ckpt-that-never-was" in e.value.server_message
+        assert w.status()[0]["checkpoints"] is True
         assert not isinstance(e.value, errors.UnknownTensorError)
 
 
@@ -83,6 +84,7 @@ def test_failed_precondition_without_a_checkpoint_directory(make_cluster):
             w.checkpoint()
         assert type(e.value) is errors.FailedPreconditionError
         assert "no checkpoint directory" in e.value.server_message
+        assert w.status()[0]["checkpoints"] is False
 
 
 def test_stale_clock_on_a_checkpoint_too_late(make_cluster, tmp_path):
