@@ -164,6 +164,9 @@ async fn state(client: &mut Client) -> State {
     let mut status =
         client.control.status(pb::StatusRequest::default()).await.expect("status answers").into_inner();
     status.session = 0;
+    // Whom the shard has heard from moves with every request of a worker,
+    // refused or not, as its lease does: liveness, not the job's state.
+    status.unheard_workers.clear();
     let mut values = Vec::new();
     for t in &status.tensors {
         let req = pb::PullRequest { worker: None, clock: 0, tensor: t.name.clone(), dtype: 0 };
