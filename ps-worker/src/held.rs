@@ -12,7 +12,7 @@ use ps_proto::WaitAt;
 use crate::connection::Shards;
 use crate::declared::TensorInfo;
 use crate::error::WorkerError;
-use crate::status;
+use crate::status::{self, Waits};
 
 /// How often a worker says that a request is still held back.
 pub(crate) const HELD_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -29,14 +29,6 @@ pub(crate) struct Held<'a> {
     pub(crate) wait: WaitAt,
     /// The request's tensors (those with no part on `shard` are skipped).
     pub(crate) tensors: &'a [&'a TensorInfo],
-}
-
-/// Whom a held request waits for on its shard.
-struct Waits {
-    /// The live workers its tensors wait for, in id order.
-    on: Vec<u32>,
-    /// The live workers the shard has heard nothing from since it started.
-    unheard: Vec<u32>,
 }
 
 type Asking<'a> = Pin<Box<dyn Future<Output = Result<Waits, WorkerError>> + Send + 'a>>;
@@ -77,17 +69,7 @@ impl Held<'_> {
     /// The workers the shard says the request's wait on its tensors waits
     /// for, in id order.
     async fn holding_back(&self) -> Result<Waits, WorkerError> {
-        let held = status::holding_back(self.shards, self.shard, self.wait).await?;
-        let names: std::collections::HashSet<&str> = self.names().collect();
-        let mut on: Vec<u32> = held
-            .parts
-            .into_iter()
-            .filter(|(name, _)| names.contains(name.as_str()))
-            .flat_map(|(_, workers)| workers)
-            .collect();
-        on.sort_unstable();
-        on.dedup();
-        Ok(Waits { on, unheard: held.unheard })
+        status::holding_back(self.shards, self.shard, self.wait, &self.names().collect()).await
     }
 
     /// Logs that the request has waited `waited`, and for whom.

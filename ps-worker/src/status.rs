@@ -99,19 +99,31 @@ pub(crate) async fn session(shards: &Shards) -> Result<u64, WorkerError> {
 }
 
 /// Whom a wait on one shard waits for, as the shard sees it.
-pub(crate) struct HeldBack {
-    /// Per tensor part the shard holds (by its name on the shards), the
-    /// live workers the wait waits for there.
-    pub(crate) parts: Vec<(String, Vec<u32>)>,
+pub(crate) struct Waits {
+    /// The live workers the wait's tensors wait for there, in id order.
+    pub(crate) on: Vec<u32>,
     /// The live workers the shard has heard nothing from since it started.
     pub(crate) unheard: Vec<u32>,
 }
 
-/// Whom `wait` waits for on `shard`.
-pub(crate) async fn holding_back(shards: &Shards, shard: u32, wait: WaitAt) -> Result<HeldBack, WorkerError> {
+/// Whom `wait` waits for on `shard`, on the tensor parts named `tensors`
+/// (their names on the shards).
+pub(crate) async fn holding_back(
+    shards: &Shards,
+    shard: u32,
+    wait: WaitAt,
+    tensors: &std::collections::HashSet<&str>,
+) -> Result<Waits, WorkerError> {
     let reply = status_of(shards, shard, wait.status_request()).await?;
-    let parts = reply.tensors.into_iter().map(|t| (t.name, t.holding_back)).collect();
-    Ok(HeldBack { parts, unheard: reply.unheard_workers })
+    let mut on: Vec<u32> = reply
+        .tensors
+        .into_iter()
+        .filter(|t| tensors.contains(t.name.as_str()))
+        .flat_map(|t| t.holding_back)
+        .collect();
+    on.sort_unstable();
+    on.dedup();
+    Ok(Waits { on, unheard: reply.unheard_workers })
 }
 
 /// `shard`'s reply to `request`.
